@@ -1,0 +1,354 @@
+//! The backend interface: every primitive op with its forward and vector-Jacobian products.
+//!
+//! Layers, the scheduler and the tests are written once against [`Backend`] and run on every
+//! implementation: [`reference::Reference`] (f64, plain loops: the oracle), [`cpu::Cpu`] (fast
+//! f32) and `cuda::Cuda` (hand-written kernels). Fused ops have default bodies that compose the
+//! primitives; the default *is* the specification, and a backend overrides only what it fuses.
+//!
+//! Conventions: activations are NCHW described by [`Dims`]; weights are flat buffers in the
+//! SPEC's layouts (`K: [cout, cin, 3, 3]`, 1x1 `K: [cout, cin]`); every op returns fresh buffers
+//! (the backend decides where they live) and weight gradients are returned, not accumulated.
+
+pub mod cpu;
+pub mod plan;
+pub mod reference;
+
+use crate::error::Result;
+use crate::tensor::Dims;
+
+/// Pointwise nonlinearity `sigma`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+    Tanh,
+    /// `log(e^x + e^-x)`, derivative `tanh`.
+    Logcosh,
+}
+
+impl Activation {
+    /// Scalar forward in f64 (the reference definition).
+    pub fn apply(self, x: f64) -> f64 {
+        match self {
+            Activation::Relu => x.max(0.0),
+            Activation::Tanh => x.tanh(),
+            // log(2 cosh x) computed without overflow.
+            Activation::Logcosh => x.abs() + (-2.0 * x.abs()).exp().ln_1p(),
+        }
+    }
+    /// Scalar derivative in f64 (relu'(0) = 0, as PyTorch).
+    pub fn derivative(self, x: f64) -> f64 {
+        match self {
+            Activation::Relu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Activation::Tanh => {
+                let t = x.tanh();
+                1.0 - t * t
+            }
+            Activation::Logcosh => x.tanh(),
+        }
+    }
+}
+
+/// Batch statistics saved by [`Backend::batchnorm_train`] for the VJP and the running update.
+pub struct BnStats<B> {
+    /// Per-channel batch mean `[c]`.
+    pub mean: B,
+    /// Per-channel biased batch variance `[c]`.
+    pub var: B,
+}
+
+/// tvNorm epsilon (SPEC section 2).
+pub const TV_EPS: f64 = 1e-4;
+/// Batch-norm epsilon and momentum (SPEC section 2, PyTorch's defaults).
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// A compute device. All buffers hold real numbers in the backend's precision (f64 for the
+/// reference, f32 elsewhere); `IBuf` holds the i32 fixed-point states of the `exact` policy.
+pub trait Backend: Send + Sync {
+    type Buf: Send + Sync;
+    type IBuf: Send + Sync;
+
+    /// Short name for messages and reports ("reference", "cpu", "cuda").
+    fn name(&self) -> &'static str;
+
+    // ---- memory -------------------------------------------------------------------------
+    fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f64]) -> Result<Self::Buf>;
+    fn upload_f32(&self, data: &[f32]) -> Result<Self::Buf> {
+        let v: Vec<f64> = data.iter().map(|&x| x as f64).collect();
+        self.upload(&v)
+    }
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f64>>;
+    fn download_f32(&self, buf: &Self::Buf) -> Result<Vec<f32>> {
+        Ok(self.download(buf)?.into_iter().map(|x| x as f32).collect())
+    }
+    fn buf_len(&self, buf: &Self::Buf) -> usize;
+    fn copy(&self, buf: &Self::Buf) -> Result<Self::Buf>;
+    fn iupload(&self, data: &[i32]) -> Result<Self::IBuf>;
+    fn idownload(&self, buf: &Self::IBuf) -> Result<Vec<i32>>;
+
+    // ---- elementwise ----------------------------------------------------------------------
+    /// `sum_i a_i x_i` (all `x_i` of one length, at least one term).
+    fn lincomb(&self, terms: &[(f64, &Self::Buf)]) -> Result<Self::Buf>;
+    /// `y += a x`.
+    fn axpy(&self, a: f64, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+
+    // ---- 3x3 convolution, zero padding 1, stride 1, no bias ------------------------------
+    /// `conv(x, K)`: x `[n, cin, h, w]` (`d`), K `[cout, cin, 3, 3]` -> `[n, cout, h, w]`.
+    fn conv3x3(&self, x: &Self::Buf, d: Dims, k: &Self::Buf, cout: usize) -> Result<Self::Buf>;
+    /// `convT(z, K)`, the exact adjoint: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
+    fn conv3x3_t(&self, z: &Self::Buf, d: Dims, k: &Self::Buf, cin: usize) -> Result<Self::Buf>;
+    /// Weight gradient of `conv(x, K)` given the output cotangent `dz`: `[cout, cin, 3, 3]`,
+    /// `dK[o,i,a,b] = sum_{n,p} dz[n,o,p] x[n,i,p + (a-1, b-1)]`. `d` is the shape of `x`.
+    fn conv3x3_wgrad(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        dz: &Self::Buf,
+        cout: usize,
+    ) -> Result<Self::Buf>;
+
+    // ---- 1x1 convolution (also the dense operator and the linear layer) ------------------
+    /// x `[n, cin, h, w]` (`d`), K `[cout, cin]` -> `[n, cout, h, w]`.
+    fn conv1x1(&self, x: &Self::Buf, d: Dims, k: &Self::Buf, cout: usize) -> Result<Self::Buf>;
+    /// Adjoint: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
+    fn conv1x1_t(&self, z: &Self::Buf, d: Dims, k: &Self::Buf, cin: usize) -> Result<Self::Buf>;
+    /// `dK[o,i] = sum_{n,p} dz[n,o,p] x[n,i,p]`; `d` is the shape of `x`.
+    fn conv1x1_wgrad(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        dz: &Self::Buf,
+        cout: usize,
+    ) -> Result<Self::Buf>;
+
+    // ---- per-channel affine maps and normalisation ---------------------------------------
+    /// `x + b[c]`.
+    fn add_channel_bias(&self, x: &Self::Buf, d: Dims, b: &Self::Buf) -> Result<Self::Buf>;
+    /// `sum_{n,p} dy[n,c,p]` -> `[c]` (the VJP of a channel bias).
+    fn channel_sum(&self, dy: &Self::Buf, d: Dims) -> Result<Self::Buf>;
+    /// tvNorm: `s_c x / sqrt(sum_c' x^2 + eps) + b_c`, pixel-wise across channels.
+    fn tvnorm(&self, x: &Self::Buf, d: Dims, s: &Self::Buf, b: &Self::Buf) -> Result<Self::Buf>;
+    /// Returns `(dx, ds, db)`.
+    fn tvnorm_vjp(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        s: &Self::Buf,
+        dy: &Self::Buf,
+    ) -> Result<(Self::Buf, Self::Buf, Self::Buf)>;
+    /// Training-mode batch norm over (N, H, W); returns the output and the batch statistics.
+    fn batchnorm_train(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+    ) -> Result<(Self::Buf, BnStats<Self::Buf>)>;
+    /// Evaluation-mode batch norm with running statistics.
+    fn batchnorm_eval(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        gamma: &Self::Buf,
+        beta: &Self::Buf,
+        running_mean: &Self::Buf,
+        running_var: &Self::Buf,
+    ) -> Result<Self::Buf>;
+    /// VJP of training-mode batch norm; returns `(dx, dgamma, dbeta)`.
+    fn batchnorm_vjp(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        gamma: &Self::Buf,
+        stats: &BnStats<Self::Buf>,
+        dy: &Self::Buf,
+    ) -> Result<(Self::Buf, Self::Buf, Self::Buf)>;
+    /// PyTorch's running update: `r <- (1-m) r + m stat`, with the unbiased variance
+    /// (`count` = N*H*W values per channel).
+    fn batchnorm_update_running(
+        &self,
+        running_mean: &mut Self::Buf,
+        running_var: &mut Self::Buf,
+        stats: &BnStats<Self::Buf>,
+        count: usize,
+    ) -> Result<()>;
+
+    // ---- pointwise nonlinearity ------------------------------------------------------------
+    fn activation(&self, act: Activation, x: &Self::Buf) -> Result<Self::Buf>;
+    /// `sigma'(x) * dy`, with `x` the activation's input.
+    fn activation_vjp(&self, act: Activation, x: &Self::Buf, dy: &Self::Buf) -> Result<Self::Buf>;
+
+    // ---- pooling ----------------------------------------------------------------------------
+    /// 2x2 average pooling, stride 2 (floor for odd sizes); `d` is the input shape.
+    fn avgpool2(&self, x: &Self::Buf, d: Dims) -> Result<Self::Buf>;
+    /// `dy` has the pooled shape; returns `d`-shaped `dx`.
+    fn avgpool2_vjp(&self, dy: &Self::Buf, d: Dims) -> Result<Self::Buf>;
+    /// Mean over all pixels: `[n, c, h, w]` -> `[n, c]`.
+    fn global_mean(&self, x: &Self::Buf, d: Dims) -> Result<Self::Buf>;
+    fn global_mean_vjp(&self, dy: &Self::Buf, d: Dims) -> Result<Self::Buf>;
+
+    // ---- channel halves (hamiltonian) -------------------------------------------------------
+    /// Splits `[n, c, h, w]` into channels `[0, c1)` and `[c1, c)`.
+    fn split_channels(&self, x: &Self::Buf, d: Dims, c1: usize) -> Result<(Self::Buf, Self::Buf)>;
+    /// Inverse of [`Backend::split_channels`]: `a` has `c1` channels, `b` the rest of `d.c`.
+    fn concat_channels(
+        &self,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        d: Dims,
+        c1: usize,
+    ) -> Result<Self::Buf>;
+
+    // ---- loss -------------------------------------------------------------------------------
+    /// Mean softmax cross-entropy of `logits [n, classes]`; returns the loss and its gradient
+    /// with respect to the logits. Labels must be `< classes` (checked by the caller).
+    fn softmax_xent(
+        &self,
+        logits: &Self::Buf,
+        n: usize,
+        classes: usize,
+        labels: &[usize],
+    ) -> Result<(f64, Self::Buf)>;
+
+    // ---- fixed point (the `exact` policy) ---------------------------------------------------
+    /// `round(x * 2^shift)` as i32 (saturating).
+    fn quantize(&self, x: &Self::Buf, shift: u32) -> Result<Self::IBuf>;
+    /// `q / 2^shift`.
+    fn dequantize(&self, q: &Self::IBuf, shift: u32) -> Result<Self::Buf>;
+    /// `sum_i c_i q_i + round(coef * f)` in wrapping i32 arithmetic, so that the update can be
+    /// undone bit for bit whatever the values.
+    fn fixed_update(
+        &self,
+        terms: &[(i32, &Self::IBuf)],
+        coef: f64,
+        f: &Self::Buf,
+    ) -> Result<Self::IBuf>;
+
+    // ---- fused ops (defaults compose the primitives; backends may override) ----------------
+    /// One explicit step with the full 3x3 operator: `sum_i a_i x_i + coef * f(y)`, where
+    /// `f(y) = -K^T sigma(N(K y))` is the symmetric layer (SPEC section 2). With
+    /// `terms = [(1, y)]`, `coef = h` this is a parabolic step; `[(2, y), (-1, y_prev)]`,
+    /// `coef = h^2` a leapfrog step; a Verlet half-step updates the other half of the state.
+    #[allow(clippy::too_many_arguments)]
+    fn step_full3x3(
+        &self,
+        terms: &[(f64, &Self::Buf)],
+        coef: f64,
+        y: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        norm: Norm<'_, Self::Buf>,
+        act: Activation,
+    ) -> Result<Self::Buf> {
+        let z = self.conv3x3(y, d, k, d.c)?;
+        let a = match norm {
+            Norm::Tv { s, b } => self.tvnorm(&z, d, s, b)?,
+            Norm::Shift { b } => self.add_channel_bias(&z, d, b)?,
+        };
+        let sa = self.activation(act, &a)?;
+        let kt = self.conv3x3_t(&sa, d, k, d.c)?;
+        let mut all: Vec<(f64, &Self::Buf)> = terms.to_vec();
+        all.push((-coef, &kt));
+        self.lincomb(&all)
+    }
+
+    /// The VJP of `f(y) = -K^T sigma(N(K y))` (full 3x3 operator) for the cotangent `g`:
+    /// returns `J_f(y)^T g` and the gradients of `K` and the norm's parameters.
+    #[allow(clippy::too_many_arguments)]
+    fn sym_full3x3_vjp(
+        &self,
+        y: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        norm: Norm<'_, Self::Buf>,
+        act: Activation,
+        g: &Self::Buf,
+    ) -> Result<SymGrads<Self::Buf>> {
+        let z = self.conv3x3(y, d, k, d.c)?;
+        let a = match norm {
+            Norm::Tv { s, b } => self.tvnorm(&z, d, s, b)?,
+            Norm::Shift { b } => self.add_channel_bias(&z, d, b)?,
+        };
+        let sa = self.activation(act, &a)?;
+        // f = -convT(S, K): dS = -conv(g, K), dK gets -wgrad(g, S).
+        let ds_neg = self.conv3x3(g, d, k, d.c)?;
+        let dk_t = self.conv3x3_wgrad(g, d, &sa, d.c)?;
+        let da_neg = self.activation_vjp(act, &a, &ds_neg)?;
+        let (dz_neg, dscale, dshift) = match norm {
+            Norm::Tv { s, .. } => {
+                let (dz, ds, db) = self.tvnorm_vjp(&z, d, s, &da_neg)?;
+                (dz, Some(ds), db)
+            }
+            Norm::Shift { .. } => {
+                let db = self.channel_sum(&da_neg, d)?;
+                (self.copy(&da_neg)?, None, db)
+            }
+        };
+        let dy_neg = self.conv3x3_t(&dz_neg, d, k, d.c)?;
+        let dk_z = self.conv3x3_wgrad(y, d, &dz_neg, d.c)?;
+        Ok(SymGrads {
+            dy: self.lincomb(&[(-1.0, &dy_neg)])?,
+            dk: self.lincomb(&[(-1.0, &dk_t), (-1.0, &dk_z)])?,
+            dscale: match dscale {
+                Some(v) => Some(self.lincomb(&[(-1.0, &v)])?),
+                None => None,
+            },
+            dshift: self.lincomb(&[(-1.0, &dshift)])?,
+        })
+    }
+}
+
+/// The normalisation `N` inside a step: tvNorm with scale and shift, or the shift alone
+/// (`norm: none`).
+pub enum Norm<'a, B> {
+    Tv { s: &'a B, b: &'a B },
+    Shift { b: &'a B },
+}
+
+impl<B> Clone for Norm<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B> Copy for Norm<'_, B> {}
+
+/// Gradients of the symmetric layer `f(y; K, N)`.
+pub struct SymGrads<B> {
+    /// `J_f(y)^T g`.
+    pub dy: B,
+    pub dk: B,
+    /// Gradient of the tvNorm scale (`None` for the shift-only norm).
+    pub dscale: Option<B>,
+    pub dshift: B,
+}
+
+/// Which device to run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// CUDA when a usable GPU is present, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(crate::error::Error::Input(format!(
+                "unknown device `{other}` (expected auto, cpu or cuda)"
+            ))),
+        }
+    }
+}

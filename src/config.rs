@@ -1,0 +1,329 @@
+//! The network configuration of SPEC section 4 (JSON or TOML), parsed strictly and validated.
+
+use crate::backend::Activation;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Image,
+    Dense,
+}
+
+/// The step type of every unit (SPEC section 3, and `imex` of section 7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerType {
+    Resnet,
+    Antisymmetric,
+    Parabolic,
+    Hyperbolic,
+    Hamiltonian,
+    Imex,
+}
+
+impl LayerType {
+    pub const ALL: [LayerType; 5] = [
+        LayerType::Resnet,
+        LayerType::Antisymmetric,
+        LayerType::Parabolic,
+        LayerType::Hyperbolic,
+        LayerType::Hamiltonian,
+    ];
+    /// Whether a step can be undone exactly (so `reversible` need not store its states).
+    pub fn invertible(self) -> bool {
+        matches!(self, LayerType::Hyperbolic | LayerType::Hamiltonian)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            LayerType::Resnet => "resnet",
+            LayerType::Antisymmetric => "antisymmetric",
+            LayerType::Parabolic => "parabolic",
+            LayerType::Hyperbolic => "hyperbolic",
+            LayerType::Hamiltonian => "hamiltonian",
+            LayerType::Imex => "imex",
+        }
+    }
+}
+
+impl std::str::FromStr for LayerType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.to_string()))
+            .map_err(|_| Error::Config(format!("unknown layer `{s}`")))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OperatorKind {
+    Full,
+    Lean,
+    Mgic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    Tv,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Connect {
+    Conv,
+    Haar,
+}
+
+/// A network configuration exactly as SPEC section 4 writes it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kind: Kind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_channels: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense_input: Option<usize>,
+    pub classes: usize,
+    pub widths: Vec<usize>,
+    pub steps: Vec<usize>,
+    pub layer: LayerType,
+    pub h: f64,
+    #[serde(default = "default_operator")]
+    pub operator: OperatorKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm: Option<NormKind>,
+    #[serde(default = "default_activation")]
+    pub activation: Activation,
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    #[serde(default = "default_connect")]
+    pub connect: Connect,
+}
+
+fn default_operator() -> OperatorKind {
+    OperatorKind::Full
+}
+fn default_activation() -> Activation {
+    Activation::Relu
+}
+fn default_gamma() -> f64 {
+    1e-4
+}
+fn default_connect() -> Connect {
+    Connect::Conv
+}
+
+/// The reference configurations of SPEC section 6, by name.
+pub const REFERENCE_NAMES: [&str; 3] = ["ref-cifar", "ref-mnist", "ref-2d"];
+
+impl Config {
+    /// The normalisation in effect: `tv` for image and `none` for dense networks unless set.
+    pub fn norm_kind(&self) -> NormKind {
+        self.norm.unwrap_or(match self.kind {
+            Kind::Image => NormKind::Tv,
+            Kind::Dense => NormKind::None,
+        })
+    }
+
+    /// Input channels (image) or input dimension (dense).
+    pub fn input_width(&self) -> usize {
+        match self.kind {
+            Kind::Image => self.in_channels.unwrap_or(0),
+            Kind::Dense => self.dense_input.unwrap_or(0),
+        }
+    }
+
+    /// A reference configuration of SPEC section 6 (`ref-cifar`, `ref-mnist`, `ref-2d`).
+    pub fn reference(name: &str) -> Option<Config> {
+        let json = match name {
+            "ref-cifar" => {
+                r#"{"kind":"image","in_channels":3,"classes":10,"widths":[32,64,112],
+                "steps":[8,8,8],"layer":"hyperbolic","h":0.5,"operator":"full","norm":"tv",
+                "activation":"relu"}"#
+            }
+            "ref-mnist" => {
+                r#"{"kind":"image","in_channels":1,"classes":10,"widths":[16,32,64],
+                "steps":[2,2,2],"layer":"hyperbolic","h":0.5}"#
+            }
+            "ref-2d" => {
+                r#"{"kind":"dense","dense_input":2,"classes":2,"widths":[8],"steps":[16],
+                "h":0.1,"layer":"resnet","activation":"tanh"}"#
+            }
+            _ => return None,
+        };
+        Some(serde_json::from_str(json).expect("built-in config parses"))
+    }
+
+    /// Reads a JSON or TOML file (by extension), or a reference name such as `ref-cifar`.
+    pub fn load(path_or_name: &str) -> Result<Config> {
+        if let Some(c) = Config::reference(path_or_name) {
+            return Ok(c);
+        }
+        let path = Path::new(path_or_name);
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        let cfg = Config::parse(&text, ext == "toml")
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip_config(e))))?;
+        Ok(cfg)
+    }
+
+    /// Parses JSON (or TOML) text and validates it.
+    pub fn parse(text: &str, toml_syntax: bool) -> Result<Config> {
+        let cfg: Config = if toml_syntax {
+            toml::from_str(text).map_err(|e| Error::Config(one_line(&e.to_string())))?
+        } else {
+            serde_json::from_str(text).map_err(|e| Error::Config(one_line(&e.to_string())))?
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The checks of SPEC section 4.
+    pub fn validate(&self) -> Result<()> {
+        let err = |m: String| Err(Error::Config(m));
+        if self.widths.is_empty() {
+            return err("`widths` is empty".into());
+        }
+        if self.widths.len() != self.steps.len() {
+            return err(format!(
+                "`widths` has {} entries but `steps` has {}",
+                self.widths.len(),
+                self.steps.len()
+            ));
+        }
+        if self.widths.contains(&0) {
+            return err("every width must be positive".into());
+        }
+        if !(self.h > 0.0) || !self.h.is_finite() {
+            return err(format!("h must be positive and finite, got {}", self.h));
+        }
+        if self.classes < 2 {
+            return err(format!("classes must be at least 2, got {}", self.classes));
+        }
+        if !self.gamma.is_finite() || self.gamma < 0.0 {
+            return err(format!("gamma must be finite and >= 0, got {}", self.gamma));
+        }
+        match self.kind {
+            Kind::Image => {
+                if self.in_channels.unwrap_or(0) == 0 {
+                    return err("image networks need `in_channels` > 0".into());
+                }
+                if self.dense_input.is_some() {
+                    return err("`dense_input` is for dense networks".into());
+                }
+            }
+            Kind::Dense => {
+                if self.dense_input.unwrap_or(0) == 0 {
+                    return err("dense networks need `dense_input` > 0".into());
+                }
+                if self.in_channels.is_some() {
+                    return err("`in_channels` is for image networks".into());
+                }
+                if self.operator != OperatorKind::Full {
+                    return err("dense networks support only `operator: full`".into());
+                }
+                if self.connect != Connect::Conv {
+                    return err("`connect: haar` is for image networks".into());
+                }
+                if self.layer == LayerType::Imex {
+                    return err("`layer: imex` is for image networks".into());
+                }
+            }
+        }
+        if self.layer == LayerType::Hamiltonian {
+            if let Some(w) = self.widths.iter().find(|w| *w % 2 == 1) {
+                return err(format!("hamiltonian layers need even widths, got {w}"));
+            }
+        }
+        if self.connect == Connect::Haar {
+            for k in 1..self.widths.len() {
+                if self.widths[k] != 4 * self.widths[k - 1] {
+                    return err(format!(
+                        "`connect: haar` needs widths[{k}] = 4 * widths[{}] ({} != {})",
+                        k - 1,
+                        self.widths[k],
+                        4 * self.widths[k - 1]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Total number of steps over all units.
+    pub fn total_steps(&self) -> usize {
+        self.steps.iter().sum()
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn strip_config(e: Error) -> String {
+    match e {
+        Error::Config(m) => m,
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_configs_validate() {
+        for name in REFERENCE_NAMES {
+            Config::reference(name).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_configs_are_rejected_with_a_reason() {
+        let base = r#""kind":"image","in_channels":3,"classes":10,"h":0.5"#;
+        let cases = [
+            (
+                format!(r#"{{{base},"widths":[8],"steps":[2],"layer":"hyperbolic","foo":1}}"#),
+                "unknown field",
+            ),
+            (
+                format!(r#"{{{base},"widths":[8],"steps":[2],"layer":"cubic"}}"#),
+                "unknown variant",
+            ),
+            (
+                format!(r#"{{{base},"widths":[8,8],"steps":[2],"layer":"resnet"}}"#),
+                "entries",
+            ),
+            (
+                format!(r#"{{{base},"widths":[],"steps":[],"layer":"resnet"}}"#),
+                "empty",
+            ),
+            (
+                format!(r#"{{{base},"widths":[7],"steps":[2],"layer":"hamiltonian"}}"#),
+                "even",
+            ),
+        ];
+        for (text, needle) in cases {
+            let e = Config::parse(&text, false).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e} should mention {needle}");
+        }
+        let e = Config::parse(
+            r#"{"kind":"image","in_channels":3,"classes":10,"h":0,"widths":[8],"steps":[2],"layer":"resnet"}"#,
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("h must be positive"));
+    }
+
+    #[test]
+    fn toml_parses_like_json() {
+        let t = "kind = \"dense\"\ndense_input = 2\nclasses = 2\nwidths = [8]\nsteps = [4]\nlayer = \"resnet\"\nh = 0.1\nactivation = \"tanh\"\n";
+        let c = Config::parse(t, true).unwrap();
+        assert_eq!(c.norm_kind(), NormKind::None);
+        assert_eq!(c.activation, Activation::Tanh);
+    }
+}

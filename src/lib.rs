@@ -1,0 +1,10 @@
+//! pdenet: deep networks as time discretisations of PDEs, on the CPU and on CUDA GPUs.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod params;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::{Dims, HostTensor};

@@ -1,0 +1,257 @@
+//! Named parameters in SPEC order, and their safetensors files.
+
+use crate::error::{Error, Result};
+use crate::tensor::HostTensor;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What a named tensor is for: the optimizer decays `Weight`s only and never touches `Buffer`s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamRole {
+    /// Operator, convolution and linear weights (weight decay applies).
+    Weight,
+    /// Normalisation scales and shifts, biases, diffusion coefficients.
+    Affine,
+    /// Batch-norm running statistics: saved, never trained.
+    Buffer,
+}
+
+/// An ordered set of named host tensors (parameters and buffers).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParamSet {
+    entries: Vec<(String, ParamRole, HostTensor)>,
+    index: HashMap<String, usize>,
+}
+
+impl ParamSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn push(&mut self, name: impl Into<String>, role: ParamRole, t: HostTensor) {
+        let name = name.into();
+        self.index.insert(name.clone(), self.entries.len());
+        self.entries.push((name, role, t));
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    pub fn get(&self, name: &str) -> Option<&HostTensor> {
+        self.index.get(name).map(|&i| &self.entries[i].2)
+    }
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut HostTensor> {
+        self.index.get(name).map(|&i| &mut self.entries[i].2)
+    }
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&str, ParamRole, &HostTensor)> {
+        self.entries.iter().map(|(n, r, t)| (n.as_str(), *r, t))
+    }
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&str, ParamRole, &mut HostTensor)> {
+        self.entries.iter_mut().map(|(n, r, t)| (n.as_str(), *r, t))
+    }
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _, _)| n.as_str())
+    }
+    /// Number of trainable scalars (buffers excluded).
+    pub fn trainable_count(&self) -> usize {
+        self.iter()
+            .filter(|(_, r, _)| *r != ParamRole::Buffer)
+            .map(|(_, _, t)| t.len())
+            .sum()
+    }
+
+    /// Replaces every tensor by the one of the same name in `tensors`, checking shapes.
+    /// Extra tensors in the file are an error too: they mean the file is for another network.
+    pub fn load_from(&mut self, mut tensors: HashMap<String, HostTensor>) -> Result<()> {
+        for (name, _, t) in self.entries.iter_mut() {
+            let new = tensors
+                .remove(name.as_str())
+                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+            if new.shape != t.shape {
+                return Err(Error::Weights(format!(
+                    "`{name}` has shape {:?}, the config needs {:?}",
+                    new.shape, t.shape
+                )));
+            }
+            *t = new;
+        }
+        if let Some(extra) = tensors.keys().min() {
+            return Err(Error::Weights(format!(
+                "unexpected tensor `{extra}` (weights for another config?)"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn to_map(&self) -> Vec<(String, HostTensor)> {
+        self.entries
+            .iter()
+            .map(|(n, _, t)| (n.clone(), t.clone()))
+            .collect()
+    }
+}
+
+/// Reads every f32 tensor of a safetensors file. Other dtypes are an error, except i64 which is
+/// converted (labels); use [`read_labels`] for those.
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Weights(format!(
+            "{}: not a valid safetensors file ({e})",
+            path.display()
+        ))
+    })?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            continue;
+        }
+        out.insert(name.clone(), f32_tensor(&view));
+    }
+    Ok(out)
+}
+
+fn f32_tensor(view: &TensorView<'_>) -> HostTensor {
+    let data: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    HostTensor {
+        shape: view.shape().to_vec(),
+        data,
+    }
+}
+
+/// A training or gradient batch: `x` (f32) and `labels` (i64), as SPEC section 9.
+pub struct Batch {
+    pub x: HostTensor,
+    pub labels: Vec<usize>,
+}
+
+/// Reads `x` and `labels` from a safetensors file.
+pub fn read_batch(path: &Path) -> Result<Batch> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        Error::Input(format!(
+            "{}: not a valid safetensors file ({e})",
+            path.display()
+        ))
+    })?;
+    let xv = st
+        .tensor("x")
+        .map_err(|_| Error::MissingTensor(format!("x in {}", path.display())))?;
+    if xv.dtype() != Dtype::F32 {
+        return Err(Error::Input(format!(
+            "`x` must be f32, found {:?}",
+            xv.dtype()
+        )));
+    }
+    let lv = st
+        .tensor("labels")
+        .map_err(|_| Error::MissingTensor(format!("labels in {}", path.display())))?;
+    let labels: Vec<i64> = match lv.dtype() {
+        Dtype::I64 => lv
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        Dtype::I32 => lv
+            .data()
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+            .collect(),
+        other => {
+            return Err(Error::Input(format!(
+                "`labels` must be i64, found {other:?}"
+            )));
+        }
+    };
+    if let Some(bad) = labels.iter().find(|&&l| l < 0) {
+        return Err(Error::Input(format!("label {bad} is negative")));
+    }
+    Ok(Batch {
+        x: f32_tensor(&xv),
+        labels: labels.into_iter().map(|l| l as usize).collect(),
+    })
+}
+
+/// A tensor to write: f32 values or i64 labels.
+pub enum OutTensor<'a> {
+    F32(&'a [usize], &'a [f32]),
+    I64(&'a [usize], &'a [i64]),
+}
+
+/// Writes tensors to `path` atomically: a temporary file beside it, then a rename, so that a
+/// crash never leaves a truncated file where a good one was.
+pub fn write_safetensors(path: &Path, tensors: &[(String, OutTensor<'_>)]) -> Result<()> {
+    let mut owned: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        match t {
+            OutTensor::F32(shape, data) => owned.push((
+                name.clone(),
+                shape.to_vec(),
+                Dtype::F32,
+                bytemuck::cast_slice(data).to_vec(),
+            )),
+            OutTensor::I64(shape, data) => owned.push((
+                name.clone(),
+                shape.to_vec(),
+                Dtype::I64,
+                bytemuck::cast_slice(data).to_vec(),
+            )),
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, dt, b)| {
+            TensorView::new(*dt, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Shape(format!("tensor `{n}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::tensor::serialize(views, None)
+        .map_err(|e| Error::Other(format!("serialising {}: {e}", path.display())))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes a parameter set (SPEC names) atomically.
+pub fn save_params(path: &Path, params: &ParamSet) -> Result<()> {
+    let list: Vec<(String, OutTensor<'_>)> = params
+        .iter()
+        .map(|(n, _, t)| (n.to_string(), OutTensor::F32(&t.shape, &t.data)))
+        .collect();
+    write_safetensors(path, &list)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::Input(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
