@@ -1,10 +1,12 @@
 //! pdenet: deep networks as time discretisations of PDEs, on the CPU and on CUDA GPUs.
 
 pub mod backend;
+pub mod cli_train;
 pub mod config;
 pub mod error;
 pub mod params;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{Dims, HostTensor};
