@@ -148,9 +148,7 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(raw.len() * 5);
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| {
-                Error::Data(format!("{}: corrupt gzip data ({e})", path.display()))
-            })?;
+            .map_err(|e| Error::Data(format!("{}: corrupt gzip data ({e})", path.display())))?;
         Ok(out)
     } else {
         Ok(raw)
@@ -317,7 +315,11 @@ fn write_gz(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn write_mnist_subset(src: &Path, dst: &Path, n_train: usize, n_test: usize) -> Result<()> {
     std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
     for (images, labels, n) in [
-        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", n_train),
+        (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            n_train,
+        ),
         ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", n_test),
     ] {
         let (pixels, count, rows, cols) = read_idx_images(&find_idx(src, images)?)?;
@@ -406,12 +408,18 @@ fn draw_set(kind: Synthetic, n: usize, rng: &mut ChaCha8Rng) -> Result<Dataset> 
     for i in 0..n {
         let (p, l) = match kind {
             Synthetic::TwoClass => {
-                let p = [rng.random_range(-1.0..1.0f64), rng.random_range(-1.0..1.0f64)];
+                let p = [
+                    rng.random_range(-1.0..1.0f64),
+                    rng.random_range(-1.0..1.0f64),
+                ];
                 let r2 = p[0] * p[0] + p[1] * p[1];
                 (p, usize::from(r2 < 2.0 / std::f64::consts::PI))
             }
             Synthetic::Peaks => {
-                let p = [rng.random_range(-3.0..3.0f64), rng.random_range(-3.0..3.0f64)];
+                let p = [
+                    rng.random_range(-3.0..3.0f64),
+                    rng.random_range(-3.0..3.0f64),
+                ];
                 let z = peaks_fn(p[0], p[1]);
                 (p, thresholds.iter().filter(|&&t| z > t).count())
             }
@@ -503,10 +511,7 @@ impl Augment {
         let mut tmp = vec![0f32; per];
         for s in 0..n {
             let (dy, dx) = if pad > 0 {
-                (
-                    rng.random_range(-pad..=pad),
-                    rng.random_range(-pad..=pad),
-                )
+                (rng.random_range(-pad..=pad), rng.random_range(-pad..=pad))
             } else {
                 (0, 0)
             };

@@ -138,7 +138,7 @@ pub struct TrainReport {
 /// Mean softmax cross-entropy and the number of correct argmax predictions of `logits [n, k]`.
 pub fn loss_and_correct(logits: &[f32], labels: &[usize]) -> Result<(f64, usize)> {
     let n = labels.len();
-    if n == 0 || logits.len() % n != 0 || logits.len() / n == 0 {
+    if n == 0 || !logits.len().is_multiple_of(n) || logits.len() / n == 0 {
         return Err(Error::Shape(format!(
             "{} logits for {n} samples",
             logits.len()
@@ -174,7 +174,11 @@ pub fn argmax(row: &[f32]) -> usize {
 }
 
 /// Accuracy and mean loss of `model` (evaluation mode) on `ds`.
-pub fn evaluate<M: Model + ?Sized>(model: &mut M, ds: &Dataset, batch: usize) -> Result<(f64, f64)> {
+pub fn evaluate<M: Model + ?Sized>(
+    model: &mut M,
+    ds: &Dataset,
+    batch: usize,
+) -> Result<(f64, f64)> {
     if ds.is_empty() {
         return Err(Error::Data("the evaluation set is empty".into()));
     }
@@ -195,8 +199,11 @@ pub fn predict<M: Model + ?Sized>(model: &mut M, points: &[f32], d: usize) -> Re
     let m = points.len() / d.max(1);
     let x = HostTensor::new(vec![m, d], points.to_vec())?;
     let logits = model.logits(&x)?;
-    if m == 0 || logits.len() % m != 0 {
-        return Err(Error::Shape(format!("{} logits for {m} points", logits.len())));
+    if m == 0 || !logits.len().is_multiple_of(m) {
+        return Err(Error::Shape(format!(
+            "{} logits for {m} points",
+            logits.len()
+        )));
     }
     Ok(logits.chunks_exact(logits.len() / m).map(argmax).collect())
 }
@@ -213,9 +220,9 @@ fn progress_bar(opts: &TrainOptions, len: usize, epoch: usize) -> indicatif::Pro
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::new(len as u64);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})",
-    ) {
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+    {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_prefix(format!("epoch {}/{}", epoch, opts.epochs));
@@ -235,7 +242,10 @@ pub fn train<M: Model + ?Sized>(
     opts.validate()?;
     let train_set = &split.train;
     if train_set.is_empty() {
-        return Err(Error::Data(format!("{}: the training set is empty", split.name)));
+        return Err(Error::Data(format!(
+            "{}: the training set is empty",
+            split.name
+        )));
     }
     if split.test.sample_dims != train_set.sample_dims {
         return Err(Error::Data(format!(
@@ -247,7 +257,11 @@ pub fn train<M: Model + ?Sized>(
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let run = opts.run_json();
 
-    let resumed = if opts.resume { checkpoint::load(out)? } else { None };
+    let resumed = if opts.resume {
+        checkpoint::load(out)?
+    } else {
+        None
+    };
     let (start, mut rng, mut opt, mut history) = match resumed {
         Some(ck) => {
             check_same("network config", &ck.state.config, &opts.config)?;
@@ -398,7 +412,12 @@ pub fn train<M: Model + ?Sized>(
     })
 }
 
-fn write_outputs(out: &Path, params: &ParamSet, history: &[LogRow], opts: &TrainOptions) -> Result<()> {
+fn write_outputs(
+    out: &Path,
+    params: &ParamSet,
+    history: &[LogRow],
+    opts: &TrainOptions,
+) -> Result<()> {
     save_params(&out.join("model.safetensors"), params)?;
     log::write_log(&out.join("log.csv"), history)?;
     if opts.plots {

@@ -84,9 +84,15 @@ impl OptimConfig {
 pub enum Schedule {
     Constant,
     /// Multiply by `gamma` every `every` epochs.
-    Step { every: usize, gamma: f64 },
+    Step {
+        every: usize,
+        gamma: f64,
+    },
     /// Cosine decay from the base rate to `min_factor` times it over `total` epochs.
-    Cosine { total: usize, min_factor: f64 },
+    Cosine {
+        total: usize,
+        min_factor: f64,
+    },
 }
 
 impl Schedule {
@@ -96,7 +102,8 @@ impl Schedule {
             Schedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
             Schedule::Cosine { total, min_factor } => {
                 let t = (epoch as f64 / total.max(1) as f64).min(1.0);
-                let f = min_factor + (1.0 - min_factor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+                let f = min_factor
+                    + (1.0 - min_factor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
                 base * f
             }
         }
@@ -161,7 +168,11 @@ impl Optimizer {
                         "gradient for unknown parameter `{name}`"
                     )))
                 }
-                Some(_) if params.iter().any(|(n, r, _)| n == name && r == ParamRole::Buffer) => {
+                Some(_)
+                    if params
+                        .iter()
+                        .any(|(n, r, _)| n == name && r == ParamRole::Buffer) =>
+                {
                     return Err(Error::Shape(format!(
                         "gradient for buffer `{name}` (buffers are not trained)"
                     )))

@@ -14,9 +14,8 @@ const FAMILY: &str = "sans-serif";
 
 fn register_font() -> Result<()> {
     static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *ONCE.get_or_init(|| {
-        plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok()
-    });
+    let ok = *ONCE
+        .get_or_init(|| plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
     if ok {
         Ok(())
     } else {
@@ -62,8 +61,11 @@ fn render_atomic(
     result
 }
 
+/// A named curve: label, colour, points.
+type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
 /// A line chart of several named series over epochs.
-fn curves(path: &Path, title: &str, ylabel: &str, series: &[(&str, RGBColor, Vec<(f64, f64)>)]) -> Result<()> {
+fn curves(path: &Path, title: &str, ylabel: &str, series: &[Series<'_>]) -> Result<()> {
     let pts = series.iter().flat_map(|s| s.2.iter());
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
@@ -90,6 +92,7 @@ fn curves(path: &Path, title: &str, ylabel: &str, series: &[(&str, RGBColor, Vec
             .configure_mesh()
             .x_desc("epoch")
             .y_desc(ylabel)
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style((FAMILY, 14))
             .draw()
             .map_err(|x| e(&x))?;
@@ -99,7 +102,9 @@ fn curves(path: &Path, title: &str, ylabel: &str, series: &[(&str, RGBColor, Vec
                 .draw_series(LineSeries::new(data.iter().copied(), color.stroke_width(2)))
                 .map_err(|x| e(&x))?
                 .label(*label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             chart
                 .draw_series(data.iter().map(|&p| Circle::new(p, 3, color.filled())))
                 .map_err(|x| e(&x))?;
@@ -156,10 +161,20 @@ fn light(c: RGBColor) -> RGBColor {
 
 /// Bounds `[x0, x1, y0, y1]` around points `[m, 2]` with a 10 % margin.
 pub fn bounds_of(points: &[f32]) -> [f32; 4] {
-    let mut b = [f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY, f32::NEG_INFINITY];
+    let mut b = [
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
     for p in points.chunks_exact(2) {
         if p[0].is_finite() && p[1].is_finite() {
-            b = [b[0].min(p[0]), b[1].max(p[0]), b[2].min(p[1]), b[3].max(p[1])];
+            b = [
+                b[0].min(p[0]),
+                b[1].max(p[0]),
+                b[2].min(p[1]),
+                b[3].max(p[1]),
+            ];
         }
     }
     if !b[0].is_finite() {
@@ -214,7 +229,10 @@ pub fn plot_regions(
         chart
             .draw_series(grid.chunks_exact(2).zip(&classes).map(|(p, &c)| {
                 let (cx, cy) = (p[0] - 0.5 * dx, p[1] - 0.5 * dy);
-                Rectangle::new([(cx, cy), (cx + dx, cy + dy)], light(class_color(c)).filled())
+                Rectangle::new(
+                    [(cx, cy), (cx + dx, cy + dy)],
+                    light(class_color(c)).filled(),
+                )
             }))
             .map_err(|x| e(&x))?;
         chart
