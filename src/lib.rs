@@ -3,7 +3,11 @@
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod layers;
+pub mod network;
+pub mod operators;
 pub mod params;
+pub mod schedule;
 pub mod tensor;
 
 pub use error::{Error, Result};
