@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod layers;
 pub mod network;

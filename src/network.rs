@@ -70,7 +70,10 @@ pub enum OpenIdx {
         running_mean: usize,
         running_var: usize,
     },
-    Dense { weight: usize, bias: usize },
+    Dense {
+        weight: usize,
+        bias: usize,
+    },
 }
 
 /// The whole network's parameter layout.
@@ -93,7 +96,9 @@ impl Builder {
     fn add(&mut self, name: String, shape: Vec<usize>, role: ParamRole) -> usize {
         let fill = if role == ParamRole::Buffer && name.ends_with("running_var") {
             1.0
-        } else if role == ParamRole::Affine && (name.ends_with(".weight") || name.ends_with("diffusion")) {
+        } else if role == ParamRole::Affine
+            && (name.ends_with(".weight") || name.ends_with("diffusion"))
+        {
             1.0
         } else {
             0.0
@@ -105,8 +110,16 @@ impl Builder {
     fn norm(&mut self, prefix: &str, suffix: &str, kind: NormKind, w: usize) -> NormIdx {
         match kind {
             NormKind::Tv => NormIdx::Tv {
-                scale: self.add(format!("{prefix}norm{suffix}.weight"), vec![w], ParamRole::Affine),
-                shift: self.add(format!("{prefix}norm{suffix}.bias"), vec![w], ParamRole::Affine),
+                scale: self.add(
+                    format!("{prefix}norm{suffix}.weight"),
+                    vec![w],
+                    ParamRole::Affine,
+                ),
+                shift: self.add(
+                    format!("{prefix}norm{suffix}.bias"),
+                    vec![w],
+                    ParamRole::Affine,
+                ),
             },
             NormKind::None => NormIdx::Shift {
                 shift: self.add(format!("{prefix}b{suffix}"), vec![w], ParamRole::Affine),
@@ -125,7 +138,9 @@ impl Builder {
             }),
             other => Err(Error::Config(format!(
                 "operator `{}` is not available yet",
-                serde_json::to_value(other).map(|v| v.to_string()).unwrap_or_default()
+                serde_json::to_value(other)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
             ))),
         }
     }
@@ -141,18 +156,28 @@ impl Layout {
             return Err(Error::Config("`connect: haar` is not available yet".into()));
         }
         let cfg = config;
-        let mut b = Builder { set: ParamSet::new() };
+        let mut b = Builder {
+            set: ParamSet::new(),
+        };
         let w0 = cfg.widths[0];
         let open = match cfg.kind {
             Kind::Image => OpenIdx::ConvBn {
-                conv: b.add("open.conv.weight".into(), vec![w0, cfg.input_width(), 3, 3], ParamRole::Weight),
+                conv: b.add(
+                    "open.conv.weight".into(),
+                    vec![w0, cfg.input_width(), 3, 3],
+                    ParamRole::Weight,
+                ),
                 bn_weight: b.add("open.bn.weight".into(), vec![w0], ParamRole::Affine),
                 bn_bias: b.add("open.bn.bias".into(), vec![w0], ParamRole::Affine),
                 running_mean: b.add("open.bn.running_mean".into(), vec![w0], ParamRole::Buffer),
                 running_var: b.add("open.bn.running_var".into(), vec![w0], ParamRole::Buffer),
             },
             Kind::Dense => OpenIdx::Dense {
-                weight: b.add("open.weight".into(), vec![w0, cfg.input_width()], ParamRole::Weight),
+                weight: b.add(
+                    "open.weight".into(),
+                    vec![w0, cfg.input_width()],
+                    ParamRole::Weight,
+                ),
                 bias: b.add("open.bias".into(), vec![w0], ParamRole::Affine),
             },
         };
@@ -168,7 +193,10 @@ impl Layout {
                     let op2 = b.operator(cfg, &p, "K2", half)?;
                     let n1 = b.norm(&p, "1", norm, half);
                     let n2 = b.norm(&p, "2", norm, half);
-                    vec![LayerIdx { op: op1, norm: n1 }, LayerIdx { op: op2, norm: n2 }]
+                    vec![
+                        LayerIdx { op: op1, norm: n1 },
+                        LayerIdx { op: op2, norm: n2 },
+                    ]
                 } else {
                     let op = b.operator(cfg, &p, "K", w)?;
                     let n = b.norm(&p, "", norm, w);
@@ -180,11 +208,23 @@ impl Layout {
             let p = format!("units.{k}.connect.");
             let connect = match cfg.kind {
                 Kind::Image => ConnectIdx::ConvBn {
-                    conv: b.add(format!("{p}conv.weight"), vec![out_width, w, 1, 1], ParamRole::Weight),
+                    conv: b.add(
+                        format!("{p}conv.weight"),
+                        vec![out_width, w, 1, 1],
+                        ParamRole::Weight,
+                    ),
                     bn_weight: b.add(format!("{p}bn.weight"), vec![out_width], ParamRole::Affine),
                     bn_bias: b.add(format!("{p}bn.bias"), vec![out_width], ParamRole::Affine),
-                    running_mean: b.add(format!("{p}bn.running_mean"), vec![out_width], ParamRole::Buffer),
-                    running_var: b.add(format!("{p}bn.running_var"), vec![out_width], ParamRole::Buffer),
+                    running_mean: b.add(
+                        format!("{p}bn.running_mean"),
+                        vec![out_width],
+                        ParamRole::Buffer,
+                    ),
+                    running_var: b.add(
+                        format!("{p}bn.running_var"),
+                        vec![out_width],
+                        ParamRole::Buffer,
+                    ),
                 },
                 Kind::Dense if out_width != w => ConnectIdx::Dense {
                     weight: b.add(format!("{p}weight"), vec![out_width, w], ParamRole::Weight),
@@ -192,11 +232,24 @@ impl Layout {
                 },
                 Kind::Dense => ConnectIdx::None,
             };
-            units.push(UnitIdx { width: w, out_width, steps, connect });
+            units.push(UnitIdx {
+                width: w,
+                out_width,
+                steps,
+                connect,
+            });
         }
         let wl = *cfg.widths.last().expect("validated non-empty");
-        let classifier_weight = b.add("classifier.weight".into(), vec![cfg.classes, wl], ParamRole::Weight);
-        let classifier_bias = b.add("classifier.bias".into(), vec![cfg.classes], ParamRole::Affine);
+        let classifier_weight = b.add(
+            "classifier.weight".into(),
+            vec![cfg.classes, wl],
+            ParamRole::Weight,
+        );
+        let classifier_bias = b.add(
+            "classifier.bias".into(),
+            vec![cfg.classes],
+            ParamRole::Affine,
+        );
         Ok(Layout {
             config: cfg.clone(),
             template: b.set,
@@ -237,7 +290,9 @@ impl Layout {
             } else if self.template.iter().nth(i).map(|(_, r, _)| r) == Some(ParamRole::Weight) {
                 let std = (2.0 / fan_in as f64).sqrt();
                 let n = Normal::new(0.0, std).expect("positive std");
-                t.data.iter_mut().for_each(|v| *v = n.sample(&mut rng) as f32);
+                t.data
+                    .iter_mut()
+                    .for_each(|v| *v = n.sample(&mut rng) as f32);
             }
         }
         set

@@ -34,7 +34,11 @@ fn batch(cfg: &Config, n: usize, seed: u64) -> (HostTensor, Vec<usize>) {
         pdenet::config::Kind::Dense => vec![n, cfg.input_width()],
     };
     let len = shape.iter().product();
-    let x = HostTensor::new(shape, (0..len).map(|_| rng.random_range(-1.0..1.0)).collect()).unwrap();
+    let x = HostTensor::new(
+        shape,
+        (0..len).map(|_| rng.random_range(-1.0..1.0)).collect(),
+    )
+    .unwrap();
     let labels = (0..n).map(|i| i % cfg.classes).collect();
     (x, labels)
 }
@@ -46,7 +50,9 @@ fn random_params(layout: &Layout, seed: u64) -> pdenet::params::ParamSet {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed + 1);
     for (name, role, t) in p.iter_mut() {
         if role == pdenet::params::ParamRole::Affine || name.ends_with("bn.weight") {
-            t.data.iter_mut().for_each(|v| *v += rng.random_range(-0.3..0.3));
+            t.data
+                .iter_mut()
+                .for_each(|v| *v += rng.random_range(-0.3..0.3));
         }
     }
     p
@@ -57,7 +63,9 @@ fn fd_check(cfg: Config) {
     let params = random_params(&layout, 7);
     let (x, labels) = batch(&cfg, 3, 11);
     let mut eng = Engine::new(Reference, layout.clone(), &params).unwrap();
-    let out = eng.grad(&x, &labels, Policy::Store.schedule(), false).unwrap();
+    let out = eng
+        .grad(&x, &labels, Policy::Store.schedule(), false)
+        .unwrap();
     let eps = 1e-6;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let mut checked = 0;
@@ -73,7 +81,11 @@ fn fd_check(cfg: Config) {
             let an = g.data[i] as f64;
             // The gradient is delivered in f32: compare with an f32-sized floor.
             let err = (fd - an).abs() / (fd.abs().max(an.abs()).max(1e-3));
-            assert!(err < 2e-4, "{} {name}[{i}]: analytic {an} vs finite difference {fd}", cfg.layer.name());
+            assert!(
+                err < 2e-4,
+                "{} {name}[{i}]: analytic {an} vs finite difference {fd}",
+                cfg.layer.name()
+            );
             checked += 1;
         }
     }
@@ -95,7 +107,12 @@ fn finite_differences_dense_networks() {
 }
 
 fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     num / den.max(1e-30)
 }
@@ -108,22 +125,49 @@ pub fn policies_agree<B: Backend + Clone>(be: B) {
             let params = random_params(&layout, 5);
             let (x, labels) = batch(&cfg, 2, 9);
             let mut eng = Engine::new(be.clone(), layout, &params).unwrap();
-            let store = eng.grad(&x, &labels, Policy::Store.schedule(), false).unwrap();
-            let rev = eng.grad(&x, &labels, Policy::Reversible.schedule(), false).unwrap();
+            let store = eng
+                .grad(&x, &labels, Policy::Store.schedule(), false)
+                .unwrap();
+            let rev = eng
+                .grad(&x, &labels, Policy::Reversible.schedule(), false)
+                .unwrap();
             for ((name, _, a), (_, _, b)) in rev.grads.iter().zip(store.grads.iter()) {
                 let e = rel_diff(&a.data, &b.data);
-                assert!(e <= 1e-5, "{} {}: reversible vs store {name}: {e}", be.name(), layer.name());
+                assert!(
+                    e <= 1e-5,
+                    "{} {}: reversible vs store {name}: {e}",
+                    be.name(),
+                    layer.name()
+                );
             }
             assert!(rel_diff(&rev.grad_x, &store.grad_x) <= 1e-5);
-            let exact = eng.grad(&x, &labels, Policy::Exact.schedule(), false).unwrap();
-            let store_fixed = Schedule { keep_all: true, fixed_point: Policy::Exact.schedule().fixed_point };
+            let exact = eng
+                .grad(&x, &labels, Policy::Exact.schedule(), false)
+                .unwrap();
+            let store_fixed = Schedule {
+                keep_all: true,
+                fixed_point: Policy::Exact.schedule().fixed_point,
+            };
             let sf = eng.grad(&x, &labels, store_fixed, false).unwrap();
             assert_eq!(exact.loss.to_bits(), sf.loss.to_bits());
             for ((name, _, a), (_, _, b)) in exact.grads.iter().zip(sf.grads.iter()) {
-                let same = a.data.iter().zip(&b.data).all(|(p, q)| p.to_bits() == q.to_bits());
-                assert!(same, "{} {}: exact vs fixed-point store differ in {name}", be.name(), layer.name());
+                let same = a
+                    .data
+                    .iter()
+                    .zip(&b.data)
+                    .all(|(p, q)| p.to_bits() == q.to_bits());
+                assert!(
+                    same,
+                    "{} {}: exact vs fixed-point store differ in {name}",
+                    be.name(),
+                    layer.name()
+                );
             }
-            assert!(exact.grad_x.iter().zip(&sf.grad_x).all(|(p, q)| p.to_bits() == q.to_bits()));
+            assert!(exact
+                .grad_x
+                .iter()
+                .zip(&sf.grad_x)
+                .all(|(p, q)| p.to_bits() == q.to_bits()));
             if layer.invertible() {
                 assert_eq!(exact.drift, 0.0, "fixed-point rebuild must be exact");
             }

@@ -124,7 +124,15 @@ pub fn leapfrog_inverse<B: Backend>(
     next: &B::Buf,
     d: Dims,
 ) -> Result<B::Buf> {
-    sym(be, l, &[(2.0, y), (-1.0, next)], kind.h * kind.h, y, d, kind.act)
+    sym(
+        be,
+        l,
+        &[(2.0, y), (-1.0, next)],
+        kind.h * kind.h,
+        y,
+        d,
+        kind.act,
+    )
 }
 
 /// Verlet step on halves `(a, b)`: `a += h f(b; K1)`, then `b -= h f(a; K2)`.
@@ -158,6 +166,12 @@ pub fn verlet_inverse<B: Backend>(
 }
 
 /// `f(y)` alone (for the fixed-point updates, which add `round(2^S coef f)` in integers).
-pub fn f_only<B: Backend>(be: &B, l: Layer<'_, B>, y: &B::Buf, d: Dims, act: Activation) -> Result<B::Buf> {
+pub fn f_only<B: Backend>(
+    be: &B,
+    l: Layer<'_, B>,
+    y: &B::Buf,
+    d: Dims,
+    act: Activation,
+) -> Result<B::Buf> {
     sym(be, l, &[], 1.0, y, d, act)
 }

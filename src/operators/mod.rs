@@ -50,7 +50,12 @@ impl<B: Backend> OpRef<'_, B> {
 }
 
 /// Applies the normalisation `N`.
-pub fn norm_forward<B: Backend>(be: &B, z: &B::Buf, d: Dims, norm: Norm<'_, B::Buf>) -> Result<B::Buf> {
+pub fn norm_forward<B: Backend>(
+    be: &B,
+    z: &B::Buf,
+    d: Dims,
+    norm: Norm<'_, B::Buf>,
+) -> Result<B::Buf> {
     match norm {
         Norm::Tv { s, b } => be.tvnorm(z, d, s, b),
         Norm::Shift { b } => be.add_channel_bias(z, d, b),

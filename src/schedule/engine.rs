@@ -69,7 +69,8 @@ struct Tape<B: Backend> {
     features: B::Buf,
 }
 
-/// Gradient accumulators, one per parameter.
+/// Gradient accumulators, one per trainable parameter, allocated before the forward pass so that
+/// they form one block of memory the plan can name.
 struct Grads<B: Backend> {
     g: Vec<Option<B::Buf>>,
 }
@@ -78,10 +79,9 @@ impl<B: Backend> Grads<B> {
     fn add(&mut self, be: &B, idx: usize, scale: f64, v: B::Buf) -> Result<()> {
         match &mut self.g[idx] {
             Some(acc) => be.axpy(scale, &v, acc),
-            slot @ None => {
-                *slot = Some(if scale == 1.0 { v } else { be.lincomb(&[(scale, &v)])? });
-                Ok(())
-            }
+            None => Err(Error::Other(format!(
+                "parameter {idx} has no gradient buffer"
+            ))),
         }
     }
     fn add_layer(&mut self, be: &B, l: &LayerIdx, scale: f64, g: LayerGrads<B::Buf>) -> Result<()> {
@@ -94,7 +94,9 @@ impl<B: Backend> Grads<B> {
                 self.add(be, shift, scale, g.dshift)
             }
             (NormIdx::Shift { shift }, _) => self.add(be, shift, scale, g.dshift),
-            (NormIdx::Tv { .. }, None) => Err(Error::Other("tvNorm without a scale gradient".into())),
+            (NormIdx::Tv { .. }, None) => {
+                Err(Error::Other("tvNorm without a scale gradient".into()))
+            }
         }
     }
 }
@@ -109,7 +111,11 @@ impl<B: Backend> Engine<B> {
     /// Uploads `params` (checked against the layout) to the backend.
     pub fn new(backend: B, layout: Layout, params: &ParamSet) -> Result<Self> {
         let params = upload_params(&backend, &layout, params)?;
-        Ok(Engine { backend, layout, params })
+        Ok(Engine {
+            backend,
+            layout,
+            params,
+        })
     }
 
     /// Downloads the current parameters and buffers.
@@ -129,7 +135,12 @@ impl<B: Backend> Engine<B> {
 
     fn kind(&self) -> StepKind {
         let c = &self.layout.config;
-        StepKind { layer: c.layer, h: c.h, act: c.activation, gamma: c.gamma }
+        StepKind {
+            layer: c.layer,
+            h: c.h,
+            act: c.activation,
+            gamma: c.gamma,
+        }
     }
 
     fn layer(&self, l: &LayerIdx) -> Layer<'_, B> {
@@ -139,8 +150,13 @@ impl<B: Backend> Engine<B> {
             Kind::Dense => OpRef::Dense(w),
         };
         let norm = match l.norm {
-            NormIdx::Tv { scale, shift } => Norm::Tv { s: &self.params[scale], b: &self.params[shift] },
-            NormIdx::Shift { shift } => Norm::Shift { b: &self.params[shift] },
+            NormIdx::Tv { scale, shift } => Norm::Tv {
+                s: &self.params[scale],
+                b: &self.params[shift],
+            },
+            NormIdx::Shift { shift } => Norm::Shift {
+                b: &self.params[shift],
+            },
         };
         Layer { op, norm }
     }
@@ -155,7 +171,10 @@ impl<B: Backend> Engine<B> {
                     Kind::Image => format!("[N, {}, H, W]", cfg.input_width()),
                     Kind::Dense => format!("[N, {}]", cfg.input_width()),
                 };
-                return Err(Error::Shape(format!("input `x` has shape {:?}, expected {want}", x.shape)));
+                return Err(Error::Shape(format!(
+                    "input `x` has shape {:?}, expected {want}",
+                    x.shape
+                )));
             }
         };
         if n == 0 || d.hw() == 0 {
@@ -177,7 +196,10 @@ impl<B: Backend> Engine<B> {
             }
         }
         let wl = self.layout.units.last().map(|u| u.out_width).unwrap_or(0);
-        Ok(Geometry { unit_dims, feature_dims: Dims::dense(n, wl) })
+        Ok(Geometry {
+            unit_dims,
+            feature_dims: Dims::dense(n, wl),
+        })
     }
 
     // ---- forward ------------------------------------------------------------------------------
@@ -187,16 +209,33 @@ impl<B: Backend> Engine<B> {
         let be = &self.backend;
         let w0 = self.layout.units[0].width;
         match self.layout.open {
-            OpenIdx::ConvBn { conv, bn_weight, bn_bias, running_mean, running_var } => {
+            OpenIdx::ConvBn {
+                conv,
+                bn_weight,
+                bn_bias,
+                running_mean,
+                running_var,
+            } => {
                 let z = be.conv3x3(x, xd, &self.params[conv], w0)?;
                 let zd = xd.with_c(w0);
-                self.bn_relu(z, zd, train, [bn_weight, bn_bias, running_mean, running_var])
+                self.bn_relu(
+                    z,
+                    zd,
+                    train,
+                    [bn_weight, bn_bias, running_mean, running_var],
+                )
             }
             OpenIdx::Dense { weight, bias } => self.dense_tanh(x, xd, weight, bias, w0),
         }
     }
 
-    fn bn_relu(&self, z: B::Buf, d: Dims, train: bool, idx: [usize; 4]) -> Result<(B::Buf, AffineTape<B>)> {
+    fn bn_relu(
+        &self,
+        z: B::Buf,
+        d: Dims,
+        train: bool,
+        idx: [usize; 4],
+    ) -> Result<(B::Buf, AffineTape<B>)> {
         let be = &self.backend;
         let [g, b, rm, rv] = idx.map(|i| &self.params[i]);
         let (a, stats) = if train {
@@ -209,7 +248,14 @@ impl<B: Backend> Engine<B> {
         Ok((y, AffineTape { z, stats }))
     }
 
-    fn dense_tanh(&self, x: &B::Buf, xd: Dims, weight: usize, bias: usize, out: usize) -> Result<(B::Buf, AffineTape<B>)> {
+    fn dense_tanh(
+        &self,
+        x: &B::Buf,
+        xd: Dims,
+        weight: usize,
+        bias: usize,
+        out: usize,
+    ) -> Result<(B::Buf, AffineTape<B>)> {
         let be = &self.backend;
         let zd = be.conv1x1(x, xd, &self.params[weight], out)?;
         let z = be.add_channel_bias(&zd, xd.with_c(out), &self.params[bias])?;
@@ -218,15 +264,32 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Connective layer after unit `k` (and pooling or the global mean).
-    fn connect_forward(&self, k: usize, y: &B::Buf, d: Dims, train: bool) -> Result<(B::Buf, Option<AffineTape<B>>)> {
+    fn connect_forward(
+        &self,
+        k: usize,
+        y: &B::Buf,
+        d: Dims,
+        train: bool,
+    ) -> Result<(B::Buf, Option<AffineTape<B>>)> {
         let be = &self.backend;
         let u = &self.layout.units[k];
         let last = k + 1 == self.layout.units.len();
         let od = d.with_c(u.out_width);
         let (r, tape) = match u.connect {
-            ConnectIdx::ConvBn { conv, bn_weight, bn_bias, running_mean, running_var } => {
+            ConnectIdx::ConvBn {
+                conv,
+                bn_weight,
+                bn_bias,
+                running_mean,
+                running_var,
+            } => {
                 let z = be.conv1x1(y, d, &self.params[conv], u.out_width)?;
-                let (r, t) = self.bn_relu(z, od, train, [bn_weight, bn_bias, running_mean, running_var])?;
+                let (r, t) = self.bn_relu(
+                    z,
+                    od,
+                    train,
+                    [bn_weight, bn_bias, running_mean, running_var],
+                )?;
                 (r, Some(t))
             }
             ConnectIdx::Dense { weight, bias } => {
@@ -244,7 +307,13 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Runs unit `k` forward from `input`, keeping what `sched` allows.
-    fn unit_forward(&self, k: usize, input: &B::Buf, d: Dims, sched: Schedule) -> Result<(B::Buf, Kept<B>)> {
+    fn unit_forward(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        d: Dims,
+        sched: Schedule,
+    ) -> Result<(B::Buf, Kept<B>)> {
         let be = &self.backend;
         let u = &self.layout.units[k];
         let kind = self.kind();
@@ -252,14 +321,19 @@ impl<B: Backend> Engine<B> {
         if nt == 0 {
             return Ok((be.copy(input)?, Kept::Nothing));
         }
-        let fixed = if kind.layer.invertible() { sched.fixed_point } else { None };
+        let fixed = if kind.layer.invertible() {
+            sched.fixed_point
+        } else {
+            None
+        };
         match (kind.layer, fixed) {
             (LayerType::Hyperbolic, None) => {
                 let mut hist = vec![be.copy(input)?];
                 for (j, s) in u.steps.iter().enumerate() {
                     let y = &hist[hist.len() - 1];
                     let prev = (j > 0).then(|| &hist[hist.len() - 2]);
-                    let next = layers::forward_single(be, kind, self.layer(&s.layers[0]), y, prev, d)?;
+                    let next =
+                        layers::forward_single(be, kind, self.layer(&s.layers[0]), y, prev, d)?;
                     hist.push(next);
                     if !sched.keep_all && hist.len() > 2 {
                         hist.remove(0);
@@ -267,14 +341,25 @@ impl<B: Backend> Engine<B> {
                 }
                 let out = be.copy(&hist[hist.len() - 1])?;
                 let states = hist.into_iter().map(|y| vec![y]).collect();
-                Ok((out, if sched.keep_all { Kept::All(states) } else { Kept::Last(states) }))
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::All(states)
+                    } else {
+                        Kept::Last(states)
+                    },
+                ))
             }
             (LayerType::Hyperbolic, Some(shift)) => {
                 let coef = (1u64 << shift) as f64 * kind.h * kind.h;
                 let mut hist = vec![be.quantize(input, shift)?];
                 for s in &u.steps {
                     let q = &hist[hist.len() - 1];
-                    let qp = if hist.len() > 1 { &hist[hist.len() - 2] } else { q };
+                    let qp = if hist.len() > 1 {
+                        &hist[hist.len() - 2]
+                    } else {
+                        q
+                    };
                     let y = be.dequantize(q, shift)?;
                     let f = layers::f_only(be, self.layer(&s.layers[0]), &y, d, kind.act)?;
                     drop(y);
@@ -286,7 +371,14 @@ impl<B: Backend> Engine<B> {
                 }
                 let out = be.dequantize(&hist[hist.len() - 1], shift)?;
                 let states = hist.into_iter().map(|q| vec![q]).collect();
-                Ok((out, if sched.keep_all { Kept::AllFixed(states) } else { Kept::LastFixed(states) }))
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::AllFixed(states)
+                    } else {
+                        Kept::LastFixed(states)
+                    },
+                ))
             }
             (LayerType::Hamiltonian, None) => {
                 let hd = d.with_c(d.c / 2);
@@ -303,7 +395,14 @@ impl<B: Backend> Engine<B> {
                 }
                 let last = &hist[hist.len() - 1];
                 let out = be.concat_channels(&last[0], &last[1], d, d.c / 2)?;
-                Ok((out, if sched.keep_all { Kept::All(hist) } else { Kept::Last(hist) }))
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::All(hist)
+                    } else {
+                        Kept::Last(hist)
+                    },
+                ))
             }
             (LayerType::Hamiltonian, Some(shift)) => {
                 let hd = d.with_c(d.c / 2);
@@ -329,20 +428,43 @@ impl<B: Backend> Engine<B> {
                     }
                 }
                 let last = &hist[hist.len() - 1];
-                let (a, b) = (be.dequantize(&last[0], shift)?, be.dequantize(&last[1], shift)?);
+                let (a, b) = (
+                    be.dequantize(&last[0], shift)?,
+                    be.dequantize(&last[1], shift)?,
+                );
                 let out = be.concat_channels(&a, &b, d, d.c / 2)?;
-                Ok((out, if sched.keep_all { Kept::AllFixed(hist) } else { Kept::LastFixed(hist) }))
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::AllFixed(hist)
+                    } else {
+                        Kept::LastFixed(hist)
+                    },
+                ))
             }
             _ => {
                 let (out, states) = self.explicit_forward(k, input, d, sched.keep_all)?;
-                Ok((out, if sched.keep_all { Kept::All(states) } else { Kept::Nothing }))
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::All(states)
+                    } else {
+                        Kept::Nothing
+                    },
+                ))
             }
         }
     }
 
     /// Forward of a single-state, non-invertible unit; returns the output and, when `keep`, every
     /// state `0..=nt`.
-    fn explicit_forward(&self, k: usize, input: &B::Buf, d: Dims, keep: bool) -> Result<(B::Buf, Vec<State<B::Buf>>)> {
+    fn explicit_forward(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        d: Dims,
+        keep: bool,
+    ) -> Result<(B::Buf, Vec<State<B::Buf>>)> {
         let be = &self.backend;
         let kind = self.kind();
         let mut states: Vec<State<B::Buf>> = Vec::new();
@@ -375,23 +497,49 @@ impl<B: Backend> Engine<B> {
             let d = geo.unit_dims[k];
             let (out, kept) = self.unit_forward(k, &y, d, sched)?;
             let (next, ct) = self.connect_forward(k, &out, d, train)?;
-            units.push(UnitTape { input: y, output: out, kept });
+            units.push(UnitTape {
+                input: y,
+                output: out,
+                kept,
+            });
             connects.push(ct);
             y = next;
         }
-        Ok((Tape { x: xb, x_dims: xd, open, units, connects, features: y }, geo))
+        Ok((
+            Tape {
+                x: xb,
+                x_dims: xd,
+                open,
+                units,
+                connects,
+                features: y,
+            },
+            geo,
+        ))
     }
 
     fn classify(&self, features: &B::Buf, fd: Dims) -> Result<B::Buf> {
         let be = &self.backend;
         let classes = self.layout.config.classes;
-        let z = be.conv1x1(features, fd, &self.params[self.layout.classifier_weight], classes)?;
-        be.add_channel_bias(&z, fd.with_c(classes), &self.params[self.layout.classifier_bias])
+        let z = be.conv1x1(
+            features,
+            fd,
+            &self.params[self.layout.classifier_weight],
+            classes,
+        )?;
+        be.add_channel_bias(
+            &z,
+            fd.with_c(classes),
+            &self.params[self.layout.classifier_bias],
+        )
     }
 
     /// Evaluation-mode logits `[n, classes]` (batch norm with running statistics).
     pub fn logits(&self, x: &HostTensor) -> Result<Vec<f32>> {
-        let sched = Schedule { keep_all: false, fixed_point: None };
+        let sched = Schedule {
+            keep_all: false,
+            fixed_point: None,
+        };
         let (tape, geo) = self.forward(x, sched, false)?;
         let logits = self.classify(&tape.features, geo.feature_dims)?;
         self.backend.download_f32(&logits)
@@ -399,11 +547,17 @@ impl<B: Backend> Engine<B> {
 
     /// Training-mode loss (batch statistics) without the backward pass.
     pub fn loss(&self, x: &HostTensor, labels: &[usize]) -> Result<f64> {
-        let sched = Schedule { keep_all: false, fixed_point: None };
+        let sched = Schedule {
+            keep_all: false,
+            fixed_point: None,
+        };
         let (tape, geo) = self.forward(x, sched, true)?;
         let logits = self.classify(&tape.features, geo.feature_dims)?;
         let n = x.shape[0];
-        Ok(self.backend.softmax_xent(&logits, n, self.layout.config.classes, labels)?.0)
+        Ok(self
+            .backend
+            .softmax_xent(&logits, n, self.layout.config.classes, labels)?
+            .0)
     }
 
     /// Adds `delta` to element `index` of parameter `name` in the backend's precision (for
@@ -427,7 +581,13 @@ impl<B: Backend> Engine<B> {
 
     /// Forward, loss and backward in training mode (batch statistics). When `update_running`,
     /// the batch-norm running statistics are updated as PyTorch does.
-    pub fn grad(&mut self, x: &HostTensor, labels: &[usize], sched: Schedule, update_running: bool) -> Result<GradOutput> {
+    pub fn grad(
+        &mut self,
+        x: &HostTensor,
+        labels: &[usize],
+        sched: Schedule,
+        update_running: bool,
+    ) -> Result<GradOutput> {
         let classes = self.layout.config.classes;
         if labels.len() != x.shape.first().copied().unwrap_or(0) {
             return Err(Error::Shape(format!(
@@ -437,7 +597,9 @@ impl<B: Backend> Engine<B> {
             )));
         }
         if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
-            return Err(Error::Input(format!("label {bad} is out of range for {classes} classes")));
+            return Err(Error::Input(format!(
+                "label {bad} is out of range for {classes} classes"
+            )));
         }
         let (out, stats) = self.grad_inner(x, labels, sched)?;
         if update_running {
@@ -446,11 +608,32 @@ impl<B: Backend> Engine<B> {
         Ok(out)
     }
 
-    fn grad_inner(&self, x: &HostTensor, labels: &[usize], sched: Schedule) -> Result<(GradOutput, Vec<(usize, usize, BnStats<B::Buf>, usize)>)> {
+    fn grad_inner(
+        &self,
+        x: &HostTensor,
+        labels: &[usize],
+        sched: Schedule,
+    ) -> Result<(GradOutput, Vec<(usize, usize, BnStats<B::Buf>, usize)>)> {
         let be = &self.backend;
         let n = x.shape[0];
+        let mut grads = Grads::<B> {
+            g: Vec::with_capacity(self.params.len()),
+        };
+        for (_, role, t) in self.layout.template.iter() {
+            grads.g.push(match role {
+                ParamRole::Buffer => None,
+                _ => Some(be.zeros(t.len())?),
+            });
+        }
         let (tape, geo) = self.forward(x, sched, true)?;
-        let Tape { x: xb, x_dims, open, units, connects, features } = tape;
+        let Tape {
+            x: xb,
+            x_dims,
+            open,
+            units,
+            connects,
+            features,
+        } = tape;
         let fd = geo.feature_dims;
         let classes = self.layout.config.classes;
         let logits = self.classify(&features, fd)?;
@@ -458,13 +641,27 @@ impl<B: Backend> Engine<B> {
         let logits_host = be.download_f32(&logits)?;
         drop(logits);
 
-        let mut grads = Grads::<B> { g: (0..self.params.len()).map(|_| None).collect() };
         let mut running = Vec::new();
         // Classifier.
         let cd = fd.with_c(classes);
-        grads.add(be, self.layout.classifier_bias, 1.0, be.channel_sum(&g_logits, cd)?)?;
-        grads.add(be, self.layout.classifier_weight, 1.0, be.conv1x1_wgrad(&features, fd, &g_logits, classes)?)?;
-        let mut g = be.conv1x1_t(&g_logits, cd, &self.params[self.layout.classifier_weight], fd.c)?;
+        grads.add(
+            be,
+            self.layout.classifier_bias,
+            1.0,
+            be.channel_sum(&g_logits, cd)?,
+        )?;
+        grads.add(
+            be,
+            self.layout.classifier_weight,
+            1.0,
+            be.conv1x1_wgrad(&features, fd, &g_logits, classes)?,
+        )?;
+        let mut g = be.conv1x1_t(
+            &g_logits,
+            cd,
+            &self.params[self.layout.classifier_weight],
+            fd.c,
+        )?;
         drop((g_logits, features));
 
         let mut drift: f64 = 0.0;
@@ -483,9 +680,24 @@ impl<B: Backend> Engine<B> {
         // only as long as needed), so recompute that output from z instead.
         let w0 = self.layout.units[0].width;
         let g_x = match self.layout.open {
-            OpenIdx::ConvBn { conv, bn_weight, bn_bias, running_mean, running_var } => {
+            OpenIdx::ConvBn {
+                conv,
+                bn_weight,
+                bn_bias,
+                running_mean,
+                running_var,
+            } => {
                 let zd = x_dims.with_c(w0);
-                let gz = self.bn_relu_backward(open, zd, g, bn_weight, bn_bias, &mut grads, &mut running, (running_mean, running_var))?;
+                let gz = self.bn_relu_backward(
+                    open,
+                    zd,
+                    g,
+                    bn_weight,
+                    bn_bias,
+                    &mut grads,
+                    &mut running,
+                    (running_mean, running_var),
+                )?;
                 grads.add(be, conv, 1.0, be.conv3x3_wgrad(&xb, x_dims, &gz, w0)?)?;
                 be.conv3x3_t(&gz, zd, &self.params[conv], x_dims.c)?
             }
@@ -507,9 +719,25 @@ impl<B: Backend> Engine<B> {
                 Some(b) => be.download_f32(b)?,
                 None => vec![0.0; t.len()],
             };
-            out.push(name, role, HostTensor { shape: t.shape.clone(), data });
+            out.push(
+                name,
+                role,
+                HostTensor {
+                    shape: t.shape.clone(),
+                    data,
+                },
+            );
         }
-        Ok((GradOutput { loss, logits: logits_host, grad_x, grads: out, drift }, running))
+        Ok((
+            GradOutput {
+                loss,
+                logits: logits_host,
+                grad_x,
+                grads: out,
+                drift,
+            },
+            running,
+        ))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -525,11 +753,21 @@ impl<B: Backend> Engine<B> {
         running_idx: (usize, usize),
     ) -> Result<B::Buf> {
         let be = &self.backend;
-        let stats = tape.stats.ok_or_else(|| Error::Other("batch norm ran without statistics".into()))?;
-        let a = be.batchnorm_eval(&tape.z, d, &self.params[bn_weight], &self.params[bn_bias], &stats.mean, &stats.var)?;
+        let stats = tape
+            .stats
+            .ok_or_else(|| Error::Other("batch norm ran without statistics".into()))?;
+        let a = be.batchnorm_eval(
+            &tape.z,
+            d,
+            &self.params[bn_weight],
+            &self.params[bn_bias],
+            &stats.mean,
+            &stats.var,
+        )?;
         let ga = be.activation_vjp(Activation::Relu, &a, &g)?;
         drop((a, g));
-        let (gz, dgamma, dbeta) = be.batchnorm_vjp(&tape.z, d, &self.params[bn_weight], &stats, &ga)?;
+        let (gz, dgamma, dbeta) =
+            be.batchnorm_vjp(&tape.z, d, &self.params[bn_weight], &stats, &ga)?;
         grads.add(be, bn_weight, 1.0, dgamma)?;
         grads.add(be, bn_bias, 1.0, dbeta)?;
         running.push((running_idx.0, running_idx.1, stats, d.n * d.hw()));
@@ -557,8 +795,26 @@ impl<B: Backend> Engine<B> {
             Kind::Dense => g,
         };
         match (u.connect, tape) {
-            (ConnectIdx::ConvBn { conv, bn_weight, bn_bias, running_mean, running_var }, Some(t)) => {
-                let gz = self.bn_relu_backward(t, od, g, bn_weight, bn_bias, grads, running, (running_mean, running_var))?;
+            (
+                ConnectIdx::ConvBn {
+                    conv,
+                    bn_weight,
+                    bn_bias,
+                    running_mean,
+                    running_var,
+                },
+                Some(t),
+            ) => {
+                let gz = self.bn_relu_backward(
+                    t,
+                    od,
+                    g,
+                    bn_weight,
+                    bn_bias,
+                    grads,
+                    running,
+                    (running_mean, running_var),
+                )?;
                 grads.add(be, conv, 1.0, be.conv1x1_wgrad(y, d, &gz, u.out_width)?)?;
                 be.conv1x1_t(&gz, od, &self.params[conv], d.c)
             }
@@ -569,12 +825,22 @@ impl<B: Backend> Engine<B> {
                 be.conv1x1_t(&gz, od, &self.params[weight], d.c)
             }
             (ConnectIdx::None, _) => Ok(g),
-            _ => Err(Error::Other(format!("connective layer {k} ran without a tape"))),
+            _ => Err(Error::Other(format!(
+                "connective layer {k} ran without a tape"
+            ))),
         }
     }
 
     /// Backward through unit `k`: returns the input's gradient and the rebuild drift.
-    fn unit_backward(&self, k: usize, tape: UnitTape<B>, d: Dims, g_out: B::Buf, sched: Schedule, grads: &mut Grads<B>) -> Result<(B::Buf, f64)> {
+    fn unit_backward(
+        &self,
+        k: usize,
+        tape: UnitTape<B>,
+        d: Dims,
+        g_out: B::Buf,
+        sched: Schedule,
+        grads: &mut Grads<B>,
+    ) -> Result<(B::Buf, f64)> {
         let u = &self.layout.units[k];
         if u.steps.is_empty() {
             return Ok((g_out, 0.0));
@@ -593,7 +859,14 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    fn explicit_backward(&self, u: &UnitIdx, mut states: Vec<State<B::Buf>>, d: Dims, mut g: B::Buf, grads: &mut Grads<B>) -> Result<B::Buf> {
+    fn explicit_backward(
+        &self,
+        u: &UnitIdx,
+        mut states: Vec<State<B::Buf>>,
+        d: Dims,
+        mut g: B::Buf,
+        grads: &mut Grads<B>,
+    ) -> Result<B::Buf> {
         let be = &self.backend;
         let kind = self.kind();
         for j in (0..u.steps.len()).rev() {
@@ -607,7 +880,15 @@ impl<B: Backend> Engine<B> {
         Ok(g)
     }
 
-    fn hyperbolic_backward(&self, u: &UnitIdx, tape: UnitTape<B>, d: Dims, g_out: B::Buf, sched: Schedule, grads: &mut Grads<B>) -> Result<(B::Buf, f64)> {
+    fn hyperbolic_backward(
+        &self,
+        u: &UnitIdx,
+        tape: UnitTape<B>,
+        d: Dims,
+        g_out: B::Buf,
+        sched: Schedule,
+        grads: &mut Grads<B>,
+    ) -> Result<(B::Buf, f64)> {
         let be = &self.backend;
         let kind = self.kind();
         let h2 = kind.h * kind.h;
@@ -630,7 +911,11 @@ impl<B: Backend> Engine<B> {
                 let cur = s.pop().and_then(|mut v| v.pop());
                 match (cur, next) {
                     (Some(c), Some(n)) => Src::Window(c, n),
-                    _ => return Err(Error::Other("leapfrog unit kept fewer than two states".into())),
+                    _ => {
+                        return Err(Error::Other(
+                            "leapfrog unit kept fewer than two states".into(),
+                        ))
+                    }
                 }
             }
             Kept::LastFixed(mut s) => {
@@ -638,7 +923,11 @@ impl<B: Backend> Engine<B> {
                 let cur = s.pop().and_then(|mut v| v.pop());
                 match (cur, next) {
                     (Some(c), Some(n)) => Src::WindowFixed(c, n),
-                    _ => return Err(Error::Other("leapfrog unit kept fewer than two states".into())),
+                    _ => {
+                        return Err(Error::Other(
+                            "leapfrog unit kept fewer than two states".into(),
+                        ))
+                    }
                 }
             }
             Kept::Nothing => return Err(Error::Other("leapfrog unit kept no states".into())),
@@ -682,7 +971,9 @@ impl<B: Backend> Engine<B> {
                         *n = std::mem::replace(c, prev);
                     }
                     Src::WindowFixed(c, n) => {
-                        let y = y_owned.as_ref().ok_or_else(|| Error::Other("no dequantised state".into()))?;
+                        let y = y_owned
+                            .as_ref()
+                            .ok_or_else(|| Error::Other("no dequantised state".into()))?;
                         let f = layers::f_only(be, l, y, d, kind.act)?;
                         let prev = be.fixed_update(&[(2, c), (-1, n)], coef, &f)?;
                         *n = std::mem::replace(c, prev);
@@ -705,7 +996,15 @@ impl<B: Backend> Engine<B> {
         Ok((be.lincomb(&[(1.0, &g_next), (1.0, &p)])?, drift))
     }
 
-    fn hamiltonian_backward(&self, u: &UnitIdx, tape: UnitTape<B>, d: Dims, g_out: B::Buf, sched: Schedule, grads: &mut Grads<B>) -> Result<(B::Buf, f64)> {
+    fn hamiltonian_backward(
+        &self,
+        u: &UnitIdx,
+        tape: UnitTape<B>,
+        d: Dims,
+        g_out: B::Buf,
+        sched: Schedule,
+        grads: &mut Grads<B>,
+    ) -> Result<(B::Buf, f64)> {
         let be = &self.backend;
         let kind = self.kind();
         let h = kind.h;
@@ -730,18 +1029,27 @@ impl<B: Backend> Engine<B> {
                     (a1, be.copy(&s[j][1])?)
                 }
                 Kept::AllFixed(s) => {
-                    let st = s.pop().ok_or_else(|| Error::Other("missing state".into()))?;
-                    (be.dequantize(&st[0], shift)?, be.dequantize(&s[j][1], shift)?)
+                    let st = s
+                        .pop()
+                        .ok_or_else(|| Error::Other("missing state".into()))?;
+                    (
+                        be.dequantize(&st[0], shift)?,
+                        be.dequantize(&s[j][1], shift)?,
+                    )
                 }
                 Kept::Last(s) => {
-                    let st = s.pop().ok_or_else(|| Error::Other("missing state".into()))?;
+                    let st = s
+                        .pop()
+                        .ok_or_else(|| Error::Other("missing state".into()))?;
                     let (a, b) = layers::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
                     let bj = be.copy(&b)?;
                     s.push(vec![a, b]);
                     (be.copy(&st[0])?, bj)
                 }
                 Kept::LastFixed(s) => {
-                    let st = s.pop().ok_or_else(|| Error::Other("missing state".into()))?;
+                    let st = s
+                        .pop()
+                        .ok_or_else(|| Error::Other("missing state".into()))?;
                     let a1 = be.dequantize(&st[0], shift)?;
                     let f2 = layers::f_only(be, l2, &a1, hd, kind.act)?;
                     let qb = be.fixed_update(&[(1, &st[1])], coef, &f2)?;
@@ -752,7 +1060,9 @@ impl<B: Backend> Engine<B> {
                     s.push(vec![qa, qb]);
                     (a1, bj)
                 }
-                Kept::Nothing => return Err(Error::Other("hamiltonian unit kept no states".into())),
+                Kept::Nothing => {
+                    return Err(Error::Other("hamiltonian unit kept no states".into()))
+                }
             };
             let v2 = layers::sym_grad(be, l2, &a1, hd, kind.act, &gb)?;
             ga = be.lincomb(&[(1.0, &ga), (-h, &v2.dy)])?;
@@ -765,7 +1075,10 @@ impl<B: Backend> Engine<B> {
         let rebuilt = match &kept {
             Kept::Last(s) => Some(be.concat_channels(&s[0][0], &s[0][1], d, half)?),
             Kept::LastFixed(s) => {
-                let (a, b) = (be.dequantize(&s[0][0], shift)?, be.dequantize(&s[0][1], shift)?);
+                let (a, b) = (
+                    be.dequantize(&s[0][0], shift)?,
+                    be.dequantize(&s[0][1], shift)?,
+                );
                 Some(be.concat_channels(&a, &b, d, half)?)
             }
             _ => None,
@@ -795,20 +1108,26 @@ impl<B: Backend> Engine<B> {
         Ok(if smax > 0.0 { dmax / smax } else { dmax })
     }
 
-    fn update_running(&mut self, stats: &[(usize, usize, BnStats<B::Buf>, usize)], _n: usize) -> Result<()> {
+    fn update_running(
+        &mut self,
+        stats: &[(usize, usize, BnStats<B::Buf>, usize)],
+        _n: usize,
+    ) -> Result<()> {
         for (rm, rv, s, count) in stats {
             let (lo, hi) = self.params.split_at_mut(*rv);
-            self.backend.batchnorm_update_running(&mut lo[*rm], &mut hi[0], s, *count)?;
+            self.backend
+                .batchnorm_update_running(&mut lo[*rm], &mut hi[0], s, *count)?;
         }
         Ok(())
     }
 }
 
-
 fn upload_params<B: Backend>(be: &B, layout: &Layout, params: &ParamSet) -> Result<Vec<B::Buf>> {
     let mut out = Vec::with_capacity(layout.template.len());
     for (name, _, t) in layout.template.iter() {
-        let p = params.get(name).ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let p = params
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
         if p.shape != t.shape {
             return Err(Error::Weights(format!(
                 "`{name}` has shape {:?}, the config needs {:?}",

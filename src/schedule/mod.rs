@@ -32,9 +32,18 @@ impl Policy {
     /// The schedule this policy runs with the default fixed-point shift (S = 16).
     pub fn schedule(self) -> Schedule {
         match self {
-            Policy::Store => Schedule { keep_all: true, fixed_point: None },
-            Policy::Reversible => Schedule { keep_all: false, fixed_point: None },
-            Policy::Exact => Schedule { keep_all: false, fixed_point: Some(DEFAULT_FIXED_SHIFT) },
+            Policy::Store => Schedule {
+                keep_all: true,
+                fixed_point: None,
+            },
+            Policy::Reversible => Schedule {
+                keep_all: false,
+                fixed_point: None,
+            },
+            Policy::Exact => Schedule {
+                keep_all: false,
+                fixed_point: Some(DEFAULT_FIXED_SHIFT),
+            },
         }
     }
 }
