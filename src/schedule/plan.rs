@@ -16,6 +16,7 @@ use std::sync::Arc;
 struct Counter {
     live: AtomicUsize,
     peak: AtomicUsize,
+    flops: AtomicUsize,
 }
 
 /// A buffer that is only a size: it counts itself live until dropped.
@@ -57,6 +58,14 @@ impl Planner {
             len,
             counter: self.counter.clone(),
         }
+    }
+    fn flop(&self, n: usize) {
+        self.counter.flops.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Floating-point operations counted so far (multiply-adds count two; elementwise work is
+    /// counted one per output element and op).
+    pub fn flops(&self) -> usize {
+        self.counter.flops.load(Ordering::Relaxed)
     }
     /// Largest number of bytes live at once so far.
     pub fn peak_bytes(&self) -> usize {
@@ -106,6 +115,7 @@ impl Backend for Planner {
     }
     fn lincomb(&self, terms: &[(f64, &PlanBuf)]) -> Result<PlanBuf> {
         ensure_shape!(!terms.is_empty(), "lincomb needs at least one term");
+        self.flop(2 * terms.len() * terms[0].1.len);
         Ok(self.buf(terms[0].1.len))
     }
     fn axpy(&self, _a: f64, x: &PlanBuf, y: &mut PlanBuf) -> Result<()> {
@@ -113,21 +123,27 @@ impl Backend for Planner {
         Ok(())
     }
     fn conv3x3(&self, _x: &PlanBuf, d: Dims, _k: &PlanBuf, cout: usize) -> Result<PlanBuf> {
+        self.flop(2 * 9 * d.len() * cout);
         Ok(self.buf(d.with_c(cout).len()))
     }
     fn conv3x3_t(&self, _z: &PlanBuf, d: Dims, _k: &PlanBuf, cin: usize) -> Result<PlanBuf> {
+        self.flop(2 * 9 * d.len() * cin);
         Ok(self.buf(d.with_c(cin).len()))
     }
     fn conv3x3_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf, cout: usize) -> Result<PlanBuf> {
+        self.flop(2 * 9 * d.len() * cout);
         Ok(self.buf(cout * d.c * 9))
     }
     fn conv1x1(&self, _x: &PlanBuf, d: Dims, _k: &PlanBuf, cout: usize) -> Result<PlanBuf> {
+        self.flop(2 * d.len() * cout);
         Ok(self.buf(d.with_c(cout).len()))
     }
     fn conv1x1_t(&self, _z: &PlanBuf, d: Dims, _k: &PlanBuf, cin: usize) -> Result<PlanBuf> {
+        self.flop(2 * d.len() * cin);
         Ok(self.buf(d.with_c(cin).len()))
     }
     fn conv1x1_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf, cout: usize) -> Result<PlanBuf> {
+        self.flop(2 * d.len() * cout);
         Ok(self.buf(cout * d.c))
     }
     fn add_channel_bias(&self, _x: &PlanBuf, d: Dims, _b: &PlanBuf) -> Result<PlanBuf> {
@@ -137,6 +153,7 @@ impl Backend for Planner {
         Ok(self.buf(d.c))
     }
     fn tvnorm(&self, _x: &PlanBuf, d: Dims, _s: &PlanBuf, _b: &PlanBuf) -> Result<PlanBuf> {
+        self.flop(5 * d.len());
         Ok(self.buf(d.len()))
     }
     fn tvnorm_vjp(
@@ -194,6 +211,7 @@ impl Backend for Planner {
         Ok(())
     }
     fn activation(&self, _act: Activation, x: &PlanBuf) -> Result<PlanBuf> {
+        self.flop(x.len);
         Ok(self.buf(x.len))
     }
     fn activation_vjp(&self, _act: Activation, x: &PlanBuf, _dy: &PlanBuf) -> Result<PlanBuf> {
@@ -272,5 +290,29 @@ pub fn plan_step(layout: &Layout, input_shape: &[usize], sched: Schedule) -> Res
         param_bytes,
         grad_bytes,
         peak_bytes: planner.peak_bytes(),
+    })
+}
+
+/// Forward and training-step flops of one input of `sample_shape` (e.g. `[3, 32, 32]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlopCount {
+    /// Evaluation forward pass, per input.
+    pub forward: usize,
+    /// Forward + backward under `store` (the least recomputation), per input.
+    pub train_step: usize,
+}
+
+pub fn count_flops(layout: &Layout, sample_shape: &[usize]) -> Result<FlopCount> {
+    let mut shape = vec![1];
+    shape.extend_from_slice(sample_shape);
+    let x = HostTensor::zeros(shape);
+    let planner = Planner::new();
+    let mut eng = Engine::new(planner.clone(), layout.clone(), &layout.template)?;
+    eng.logits(&x)?;
+    let forward = planner.flops();
+    eng.grad(&x, &[0], crate::schedule::Policy::Store.schedule(), false)?;
+    Ok(FlopCount {
+        forward,
+        train_step: planner.flops() - forward,
     })
 }
