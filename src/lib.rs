@@ -3,8 +3,13 @@
 pub mod backend;
 pub mod cli_train;
 pub mod config;
+pub mod device;
 pub mod error;
+pub mod layers;
+pub mod network;
+pub mod operators;
 pub mod params;
+pub mod schedule;
 pub mod tensor;
 pub mod train;
 

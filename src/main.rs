@@ -1,1 +1,17 @@
-fn main() {}
+//! The `pdenet` command line: each command is a thin call into the library.
+
+mod cli;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match cli::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pdenet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod reference;
 
 use crate::error::Result;
+use crate::operators::OpRef;
 use crate::tensor::Dims;
 
 /// Pointwise nonlinearity `sigma`.
@@ -71,7 +72,7 @@ pub const BN_MOMENTUM: f64 = 0.1;
 
 /// A compute device. All buffers hold real numbers in the backend's precision (f64 for the
 /// reference, f32 elsewhere); `IBuf` holds the i32 fixed-point states of the `exact` policy.
-pub trait Backend: Send + Sync {
+pub trait Backend: Send + Sync + Sized {
     type Buf: Send + Sync;
     type IBuf: Send + Sync;
 
@@ -248,16 +249,7 @@ pub trait Backend: Send + Sync {
         norm: Norm<'_, Self::Buf>,
         act: Activation,
     ) -> Result<Self::Buf> {
-        let z = self.conv3x3(y, d, k, d.c)?;
-        let a = match norm {
-            Norm::Tv { s, b } => self.tvnorm(&z, d, s, b)?,
-            Norm::Shift { b } => self.add_channel_bias(&z, d, b)?,
-        };
-        let sa = self.activation(act, &a)?;
-        let kt = self.conv3x3_t(&sa, d, k, d.c)?;
-        let mut all: Vec<(f64, &Self::Buf)> = terms.to_vec();
-        all.push((-coef, &kt));
-        self.lincomb(&all)
+        crate::operators::sym_step(self, OpRef::Full3x3(k), terms, coef, y, d, norm, act)
     }
 
     /// The VJP of `f(y) = -K^T sigma(N(K y))` (full 3x3 operator) for the cotangent `g`:
@@ -272,36 +264,17 @@ pub trait Backend: Send + Sync {
         act: Activation,
         g: &Self::Buf,
     ) -> Result<SymGrads<Self::Buf>> {
-        let z = self.conv3x3(y, d, k, d.c)?;
-        let a = match norm {
-            Norm::Tv { s, b } => self.tvnorm(&z, d, s, b)?,
-            Norm::Shift { b } => self.add_channel_bias(&z, d, b)?,
-        };
-        let sa = self.activation(act, &a)?;
-        // f = -convT(S, K): dS = -conv(g, K), dK gets -wgrad(g, S).
-        let ds_neg = self.conv3x3(g, d, k, d.c)?;
-        let dk_t = self.conv3x3_wgrad(g, d, &sa, d.c)?;
-        let da_neg = self.activation_vjp(act, &a, &ds_neg)?;
-        let (dz_neg, dscale, dshift) = match norm {
-            Norm::Tv { s, .. } => {
-                let (dz, ds, db) = self.tvnorm_vjp(&z, d, s, &da_neg)?;
-                (dz, Some(ds), db)
-            }
-            Norm::Shift { .. } => {
-                let db = self.channel_sum(&da_neg, d)?;
-                (self.copy(&da_neg)?, None, db)
-            }
-        };
-        let dy_neg = self.conv3x3_t(&dz_neg, d, k, d.c)?;
-        let dk_z = self.conv3x3_wgrad(y, d, &dz_neg, d.c)?;
+        let g = crate::operators::sym_vjp(self, OpRef::Full3x3(k), y, d, norm, act, g)?;
+        let dk = g
+            .dop
+            .into_iter()
+            .next()
+            .expect("the full operator has one weight");
         Ok(SymGrads {
-            dy: self.lincomb(&[(-1.0, &dy_neg)])?,
-            dk: self.lincomb(&[(-1.0, &dk_t), (-1.0, &dk_z)])?,
-            dscale: match dscale {
-                Some(v) => Some(self.lincomb(&[(-1.0, &v)])?),
-                None => None,
-            },
-            dshift: self.lincomb(&[(-1.0, &dshift)])?,
+            dy: g.dy,
+            dk,
+            dscale: g.dscale,
+            dshift: g.dshift,
         })
     }
 }
@@ -351,4 +324,9 @@ impl std::str::FromStr for DeviceChoice {
             ))),
         }
     }
+}
+
+/// Whether a CUDA device can be used in this process (driver, device and kernels load).
+pub fn cuda_is_usable() -> bool {
+    false
 }

@@ -1,0 +1,95 @@
+//! `pdenet init` and `pdenet grad` (SPEC section 9).
+
+use clap::Args;
+use pdenet::backend::DeviceChoice;
+use pdenet::config::Config;
+use pdenet::device::Device;
+use pdenet::network::Layout;
+use pdenet::params::{read_batch, read_safetensors, save_params, write_safetensors, OutTensor};
+use pdenet::schedule::{Engine, Policy};
+use pdenet::{with_device, Error, Result};
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Config file (JSON or TOML) or a reference name (ref-cifar, ref-mnist, ref-2d).
+    #[arg(long)]
+    pub config: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GradArgs {
+    #[arg(long)]
+    pub config: String,
+    /// Weights (safetensors, SPEC names).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Batch (safetensors): `x` f32 and `labels` i64.
+    #[arg(long)]
+    pub input: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = "store")]
+    pub policy: Policy,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+pub fn run_init(a: InitArgs) -> Result<()> {
+    let cfg = Config::load(&a.config)?;
+    let layout = Layout::new(&cfg)?;
+    save_params(&a.out, &layout.init(a.seed))?;
+    eprintln!(
+        "wrote {} ({} parameters)",
+        a.out.display(),
+        layout.parameter_count()
+    );
+    Ok(())
+}
+
+pub fn run_grad(a: GradArgs) -> Result<()> {
+    let cfg = Config::load(&a.config)?;
+    let layout = Layout::new(&cfg)?;
+    let mut params = layout.template.clone();
+    params.load_from(read_safetensors(&a.weights)?)?;
+    let batch = read_batch(&a.input)?;
+    if batch.labels.len() != batch.x.shape.first().copied().unwrap_or(0) {
+        return Err(Error::Input(format!(
+            "{} labels for a batch of {}",
+            batch.labels.len(),
+            batch.x.shape.first().copied().unwrap_or(0)
+        )));
+    }
+    let device = Device::select(a.device)?;
+    let out = with_device!(device, |b| {
+        let mut eng = Engine::new(b, layout.clone(), &params)?;
+        eng.grad(&batch.x, &batch.labels, a.policy.schedule(), false)?
+    });
+    let n = batch.labels.len();
+    let loss = [out.loss as f32];
+    let logits_shape = [n, cfg.classes];
+    let mut tensors = vec![
+        ("loss".to_string(), OutTensor::F32(&[1], &loss)),
+        (
+            "logits".to_string(),
+            OutTensor::F32(&logits_shape, &out.logits),
+        ),
+    ];
+    let xshape = batch.x.shape.clone();
+    tensors.push(("grad.x".to_string(), OutTensor::F32(&xshape, &out.grad_x)));
+    let named: Vec<(String, Vec<usize>, &[f32])> = out
+        .grads
+        .iter()
+        .map(|(name, _, t)| (format!("grad.{name}"), t.shape.clone(), t.data.as_slice()))
+        .collect();
+    for (name, shape, data) in &named {
+        tensors.push((name.clone(), OutTensor::F32(shape, data)));
+    }
+    write_safetensors(&a.out, &tensors)?;
+    eprintln!("loss {:.6}; wrote {}", out.loss, a.out.display());
+    Ok(())
+}

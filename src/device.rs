@@ -1,0 +1,41 @@
+//! Device selection: `--device auto|cpu|cuda` resolved to a concrete backend, and a macro that
+//! runs one generic body on whichever backend was chosen.
+
+use crate::backend::DeviceChoice;
+use crate::error::Result;
+
+/// A resolved backend.
+pub enum Device {
+    Cpu(crate::backend::cpu::Cpu),
+}
+
+impl Device {
+    /// Resolves the user's choice. `auto` falls back to the CPU when no usable GPU is present;
+    /// `cuda` without one is an error that says why.
+    pub fn select(choice: DeviceChoice) -> Result<Device> {
+        match choice {
+            DeviceChoice::Auto | DeviceChoice::Cpu => {
+                Ok(Device::Cpu(crate::backend::cpu::Cpu::new()))
+            }
+            DeviceChoice::Cuda => Err(crate::error::Error::CudaUnavailable(
+                "this build has no CUDA backend".into(),
+            )),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Device::Cpu(_) => "cpu",
+        }
+    }
+}
+
+/// Runs `$body` with `$b` bound to the selected backend (by value).
+#[macro_export]
+macro_rules! with_device {
+    ($dev:expr, |$b:ident| $body:expr) => {
+        match $dev {
+            $crate::device::Device::Cpu($b) => $body,
+        }
+    };
+}

@@ -1,0 +1,177 @@
+//! The step types of SPEC section 3: one forward step, its inverse (for invertible types) and its
+//! VJP, each on resolved parameter references. Units and memory policies live in `schedule`.
+
+use crate::backend::{Activation, Backend, Norm};
+use crate::config::LayerType;
+use crate::error::Result;
+use crate::operators::{explicit_step, explicit_vjp, sym_step, sym_vjp, LayerGrads, OpRef};
+use crate::tensor::Dims;
+
+/// One `f(.; K, N)` with its parameters resolved to buffers.
+pub struct Layer<'a, B: Backend> {
+    pub op: OpRef<'a, B>,
+    pub norm: Norm<'a, B::Buf>,
+}
+
+impl<B: Backend> Clone for Layer<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Layer<'_, B> {}
+
+/// Everything a step needs besides its state.
+#[derive(Clone, Copy, Debug)]
+pub struct StepKind {
+    pub layer: LayerType,
+    pub h: f64,
+    pub act: Activation,
+    pub gamma: f64,
+}
+
+/// `sum_i a_i x_i + coef * f(y)`, through the backend's fused kernel for the full 3x3 operator.
+pub fn sym<B: Backend>(
+    be: &B,
+    l: Layer<'_, B>,
+    terms: &[(f64, &B::Buf)],
+    coef: f64,
+    y: &B::Buf,
+    d: Dims,
+    act: Activation,
+) -> Result<B::Buf> {
+    match l.op {
+        OpRef::Full3x3(k) => be.step_full3x3(terms, coef, y, d, k, l.norm, act),
+        op => sym_step(be, op, terms, coef, y, d, l.norm, act),
+    }
+}
+
+/// VJP of `f` at `y`, through the backend's fused kernel for the full 3x3 operator.
+pub fn sym_grad<B: Backend>(
+    be: &B,
+    l: Layer<'_, B>,
+    y: &B::Buf,
+    d: Dims,
+    act: Activation,
+    g: &B::Buf,
+) -> Result<LayerGrads<B::Buf>> {
+    match l.op {
+        OpRef::Full3x3(k) => {
+            let s = be.sym_full3x3_vjp(y, d, k, l.norm, act, g)?;
+            Ok(LayerGrads {
+                dy: s.dy,
+                dop: vec![s.dk],
+                dscale: s.dscale,
+                dshift: s.dshift,
+            })
+        }
+        op => sym_vjp(be, op, y, d, l.norm, act, g),
+    }
+}
+
+/// One step of a single-state type (resnet, antisymmetric, parabolic), or the leapfrog step
+/// `2 y - y_prev + h^2 f(y)` when `prev` is given (hyperbolic).
+pub fn forward_single<B: Backend>(
+    be: &B,
+    kind: StepKind,
+    l: Layer<'_, B>,
+    y: &B::Buf,
+    prev: Option<&B::Buf>,
+    d: Dims,
+) -> Result<B::Buf> {
+    let h = kind.h;
+    match kind.layer {
+        LayerType::Resnet => explicit_step(be, l.op, None, h, y, d, l.norm, kind.act),
+        LayerType::Antisymmetric => {
+            explicit_step(be, l.op, Some(kind.gamma), h, y, d, l.norm, kind.act)
+        }
+        LayerType::Parabolic => sym(be, l, &[(1.0, y)], h, y, d, kind.act),
+        LayerType::Hyperbolic => {
+            let p = prev.unwrap_or(y);
+            sym(be, l, &[(2.0, y), (-1.0, p)], h * h, y, d, kind.act)
+        }
+        LayerType::Hamiltonian | LayerType::Imex => Err(crate::Error::Config(format!(
+            "{} steps are not single-state steps",
+            kind.layer.name()
+        ))),
+    }
+}
+
+/// The VJP of one single-state step `y_{j+1} = y_j + h F(y_j)` at `y_j`: returns the gradient
+/// of `F`'s parameters and `J_F^T g` (each still to be scaled by `h`).
+pub fn grad_single<B: Backend>(
+    be: &B,
+    kind: StepKind,
+    l: Layer<'_, B>,
+    y: &B::Buf,
+    d: Dims,
+    g: &B::Buf,
+) -> Result<LayerGrads<B::Buf>> {
+    match kind.layer {
+        LayerType::Resnet => explicit_vjp(be, l.op, None, y, d, l.norm, kind.act, g),
+        LayerType::Antisymmetric => {
+            explicit_vjp(be, l.op, Some(kind.gamma), y, d, l.norm, kind.act, g)
+        }
+        _ => sym_grad(be, l, y, d, kind.act, g),
+    }
+}
+
+/// Inverse leapfrog: `y_{j-1} = 2 y_j - y_{j+1} + h^2 f(y_j)`.
+pub fn leapfrog_inverse<B: Backend>(
+    be: &B,
+    kind: StepKind,
+    l: Layer<'_, B>,
+    y: &B::Buf,
+    next: &B::Buf,
+    d: Dims,
+) -> Result<B::Buf> {
+    sym(
+        be,
+        l,
+        &[(2.0, y), (-1.0, next)],
+        kind.h * kind.h,
+        y,
+        d,
+        kind.act,
+    )
+}
+
+/// Verlet step on halves `(a, b)`: `a += h f(b; K1)`, then `b -= h f(a; K2)`.
+pub fn verlet_forward<B: Backend>(
+    be: &B,
+    kind: StepKind,
+    l1: Layer<'_, B>,
+    l2: Layer<'_, B>,
+    a: &B::Buf,
+    b: &B::Buf,
+    d: Dims,
+) -> Result<(B::Buf, B::Buf)> {
+    let a1 = sym(be, l1, &[(1.0, a)], kind.h, b, d, kind.act)?;
+    let b1 = sym(be, l2, &[(1.0, b)], -kind.h, &a1, d, kind.act)?;
+    Ok((a1, b1))
+}
+
+/// Inverse Verlet step: `b -= -h f(a; K2)` (i.e. `b += h f(a)`), then `a -= h f(b; K1)`.
+pub fn verlet_inverse<B: Backend>(
+    be: &B,
+    kind: StepKind,
+    l1: Layer<'_, B>,
+    l2: Layer<'_, B>,
+    a1: &B::Buf,
+    b1: &B::Buf,
+    d: Dims,
+) -> Result<(B::Buf, B::Buf)> {
+    let b = sym(be, l2, &[(1.0, b1)], kind.h, a1, d, kind.act)?;
+    let a = sym(be, l1, &[(1.0, a1)], -kind.h, &b, d, kind.act)?;
+    Ok((a, b))
+}
+
+/// `f(y)` alone (for the fixed-point updates, which add `round(2^S coef f)` in integers).
+pub fn f_only<B: Backend>(
+    be: &B,
+    l: Layer<'_, B>,
+    y: &B::Buf,
+    d: Dims,
+    act: Activation,
+) -> Result<B::Buf> {
+    sym(be, l, &[], 1.0, y, d, act)
+}

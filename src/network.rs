@@ -1,0 +1,318 @@
+//! The network of SPEC section 4 as a parameter layout: every tensor's SPEC name, shape and role,
+//! and the index of each one that the layers use. Kaiming-normal initialisation.
+
+use crate::config::{Config, Connect, Kind, LayerType, NormKind, OperatorKind};
+use crate::error::{Error, Result};
+use crate::params::{ParamRole, ParamSet};
+use crate::tensor::HostTensor;
+use rand::SeedableRng;
+use rand_distr::{Distribution, Normal, Uniform};
+
+/// Where the normalisation parameters of one `f` live.
+#[derive(Clone, Copy, Debug)]
+pub enum NormIdx {
+    Tv { scale: usize, shift: usize },
+    Shift { shift: usize },
+}
+
+/// The operator `K` of one `f`: indices of its weight tensors, in name order.
+#[derive(Clone, Debug)]
+pub struct OpIdx {
+    pub weights: Vec<usize>,
+}
+
+/// One `f(.; K, N)` inside a step.
+#[derive(Clone, Debug)]
+pub struct LayerIdx {
+    pub op: OpIdx,
+    pub norm: NormIdx,
+}
+
+/// The parameters of one step: one layer, or two for hamiltonian (`K1, N1`, `K2, N2`).
+#[derive(Clone, Debug)]
+pub struct StepIdx {
+    pub layers: Vec<LayerIdx>,
+}
+
+/// The connective layer after a unit.
+#[derive(Clone, Copy, Debug)]
+pub enum ConnectIdx {
+    /// Image: `relu(BN(conv1x1(Y)))`, then pooling.
+    ConvBn {
+        conv: usize,
+        bn_weight: usize,
+        bn_bias: usize,
+        running_mean: usize,
+        running_var: usize,
+    },
+    /// Dense, where widths change: `tanh(W Y + b)`.
+    Dense { weight: usize, bias: usize },
+    /// Dense between equal widths, or the Haar transform: nothing to learn.
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub struct UnitIdx {
+    pub width: usize,
+    /// Width after the connective layer.
+    pub out_width: usize,
+    pub steps: Vec<StepIdx>,
+    pub connect: ConnectIdx,
+}
+
+/// Parameters of the opening layer.
+#[derive(Clone, Copy, Debug)]
+pub enum OpenIdx {
+    ConvBn {
+        conv: usize,
+        bn_weight: usize,
+        bn_bias: usize,
+        running_mean: usize,
+        running_var: usize,
+    },
+    Dense {
+        weight: usize,
+        bias: usize,
+    },
+}
+
+/// The whole network's parameter layout.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    pub config: Config,
+    /// Names, shapes (zeros) and roles in SPEC order.
+    pub template: ParamSet,
+    pub open: OpenIdx,
+    pub units: Vec<UnitIdx>,
+    pub classifier_weight: usize,
+    pub classifier_bias: usize,
+}
+
+struct Builder {
+    set: ParamSet,
+}
+
+impl Builder {
+    fn add(&mut self, name: String, shape: Vec<usize>, role: ParamRole) -> usize {
+        let fill = if role == ParamRole::Buffer && name.ends_with("running_var") {
+            1.0
+        } else if role == ParamRole::Affine
+            && (name.ends_with(".weight") || name.ends_with("diffusion"))
+        {
+            1.0
+        } else {
+            0.0
+        };
+        self.set.push(name, role, HostTensor::filled(shape, fill));
+        self.set.len() - 1
+    }
+
+    fn norm(&mut self, prefix: &str, suffix: &str, kind: NormKind, w: usize) -> NormIdx {
+        match kind {
+            NormKind::Tv => NormIdx::Tv {
+                scale: self.add(
+                    format!("{prefix}norm{suffix}.weight"),
+                    vec![w],
+                    ParamRole::Affine,
+                ),
+                shift: self.add(
+                    format!("{prefix}norm{suffix}.bias"),
+                    vec![w],
+                    ParamRole::Affine,
+                ),
+            },
+            NormKind::None => NormIdx::Shift {
+                shift: self.add(format!("{prefix}b{suffix}"), vec![w], ParamRole::Affine),
+            },
+        }
+    }
+
+    fn operator(&mut self, cfg: &Config, prefix: &str, slot: &str, w: usize) -> Result<OpIdx> {
+        let shape = match cfg.kind {
+            Kind::Image => vec![w, w, 3, 3],
+            Kind::Dense => vec![w, w],
+        };
+        match cfg.operator {
+            OperatorKind::Full => Ok(OpIdx {
+                weights: vec![self.add(format!("{prefix}{slot}"), shape, ParamRole::Weight)],
+            }),
+            other => Err(Error::Config(format!(
+                "operator `{}` is not available yet",
+                serde_json::to_value(other)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+            ))),
+        }
+    }
+}
+
+impl Layout {
+    pub fn new(config: &Config) -> Result<Layout> {
+        config.validate()?;
+        if config.layer == LayerType::Imex {
+            return Err(Error::Config("layer `imex` is not available yet".into()));
+        }
+        if config.connect == Connect::Haar {
+            return Err(Error::Config("`connect: haar` is not available yet".into()));
+        }
+        let cfg = config;
+        let mut b = Builder {
+            set: ParamSet::new(),
+        };
+        let w0 = cfg.widths[0];
+        let open = match cfg.kind {
+            Kind::Image => OpenIdx::ConvBn {
+                conv: b.add(
+                    "open.conv.weight".into(),
+                    vec![w0, cfg.input_width(), 3, 3],
+                    ParamRole::Weight,
+                ),
+                bn_weight: b.add("open.bn.weight".into(), vec![w0], ParamRole::Affine),
+                bn_bias: b.add("open.bn.bias".into(), vec![w0], ParamRole::Affine),
+                running_mean: b.add("open.bn.running_mean".into(), vec![w0], ParamRole::Buffer),
+                running_var: b.add("open.bn.running_var".into(), vec![w0], ParamRole::Buffer),
+            },
+            Kind::Dense => OpenIdx::Dense {
+                weight: b.add(
+                    "open.weight".into(),
+                    vec![w0, cfg.input_width()],
+                    ParamRole::Weight,
+                ),
+                bias: b.add("open.bias".into(), vec![w0], ParamRole::Affine),
+            },
+        };
+        let norm = cfg.norm_kind();
+        let mut units = Vec::new();
+        for (k, (&w, &nt)) in cfg.widths.iter().zip(&cfg.steps).enumerate() {
+            let mut steps = Vec::with_capacity(nt);
+            for j in 0..nt {
+                let p = format!("units.{k}.steps.{j}.");
+                let layers = if cfg.layer == LayerType::Hamiltonian {
+                    let half = w / 2;
+                    let op1 = b.operator(cfg, &p, "K1", half)?;
+                    let op2 = b.operator(cfg, &p, "K2", half)?;
+                    let n1 = b.norm(&p, "1", norm, half);
+                    let n2 = b.norm(&p, "2", norm, half);
+                    vec![
+                        LayerIdx { op: op1, norm: n1 },
+                        LayerIdx { op: op2, norm: n2 },
+                    ]
+                } else {
+                    let op = b.operator(cfg, &p, "K", w)?;
+                    let n = b.norm(&p, "", norm, w);
+                    vec![LayerIdx { op, norm: n }]
+                };
+                steps.push(StepIdx { layers });
+            }
+            let out_width = *cfg.widths.get(k + 1).unwrap_or(&w);
+            let p = format!("units.{k}.connect.");
+            let connect = match cfg.kind {
+                Kind::Image => ConnectIdx::ConvBn {
+                    conv: b.add(
+                        format!("{p}conv.weight"),
+                        vec![out_width, w, 1, 1],
+                        ParamRole::Weight,
+                    ),
+                    bn_weight: b.add(format!("{p}bn.weight"), vec![out_width], ParamRole::Affine),
+                    bn_bias: b.add(format!("{p}bn.bias"), vec![out_width], ParamRole::Affine),
+                    running_mean: b.add(
+                        format!("{p}bn.running_mean"),
+                        vec![out_width],
+                        ParamRole::Buffer,
+                    ),
+                    running_var: b.add(
+                        format!("{p}bn.running_var"),
+                        vec![out_width],
+                        ParamRole::Buffer,
+                    ),
+                },
+                Kind::Dense if out_width != w => ConnectIdx::Dense {
+                    weight: b.add(format!("{p}weight"), vec![out_width, w], ParamRole::Weight),
+                    bias: b.add(format!("{p}bias"), vec![out_width], ParamRole::Affine),
+                },
+                Kind::Dense => ConnectIdx::None,
+            };
+            units.push(UnitIdx {
+                width: w,
+                out_width,
+                steps,
+                connect,
+            });
+        }
+        let wl = *cfg.widths.last().expect("validated non-empty");
+        let classifier_weight = b.add(
+            "classifier.weight".into(),
+            vec![cfg.classes, wl],
+            ParamRole::Weight,
+        );
+        let classifier_bias = b.add(
+            "classifier.bias".into(),
+            vec![cfg.classes],
+            ParamRole::Affine,
+        );
+        Ok(Layout {
+            config: cfg.clone(),
+            template: b.set,
+            open,
+            units,
+            classifier_weight,
+            classifier_bias,
+        })
+    }
+
+    /// Fresh parameters: Kaiming-normal (`std = sqrt(2 / fan_in)`) for operators and
+    /// convolutions, PyTorch's uniform `±1/sqrt(fan_in)` for linear layers and their biases,
+    /// ones and zeros for normalisation. Deterministic in `seed`.
+    pub fn init(&self, seed: u64) -> ParamSet {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut set = self.template.clone();
+        let linear_weights: Vec<usize> = [Some(self.classifier_weight), self.dense_linear()]
+            .into_iter()
+            .flatten()
+            .chain(self.units.iter().filter_map(|u| match u.connect {
+                ConnectIdx::Dense { weight, .. } => Some(weight),
+                _ => None,
+            }))
+            .collect();
+        let names: Vec<String> = set.names().map(str::to_string).collect();
+        for (i, name) in names.iter().enumerate() {
+            let t = set.get_mut(name).expect("own name");
+            let fan_in: usize = t.shape[1..].iter().product();
+            if linear_weights.contains(&i) {
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                let u = Uniform::new_inclusive(-bound, bound).expect("finite bound");
+                t.data.iter_mut().for_each(|v| *v = u.sample(&mut rng));
+                // The bias belongs to the same layer: same bound.
+                if let Some(bias) = linear_bias_of(name) {
+                    let bt = set.get_mut(&bias).expect("linear layers have a bias");
+                    bt.data.iter_mut().for_each(|v| *v = u.sample(&mut rng));
+                }
+            } else if self.template.iter().nth(i).map(|(_, r, _)| r) == Some(ParamRole::Weight) {
+                let std = (2.0 / fan_in as f64).sqrt();
+                let n = Normal::new(0.0, std).expect("positive std");
+                t.data
+                    .iter_mut()
+                    .for_each(|v| *v = n.sample(&mut rng) as f32);
+            }
+        }
+        set
+    }
+
+    fn dense_linear(&self) -> Option<usize> {
+        match self.open {
+            OpenIdx::Dense { weight, .. } => Some(weight),
+            OpenIdx::ConvBn { .. } => None,
+        }
+    }
+
+    /// Number of trainable scalars.
+    pub fn parameter_count(&self) -> usize {
+        self.template.trainable_count()
+    }
+}
+
+fn linear_bias_of(weight_name: &str) -> Option<String> {
+    weight_name
+        .strip_suffix("weight")
+        .map(|p| format!("{p}bias"))
+}

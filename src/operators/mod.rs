@@ -1,0 +1,231 @@
+//! Linear operators `K` of a step (`K Y`, `K^T Z` and the weight gradients of `<dZ, K X>`), and
+//! the two layer shapes built on them, composed from backend primitives:
+//! the symmetric layer `f(Y) = -K^T sigma(N(K Y))` and the explicit layer `sigma(N(A Y))`
+//! (ResNet, and antisymmetric with `A = K - K^T - gamma I`).
+//!
+//! These compositions are the specification of the fused backend ops: the backend's default
+//! `step_full3x3` / `sym_full3x3_vjp` call them with [`OpRef::Full3x3`].
+
+use crate::backend::{Activation, Backend, Norm};
+use crate::error::Result;
+use crate::tensor::Dims;
+
+/// A square operator `w -> w` acting on `[n, w, h, w]` (or dense `[n, w]`) states.
+pub enum OpRef<'a, B: Backend> {
+    /// Full 3x3 convolution, weight `[w, w, 3, 3]`.
+    Full3x3(&'a B::Buf),
+    /// Dense matrix `[w, w]` on features (a 1x1 convolution).
+    Dense(&'a B::Buf),
+}
+
+impl<B: Backend> Clone for OpRef<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for OpRef<'_, B> {}
+
+impl<B: Backend> OpRef<'_, B> {
+    /// `K y`.
+    pub fn apply(&self, be: &B, y: &B::Buf, d: Dims) -> Result<B::Buf> {
+        match self {
+            OpRef::Full3x3(k) => be.conv3x3(y, d, k, d.c),
+            OpRef::Dense(k) => be.conv1x1(y, d, k, d.c),
+        }
+    }
+    /// `K^T z`.
+    pub fn adjoint(&self, be: &B, z: &B::Buf, d: Dims) -> Result<B::Buf> {
+        match self {
+            OpRef::Full3x3(k) => be.conv3x3_t(z, d, k, d.c),
+            OpRef::Dense(k) => be.conv1x1_t(z, d, k, d.c),
+        }
+    }
+    /// Gradients of `<dz, K x>` with respect to each weight tensor of `K`, in name order.
+    pub fn wgrad(&self, be: &B, x: &B::Buf, dz: &B::Buf, d: Dims) -> Result<Vec<B::Buf>> {
+        Ok(vec![match self {
+            OpRef::Full3x3(_) => be.conv3x3_wgrad(x, d, dz, d.c)?,
+            OpRef::Dense(_) => be.conv1x1_wgrad(x, d, dz, d.c)?,
+        }])
+    }
+}
+
+/// Applies the normalisation `N`.
+pub fn norm_forward<B: Backend>(
+    be: &B,
+    z: &B::Buf,
+    d: Dims,
+    norm: Norm<'_, B::Buf>,
+) -> Result<B::Buf> {
+    match norm {
+        Norm::Tv { s, b } => be.tvnorm(z, d, s, b),
+        Norm::Shift { b } => be.add_channel_bias(z, d, b),
+    }
+}
+
+/// VJP of `N`: `(dz, dscale, dshift)`.
+pub fn norm_vjp<B: Backend>(
+    be: &B,
+    z: &B::Buf,
+    d: Dims,
+    norm: Norm<'_, B::Buf>,
+    da: &B::Buf,
+) -> Result<(B::Buf, Option<B::Buf>, B::Buf)> {
+    match norm {
+        Norm::Tv { s, .. } => {
+            let (dz, ds, db) = be.tvnorm_vjp(z, d, s, da)?;
+            Ok((dz, Some(ds), db))
+        }
+        Norm::Shift { .. } => Ok((be.copy(da)?, None, be.channel_sum(da, d)?)),
+    }
+}
+
+/// Gradients of a layer `F(y; K, N)` for a cotangent `g`.
+pub struct LayerGrads<B> {
+    /// `J_F(y)^T g`.
+    pub dy: B,
+    /// One per weight tensor of the operator, in name order.
+    pub dop: Vec<B>,
+    /// tvNorm scale gradient (`None` for the shift-only norm).
+    pub dscale: Option<B>,
+    pub dshift: B,
+}
+
+/// `sum_i a_i x_i + coef * f(y)` with `f(y) = -K^T sigma(N(K y))`.
+#[allow(clippy::too_many_arguments)]
+pub fn sym_step<B: Backend>(
+    be: &B,
+    op: OpRef<'_, B>,
+    terms: &[(f64, &B::Buf)],
+    coef: f64,
+    y: &B::Buf,
+    d: Dims,
+    norm: Norm<'_, B::Buf>,
+    act: Activation,
+) -> Result<B::Buf> {
+    let z = op.apply(be, y, d)?;
+    let a = norm_forward(be, &z, d, norm)?;
+    drop(z);
+    let s = be.activation(act, &a)?;
+    drop(a);
+    let kt = op.adjoint(be, &s, d)?;
+    drop(s);
+    let mut all: Vec<(f64, &B::Buf)> = terms.to_vec();
+    all.push((-coef, &kt));
+    be.lincomb(&all)
+}
+
+/// VJP of `f(y) = -K^T sigma(N(K y))`.
+pub fn sym_vjp<B: Backend>(
+    be: &B,
+    op: OpRef<'_, B>,
+    y: &B::Buf,
+    d: Dims,
+    norm: Norm<'_, B::Buf>,
+    act: Activation,
+    g: &B::Buf,
+) -> Result<LayerGrads<B::Buf>> {
+    let z = op.apply(be, y, d)?;
+    let a = norm_forward(be, &z, d, norm)?;
+    let s = be.activation(act, &a)?;
+    // f = -K^T s: the cotangent of s is -K g; K's weights get -wgrad(g -> s).
+    let ds_neg = op.apply(be, g, d)?;
+    let dop_t = op.wgrad(be, g, &s, d)?;
+    drop(s);
+    let da_neg = be.activation_vjp(act, &a, &ds_neg)?;
+    drop((a, ds_neg));
+    let (dz_neg, dscale, dshift) = norm_vjp(be, &z, d, norm, &da_neg)?;
+    drop((z, da_neg));
+    let dy_neg = op.adjoint(be, &dz_neg, d)?;
+    let dop_z = op.wgrad(be, y, &dz_neg, d)?;
+    let dop = dop_t
+        .iter()
+        .zip(&dop_z)
+        .map(|(t, z)| be.lincomb(&[(-1.0, t), (-1.0, z)]))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LayerGrads {
+        dy: be.lincomb(&[(-1.0, &dy_neg)])?,
+        dop,
+        dscale: dscale.map(|v| be.lincomb(&[(-1.0, &v)])).transpose()?,
+        dshift: be.lincomb(&[(-1.0, &dshift)])?,
+    })
+}
+
+/// `A y` for the explicit layer: `K y`, or `(K - K^T - gamma I) y` when antisymmetric.
+fn explicit_apply<B: Backend>(
+    be: &B,
+    op: OpRef<'_, B>,
+    antisym: Option<f64>,
+    y: &B::Buf,
+    d: Dims,
+) -> Result<B::Buf> {
+    let ky = op.apply(be, y, d)?;
+    match antisym {
+        None => Ok(ky),
+        Some(gamma) => {
+            let kty = op.adjoint(be, y, d)?;
+            be.lincomb(&[(1.0, &ky), (-1.0, &kty), (-gamma, y)])
+        }
+    }
+}
+
+/// `y + h sigma(N(A y))`: one forward-Euler (ResNet) or antisymmetric step.
+#[allow(clippy::too_many_arguments)]
+pub fn explicit_step<B: Backend>(
+    be: &B,
+    op: OpRef<'_, B>,
+    antisym: Option<f64>,
+    h: f64,
+    y: &B::Buf,
+    d: Dims,
+    norm: Norm<'_, B::Buf>,
+    act: Activation,
+) -> Result<B::Buf> {
+    let z = explicit_apply(be, op, antisym, y, d)?;
+    let a = norm_forward(be, &z, d, norm)?;
+    drop(z);
+    let s = be.activation(act, &a)?;
+    drop(a);
+    be.lincomb(&[(1.0, y), (h, &s)])
+}
+
+/// VJP of `sigma(N(A y))` (without the identity and the factor h).
+pub fn explicit_vjp<B: Backend>(
+    be: &B,
+    op: OpRef<'_, B>,
+    antisym: Option<f64>,
+    y: &B::Buf,
+    d: Dims,
+    norm: Norm<'_, B::Buf>,
+    act: Activation,
+    g: &B::Buf,
+) -> Result<LayerGrads<B::Buf>> {
+    let z = explicit_apply(be, op, antisym, y, d)?;
+    let a = norm_forward(be, &z, d, norm)?;
+    let da = be.activation_vjp(act, &a, g)?;
+    drop(a);
+    let (dz, dscale, dshift) = norm_vjp(be, &z, d, norm, &da)?;
+    drop((z, da));
+    let kt_dz = op.adjoint(be, &dz, d)?;
+    let dop_fwd = op.wgrad(be, y, &dz, d)?;
+    let (dy, dop) = match antisym {
+        None => (kt_dz, dop_fwd),
+        Some(gamma) => {
+            // A^T = K^T - K - gamma I; <dz, -K^T y> = <-K dz, y> gives -wgrad(dz -> y).
+            let k_dz = op.apply(be, &dz, d)?;
+            let dy = be.lincomb(&[(1.0, &kt_dz), (-1.0, &k_dz), (-gamma, &dz)])?;
+            let dop_adj = op.wgrad(be, &dz, y, d)?;
+            let dop = dop_fwd
+                .iter()
+                .zip(&dop_adj)
+                .map(|(f, a)| be.lincomb(&[(1.0, f), (-1.0, a)]))
+                .collect::<Result<Vec<_>>>()?;
+            (dy, dop)
+        }
+    };
+    Ok(LayerGrads {
+        dy,
+        dop,
+        dscale,
+        dshift,
+    })
+}

@@ -1,0 +1,1140 @@
+//! The executor: one forward + backward pass of a whole network on any backend, under a
+//! [`Schedule`]. The same code runs on the planning backend to give the planned peak memory.
+
+use super::Schedule;
+use crate::backend::{Activation, Backend, BnStats, Norm};
+use crate::config::{Kind, LayerType};
+use crate::error::{Error, Result};
+use crate::layers::{self, Layer, StepKind};
+use crate::network::{ConnectIdx, LayerIdx, Layout, NormIdx, OpenIdx, UnitIdx};
+use crate::operators::{LayerGrads, OpRef};
+use crate::params::{ParamRole, ParamSet};
+use crate::tensor::{Dims, HostTensor};
+
+/// A network's parameters resident on a backend, ready to run.
+pub struct Engine<B: Backend> {
+    pub backend: B,
+    pub layout: Layout,
+    params: Vec<B::Buf>,
+}
+
+/// The result of [`Engine::grad`].
+pub struct GradOutput {
+    pub loss: f64,
+    /// `[n, classes]`.
+    pub logits: Vec<f32>,
+    /// Gradient of the loss with respect to the input, shaped like it.
+    pub grad_x: Vec<f32>,
+    /// Gradient of every trainable parameter (SPEC names; buffers absent).
+    pub grads: ParamSet,
+    /// Largest relative error `max|rebuilt - stored| / max|stored|` of a unit input rebuilt by
+    /// inverse steps (0 when nothing was rebuilt or the rebuild was exact).
+    pub drift: f64,
+}
+
+/// The states of a step: one tensor, or the halves `[A, B]` of a hamiltonian state.
+type State<T> = Vec<T>;
+
+/// What the backward pass has of a unit's states.
+enum Kept<B: Backend> {
+    /// Nothing: recompute from the unit input (or the unit has no steps).
+    Nothing,
+    /// Every state `0..=nt`.
+    All(Vec<State<B::Buf>>),
+    AllFixed(Vec<State<B::IBuf>>),
+    /// The last state (hamiltonian) or the last two (hyperbolic), oldest first.
+    Last(Vec<State<B::Buf>>),
+    LastFixed(Vec<State<B::IBuf>>),
+}
+
+struct UnitTape<B: Backend> {
+    input: B::Buf,
+    output: B::Buf,
+    kept: Kept<B>,
+}
+
+/// Saved for the backward pass of an opening or connective layer: the pre-normalisation (or
+/// pre-activation) tensor and, with batch norm, the batch statistics.
+struct AffineTape<B: Backend> {
+    z: B::Buf,
+    stats: Option<BnStats<B::Buf>>,
+}
+
+struct Tape<B: Backend> {
+    x: B::Buf,
+    x_dims: Dims,
+    open: AffineTape<B>,
+    units: Vec<UnitTape<B>>,
+    connects: Vec<Option<AffineTape<B>>>,
+    features: B::Buf,
+}
+
+/// Gradient accumulators, one per trainable parameter, allocated before the forward pass so that
+/// they form one block of memory the plan can name.
+struct Grads<B: Backend> {
+    g: Vec<Option<B::Buf>>,
+}
+
+impl<B: Backend> Grads<B> {
+    fn add(&mut self, be: &B, idx: usize, scale: f64, v: B::Buf) -> Result<()> {
+        match &mut self.g[idx] {
+            Some(acc) => be.axpy(scale, &v, acc),
+            None => Err(Error::Other(format!(
+                "parameter {idx} has no gradient buffer"
+            ))),
+        }
+    }
+    fn add_layer(&mut self, be: &B, l: &LayerIdx, scale: f64, g: LayerGrads<B::Buf>) -> Result<()> {
+        for (&i, v) in l.op.weights.iter().zip(g.dop) {
+            self.add(be, i, scale, v)?;
+        }
+        match (l.norm, g.dscale) {
+            (NormIdx::Tv { scale: si, shift }, Some(ds)) => {
+                self.add(be, si, scale, ds)?;
+                self.add(be, shift, scale, g.dshift)
+            }
+            (NormIdx::Shift { shift }, _) => self.add(be, shift, scale, g.dshift),
+            (NormIdx::Tv { .. }, None) => {
+                Err(Error::Other("tvNorm without a scale gradient".into()))
+            }
+        }
+    }
+}
+
+/// Shape of each unit's input and the features before the classifier.
+struct Geometry {
+    unit_dims: Vec<Dims>,
+    feature_dims: Dims,
+}
+
+impl<B: Backend> Engine<B> {
+    /// Uploads `params` (checked against the layout) to the backend.
+    pub fn new(backend: B, layout: Layout, params: &ParamSet) -> Result<Self> {
+        let params = upload_params(&backend, &layout, params)?;
+        Ok(Engine {
+            backend,
+            layout,
+            params,
+        })
+    }
+
+    /// Downloads the current parameters and buffers.
+    pub fn params(&self) -> Result<ParamSet> {
+        let mut out = self.layout.template.clone();
+        for (i, (_, _, t)) in out.iter_mut().enumerate() {
+            t.data = self.backend.download_f32(&self.params[i])?;
+        }
+        Ok(out)
+    }
+
+    /// Replaces the parameters (same layout).
+    pub fn set_params(&mut self, params: &ParamSet) -> Result<()> {
+        self.params = upload_params(&self.backend, &self.layout, params)?;
+        Ok(())
+    }
+
+    fn kind(&self) -> StepKind {
+        let c = &self.layout.config;
+        StepKind {
+            layer: c.layer,
+            h: c.h,
+            act: c.activation,
+            gamma: c.gamma,
+        }
+    }
+
+    fn layer(&self, l: &LayerIdx) -> Layer<'_, B> {
+        let w = &self.params[l.op.weights[0]];
+        let op = match self.layout.config.kind {
+            Kind::Image => OpRef::Full3x3(w),
+            Kind::Dense => OpRef::Dense(w),
+        };
+        let norm = match l.norm {
+            NormIdx::Tv { scale, shift } => Norm::Tv {
+                s: &self.params[scale],
+                b: &self.params[shift],
+            },
+            NormIdx::Shift { shift } => Norm::Shift {
+                b: &self.params[shift],
+            },
+        };
+        Layer { op, norm }
+    }
+
+    fn geometry(&self, x: &HostTensor) -> Result<Geometry> {
+        let cfg = &self.layout.config;
+        let (n, mut d) = match (cfg.kind, x.shape.as_slice()) {
+            (Kind::Image, &[n, c, h, w]) if c == cfg.input_width() => (n, Dims::new(n, c, h, w)),
+            (Kind::Dense, &[n, c]) if c == cfg.input_width() => (n, Dims::dense(n, c)),
+            _ => {
+                let want = match cfg.kind {
+                    Kind::Image => format!("[N, {}, H, W]", cfg.input_width()),
+                    Kind::Dense => format!("[N, {}]", cfg.input_width()),
+                };
+                return Err(Error::Shape(format!(
+                    "input `x` has shape {:?}, expected {want}",
+                    x.shape
+                )));
+            }
+        };
+        if n == 0 || d.hw() == 0 {
+            return Err(Error::Shape(format!("input `x` is empty: {:?}", x.shape)));
+        }
+        let mut unit_dims = Vec::new();
+        for (k, u) in self.layout.units.iter().enumerate() {
+            d = d.with_c(u.width);
+            unit_dims.push(d);
+            let last = k + 1 == self.layout.units.len();
+            if cfg.kind == Kind::Image && !last {
+                if d.h < 2 || d.w < 2 {
+                    return Err(Error::Shape(format!(
+                        "input {}x{} is too small to pool after unit {k}",
+                        x.shape[2], x.shape[3]
+                    )));
+                }
+                d = d.pooled();
+            }
+        }
+        let wl = self.layout.units.last().map(|u| u.out_width).unwrap_or(0);
+        Ok(Geometry {
+            unit_dims,
+            feature_dims: Dims::dense(n, wl),
+        })
+    }
+
+    // ---- forward ------------------------------------------------------------------------------
+
+    /// Opening layer: image `relu(BN(conv3x3 x))`, dense `tanh(W x + b)`.
+    fn open_forward(&self, x: &B::Buf, xd: Dims, train: bool) -> Result<(B::Buf, AffineTape<B>)> {
+        let be = &self.backend;
+        let w0 = self.layout.units[0].width;
+        match self.layout.open {
+            OpenIdx::ConvBn {
+                conv,
+                bn_weight,
+                bn_bias,
+                running_mean,
+                running_var,
+            } => {
+                let z = be.conv3x3(x, xd, &self.params[conv], w0)?;
+                let zd = xd.with_c(w0);
+                self.bn_relu(
+                    z,
+                    zd,
+                    train,
+                    [bn_weight, bn_bias, running_mean, running_var],
+                )
+            }
+            OpenIdx::Dense { weight, bias } => self.dense_tanh(x, xd, weight, bias, w0),
+        }
+    }
+
+    fn bn_relu(
+        &self,
+        z: B::Buf,
+        d: Dims,
+        train: bool,
+        idx: [usize; 4],
+    ) -> Result<(B::Buf, AffineTape<B>)> {
+        let be = &self.backend;
+        let [g, b, rm, rv] = idx.map(|i| &self.params[i]);
+        let (a, stats) = if train {
+            let (a, s) = be.batchnorm_train(&z, d, g, b)?;
+            (a, Some(s))
+        } else {
+            (be.batchnorm_eval(&z, d, g, b, rm, rv)?, None)
+        };
+        let y = be.activation(Activation::Relu, &a)?;
+        Ok((y, AffineTape { z, stats }))
+    }
+
+    fn dense_tanh(
+        &self,
+        x: &B::Buf,
+        xd: Dims,
+        weight: usize,
+        bias: usize,
+        out: usize,
+    ) -> Result<(B::Buf, AffineTape<B>)> {
+        let be = &self.backend;
+        let zd = be.conv1x1(x, xd, &self.params[weight], out)?;
+        let z = be.add_channel_bias(&zd, xd.with_c(out), &self.params[bias])?;
+        let y = be.activation(Activation::Tanh, &z)?;
+        Ok((y, AffineTape { z, stats: None }))
+    }
+
+    /// Connective layer after unit `k` (and pooling or the global mean).
+    fn connect_forward(
+        &self,
+        k: usize,
+        y: &B::Buf,
+        d: Dims,
+        train: bool,
+    ) -> Result<(B::Buf, Option<AffineTape<B>>)> {
+        let be = &self.backend;
+        let u = &self.layout.units[k];
+        let last = k + 1 == self.layout.units.len();
+        let od = d.with_c(u.out_width);
+        let (r, tape) = match u.connect {
+            ConnectIdx::ConvBn {
+                conv,
+                bn_weight,
+                bn_bias,
+                running_mean,
+                running_var,
+            } => {
+                let z = be.conv1x1(y, d, &self.params[conv], u.out_width)?;
+                let (r, t) = self.bn_relu(
+                    z,
+                    od,
+                    train,
+                    [bn_weight, bn_bias, running_mean, running_var],
+                )?;
+                (r, Some(t))
+            }
+            ConnectIdx::Dense { weight, bias } => {
+                let (r, t) = self.dense_tanh(y, d, weight, bias, u.out_width)?;
+                (r, Some(t))
+            }
+            ConnectIdx::None => (be.copy(y)?, None),
+        };
+        let out = match self.layout.config.kind {
+            Kind::Image if last => be.global_mean(&r, od)?,
+            Kind::Image => be.avgpool2(&r, od)?,
+            Kind::Dense => r,
+        };
+        Ok((out, tape))
+    }
+
+    /// Runs unit `k` forward from `input`, keeping what `sched` allows.
+    fn unit_forward(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        d: Dims,
+        sched: Schedule,
+    ) -> Result<(B::Buf, Kept<B>)> {
+        let be = &self.backend;
+        let u = &self.layout.units[k];
+        let kind = self.kind();
+        let nt = u.steps.len();
+        if nt == 0 {
+            return Ok((be.copy(input)?, Kept::Nothing));
+        }
+        let fixed = if kind.layer.invertible() {
+            sched.fixed_point
+        } else {
+            None
+        };
+        match (kind.layer, fixed) {
+            (LayerType::Hyperbolic, None) => {
+                let mut hist = vec![be.copy(input)?];
+                for (j, s) in u.steps.iter().enumerate() {
+                    let y = &hist[hist.len() - 1];
+                    let prev = (j > 0).then(|| &hist[hist.len() - 2]);
+                    let next =
+                        layers::forward_single(be, kind, self.layer(&s.layers[0]), y, prev, d)?;
+                    hist.push(next);
+                    if !sched.keep_all && hist.len() > 2 {
+                        hist.remove(0);
+                    }
+                }
+                let out = be.copy(&hist[hist.len() - 1])?;
+                let states = hist.into_iter().map(|y| vec![y]).collect();
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::All(states)
+                    } else {
+                        Kept::Last(states)
+                    },
+                ))
+            }
+            (LayerType::Hyperbolic, Some(shift)) => {
+                let coef = (1u64 << shift) as f64 * kind.h * kind.h;
+                let mut hist = vec![be.quantize(input, shift)?];
+                for s in &u.steps {
+                    let q = &hist[hist.len() - 1];
+                    let qp = if hist.len() > 1 {
+                        &hist[hist.len() - 2]
+                    } else {
+                        q
+                    };
+                    let y = be.dequantize(q, shift)?;
+                    let f = layers::f_only(be, self.layer(&s.layers[0]), &y, d, kind.act)?;
+                    drop(y);
+                    let next = be.fixed_update(&[(2, q), (-1, qp)], coef, &f)?;
+                    hist.push(next);
+                    if !sched.keep_all && hist.len() > 2 {
+                        hist.remove(0);
+                    }
+                }
+                let out = be.dequantize(&hist[hist.len() - 1], shift)?;
+                let states = hist.into_iter().map(|q| vec![q]).collect();
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::AllFixed(states)
+                    } else {
+                        Kept::LastFixed(states)
+                    },
+                ))
+            }
+            (LayerType::Hamiltonian, None) => {
+                let hd = d.with_c(d.c / 2);
+                let (a, b) = be.split_channels(input, d, d.c / 2)?;
+                let mut hist = vec![vec![a, b]];
+                for s in &u.steps {
+                    let cur = &hist[hist.len() - 1];
+                    let (l1, l2) = (self.layer(&s.layers[0]), self.layer(&s.layers[1]));
+                    let (a1, b1) = layers::verlet_forward(be, kind, l1, l2, &cur[0], &cur[1], hd)?;
+                    hist.push(vec![a1, b1]);
+                    if !sched.keep_all {
+                        hist.remove(0);
+                    }
+                }
+                let last = &hist[hist.len() - 1];
+                let out = be.concat_channels(&last[0], &last[1], d, d.c / 2)?;
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::All(hist)
+                    } else {
+                        Kept::Last(hist)
+                    },
+                ))
+            }
+            (LayerType::Hamiltonian, Some(shift)) => {
+                let hd = d.with_c(d.c / 2);
+                let coef = (1u64 << shift) as f64 * kind.h;
+                let (a, b) = be.split_channels(input, d, d.c / 2)?;
+                let mut hist = vec![vec![be.quantize(&a, shift)?, be.quantize(&b, shift)?]];
+                drop((a, b));
+                for s in &u.steps {
+                    let cur = &hist[hist.len() - 1];
+                    let (l1, l2) = (self.layer(&s.layers[0]), self.layer(&s.layers[1]));
+                    let b_f = be.dequantize(&cur[1], shift)?;
+                    let f1 = layers::f_only(be, l1, &b_f, hd, kind.act)?;
+                    drop(b_f);
+                    let qa = be.fixed_update(&[(1, &cur[0])], coef, &f1)?;
+                    drop(f1);
+                    let a_f = be.dequantize(&qa, shift)?;
+                    let f2 = layers::f_only(be, l2, &a_f, hd, kind.act)?;
+                    drop(a_f);
+                    let qb = be.fixed_update(&[(1, &cur[1])], -coef, &f2)?;
+                    hist.push(vec![qa, qb]);
+                    if !sched.keep_all {
+                        hist.remove(0);
+                    }
+                }
+                let last = &hist[hist.len() - 1];
+                let (a, b) = (
+                    be.dequantize(&last[0], shift)?,
+                    be.dequantize(&last[1], shift)?,
+                );
+                let out = be.concat_channels(&a, &b, d, d.c / 2)?;
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::AllFixed(hist)
+                    } else {
+                        Kept::LastFixed(hist)
+                    },
+                ))
+            }
+            _ => {
+                let (out, states) = self.explicit_forward(k, input, d, sched.keep_all)?;
+                Ok((
+                    out,
+                    if sched.keep_all {
+                        Kept::All(states)
+                    } else {
+                        Kept::Nothing
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Forward of a single-state, non-invertible unit; returns the output and, when `keep`, every
+    /// state `0..=nt`.
+    fn explicit_forward(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        d: Dims,
+        keep: bool,
+    ) -> Result<(B::Buf, Vec<State<B::Buf>>)> {
+        let be = &self.backend;
+        let kind = self.kind();
+        let mut states: Vec<State<B::Buf>> = Vec::new();
+        let mut cur = be.copy(input)?;
+        for s in &self.layout.units[k].steps {
+            let next = layers::forward_single(be, kind, self.layer(&s.layers[0]), &cur, None, d)?;
+            let old = std::mem::replace(&mut cur, next);
+            if keep {
+                states.push(vec![old]);
+            }
+        }
+        if keep {
+            states.push(vec![be.copy(&cur)?]);
+        }
+        Ok((cur, states))
+    }
+
+    fn forward(&self, x: &HostTensor, sched: Schedule, train: bool) -> Result<(Tape<B>, Geometry)> {
+        let be = &self.backend;
+        let geo = self.geometry(x)?;
+        let xd = match self.layout.config.kind {
+            Kind::Image => Dims::new(x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
+            Kind::Dense => Dims::dense(x.shape[0], x.shape[1]),
+        };
+        let xb = be.upload_f32(&x.data)?;
+        let (mut y, open) = self.open_forward(&xb, xd, train)?;
+        let mut units = Vec::new();
+        let mut connects = Vec::new();
+        for k in 0..self.layout.units.len() {
+            let d = geo.unit_dims[k];
+            let (out, kept) = self.unit_forward(k, &y, d, sched)?;
+            let (next, ct) = self.connect_forward(k, &out, d, train)?;
+            units.push(UnitTape {
+                input: y,
+                output: out,
+                kept,
+            });
+            connects.push(ct);
+            y = next;
+        }
+        Ok((
+            Tape {
+                x: xb,
+                x_dims: xd,
+                open,
+                units,
+                connects,
+                features: y,
+            },
+            geo,
+        ))
+    }
+
+    fn classify(&self, features: &B::Buf, fd: Dims) -> Result<B::Buf> {
+        let be = &self.backend;
+        let classes = self.layout.config.classes;
+        let z = be.conv1x1(
+            features,
+            fd,
+            &self.params[self.layout.classifier_weight],
+            classes,
+        )?;
+        be.add_channel_bias(
+            &z,
+            fd.with_c(classes),
+            &self.params[self.layout.classifier_bias],
+        )
+    }
+
+    /// Evaluation-mode logits `[n, classes]` (batch norm with running statistics).
+    pub fn logits(&self, x: &HostTensor) -> Result<Vec<f32>> {
+        let sched = Schedule {
+            keep_all: false,
+            fixed_point: None,
+        };
+        let (tape, geo) = self.forward(x, sched, false)?;
+        let logits = self.classify(&tape.features, geo.feature_dims)?;
+        self.backend.download_f32(&logits)
+    }
+
+    /// Training-mode loss (batch statistics) without the backward pass.
+    pub fn loss(&self, x: &HostTensor, labels: &[usize]) -> Result<f64> {
+        let sched = Schedule {
+            keep_all: false,
+            fixed_point: None,
+        };
+        let (tape, geo) = self.forward(x, sched, true)?;
+        let logits = self.classify(&tape.features, geo.feature_dims)?;
+        let n = x.shape[0];
+        Ok(self
+            .backend
+            .softmax_xent(&logits, n, self.layout.config.classes, labels)?
+            .0)
+    }
+
+    /// Adds `delta` to element `index` of parameter `name` in the backend's precision (for
+    /// finite-difference checks, which need more than f32 steps on the reference backend).
+    pub fn nudge_param(&mut self, name: &str, index: usize, delta: f64) -> Result<()> {
+        let i = self
+            .layout
+            .template
+            .position(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        let mut v = self.backend.download(&self.params[i])?;
+        let slot = v
+            .get_mut(index)
+            .ok_or_else(|| Error::Shape(format!("`{name}` has no element {index}")))?;
+        *slot += delta;
+        self.params[i] = self.backend.upload(&v)?;
+        Ok(())
+    }
+
+    // ---- backward -----------------------------------------------------------------------------
+
+    /// Forward, loss and backward in training mode (batch statistics). When `update_running`,
+    /// the batch-norm running statistics are updated as PyTorch does.
+    pub fn grad(
+        &mut self,
+        x: &HostTensor,
+        labels: &[usize],
+        sched: Schedule,
+        update_running: bool,
+    ) -> Result<GradOutput> {
+        let classes = self.layout.config.classes;
+        if labels.len() != x.shape.first().copied().unwrap_or(0) {
+            return Err(Error::Shape(format!(
+                "{} labels for a batch of {}",
+                labels.len(),
+                x.shape.first().copied().unwrap_or(0)
+            )));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+            return Err(Error::Input(format!(
+                "label {bad} is out of range for {classes} classes"
+            )));
+        }
+        let (out, stats) = self.grad_inner(x, labels, sched)?;
+        if update_running {
+            self.update_running(&stats, x.shape[0])?;
+        }
+        Ok(out)
+    }
+
+    fn grad_inner(
+        &self,
+        x: &HostTensor,
+        labels: &[usize],
+        sched: Schedule,
+    ) -> Result<(GradOutput, Vec<(usize, usize, BnStats<B::Buf>, usize)>)> {
+        let be = &self.backend;
+        let n = x.shape[0];
+        let mut grads = Grads::<B> {
+            g: Vec::with_capacity(self.params.len()),
+        };
+        for (_, role, t) in self.layout.template.iter() {
+            grads.g.push(match role {
+                ParamRole::Buffer => None,
+                _ => Some(be.zeros(t.len())?),
+            });
+        }
+        let (tape, geo) = self.forward(x, sched, true)?;
+        let Tape {
+            x: xb,
+            x_dims,
+            open,
+            units,
+            connects,
+            features,
+        } = tape;
+        let fd = geo.feature_dims;
+        let classes = self.layout.config.classes;
+        let logits = self.classify(&features, fd)?;
+        let (loss, g_logits) = be.softmax_xent(&logits, n, classes, labels)?;
+        let logits_host = be.download_f32(&logits)?;
+        drop(logits);
+
+        let mut running = Vec::new();
+        // Classifier.
+        let cd = fd.with_c(classes);
+        grads.add(
+            be,
+            self.layout.classifier_bias,
+            1.0,
+            be.channel_sum(&g_logits, cd)?,
+        )?;
+        grads.add(
+            be,
+            self.layout.classifier_weight,
+            1.0,
+            be.conv1x1_wgrad(&features, fd, &g_logits, classes)?,
+        )?;
+        let mut g = be.conv1x1_t(
+            &g_logits,
+            cd,
+            &self.params[self.layout.classifier_weight],
+            fd.c,
+        )?;
+        drop((g_logits, features));
+
+        let mut drift: f64 = 0.0;
+        let mut units = units;
+        let mut connects = connects;
+        for k in (0..self.layout.units.len()).rev() {
+            let d = geo.unit_dims[k];
+            let ut = units.pop().expect("one tape per unit");
+            let ct = connects.pop().expect("one tape per connect");
+            g = self.connect_backward(k, &ut.output, d, ct, g, &mut grads, &mut running)?;
+            let (gi, dr) = self.unit_backward(k, ut, d, g, sched, &mut grads)?;
+            drift = drift.max(dr);
+            g = gi;
+        }
+        // Opening layer: relu's derivative is read off its output (unit 0's input, kept above
+        // only as long as needed), so recompute that output from z instead.
+        let w0 = self.layout.units[0].width;
+        let g_x = match self.layout.open {
+            OpenIdx::ConvBn {
+                conv,
+                bn_weight,
+                bn_bias,
+                running_mean,
+                running_var,
+            } => {
+                let zd = x_dims.with_c(w0);
+                let gz = self.bn_relu_backward(
+                    open,
+                    zd,
+                    g,
+                    bn_weight,
+                    bn_bias,
+                    &mut grads,
+                    &mut running,
+                    (running_mean, running_var),
+                )?;
+                grads.add(be, conv, 1.0, be.conv3x3_wgrad(&xb, x_dims, &gz, w0)?)?;
+                be.conv3x3_t(&gz, zd, &self.params[conv], x_dims.c)?
+            }
+            OpenIdx::Dense { weight, bias } => {
+                let zd = x_dims.with_c(w0);
+                let gz = be.activation_vjp(Activation::Tanh, &open.z, &g)?;
+                grads.add(be, bias, 1.0, be.channel_sum(&gz, zd)?)?;
+                grads.add(be, weight, 1.0, be.conv1x1_wgrad(&xb, x_dims, &gz, w0)?)?;
+                be.conv1x1_t(&gz, zd, &self.params[weight], x_dims.c)?
+            }
+        };
+        let grad_x = be.download_f32(&g_x)?;
+        let mut out = ParamSet::new();
+        for (i, (name, role, t)) in self.layout.template.iter().enumerate() {
+            if role == ParamRole::Buffer {
+                continue;
+            }
+            let data = match &grads.g[i] {
+                Some(b) => be.download_f32(b)?,
+                None => vec![0.0; t.len()],
+            };
+            out.push(
+                name,
+                role,
+                HostTensor {
+                    shape: t.shape.clone(),
+                    data,
+                },
+            );
+        }
+        Ok((
+            GradOutput {
+                loss,
+                logits: logits_host,
+                grad_x,
+                grads: out,
+                drift,
+            },
+            running,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn bn_relu_backward(
+        &self,
+        tape: AffineTape<B>,
+        d: Dims,
+        g: B::Buf,
+        bn_weight: usize,
+        bn_bias: usize,
+        grads: &mut Grads<B>,
+        running: &mut Vec<(usize, usize, BnStats<B::Buf>, usize)>,
+        running_idx: (usize, usize),
+    ) -> Result<B::Buf> {
+        let be = &self.backend;
+        let stats = tape
+            .stats
+            .ok_or_else(|| Error::Other("batch norm ran without statistics".into()))?;
+        let a = be.batchnorm_eval(
+            &tape.z,
+            d,
+            &self.params[bn_weight],
+            &self.params[bn_bias],
+            &stats.mean,
+            &stats.var,
+        )?;
+        let ga = be.activation_vjp(Activation::Relu, &a, &g)?;
+        drop((a, g));
+        let (gz, dgamma, dbeta) =
+            be.batchnorm_vjp(&tape.z, d, &self.params[bn_weight], &stats, &ga)?;
+        grads.add(be, bn_weight, 1.0, dgamma)?;
+        grads.add(be, bn_bias, 1.0, dbeta)?;
+        running.push((running_idx.0, running_idx.1, stats, d.n * d.hw()));
+        Ok(gz)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn connect_backward(
+        &self,
+        k: usize,
+        y: &B::Buf,
+        d: Dims,
+        tape: Option<AffineTape<B>>,
+        g: B::Buf,
+        grads: &mut Grads<B>,
+        running: &mut Vec<(usize, usize, BnStats<B::Buf>, usize)>,
+    ) -> Result<B::Buf> {
+        let be = &self.backend;
+        let u = &self.layout.units[k];
+        let last = k + 1 == self.layout.units.len();
+        let od = d.with_c(u.out_width);
+        let g = match self.layout.config.kind {
+            Kind::Image if last => be.global_mean_vjp(&g, od)?,
+            Kind::Image => be.avgpool2_vjp(&g, od)?,
+            Kind::Dense => g,
+        };
+        match (u.connect, tape) {
+            (
+                ConnectIdx::ConvBn {
+                    conv,
+                    bn_weight,
+                    bn_bias,
+                    running_mean,
+                    running_var,
+                },
+                Some(t),
+            ) => {
+                let gz = self.bn_relu_backward(
+                    t,
+                    od,
+                    g,
+                    bn_weight,
+                    bn_bias,
+                    grads,
+                    running,
+                    (running_mean, running_var),
+                )?;
+                grads.add(be, conv, 1.0, be.conv1x1_wgrad(y, d, &gz, u.out_width)?)?;
+                be.conv1x1_t(&gz, od, &self.params[conv], d.c)
+            }
+            (ConnectIdx::Dense { weight, bias }, Some(t)) => {
+                let gz = be.activation_vjp(Activation::Tanh, &t.z, &g)?;
+                grads.add(be, bias, 1.0, be.channel_sum(&gz, od)?)?;
+                grads.add(be, weight, 1.0, be.conv1x1_wgrad(y, d, &gz, u.out_width)?)?;
+                be.conv1x1_t(&gz, od, &self.params[weight], d.c)
+            }
+            (ConnectIdx::None, _) => Ok(g),
+            _ => Err(Error::Other(format!(
+                "connective layer {k} ran without a tape"
+            ))),
+        }
+    }
+
+    /// Backward through unit `k`: returns the input's gradient and the rebuild drift.
+    fn unit_backward(
+        &self,
+        k: usize,
+        tape: UnitTape<B>,
+        d: Dims,
+        g_out: B::Buf,
+        sched: Schedule,
+        grads: &mut Grads<B>,
+    ) -> Result<(B::Buf, f64)> {
+        let u = &self.layout.units[k];
+        if u.steps.is_empty() {
+            return Ok((g_out, 0.0));
+        }
+        match self.layout.config.layer {
+            LayerType::Hyperbolic => self.hyperbolic_backward(u, tape, d, g_out, sched, grads),
+            LayerType::Hamiltonian => self.hamiltonian_backward(u, tape, d, g_out, sched, grads),
+            _ => {
+                let states = match tape.kept {
+                    Kept::All(s) => s,
+                    _ => self.explicit_forward(k, &tape.input, d, true)?.1,
+                };
+                drop(tape.output);
+                Ok((self.explicit_backward(u, states, d, g_out, grads)?, 0.0))
+            }
+        }
+    }
+
+    fn explicit_backward(
+        &self,
+        u: &UnitIdx,
+        mut states: Vec<State<B::Buf>>,
+        d: Dims,
+        mut g: B::Buf,
+        grads: &mut Grads<B>,
+    ) -> Result<B::Buf> {
+        let be = &self.backend;
+        let kind = self.kind();
+        for j in (0..u.steps.len()).rev() {
+            states.pop(); // y_{j+1} is no longer needed
+            let y = &states[j][0];
+            let li = &u.steps[j].layers[0];
+            let v = layers::grad_single(be, kind, self.layer(li), y, d, &g)?;
+            g = be.lincomb(&[(1.0, &g), (kind.h, &v.dy)])?;
+            grads.add_layer(be, li, kind.h, v)?;
+        }
+        Ok(g)
+    }
+
+    fn hyperbolic_backward(
+        &self,
+        u: &UnitIdx,
+        tape: UnitTape<B>,
+        d: Dims,
+        g_out: B::Buf,
+        sched: Schedule,
+        grads: &mut Grads<B>,
+    ) -> Result<(B::Buf, f64)> {
+        let be = &self.backend;
+        let kind = self.kind();
+        let h2 = kind.h * kind.h;
+        let nt = u.steps.len();
+        let shift = sched.fixed_point.unwrap_or(0);
+        let coef = (1u64 << shift) as f64 * h2;
+        drop(tape.output);
+        // Where Y_j comes from: stored states, or a window (Y_j, Y_{j+1}) rebuilt backwards.
+        enum Src<B: Backend> {
+            All(Vec<State<B::Buf>>),
+            AllFixed(Vec<State<B::IBuf>>),
+            Window(B::Buf, B::Buf),
+            WindowFixed(B::IBuf, B::IBuf),
+        }
+        let mut src = match tape.kept {
+            Kept::All(s) => Src::<B>::All(s),
+            Kept::AllFixed(s) => Src::AllFixed(s),
+            Kept::Last(mut s) => {
+                let next = s.pop().and_then(|mut v| v.pop());
+                let cur = s.pop().and_then(|mut v| v.pop());
+                match (cur, next) {
+                    (Some(c), Some(n)) => Src::Window(c, n),
+                    _ => {
+                        return Err(Error::Other(
+                            "leapfrog unit kept fewer than two states".into(),
+                        ))
+                    }
+                }
+            }
+            Kept::LastFixed(mut s) => {
+                let next = s.pop().and_then(|mut v| v.pop());
+                let cur = s.pop().and_then(|mut v| v.pop());
+                match (cur, next) {
+                    (Some(c), Some(n)) => Src::WindowFixed(c, n),
+                    _ => {
+                        return Err(Error::Other(
+                            "leapfrog unit kept fewer than two states".into(),
+                        ))
+                    }
+                }
+            }
+            Kept::Nothing => return Err(Error::Other("leapfrog unit kept no states".into())),
+        };
+        let mut g_next = g_out;
+        let mut p_cur: Option<B::Buf> = None;
+        let mut drift = 0.0;
+        for j in (0..nt).rev() {
+            let li = &u.steps[j].layers[0];
+            let l = self.layer(li);
+            if let Src::All(s) = &mut src {
+                s.truncate(j + 1);
+            }
+            if let Src::AllFixed(s) = &mut src {
+                s.truncate(j + 1);
+            }
+            let y_owned = match &src {
+                Src::AllFixed(s) => Some(be.dequantize(&s[j][0], shift)?),
+                Src::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
+                _ => None,
+            };
+            let y: &B::Buf = match (&src, &y_owned) {
+                (_, Some(o)) => o,
+                (Src::All(s), None) => &s[j][0],
+                (Src::Window(c, _), None) => c,
+                _ => return Err(Error::Other("leapfrog state source mismatch".into())),
+            };
+            let v = layers::sym_grad(be, l, y, d, kind.act, &g_next)?;
+            let g_j = match &p_cur {
+                Some(p) => be.lincomb(&[(2.0, &g_next), (h2, &v.dy), (1.0, p)])?,
+                None => be.lincomb(&[(2.0, &g_next), (h2, &v.dy)])?,
+            };
+            grads.add_layer(be, li, h2, v)?;
+            p_cur = Some(be.lincomb(&[(-1.0, &g_next)])?);
+            g_next = g_j;
+            if j > 0 {
+                // Rebuild Y_{j-1} = 2 Y_j - Y_{j+1} + h^2 f(Y_j), in floats or bit-exactly in integers.
+                match &mut src {
+                    Src::Window(c, n) => {
+                        let prev = layers::leapfrog_inverse(be, kind, l, c, n, d)?;
+                        *n = std::mem::replace(c, prev);
+                    }
+                    Src::WindowFixed(c, n) => {
+                        let y = y_owned
+                            .as_ref()
+                            .ok_or_else(|| Error::Other("no dequantised state".into()))?;
+                        let f = layers::f_only(be, l, y, d, kind.act)?;
+                        let prev = be.fixed_update(&[(2, c), (-1, n)], coef, &f)?;
+                        *n = std::mem::replace(c, prev);
+                    }
+                    _ => {}
+                }
+            } else {
+                let rebuilt = match &src {
+                    Src::Window(c, _) => Some(be.copy(c)?),
+                    Src::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
+                    _ => None,
+                };
+                if let Some(r) = rebuilt {
+                    drift = self.relative_drift(&r, &tape.input, sched.fixed_point)?;
+                }
+            }
+        }
+        let p = p_cur.expect("at least one step");
+        // Y_{-1} = Y_0: its gradient joins Y_0's.
+        Ok((be.lincomb(&[(1.0, &g_next), (1.0, &p)])?, drift))
+    }
+
+    fn hamiltonian_backward(
+        &self,
+        u: &UnitIdx,
+        tape: UnitTape<B>,
+        d: Dims,
+        g_out: B::Buf,
+        sched: Schedule,
+        grads: &mut Grads<B>,
+    ) -> Result<(B::Buf, f64)> {
+        let be = &self.backend;
+        let kind = self.kind();
+        let h = kind.h;
+        let half = d.c / 2;
+        let hd = d.with_c(half);
+        let nt = u.steps.len();
+        let shift = sched.fixed_point.unwrap_or(0);
+        let coef = (1u64 << shift) as f64 * h;
+        drop(tape.output);
+        let (mut ga, mut gb) = be.split_channels(&g_out, d, half)?;
+        drop(g_out);
+        let mut kept = tape.kept;
+        let mut drift = 0.0;
+        for j in (0..nt).rev() {
+            let (li1, li2) = (&u.steps[j].layers[0], &u.steps[j].layers[1]);
+            let (l1, l2) = (self.layer(li1), self.layer(li2));
+            // A_{j+1} and B_j, as floats.
+            let (a1, bj): (B::Buf, B::Buf) = match &mut kept {
+                Kept::All(s) => {
+                    let a1 = s.pop().map(|mut v| v.swap_remove(0));
+                    let a1 = a1.ok_or_else(|| Error::Other("missing state".into()))?;
+                    (a1, be.copy(&s[j][1])?)
+                }
+                Kept::AllFixed(s) => {
+                    let st = s
+                        .pop()
+                        .ok_or_else(|| Error::Other("missing state".into()))?;
+                    (
+                        be.dequantize(&st[0], shift)?,
+                        be.dequantize(&s[j][1], shift)?,
+                    )
+                }
+                Kept::Last(s) => {
+                    let st = s
+                        .pop()
+                        .ok_or_else(|| Error::Other("missing state".into()))?;
+                    let (a, b) = layers::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
+                    let bj = be.copy(&b)?;
+                    s.push(vec![a, b]);
+                    (be.copy(&st[0])?, bj)
+                }
+                Kept::LastFixed(s) => {
+                    let st = s
+                        .pop()
+                        .ok_or_else(|| Error::Other("missing state".into()))?;
+                    let a1 = be.dequantize(&st[0], shift)?;
+                    let f2 = layers::f_only(be, l2, &a1, hd, kind.act)?;
+                    let qb = be.fixed_update(&[(1, &st[1])], coef, &f2)?;
+                    drop(f2);
+                    let bj = be.dequantize(&qb, shift)?;
+                    let f1 = layers::f_only(be, l1, &bj, hd, kind.act)?;
+                    let qa = be.fixed_update(&[(1, &st[0])], -coef, &f1)?;
+                    s.push(vec![qa, qb]);
+                    (a1, bj)
+                }
+                Kept::Nothing => {
+                    return Err(Error::Other("hamiltonian unit kept no states".into()))
+                }
+            };
+            let v2 = layers::sym_grad(be, l2, &a1, hd, kind.act, &gb)?;
+            ga = be.lincomb(&[(1.0, &ga), (-h, &v2.dy)])?;
+            grads.add_layer(be, li2, -h, v2)?;
+            let v1 = layers::sym_grad(be, l1, &bj, hd, kind.act, &ga)?;
+            gb = be.lincomb(&[(1.0, &gb), (h, &v1.dy)])?;
+            grads.add_layer(be, li1, h, v1)?;
+        }
+        // The state left is the rebuilt input (when rebuilt).
+        let rebuilt = match &kept {
+            Kept::Last(s) => Some(be.concat_channels(&s[0][0], &s[0][1], d, half)?),
+            Kept::LastFixed(s) => {
+                let (a, b) = (
+                    be.dequantize(&s[0][0], shift)?,
+                    be.dequantize(&s[0][1], shift)?,
+                );
+                Some(be.concat_channels(&a, &b, d, half)?)
+            }
+            _ => None,
+        };
+        if let Some(r) = rebuilt {
+            drift = self.relative_drift(&r, &tape.input, sched.fixed_point)?;
+        }
+        Ok((be.concat_channels(&ga, &gb, d, half)?, drift))
+    }
+
+    /// Relative max-norm error of a rebuilt unit input; in fixed point the stored input is
+    /// compared after the same quantisation, so an exact rebuild reads 0.
+    fn relative_drift(&self, rebuilt: &B::Buf, stored: &B::Buf, fixed: Option<u32>) -> Result<f64> {
+        let be = &self.backend;
+        let quantised;
+        let stored = match fixed {
+            Some(s) => {
+                quantised = be.dequantize(&be.quantize(stored, s)?, s)?;
+                &quantised
+            }
+            None => stored,
+        };
+        let diff = be.lincomb(&[(1.0, rebuilt), (-1.0, stored)])?;
+        let (dv, sv) = (be.download(&diff)?, be.download(stored)?);
+        let dmax = dv.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let smax = sv.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        Ok(if smax > 0.0 { dmax / smax } else { dmax })
+    }
+
+    fn update_running(
+        &mut self,
+        stats: &[(usize, usize, BnStats<B::Buf>, usize)],
+        _n: usize,
+    ) -> Result<()> {
+        for (rm, rv, s, count) in stats {
+            let (lo, hi) = self.params.split_at_mut(*rv);
+            self.backend
+                .batchnorm_update_running(&mut lo[*rm], &mut hi[0], s, *count)?;
+        }
+        Ok(())
+    }
+}
+
+fn upload_params<B: Backend>(be: &B, layout: &Layout, params: &ParamSet) -> Result<Vec<B::Buf>> {
+    let mut out = Vec::with_capacity(layout.template.len());
+    for (name, _, t) in layout.template.iter() {
+        let p = params
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor(name.to_string()))?;
+        if p.shape != t.shape {
+            return Err(Error::Weights(format!(
+                "`{name}` has shape {:?}, the config needs {:?}",
+                p.shape, t.shape
+            )));
+        }
+        out.push(be.upload_f32(&p.data)?);
+    }
+    Ok(out)
+}

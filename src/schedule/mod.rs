@@ -1,0 +1,72 @@
+//! The scheduler: memory policies for the backward pass (SPEC section 5), the executor that
+//! runs forward + backward under them, and the memory plan.
+
+pub mod engine;
+pub mod plan;
+
+pub use engine::{Engine, GradOutput};
+
+use crate::error::{Error, Result};
+
+/// What the backward pass keeps of the forward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Policy {
+    /// Keep every state.
+    Store,
+    /// Keep unit inputs and the last two states of invertible units; rebuild the rest
+    /// backwards (invertible units) or recompute from the unit input (the others).
+    Reversible,
+    /// `Reversible` with invertible units run in fixed point, so that rebuilding is bit-exact.
+    Exact,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 3] = [Policy::Store, Policy::Reversible, Policy::Exact];
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Store => "store",
+            Policy::Reversible => "reversible",
+            Policy::Exact => "exact",
+        }
+    }
+    /// The schedule this policy runs with the default fixed-point shift (S = 16).
+    pub fn schedule(self) -> Schedule {
+        match self {
+            Policy::Store => Schedule {
+                keep_all: true,
+                fixed_point: None,
+            },
+            Policy::Reversible => Schedule {
+                keep_all: false,
+                fixed_point: None,
+            },
+            Policy::Exact => Schedule {
+                keep_all: false,
+                fixed_point: Some(DEFAULT_FIXED_SHIFT),
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| Error::Input(format!("unknown policy `{s}` (store, reversible, exact)")))
+    }
+}
+
+/// The fixed-point shift S of the `exact` policy: states are `round(Y * 2^S)` as i32.
+pub const DEFAULT_FIXED_SHIFT: u32 = 16;
+
+/// How a forward + backward pass runs: a policy, made of two independent choices so that
+/// `store` can also run the fixed-point forward (its gradients must equal `exact`'s bit for bit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Keep every state (`store`), or only what SPEC section 5 allows (`reversible`, `exact`).
+    pub keep_all: bool,
+    /// Run invertible units in fixed point with this shift.
+    pub fixed_point: Option<u32>,
+}

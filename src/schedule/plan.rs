@@ -1,0 +1,318 @@
+//! The memory plan: the executor runs on [`Planner`], a backend whose buffers are sizes only, so
+//! that every buffer of a forward + backward pass is known, with its lifetime, before any
+//! arithmetic runs. The peak of live bytes is the planned peak.
+
+use crate::backend::{Activation, Backend, BnStats};
+use crate::ensure_shape;
+use crate::error::Result;
+use crate::network::Layout;
+use crate::params::ParamSet;
+use crate::schedule::{Engine, Schedule};
+use crate::tensor::{Dims, HostTensor};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[derive(Default, Debug)]
+struct Counter {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+    flops: AtomicUsize,
+}
+
+/// A buffer that is only a size: it counts itself live until dropped.
+#[derive(Debug)]
+pub struct PlanBuf {
+    len: usize,
+    counter: Arc<Counter>,
+}
+
+impl Drop for PlanBuf {
+    fn drop(&mut self) {
+        self.counter
+            .live
+            .fetch_sub(self.len * ELEM_BYTES, Ordering::Relaxed);
+    }
+}
+
+/// Bytes per element on the executing devices (f32 and i32 storage).
+const ELEM_BYTES: usize = 4;
+
+/// The planning backend.
+#[derive(Clone, Debug, Default)]
+pub struct Planner {
+    counter: Arc<Counter>,
+}
+
+impl Planner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    fn buf(&self, len: usize) -> PlanBuf {
+        let live = self
+            .counter
+            .live
+            .fetch_add(len * ELEM_BYTES, Ordering::Relaxed)
+            + len * ELEM_BYTES;
+        self.counter.peak.fetch_max(live, Ordering::Relaxed);
+        PlanBuf {
+            len,
+            counter: self.counter.clone(),
+        }
+    }
+    fn flop(&self, n: usize) {
+        self.counter.flops.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Floating-point operations counted so far (multiply-adds count two; elementwise work is
+    /// counted one per output element and op).
+    pub fn flops(&self) -> usize {
+        self.counter.flops.load(Ordering::Relaxed)
+    }
+    /// Largest number of bytes live at once so far.
+    pub fn peak_bytes(&self) -> usize {
+        self.counter.peak.load(Ordering::Relaxed)
+    }
+    pub fn live_bytes(&self) -> usize {
+        self.counter.live.load(Ordering::Relaxed)
+    }
+    /// Restarts the peak at the bytes live now.
+    pub fn reset_peak(&self) {
+        self.counter
+            .peak
+            .store(self.live_bytes(), Ordering::Relaxed);
+    }
+}
+
+impl Backend for Planner {
+    type Buf = PlanBuf;
+    type IBuf = PlanBuf;
+
+    fn name(&self) -> &'static str {
+        "plan"
+    }
+    fn zeros(&self, len: usize) -> Result<PlanBuf> {
+        Ok(self.buf(len))
+    }
+    fn upload(&self, data: &[f64]) -> Result<PlanBuf> {
+        Ok(self.buf(data.len()))
+    }
+    fn upload_f32(&self, data: &[f32]) -> Result<PlanBuf> {
+        Ok(self.buf(data.len()))
+    }
+    fn download(&self, buf: &PlanBuf) -> Result<Vec<f64>> {
+        Ok(vec![0.0; buf.len])
+    }
+    fn buf_len(&self, buf: &PlanBuf) -> usize {
+        buf.len
+    }
+    fn copy(&self, buf: &PlanBuf) -> Result<PlanBuf> {
+        Ok(self.buf(buf.len))
+    }
+    fn iupload(&self, data: &[i32]) -> Result<PlanBuf> {
+        Ok(self.buf(data.len()))
+    }
+    fn idownload(&self, buf: &PlanBuf) -> Result<Vec<i32>> {
+        Ok(vec![0; buf.len])
+    }
+    fn lincomb(&self, terms: &[(f64, &PlanBuf)]) -> Result<PlanBuf> {
+        ensure_shape!(!terms.is_empty(), "lincomb needs at least one term");
+        self.flop(2 * terms.len() * terms[0].1.len);
+        Ok(self.buf(terms[0].1.len))
+    }
+    fn axpy(&self, _a: f64, x: &PlanBuf, y: &mut PlanBuf) -> Result<()> {
+        ensure_shape!(x.len == y.len, "axpy: {} vs {}", x.len, y.len);
+        Ok(())
+    }
+    fn conv3x3(&self, _x: &PlanBuf, d: Dims, _k: &PlanBuf, cout: usize) -> Result<PlanBuf> {
+        self.flop(2 * 9 * d.len() * cout);
+        Ok(self.buf(d.with_c(cout).len()))
+    }
+    fn conv3x3_t(&self, _z: &PlanBuf, d: Dims, _k: &PlanBuf, cin: usize) -> Result<PlanBuf> {
+        self.flop(2 * 9 * d.len() * cin);
+        Ok(self.buf(d.with_c(cin).len()))
+    }
+    fn conv3x3_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf, cout: usize) -> Result<PlanBuf> {
+        self.flop(2 * 9 * d.len() * cout);
+        Ok(self.buf(cout * d.c * 9))
+    }
+    fn conv1x1(&self, _x: &PlanBuf, d: Dims, _k: &PlanBuf, cout: usize) -> Result<PlanBuf> {
+        self.flop(2 * d.len() * cout);
+        Ok(self.buf(d.with_c(cout).len()))
+    }
+    fn conv1x1_t(&self, _z: &PlanBuf, d: Dims, _k: &PlanBuf, cin: usize) -> Result<PlanBuf> {
+        self.flop(2 * d.len() * cin);
+        Ok(self.buf(d.with_c(cin).len()))
+    }
+    fn conv1x1_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf, cout: usize) -> Result<PlanBuf> {
+        self.flop(2 * d.len() * cout);
+        Ok(self.buf(cout * d.c))
+    }
+    fn add_channel_bias(&self, _x: &PlanBuf, d: Dims, _b: &PlanBuf) -> Result<PlanBuf> {
+        Ok(self.buf(d.len()))
+    }
+    fn channel_sum(&self, _dy: &PlanBuf, d: Dims) -> Result<PlanBuf> {
+        Ok(self.buf(d.c))
+    }
+    fn tvnorm(&self, _x: &PlanBuf, d: Dims, _s: &PlanBuf, _b: &PlanBuf) -> Result<PlanBuf> {
+        self.flop(5 * d.len());
+        Ok(self.buf(d.len()))
+    }
+    fn tvnorm_vjp(
+        &self,
+        _x: &PlanBuf,
+        d: Dims,
+        _s: &PlanBuf,
+        _dy: &PlanBuf,
+    ) -> Result<(PlanBuf, PlanBuf, PlanBuf)> {
+        Ok((self.buf(d.len()), self.buf(d.c), self.buf(d.c)))
+    }
+    fn batchnorm_train(
+        &self,
+        _x: &PlanBuf,
+        d: Dims,
+        _g: &PlanBuf,
+        _b: &PlanBuf,
+    ) -> Result<(PlanBuf, BnStats<PlanBuf>)> {
+        Ok((
+            self.buf(d.len()),
+            BnStats {
+                mean: self.buf(d.c),
+                var: self.buf(d.c),
+            },
+        ))
+    }
+    fn batchnorm_eval(
+        &self,
+        _x: &PlanBuf,
+        d: Dims,
+        _g: &PlanBuf,
+        _b: &PlanBuf,
+        _m: &PlanBuf,
+        _v: &PlanBuf,
+    ) -> Result<PlanBuf> {
+        Ok(self.buf(d.len()))
+    }
+    fn batchnorm_vjp(
+        &self,
+        _x: &PlanBuf,
+        d: Dims,
+        _g: &PlanBuf,
+        _s: &BnStats<PlanBuf>,
+        _dy: &PlanBuf,
+    ) -> Result<(PlanBuf, PlanBuf, PlanBuf)> {
+        Ok((self.buf(d.len()), self.buf(d.c), self.buf(d.c)))
+    }
+    fn batchnorm_update_running(
+        &self,
+        _m: &mut PlanBuf,
+        _v: &mut PlanBuf,
+        _s: &BnStats<PlanBuf>,
+        _count: usize,
+    ) -> Result<()> {
+        Ok(())
+    }
+    fn activation(&self, _act: Activation, x: &PlanBuf) -> Result<PlanBuf> {
+        self.flop(x.len);
+        Ok(self.buf(x.len))
+    }
+    fn activation_vjp(&self, _act: Activation, x: &PlanBuf, _dy: &PlanBuf) -> Result<PlanBuf> {
+        Ok(self.buf(x.len))
+    }
+    fn avgpool2(&self, _x: &PlanBuf, d: Dims) -> Result<PlanBuf> {
+        Ok(self.buf(d.pooled().len()))
+    }
+    fn avgpool2_vjp(&self, _dy: &PlanBuf, d: Dims) -> Result<PlanBuf> {
+        Ok(self.buf(d.len()))
+    }
+    fn global_mean(&self, _x: &PlanBuf, d: Dims) -> Result<PlanBuf> {
+        Ok(self.buf(d.n * d.c))
+    }
+    fn global_mean_vjp(&self, _dy: &PlanBuf, d: Dims) -> Result<PlanBuf> {
+        Ok(self.buf(d.len()))
+    }
+    fn split_channels(&self, _x: &PlanBuf, d: Dims, c1: usize) -> Result<(PlanBuf, PlanBuf)> {
+        Ok((
+            self.buf(d.with_c(c1).len()),
+            self.buf(d.with_c(d.c - c1).len()),
+        ))
+    }
+    fn concat_channels(&self, _a: &PlanBuf, _b: &PlanBuf, d: Dims, _c1: usize) -> Result<PlanBuf> {
+        Ok(self.buf(d.len()))
+    }
+    fn softmax_xent(
+        &self,
+        _l: &PlanBuf,
+        n: usize,
+        classes: usize,
+        _labels: &[usize],
+    ) -> Result<(f64, PlanBuf)> {
+        Ok((0.0, self.buf(n * classes)))
+    }
+    fn quantize(&self, x: &PlanBuf, _shift: u32) -> Result<PlanBuf> {
+        Ok(self.buf(x.len))
+    }
+    fn dequantize(&self, q: &PlanBuf, _shift: u32) -> Result<PlanBuf> {
+        Ok(self.buf(q.len))
+    }
+    fn fixed_update(&self, _terms: &[(i32, &PlanBuf)], _coef: f64, f: &PlanBuf) -> Result<PlanBuf> {
+        Ok(self.buf(f.len))
+    }
+}
+
+/// The planned memory of one training step (forward + backward).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Parameters and buffers resident on the device.
+    pub param_bytes: usize,
+    /// Parameter gradients (trainable parameters only).
+    pub grad_bytes: usize,
+    /// Peak bytes live at once, parameters and gradients included.
+    pub peak_bytes: usize,
+}
+
+impl MemoryPlan {
+    /// Peak bytes beyond parameters and gradients: activations and temporaries.
+    pub fn activation_bytes(&self) -> usize {
+        self.peak_bytes - self.param_bytes - self.grad_bytes
+    }
+}
+
+/// Plans a training step of `layout` on inputs of `input_shape` (e.g. `[32, 3, 32, 32]`).
+pub fn plan_step(layout: &Layout, input_shape: &[usize], sched: Schedule) -> Result<MemoryPlan> {
+    let planner = Planner::new();
+    let params: ParamSet = layout.template.clone();
+    let mut eng = Engine::new(planner.clone(), layout.clone(), &params)?;
+    let param_bytes = planner.live_bytes();
+    let x = HostTensor::zeros(input_shape.to_vec());
+    let labels = vec![0; input_shape.first().copied().unwrap_or(0)];
+    eng.grad(&x, &labels, sched, false)?;
+    let grad_bytes = layout.parameter_count() * ELEM_BYTES;
+    Ok(MemoryPlan {
+        param_bytes,
+        grad_bytes,
+        peak_bytes: planner.peak_bytes(),
+    })
+}
+
+/// Forward and training-step flops of one input of `sample_shape` (e.g. `[3, 32, 32]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlopCount {
+    /// Evaluation forward pass, per input.
+    pub forward: usize,
+    /// Forward + backward under `store` (the least recomputation), per input.
+    pub train_step: usize,
+}
+
+pub fn count_flops(layout: &Layout, sample_shape: &[usize]) -> Result<FlopCount> {
+    let mut shape = vec![1];
+    shape.extend_from_slice(sample_shape);
+    let x = HostTensor::zeros(shape);
+    let planner = Planner::new();
+    let mut eng = Engine::new(planner.clone(), layout.clone(), &layout.template)?;
+    eng.logits(&x)?;
+    let forward = planner.flops();
+    eng.grad(&x, &[0], crate::schedule::Policy::Store.schedule(), false)?;
+    Ok(FlopCount {
+        forward,
+        train_step: planner.flops() - forward,
+    })
+}

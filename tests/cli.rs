@@ -1,0 +1,231 @@
+//! The `pdenet` binary: `init` and `grad` end to end, and one-line errors (never a panic) on
+//! bad input.
+
+use pdenet::params::{read_safetensors, write_safetensors, OutTensor};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn pdenet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pdenet"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pdenet-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_batch(path: &Path, shape: &[usize], labels: &[i64]) {
+    let n: usize = shape.iter().product();
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    write_safetensors(
+        path,
+        &[
+            ("x".into(), OutTensor::F32(shape, &x)),
+            ("labels".into(), OutTensor::I64(&[labels.len()], labels)),
+        ],
+    )
+    .unwrap();
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts a failed run with a single-line reason containing `needle`, and no panic.
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure, stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(needle), "`{needle}` not in: {err}");
+}
+
+#[test]
+fn init_then_grad_under_every_policy() {
+    let d = tmpdir("grad");
+    let cfg = d.join("net.json");
+    std::fs::write(
+        &cfg,
+        r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4,8],"steps":[2,1],"layer":"hyperbolic","h":0.5}"#,
+    )
+    .unwrap();
+    let w = d.join("w.safetensors");
+    let o = pdenet(&["init", "--config", s(&cfg), "--seed", "1", "--out", s(&w)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = d.join("b.safetensors");
+    write_batch(&b, &[2, 1, 6, 6], &[0, 2]);
+    let mut losses = Vec::new();
+    for policy in ["store", "reversible", "exact"] {
+        let g = d.join(format!("g-{policy}.safetensors"));
+        let o = pdenet(&[
+            "grad",
+            "--config",
+            s(&cfg),
+            "--weights",
+            s(&w),
+            "--input",
+            s(&b),
+            "--out",
+            s(&g),
+            "--policy",
+            policy,
+            "--device",
+            "cpu",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let t = read_safetensors(&g).unwrap();
+        for name in [
+            "loss",
+            "logits",
+            "grad.x",
+            "grad.open.conv.weight",
+            "grad.units.1.steps.0.K",
+            "grad.classifier.bias",
+        ] {
+            assert!(t.contains_key(name), "{name} missing");
+        }
+        assert_eq!(t["logits"].shape, vec![2, 3]);
+        assert_eq!(t["grad.x"].shape, vec![2, 1, 6, 6]);
+        assert!(
+            !t.contains_key("grad.open.bn.running_mean"),
+            "buffers have no gradient"
+        );
+        losses.push(t["loss"].data[0]);
+    }
+    assert!((losses[0] - losses[1]).abs() < 1e-6);
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let d = tmpdir("errors");
+    let cfg = d.join("net.json");
+    std::fs::write(
+        &cfg,
+        r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[1],"layer":"parabolic","h":0.5}"#,
+    )
+    .unwrap();
+    let w = d.join("w.safetensors");
+    assert!(pdenet(&["init", "--config", s(&cfg), "--out", s(&w)])
+        .status
+        .success());
+    let b = d.join("b.safetensors");
+    let g = d.join("g.safetensors");
+    let grad = |cfg: &Path, w: &Path, b: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "grad",
+            "--config",
+            s(cfg),
+            "--weights",
+            s(w),
+            "--input",
+            s(b),
+            "--out",
+            s(&g),
+        ];
+        a.extend_from_slice(extra);
+        pdenet(&a)
+    };
+
+    // Labels out of range.
+    write_batch(&b, &[2, 1, 4, 4], &[0, 3]);
+    assert_clean_error(&grad(&cfg, &w, &b, &[]), "out of range");
+    // Wrong input shape.
+    write_batch(&b, &[2, 2, 4, 4], &[0, 1]);
+    assert_clean_error(&grad(&cfg, &w, &b, &[]), "shape");
+    // Truncated weights.
+    write_batch(&b, &[2, 1, 4, 4], &[0, 1]);
+    let bytes = std::fs::read(&w).unwrap();
+    let trunc = d.join("trunc.safetensors");
+    std::fs::write(&trunc, &bytes[..bytes.len() / 2]).unwrap();
+    assert_clean_error(&grad(&cfg, &trunc, &b, &[]), "safetensors");
+    // Weights of another config: a missing tensor.
+    let cfg2 = d.join("net2.json");
+    std::fs::write(
+        &cfg2,
+        r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[2],"layer":"parabolic","h":0.5}"#,
+    )
+    .unwrap();
+    assert_clean_error(&grad(&cfg2, &w, &b, &[]), "units.0.steps.1");
+    // Bad configs.
+    for (text, needle) in [
+        (
+            r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[1],"layer":"parabolic","h":-1}"#,
+            "h must be positive",
+        ),
+        (
+            r#"{"kind":"image","in_channels":1,"classes":3,"widths":[5],"steps":[1],"layer":"hamiltonian","h":1}"#,
+            "even",
+        ),
+        (
+            r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[1],"layer":"spiral","h":1}"#,
+            "spiral",
+        ),
+        (
+            r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[1],"layer":"resnet","h":1,"depth":3}"#,
+            "depth",
+        ),
+        (
+            r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4,8],"steps":[1],"layer":"resnet","h":1}"#,
+            "steps",
+        ),
+        ("{not json", "config"),
+    ] {
+        let c = d.join("bad.json");
+        std::fs::write(&c, text).unwrap();
+        assert_clean_error(
+            &pdenet(&[
+                "init",
+                "--config",
+                s(&c),
+                "--out",
+                s(&d.join("x.safetensors")),
+            ]),
+            needle,
+        );
+    }
+    // A missing file, an unknown policy.
+    assert_clean_error(
+        &grad(&cfg, &d.join("nope.safetensors"), &b, &[]),
+        "nope.safetensors",
+    );
+    let o = grad(&cfg, &w, &b, &["--policy", "lazy"]);
+    assert!(!o.status.success());
+    // No file was written by any failed run.
+    assert!(!g.exists());
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error() {
+    if pdenet::backend::cuda_is_usable() {
+        println!("SKIP: a CUDA device is present; this test checks the error without one");
+        return;
+    }
+    let d = tmpdir("cuda");
+    let w = d.join("w.safetensors");
+    assert!(pdenet(&["init", "--config", "ref-2d", "--out", s(&w)])
+        .status
+        .success());
+    let b = d.join("b.safetensors");
+    write_batch(&b, &[3, 2], &[0, 1, 1]);
+    let o = pdenet(&[
+        "grad",
+        "--config",
+        "ref-2d",
+        "--weights",
+        s(&w),
+        "--input",
+        s(&b),
+        "--out",
+        s(&d.join("g.safetensors")),
+        "--device",
+        "cuda",
+    ]);
+    assert_clean_error(&o, "CUDA");
+}
