@@ -3,9 +3,11 @@
 //! The network is built by a caller-supplied [`BuildModel`] (the engine), so that this file
 //! depends only on the [`Model`] trait.
 
+use crate::backend::DeviceChoice;
 use crate::config::{Config, Kind};
 use crate::error::{Error, Result};
 use crate::params::read_safetensors;
+use crate::schedule::Policy;
 use crate::train::data::{self, Split};
 use crate::train::optim::{OptimConfig, OptimizerKind, Schedule};
 use crate::train::{evaluate, train, Model, TrainOptions, TrainReport};
@@ -14,34 +16,19 @@ use std::path::{Path, PathBuf};
 /// The data of the default run: 5,000 training and 1,000 test MNIST digits in the repository.
 pub const DEFAULT_DATA: &str = "data/mnist-small";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyArg {
-    Store,
-    Reversible,
-    Exact,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceArg {
-    Auto,
-    Cpu,
-    Cuda,
-}
-
 /// What the engine needs to build a network besides its config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelSpec {
     /// Seeds the initial weights (as `pdenet init --seed`).
     pub seed: u64,
-    pub policy: PolicyArg,
-    pub device: DeviceArg,
+    pub policy: Policy,
+    pub device: DeviceChoice,
     /// The training batch size (for memory planning).
     pub batch: usize,
 }
 
-/// Builds an initialised network for a config (the engine supplies it).
+/// Builds an initialised network for a config: [`crate::train::engine_model::build_engine_model`]
+/// for the real thing, a mock in tests.
 pub type BuildModel<'a> = &'a dyn Fn(&Config, &ModelSpec) -> Result<Box<dyn Model>>;
 
 /// Train a network. With no flags it trains `ref-mnist` for 3 epochs on the MNIST subset shipped
@@ -71,10 +58,11 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
     pub optimizer: OptimizerKind,
     /// Memory policy of the backward pass.
-    #[arg(long, value_enum, default_value_t = PolicyArg::Store)]
-    pub policy: PolicyArg,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
+    #[arg(long, default_value = "store")]
+    pub policy: Policy,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -91,8 +79,8 @@ impl Default for TrainArgs {
             batch: None,
             lr: None,
             optimizer: OptimizerKind::Sgd,
-            policy: PolicyArg::Store,
-            device: DeviceArg::Auto,
+            policy: Policy::Store,
+            device: DeviceChoice::Auto,
             resume: false,
         }
     }
@@ -208,8 +196,8 @@ pub fn run_eval(args: &EvalArgs, build: BuildModel<'_>) -> Result<(f64, f64)> {
     let weights = read_safetensors(&args.weights)?;
     let spec = ModelSpec {
         seed: 0,
-        policy: PolicyArg::Store,
-        device: DeviceArg::Auto,
+        policy: Policy::Store,
+        device: DeviceChoice::Auto,
         batch: 500,
     };
     let mut model = build(&cfg, &spec)?;

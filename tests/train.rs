@@ -828,3 +828,71 @@ fn cli_train_and_eval() {
     assert!(!out.join("bad/model.safetensors").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+// ------------------------------------------------------------------------------------------
+// The real engine behind the same loop
+
+#[test]
+fn engine_trains_and_resumes_bit_identically() {
+    use pdenet::backend::DeviceChoice;
+    use pdenet::schedule::Policy;
+    use pdenet::train::engine_model::build_engine_model;
+    let spec = ModelSpec {
+        seed: 3,
+        policy: Policy::Store,
+        device: DeviceChoice::Cpu,
+        batch: 32,
+    };
+    let cfg = Config::reference("ref-2d").unwrap();
+    let split = data::synthetic(Synthetic::TwoClass, 3).unwrap();
+    let mut o = opts(Path::new("."), 3);
+    o.optim = OptimConfig::sgd(0.1);
+    o.config = serde_json::to_value(&cfg).unwrap();
+    let (a, b) = (tmpdir("engine-a"), tmpdir("engine-b"));
+    o.out = a.clone();
+    let full = train(&mut build_engine_model(&cfg, &spec).unwrap(), &split, &o).unwrap();
+    assert!(full.test_accuracy > 0.6, "accuracy {}", full.test_accuracy);
+    o.out = b.clone();
+    o.stop_after = Some(1);
+    train(&mut build_engine_model(&cfg, &spec).unwrap(), &split, &o).unwrap();
+    o.stop_after = None;
+    o.resume = true;
+    train(&mut build_engine_model(&cfg, &spec).unwrap(), &split, &o).unwrap();
+    assert_eq!(
+        read_bytes(&a.join("model.safetensors")),
+        read_bytes(&b.join("model.safetensors"))
+    );
+
+    // A small image network with batch norm (running statistics in the checkpoint too).
+    let img: Config = Config::parse(
+        r#"{"kind":"image","in_channels":1,"classes":10,"widths":[4,8],"steps":[1,1],
+            "layer":"hyperbolic","h":0.5}"#,
+        false,
+    )
+    .unwrap();
+    let split = small_images(64, 32);
+    let mut o = opts(&a, 2);
+    o.batch = 16;
+    o.optim = OptimConfig::sgd(0.05);
+    o.config = serde_json::to_value(&img).unwrap();
+    o.data_name = "mnist-small".into();
+    let spec = ModelSpec {
+        policy: Policy::Reversible,
+        ..spec
+    };
+    let full = train(&mut build_engine_model(&img, &spec).unwrap(), &split, &o).unwrap();
+    assert_eq!(full.epochs, 2);
+    o.out = b.clone();
+    let _ = std::fs::remove_dir_all(&b);
+    o.stop_after = Some(1);
+    train(&mut build_engine_model(&img, &spec).unwrap(), &split, &o).unwrap();
+    o.stop_after = None;
+    o.resume = true;
+    train(&mut build_engine_model(&img, &spec).unwrap(), &split, &o).unwrap();
+    assert_eq!(
+        read_bytes(&a.join("model.safetensors")),
+        read_bytes(&b.join("model.safetensors"))
+    );
+    let _ = std::fs::remove_dir_all(&a);
+    let _ = std::fs::remove_dir_all(&b);
+}

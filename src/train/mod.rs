@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod engine_model;
 pub mod log;
 pub mod optim;
 pub mod plot;
