@@ -1,6 +1,8 @@
 //! pdenet: deep networks as time discretisations of PDEs, on the CPU and on CUDA GPUs.
 
+pub mod alloc;
 pub mod backend;
+pub mod bench;
 pub mod cli_train;
 pub mod config;
 pub mod device;

@@ -94,15 +94,11 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, name: String, shape: Vec<usize>, role: ParamRole) -> usize {
-        let fill = if role == ParamRole::Buffer && name.ends_with("running_var") {
-            1.0
-        } else if role == ParamRole::Affine
-            && (name.ends_with(".weight") || name.ends_with("diffusion"))
-        {
-            1.0
-        } else {
-            0.0
-        };
+        // Variances, scales and diffusion coefficients start at one; everything else at zero.
+        let ones = (role == ParamRole::Buffer && name.ends_with("running_var"))
+            || (role == ParamRole::Affine
+                && (name.ends_with(".weight") || name.ends_with("diffusion")));
+        let fill = if ones { 1.0 } else { 0.0 };
         self.set.push(name, role, HostTensor::filled(shape, fill));
         self.set.len() - 1
     }

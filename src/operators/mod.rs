@@ -62,6 +62,9 @@ pub fn norm_forward<B: Backend>(
     }
 }
 
+/// Gradients of the normalisation: `(dz, dscale, dshift)`, `dscale` absent for the shift.
+pub type NormGrads<B> = (B, Option<B>, B);
+
 /// VJP of `N`: `(dz, dscale, dshift)`.
 pub fn norm_vjp<B: Backend>(
     be: &B,
@@ -69,7 +72,7 @@ pub fn norm_vjp<B: Backend>(
     d: Dims,
     norm: Norm<'_, B::Buf>,
     da: &B::Buf,
-) -> Result<(B::Buf, Option<B::Buf>, B::Buf)> {
+) -> Result<NormGrads<B::Buf>> {
     match norm {
         Norm::Tv { s, .. } => {
             let (dz, ds, db) = be.tvnorm_vjp(z, d, s, da)?;
@@ -189,6 +192,7 @@ pub fn explicit_step<B: Backend>(
 }
 
 /// VJP of `sigma(N(A y))` (without the identity and the factor h).
+#[allow(clippy::too_many_arguments)]
 pub fn explicit_vjp<B: Backend>(
     be: &B,
     op: OpRef<'_, B>,

@@ -65,7 +65,13 @@ fn render_atomic(
 type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
 
 /// A line chart of several named series over epochs.
-fn curves(path: &Path, title: &str, ylabel: &str, series: &[Series<'_>]) -> Result<()> {
+fn curves(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series<'_>],
+) -> Result<()> {
     let pts = series.iter().flat_map(|s| s.2.iter());
     let (mut x1, mut y0, mut y1) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
     for &(x, y) in pts {
@@ -90,7 +96,7 @@ fn curves(path: &Path, title: &str, ylabel: &str, series: &[Series<'_>]) -> Resu
             .map_err(|x| e(&x))?;
         chart
             .configure_mesh()
-            .x_desc("epoch")
+            .x_desc(xlabel)
             .y_desc(ylabel)
             .x_label_formatter(&|x| format!("{x:.0}"))
             .label_style((FAMILY, 14))
@@ -126,6 +132,7 @@ pub fn plot_curves(dir: &Path, rows: &[LogRow]) -> Result<()> {
     curves(
         &dir.join("loss.png"),
         "training loss",
+        "epoch",
         "mean cross-entropy",
         &[("train loss", RED, loss)],
     )?;
@@ -134,9 +141,26 @@ pub fn plot_curves(dir: &Path, rows: &[LogRow]) -> Result<()> {
     curves(
         &dir.join("accuracy.png"),
         "accuracy",
+        "epoch",
         "fraction correct",
         &[("train", BLUE, tr), ("test", RGBColor(0, 150, 0), te)],
     )
+}
+
+/// A line chart of named series (e.g. a benchmark quantity against depth), one colour each.
+pub fn series_png(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let named: Vec<Series<'_>> = series
+        .iter()
+        .enumerate()
+        .map(|(i, (name, pts))| (name.as_str(), class_color(i), pts.clone()))
+        .collect();
+    curves(path, title, xlabel, ylabel, &named)
 }
 
 /// Class colours: saturated for points, light for regions.
