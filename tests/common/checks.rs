@@ -563,7 +563,8 @@ pub fn shape_errors<B: Backend>(b: &B, c: &Case) -> R {
     prop_assert!(b.lincomb(&[]).is_err());
     prop_assert!(b.lincomb(&[(1.0, &x), (1.0, &short)]).is_err());
     prop_assert!(b.add_channel_bias(&x, d.with_c(d.c + 1), &cb).is_err());
-    prop_assert!(b.tvnorm(&x, d, &cb, &dz_long).is_err());
+    let cb_long = up(b, &vec![1.0; d.c + 1]);
+    prop_assert!(b.tvnorm(&x, d, &cb, &cb_long).is_err());
     prop_assert!(b.tvnorm_vjp(&x, d, &cb, &short).is_err());
     prop_assert!(b.batchnorm_train(&short, d, &cb, &cb).is_err());
     prop_assert!(b.activation_vjp(Activation::Tanh, &x, &short).is_err());
