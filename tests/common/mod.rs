@@ -115,6 +115,7 @@ pub fn run<B: Backend>(b: &B, check: fn(&B, &Case) -> Result<(), TestCaseError>)
 
 /// Expands to `mod $name { #[test] fn <op>() ... }` running every check of [`checks`] on the
 /// backend built by `$make: Option<B>`; `None` prints `SKIP` and returns.
+#[allow(unused_macros)] // not every test file instantiates it
 macro_rules! backend_op_tests {
     ($name:ident, $make:expr) => {
         $crate::common::backend_op_tests!(@module $name, $make;
@@ -150,4 +151,5 @@ macro_rules! backend_op_tests {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use backend_op_tests;
