@@ -437,3 +437,11 @@ fn sym_full3x3_vjp() {
         }
     }
 }
+
+#[test]
+fn reference_rejects_bad_split_point() {
+    let d = Dims::new(1, 2, 2, 2);
+    let x = vec![0.0; d.len()];
+    assert!(B.split_channels(&x, d, 3).is_err());
+    assert!(B.concat_channels(&x, &x, d, 3).is_err());
+}

@@ -647,12 +647,15 @@ impl Backend for Cpu {
             .enumerate()
             .for_each(|(blk, o)| {
                 let start = blk * ELEM_CHUNK;
-                for (i, ov) in o.iter_mut().enumerate() {
-                    let idx = start + i;
-                    let base = terms
-                        .iter()
-                        .fold(0i32, |acc, (c, q)| acc.wrapping_add(c.wrapping_mul(q[idx])));
-                    *ov = base.wrapping_add(round_to_i32(coef * f[idx] as f64));
+                for (ov, &fv) in o.iter_mut().zip(&f[start..]) {
+                    *ov = round_to_i32(coef * fv as f64);
+                }
+                // Wrapping integer sums commute, so adding term by term (vectorised) equals
+                // the reference's per-element order bit for bit.
+                for &(c, q) in terms {
+                    for (ov, &qv) in o.iter_mut().zip(&q[start..]) {
+                        *ov = ov.wrapping_add(c.wrapping_mul(qv));
+                    }
                 }
             });
         Ok(out)
