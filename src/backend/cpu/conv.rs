@@ -1,6 +1,8 @@
 //! Convolutions as GEMMs (the `gemm` crate, single-threaded per call; the batch is the
 //! parallel dimension).
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::par::{map_chunks, sum_partials_f32, with_ws32};
@@ -103,20 +105,20 @@ pub fn matmul(
     }
 }
 
-/// im2col of one sample `x [c, h, w]` into `cols [c * 9, h * w]`: row `c * 9 + a * 3 + b`
-/// holds the input shifted by tap `(a - 1, b - 1)`, zero in the padding.
-pub fn im2col(x: &[f32], c: usize, h: usize, w: usize, cols: &mut [f32]) {
-    let hw = h * w;
-    if hw == 0 {
+/// im2col of image rows `rows` of one sample `x [c, h, w]` into `cols [c * 9, rows.len() * w]`:
+/// row `c * 9 + a * 3 + b` holds the input shifted by tap `(a - 1, b - 1)`, zero in the padding.
+pub fn im2col(x: &[f32], c: usize, h: usize, w: usize, rows: Range<usize>, cols: &mut [f32]) {
+    let (hw, tw) = (h * w, rows.len() * w);
+    if tw == 0 {
         return;
     }
     for ci in 0..c {
         let plane = &x[ci * hw..(ci + 1) * hw];
         for a in 0..3 {
             for b in 0..3 {
-                let row = &mut cols[(ci * 9 + a * 3 + b) * hw..][..hw];
-                for i in 0..h {
-                    let dst = &mut row[i * w..(i + 1) * w];
+                let row = &mut cols[(ci * 9 + a * 3 + b) * tw..][..tw];
+                for (t, i) in rows.clone().enumerate() {
+                    let dst = &mut row[t * w..(t + 1) * w];
                     let si = i + a;
                     if si == 0 || si > h {
                         dst.fill(0.0);
@@ -140,9 +142,25 @@ pub fn im2col(x: &[f32], c: usize, h: usize, w: usize, cols: &mut [f32]) {
     }
 }
 
+/// Values of an im2col tile kept per thread: 1 MiB, so that the tile stays in L2 next to the
+/// GEMM's packing buffers even when two threads share a core's cache.
+const TILE_VALUES: usize = 1 << 18;
+
+/// Splits the `h` image rows into even tiles whose im2col (`kk` rows of `w` values a pixel
+/// row) fits [`TILE_VALUES`].
+fn row_tiles(h: usize, w: usize, kk: usize, budget: usize) -> impl Iterator<Item = Range<usize>> {
+    let max_rows = (budget / (kk * w).max(1)).clamp(1, h.max(1));
+    let rows = h.div_ceil(h.div_ceil(max_rows).max(1)).max(1);
+    (0..h).step_by(rows).map(move |i| i..(i + rows).min(h))
+}
+
 /// `conv(x, K)`: one im2col and one GEMM `K [cout, cin*9] x cols [cin*9, hw]` per sample.
 /// Lengths are checked by the caller.
 pub fn conv3x3(x: &[f32], d: Dims, k: &[f32], cout: usize) -> Vec<f32> {
+    conv3x3_tiled(x, d, k, cout, TILE_VALUES)
+}
+
+fn conv3x3_tiled(x: &[f32], d: Dims, k: &[f32], cout: usize, budget: usize) -> Vec<f32> {
     let (hw, kk) = (d.hw(), d.c * 9);
     let mut y = vec![0.0f32; d.n * cout * hw];
     if hw == 0 || cout == 0 || d.c == 0 {
@@ -151,19 +169,22 @@ pub fn conv3x3(x: &[f32], d: Dims, k: &[f32], cout: usize) -> Vec<f32> {
     y.par_chunks_mut(cout * hw)
         .zip(x.par_chunks(d.c * hw))
         .for_each(|(ys, xs)| {
-            with_ws32(kk * hw, |cols| {
-                im2col(xs, d.c, d.h, d.w, cols);
-                matmul(
-                    cout,
-                    hw,
-                    kk,
-                    ys,
-                    hw,
-                    false,
-                    Mat::rows(k, kk),
-                    Mat::rows(cols, hw),
-                );
-            })
+            for rows in row_tiles(d.h, d.w, kk, budget) {
+                let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+                with_ws32(kk * tw, |cols| {
+                    im2col(xs, d.c, d.h, d.w, rows, cols);
+                    matmul(
+                        cout,
+                        tw,
+                        kk,
+                        &mut ys[p0..],
+                        hw,
+                        false,
+                        Mat::rows(k, kk),
+                        Mat::rows(cols, tw),
+                    );
+                })
+            }
         });
     y
 }
@@ -187,6 +208,10 @@ pub fn conv3x3_t(z: &[f32], d: Dims, k: &[f32], cin: usize) -> Vec<f32> {
 /// `dK [cout, cin*9] = sum_n dz_n [cout, hw] x cols_n^T [hw, cin*9]`, one partial per fixed
 /// batch range, added in range order.
 pub fn conv3x3_wgrad(x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f32> {
+    conv3x3_wgrad_tiled(x, d, dz, cout, TILE_VALUES)
+}
+
+fn conv3x3_wgrad_tiled(x: &[f32], d: Dims, dz: &[f32], cout: usize, budget: usize) -> Vec<f32> {
     let (hw, kk) = (d.hw(), d.c * 9);
     let len = cout * kk;
     if hw == 0 || len == 0 {
@@ -194,21 +219,26 @@ pub fn conv3x3_wgrad(x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f32> {
     }
     let parts = map_chunks(d.n, |r| {
         let mut part = vec![0.0f32; len];
-        with_ws32(kk * hw, |cols| {
-            for (i, s) in r.enumerate() {
-                im2col(&x[s * d.c * hw..(s + 1) * d.c * hw], d.c, d.h, d.w, cols);
-                matmul(
-                    cout,
-                    kk,
-                    hw,
-                    &mut part,
-                    kk,
-                    i > 0,
-                    Mat::rows(&dz[s * cout * hw..(s + 1) * cout * hw], hw),
-                    Mat::rows_t(cols, hw),
-                );
+        for (i, s) in r.enumerate() {
+            let xs = &x[s * d.c * hw..(s + 1) * d.c * hw];
+            let dzs = &dz[s * cout * hw..(s + 1) * cout * hw];
+            for (t, rows) in row_tiles(d.h, d.w, kk, budget).enumerate() {
+                let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+                with_ws32(kk * tw, |cols| {
+                    im2col(xs, d.c, d.h, d.w, rows, cols);
+                    matmul(
+                        cout,
+                        kk,
+                        tw,
+                        &mut part,
+                        kk,
+                        i + t > 0,
+                        Mat::rows(&dzs[p0..], hw),
+                        Mat::rows_t(cols, tw),
+                    );
+                });
             }
-        });
+        }
         part
     });
     sum_partials_f32(&parts, len)
@@ -321,4 +351,42 @@ pub fn conv1x1_wgrad(x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f32> {
         part
     });
     sum_partials_f32(&parts, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u32) -> Vec<f32> {
+        (0..len)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 8.4e6 - 1.0
+            })
+            .collect()
+    }
+
+    fn rel(a: &[f32], b: &[f32]) -> f64 {
+        let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+        let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+        (d / n).sqrt()
+    }
+
+    /// Row tiles (one, two, or several rows each) give the untiled result.
+    #[test]
+    fn tiling_matches_whole_image() {
+        let (d, cout) = (Dims::new(3, 2, 9, 5), 3);
+        let kk = d.c * 9;
+        let (x, k, dz) = (
+            data(d.len(), 1),
+            data(cout * kk, 2),
+            data(d.with_c(cout).len(), 3),
+        );
+        let y = conv3x3_tiled(&x, d, &k, cout, usize::MAX);
+        let dk = conv3x3_wgrad_tiled(&x, d, &dz, cout, usize::MAX);
+        for rows in [1, 2, 4] {
+            let budget = rows * kk * d.w;
+            assert!(rel(&conv3x3_tiled(&x, d, &k, cout, budget), &y) < 1e-6);
+            assert!(rel(&conv3x3_wgrad_tiled(&x, d, &dz, cout, budget), &dk) < 1e-6);
+        }
+    }
 }
