@@ -1,0 +1,5 @@
+//! Every op and VJP of the fast backends against the f64 reference on random small shapes.
+
+mod common;
+
+common::backend_op_tests!(cpu, Some(pdenet::backend::cpu::Cpu::new()));
