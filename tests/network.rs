@@ -179,3 +179,8 @@ pub fn policies_agree<B: Backend + Clone>(be: B) {
 fn policies_agree_reference() {
     policies_agree(Reference);
 }
+
+#[test]
+fn policies_agree_cpu() {
+    policies_agree(pdenet::backend::cpu::Cpu::new());
+}
