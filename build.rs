@@ -53,7 +53,10 @@ fn main() {
         gen.push_str("pub const FORMAT: KernelFormat = KernelFormat::Ptx;\n");
         gen.push_str("pub const MODULES: &[(&str, &str)] = &[\n");
         for u in &units {
-            let _ = writeln!(gen, "    ({u:?}, include_str!(concat!(env!(\"OUT_DIR\"), \"/{u}.ptx\"))),");
+            let _ = writeln!(
+                gen,
+                "    ({u:?}, include_str!(concat!(env!(\"OUT_DIR\"), \"/{u}.ptx\"))),"
+            );
         }
     } else {
         gen.push_str("pub const FORMAT: KernelFormat = KernelFormat::Source;\n");
@@ -62,7 +65,10 @@ fn main() {
             let mut seen = Vec::new();
             let src = inline_includes(dir, &format!("{u}.cu"), &mut seen);
             fs::write(out.join(format!("{u}.cu")), src).expect("write inlined source");
-            let _ = writeln!(gen, "    ({u:?}, include_str!(concat!(env!(\"OUT_DIR\"), \"/{u}.cu\"))),");
+            let _ = writeln!(
+                gen,
+                "    ({u:?}, include_str!(concat!(env!(\"OUT_DIR\"), \"/{u}.cu\"))),"
+            );
         }
     }
     gen.push_str("];\n");

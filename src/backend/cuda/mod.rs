@@ -196,9 +196,8 @@ impl Cuda {
     }
 
     fn open() -> Result<Cuda> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Debug| {
-            Error::CudaUnavailable(format!("{what}: {e:?}"))
-        };
+        let unavailable =
+            |what: &str, e: &dyn std::fmt::Debug| Error::CudaUnavailable(format!("{what}: {e:?}"));
         let count = CudaContext::device_count().map_err(|e| unavailable("no CUDA driver", &e))?;
         if count < 1 {
             return Err(Error::CudaUnavailable("no CUDA device".into()));
@@ -225,9 +224,9 @@ impl Cuda {
                 embedded::KernelFormat::Ptx => cudarc::nvrtc::Ptx::from_src(text),
                 embedded::KernelFormat::Source => compile_nvrtc(module, text, major, minor)?,
             };
-            let m = ctx.load_module(ptx).map_err(|e| {
-                unavailable(&format!("cannot load kernel module `{module}`"), &e)
-            })?;
+            let m = ctx
+                .load_module(ptx)
+                .map_err(|e| unavailable(&format!("cannot load kernel module `{module}`"), &e))?;
             for &name in *names {
                 let f = m
                     .load_function(name)
@@ -321,12 +320,7 @@ impl Cuda {
     }
 }
 
-fn compile_nvrtc(
-    module: &str,
-    src: &str,
-    major: i32,
-    minor: i32,
-) -> Result<cudarc::nvrtc::Ptx> {
+fn compile_nvrtc(module: &str, src: &str, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx> {
     // SAFETY: only probes whether the shared library can be opened.
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
         return Err(Error::CudaUnavailable(
@@ -363,5 +357,9 @@ pub(crate) fn grid_1d(len: usize) -> LaunchConfig {
 
 /// A size as the kernels' `int`, or a shape error when it does not fit.
 pub(crate) fn i32_of(v: usize, what: &str) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::Shape(format!("{what} = {v} exceeds the 32-bit index range of the CUDA kernels")))
+    i32::try_from(v).map_err(|_| {
+        Error::Shape(format!(
+            "{what} = {v} exceeds the 32-bit index range of the CUDA kernels"
+        ))
+    })
 }

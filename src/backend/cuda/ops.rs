@@ -136,9 +136,16 @@ impl Cuda {
         let chunk = nq.div_ceil(want).div_ceil(BK) * BK;
         let chunk = chunk.max(4 * BK);
         let splits = nq.div_ceil(chunk);
-        ensure_shape!(splits < 65536, "weight gradient over {nq} pixels: too many splits");
+        ensure_shape!(
+            splits < 65536,
+            "weight gradient over {nq} pixels: too many splits"
+        );
         let cfg = LaunchConfig {
-            grid_dim: (ncol.div_ceil(BN) as u32, mo.div_ceil(64) as u32, splits as u32),
+            grid_dim: (
+                ncol.div_ceil(BN) as u32,
+                mo.div_ceil(64) as u32,
+                splits as u32,
+            ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -559,9 +566,14 @@ impl Backend for Cuda {
     ) -> Result<(f64, Buf)> {
         check_len(logits, n * classes, "logits")?;
         ensure_shape!(labels.len() == n, "{} labels for {n} rows", labels.len());
-        ensure_shape!(n > 0 && classes > 0, "softmax over an empty batch or no classes");
+        ensure_shape!(
+            n > 0 && classes > 0,
+            "softmax over an empty batch or no classes"
+        );
         if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
-            return Err(Error::Input(format!("label {bad} out of range for {classes} classes")));
+            return Err(Error::Input(format!(
+                "label {bad} out of range for {classes} classes"
+            )));
         }
         let lab: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
         let lab = self.upload_slice(&lab)?;
