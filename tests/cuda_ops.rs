@@ -692,3 +692,16 @@ fn unavailable_is_an_error_not_a_panic() {
         }
     }
 }
+
+#[test]
+fn embedded_sources_compile_with_nvrtc() {
+    // Only meaningful for builds without nvcc (sources embedded) on a machine with libnvrtc.
+    let r = std::panic::catch_unwind(pdenet::backend::cuda::check_nvrtc_sources);
+    match r {
+        Ok(Ok(0)) => println!("SKIP: this build embeds PTX"),
+        Ok(Ok(n)) => println!("NVRTC compiled {n} kernel modules"),
+        Ok(Err(Error::CudaUnavailable(m))) if m.contains("not found") => println!("SKIP: {m}"),
+        Ok(Err(e)) => panic!("NVRTC: {e}"),
+        Err(_) => println!("SKIP: NVRTC could not be loaded"),
+    }
+}

@@ -363,3 +363,19 @@ pub(crate) fn i32_of(v: usize, what: &str) -> Result<i32> {
         ))
     })
 }
+
+/// Compiles every embedded kernel source with NVRTC for compute_80 (a build-time check that the
+/// NVRTC fallback works; needs libnvrtc, not a GPU). Returns how many modules were compiled:
+/// zero when this build embeds PTX instead.
+#[doc(hidden)]
+pub fn check_nvrtc_sources() -> Result<usize> {
+    match embedded::FORMAT {
+        embedded::KernelFormat::Ptx => Ok(0),
+        embedded::KernelFormat::Source => {
+            for (module, src) in embedded::MODULES {
+                compile_nvrtc(module, src, 8, 0)?;
+            }
+            Ok(embedded::MODULES.len())
+        }
+    }
+}
