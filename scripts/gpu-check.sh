@@ -6,7 +6,17 @@
 # (nvidia-smi, pdenet-cuda-bench, scripts/torch_ref.py); everything goes to $OUT/gpu.log.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
-../shared/tools/gpu-pack.sh --extra scripts/gpu-extra.sh
+pack=../shared/tools/gpu-pack.sh
+if [ -f .git ]; then
+  # In a git worktree .git is a file and gpu-pack.sh's `>> .git/info/exclude` fails: run a copy
+  # that asks git for the exclude file's real path (.gitignore already lists /.gpu/).
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  cp ../shared/tools/cuda-env.sh "$tmp/"
+  sed 's|\.git/info/exclude|"$(git rev-parse --git-path info/exclude)"|g' ../shared/tools/gpu-pack.sh > "$tmp/gpu-pack.sh"
+  mkdir -p "$(dirname "$(git rev-parse --git-path info/exclude)")"
+  pack="$tmp/gpu-pack.sh"
+fi
+bash "$pack" --extra scripts/gpu-extra.sh
 grep -q 'KernelFormat::Ptx' target/release/build/pdenet-*/out/kernels.rs \
   || { echo "gpu-check: release build did not embed PTX (nvcc not used)" >&2; exit 1; }
 size=$(du -sm .gpu | cut -f1)

@@ -307,6 +307,7 @@ impl Cuda {
         buf: &DeviceBuf<T>,
     ) -> Result<Vec<T>> {
         let mut v = cu(self.stream.clone_dtoh(&buf.slice))?;
+        cu(self.stream.synchronize())?;
         v.truncate(buf.len);
         Ok(v)
     }
