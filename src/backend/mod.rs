@@ -10,6 +10,7 @@
 //! (the backend decides where they live) and weight gradients are returned, not accumulated.
 
 pub mod cpu;
+pub mod cuda;
 pub mod plan;
 pub mod reference;
 
