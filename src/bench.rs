@@ -11,7 +11,6 @@ use crate::params::{ParamRole, ParamSet};
 use crate::schedule::plan::{count_flops, plan_step};
 use crate::schedule::{Engine, Policy};
 use crate::tensor::HostTensor;
-use crate::with_device;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
@@ -167,6 +166,13 @@ struct Measured {
     drift: f64,
 }
 
+/// How to read a backend's memory high-water mark: `reset` before the step, then `peak` gives
+/// the bytes allocated at most since then (`None` where it cannot be measured).
+struct PeakProbe<'a, B> {
+    reset: &'a dyn Fn(&B),
+    peak: &'a dyn Fn(&B) -> Option<usize>,
+}
+
 /// Times `repeats` training steps (forward + backward + SGD update) on one backend.
 fn time_steps<B: Backend>(
     be: B,
@@ -174,16 +180,15 @@ fn time_steps<B: Backend>(
     policy: Policy,
     batch: usize,
     repeats: usize,
-    peak: &dyn Fn() -> Option<(usize, usize)>,
-    reset: &dyn Fn(),
+    probe: PeakProbe<'_, B>,
 ) -> Result<Measured> {
     let cfg = &layout.config;
     let mut params = layout.init(1);
     let (x, labels) = random_batch(cfg, batch, 2);
-    reset();
+    (probe.reset)(&be);
     let mut eng = Engine::new(be, layout.clone(), &params)?;
     let out = eng.grad(&x, &labels, policy.schedule(), true)?;
-    let measured = peak().map(|(p, base)| p.saturating_sub(base));
+    let measured = (probe.peak)(&eng.backend);
     let drift = out.drift;
     sgd(&mut params, &out.grads, 1e-3);
     eng.set_params(&params)?;
@@ -200,6 +205,38 @@ fn time_steps<B: Backend>(
     })
 }
 
+/// The GPU roofline: one 4096^3 GEMM through pdenet's own 1x1-convolution kernel, and a 1 GiB
+/// device-to-device copy.
+pub fn cuda_roofline(be: &crate::backend::cuda::Cuda) -> Result<Roofline> {
+    let n = 4096;
+    let d = crate::tensor::Dims::new(1, n, 64, 64);
+    let x = be.upload_f32(&vec![0.5f32; d.len()])?;
+    let k = be.upload_f32(&vec![0.25f32; n * n])?;
+    be.conv1x1(&x, d, &k, n)?;
+    be.synchronize()?;
+    let reps = 5;
+    let t = Instant::now();
+    for _ in 0..reps {
+        be.conv1x1(&x, d, &k, n)?;
+    }
+    be.synchronize()?;
+    let gemm_gflops = 2.0 * (n * n * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    let big = be.zeros(1 << 28)?;
+    be.copy(&big)?;
+    be.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        be.copy(&big)?;
+    }
+    be.synchronize()?;
+    let bandwidth_gbs = (2 * 4 * (1usize << 28) * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    Ok(Roofline {
+        device: format!("cuda ({})", be.device_name()),
+        gemm_gflops,
+        bandwidth_gbs,
+    })
+}
+
 /// Runs the sweep; `progress` is called after each point.
 pub fn run(
     opts: &BenchOptions,
@@ -211,6 +248,7 @@ pub fn run(
         let device = Device::select(dev_choice)?;
         let roof = match &device {
             Device::Cpu(_) => cpu_roofline(),
+            Device::Cuda(c) => cuda_roofline(c)?,
         };
         for &layer in &opts.layers {
             for &operator in &opts.operators {
@@ -233,26 +271,51 @@ pub fn run(
                             shape.extend(sample_shape(&cfg));
                             let plan = plan_step(&layout, &shape, policy.schedule())?;
                             let flops = count_flops(&layout, &shape[1..])?;
-                            let m = match &device {
-                                Device::Cpu(_) => {
+                            let m = match Device::select(dev_choice)? {
+                                Device::Cpu(b) => {
                                     let counting = crate::alloc::counting();
                                     let base = std::cell::Cell::new(0usize);
-                                    let reset = || {
+                                    let reset = |_: &_| {
                                         crate::alloc::reset_heap_peak();
                                         base.set(crate::alloc::heap_live());
                                     };
-                                    let peak = || {
-                                        counting.then(|| (crate::alloc::heap_peak(), base.get()))
+                                    let peak = |_: &_| {
+                                        counting.then(|| {
+                                            crate::alloc::heap_peak().saturating_sub(base.get())
+                                        })
                                     };
-                                    with_device!(Device::select(dev_choice)?, |b| time_steps(
+                                    time_steps(
                                         b,
                                         &layout,
                                         policy,
                                         opts.batch,
                                         opts.repeats,
-                                        &peak,
-                                        &reset
-                                    )?)
+                                        PeakProbe {
+                                            reset: &reset,
+                                            peak: &peak,
+                                        },
+                                    )?
+                                }
+                                Device::Cuda(b) => {
+                                    let base = std::cell::Cell::new(0usize);
+                                    let reset = |c: &crate::backend::cuda::Cuda| {
+                                        c.reset_peak();
+                                        base.set(c.current_bytes());
+                                    };
+                                    let peak = |c: &crate::backend::cuda::Cuda| {
+                                        Some(c.peak_bytes().saturating_sub(base.get()))
+                                    };
+                                    time_steps(
+                                        b,
+                                        &layout,
+                                        policy,
+                                        opts.batch,
+                                        opts.repeats,
+                                        PeakProbe {
+                                            reset: &reset,
+                                            peak: &peak,
+                                        },
+                                    )?
                                 }
                             };
                             let gflops =

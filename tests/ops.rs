@@ -3,3 +3,9 @@
 mod common;
 
 common::backend_op_tests!(cpu, Some(pdenet::backend::cpu::Cpu::new()));
+common::backend_op_tests!(
+    cuda,
+    pdenet::backend::cuda::Cuda::try_new()
+        .map_err(|e| println!("SKIP: {e}"))
+        .ok()
+);

@@ -11,7 +11,6 @@
 
 pub mod cpu;
 pub mod cuda;
-pub mod plan;
 pub mod reference;
 
 use crate::error::Result;
@@ -329,5 +328,5 @@ impl std::str::FromStr for DeviceChoice {
 
 /// Whether a CUDA device can be used in this process (driver, device and kernels load).
 pub fn cuda_is_usable() -> bool {
-    false
+    cuda::Cuda::try_new().is_ok()
 }
