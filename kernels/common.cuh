@@ -3,6 +3,7 @@
 #pragma once
 
 #define TV_EPS 1e-4f
+#define TV_EPS_D 1e-4
 #define BN_EPS 1e-5
 
 // Activation codes, matching `Activation` on the Rust side.

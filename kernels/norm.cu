@@ -80,19 +80,20 @@ extern "C" __global__ void tvnorm_vjp_dx(const float* __restrict__ x, const floa
     FOR_EACH(e, nb * hw) {
         int n = e / hw, p = e - n * hw;
         size_t base = (size_t)n * nc * hw + p;
-        float ss = 0.0f, dot = 0.0f;
+        // Double precision: with few channels, s dy / r - x dot / r^3 cancels to s dy eps / r^3.
+        double ss = 0.0, dot = 0.0;
         for (int c = 0; c < nc; c++) {
-            float xv = x[base + (size_t)c * hw];
-            ss = fmaf(xv, xv, ss);
-            dot = fmaf(s[c] * dy[base + (size_t)c * hw], xv, dot);
+            double xv = x[base + (size_t)c * hw];
+            ss = fma(xv, xv, ss);
+            dot = fma((double)s[c] * dy[base + (size_t)c * hw], xv, dot);
         }
-        float r = sqrtf(ss + TV_EPS);
-        float ir = 1.0f / r;
-        float k3 = dot * ir * ir * ir;
+        double ird = 1.0 / sqrt(ss + TV_EPS_D);
+        double k3 = dot * ird * ird * ird;
         for (int c = 0; c < nc; c++) {
             size_t i = base + (size_t)c * hw;
-            dx[i] = s[c] * dy[i] * ir - x[i] * k3;
+            dx[i] = (float)((double)s[c] * dy[i] * ird - (double)x[i] * k3);
         }
+        float ir = (float)ird;
         rinv[e] = ir;
     }
 }

@@ -8,6 +8,16 @@ OUTDIR="${OUT:-/tmp}"
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
 
+if [ "${GPU_QUICK:-0}" = 1 ]; then
+  # A re-check after fixes: correctness, and one throughput/memory sweep.
+  echo "== grad parity vs PyTorch, CUDA and CPU backends"
+  PDENET="$P" timeout 150 python3 scripts/grad_parity.py --device cuda || echo "grad_parity cuda failed: $?"
+  PDENET="$P" timeout 150 python3 scripts/grad_parity.py --device cpu || echo "grad_parity cpu failed: $?"
+  echo "== pdenet bench: ref-cifar, batch 256, steps 2,8,32"
+  timeout 150 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 2,8,32 --policies store,reversible,exact --repeats 3 --json "$OUTDIR/bench-cuda.json" || echo "bench failed: $?"
+  exit 0
+fi
+
 echo "== grad parity vs PyTorch (float64 autograd), CUDA backend"
 PDENET="$P" timeout 150 python3 scripts/grad_parity.py --device cuda || echo "grad_parity cuda failed: $?"
 

@@ -187,7 +187,9 @@ fn time_steps<B: Backend>(
     let (x, labels) = random_batch(cfg, batch, 2);
     (probe.reset)(&be);
     let mut eng = Engine::new(be, layout.clone(), &params)?;
+    eng.measure_drift = true;
     let out = eng.grad(&x, &labels, policy.schedule(), true)?;
+    eng.measure_drift = false;
     let measured = (probe.peak)(&eng.backend);
     let drift = out.drift;
     sgd(&mut params, &out.grads, 1e-3);

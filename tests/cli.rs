@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn pdenet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pdenet"))
-        .args(args)
-        .output()
-        .expect("binary runs")
+    // PDENET names the binary where the tests run away from their build tree (the GPU machine).
+    let bin = std::env::var("PDENET").unwrap_or_else(|_| env!("CARGO_BIN_EXE_pdenet").to_string());
+    Command::new(bin).args(args).output().expect("binary runs")
 }
 
 fn tmpdir(name: &str) -> PathBuf {

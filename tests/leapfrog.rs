@@ -34,6 +34,7 @@ pub fn leapfrog_rebuild<B: Backend>(be: B) -> f64 {
     let (layout, x, labels) = long_unit();
     let params = layout.init(3);
     let mut eng = Engine::new(be, layout, &params).unwrap();
+    eng.measure_drift = true;
     let rev = eng
         .grad(&x, &labels, Policy::Reversible.schedule(), false)
         .unwrap();

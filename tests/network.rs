@@ -125,6 +125,7 @@ pub fn policies_agree<B: Backend>(make: impl Fn() -> B) {
             let params = random_params(&layout, 5);
             let (x, labels) = batch(&cfg, 2, 9);
             let mut eng = Engine::new(make(), layout, &params).unwrap();
+            eng.measure_drift = true;
             let dev = eng.backend.name();
             let store = eng
                 .grad(&x, &labels, Policy::Store.schedule(), false)
@@ -226,16 +227,19 @@ fn cuda_matches_cpu_on_whole_networks() {
                     layer.name(),
                     policy.name()
                 );
+                // In fixed point a last-bit difference of f between devices can move a rounding
+                // by one step of 2^-16, so `exact` agrees less tightly across devices.
+                let tol = if policy == Policy::Exact { 1e-3 } else { 1e-4 };
                 for ((name, _, ga), (_, _, gb)) in a.grads.iter().zip(b.grads.iter()) {
                     let e = rel_diff(&ga.data, &gb.data);
                     assert!(
-                        e <= 1e-4,
+                        e <= tol,
                         "{} {}: {name} differs by {e}",
                         layer.name(),
                         policy.name()
                     );
                 }
-                assert!(rel_diff(&a.grad_x, &b.grad_x) <= 1e-4);
+                assert!(rel_diff(&a.grad_x, &b.grad_x) <= tol);
             }
             gpu = Some(dev.backend);
         }

@@ -16,6 +16,8 @@ pub struct Engine<B: Backend> {
     pub backend: B,
     pub layout: Layout,
     params: Vec<B::Buf>,
+    /// Measure the reconstruction drift of rebuilt unit inputs (costs a download per unit).
+    pub measure_drift: bool,
 }
 
 /// The result of [`Engine::grad`].
@@ -28,7 +30,8 @@ pub struct GradOutput {
     /// Gradient of every trainable parameter (SPEC names; buffers absent).
     pub grads: ParamSet,
     /// Largest relative error `max|rebuilt - stored| / max|stored|` of a unit input rebuilt by
-    /// inverse steps (0 when nothing was rebuilt or the rebuild was exact).
+    /// inverse steps (0 when nothing was rebuilt, the rebuild was exact, or
+    /// [`Engine::measure_drift`] is off).
     pub drift: f64,
 }
 
@@ -122,6 +125,7 @@ impl<B: Backend> Engine<B> {
             backend,
             layout,
             params,
+            measure_drift: false,
         })
     }
 
@@ -989,6 +993,7 @@ impl<B: Backend> Engine<B> {
                 }
             } else {
                 let rebuilt = match &src {
+                    _ if !self.measure_drift => None,
                     Src::Window(c, _) => Some(be.copy(c)?),
                     Src::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
                     _ => None,
@@ -1080,6 +1085,7 @@ impl<B: Backend> Engine<B> {
         }
         // The state left is the rebuilt input (when rebuilt).
         let rebuilt = match &kept {
+            _ if !self.measure_drift => None,
             Kept::Last(s) => Some(be.concat_channels(&s[0][0], &s[0][1], d, half)?),
             Kept::LastFixed(s) => {
                 let (a, b) = (
