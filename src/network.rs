@@ -99,15 +99,10 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, name: String, shape: Vec<usize>, role: ParamRole) -> usize {
-        let fill = if role == ParamRole::Buffer && name.ends_with("running_var") {
-            1.0
-        } else if role == ParamRole::Affine
-            && (name.ends_with(".weight") || name.ends_with("diffusion"))
-        {
-            1.0
-        } else {
-            0.0
-        };
+        let ones = (role == ParamRole::Buffer && name.ends_with("running_var"))
+            || (role == ParamRole::Affine
+                && (name.ends_with(".weight") || name.ends_with("diffusion")));
+        let fill = if ones { 1.0 } else { 0.0 };
         self.set.push(name, role, HostTensor::filled(shape, fill));
         self.set.len() - 1
     }
@@ -166,7 +161,7 @@ fn mgic_tensors(base: &str, w: usize, g: usize) -> Result<Vec<(String, Vec<usize
     if w <= g {
         return Ok(vec![(format!("{base}K"), vec![w, w, 3, 3])]);
     }
-    if w % g != 0 || !(w / g).is_power_of_two() {
+    if !w.is_multiple_of(g) || !(w / g).is_power_of_two() {
         return Err(Error::Config(format!(
             "`operator: mgic` needs operator widths of at most {g} or {g} times a power of two, got {w}"
         )));

@@ -94,7 +94,7 @@ pub fn stencil5_wgrad(x: &[f64], d: Dims, dz: &[f64]) -> Result<Vec<f64>> {
 /// Channel counts of a grouped convolution `cin -> cout` with `groups` groups.
 fn group_sizes(cin: usize, cout: usize, groups: usize, what: &str) -> Result<(usize, usize)> {
     ensure_shape!(
-        groups > 0 && cin % groups == 0 && cout % groups == 0,
+        groups > 0 && cin.is_multiple_of(groups) && cout.is_multiple_of(groups),
         "{what}: {groups} groups do not divide {cin} -> {cout} channels"
     );
     Ok((cin / groups, cout / groups))
@@ -386,7 +386,7 @@ pub const HAAR: [[i32; 4]; 4] = [[1, 1, 1, 1], [1, -1, 1, -1], [1, 1, -1, -1], [
 
 fn check_haar(len: usize, d: Dims, what: &str) -> Result<()> {
     ensure_shape!(
-        d.h % 2 == 0 && d.w % 2 == 0,
+        d.h.is_multiple_of(2) && d.w.is_multiple_of(2),
         "{what}: the Haar transform needs even image sizes, got {}x{}",
         d.h,
         d.w

@@ -51,7 +51,7 @@ fn mgic_level<'a, B: Backend>(
 ) -> Result<std::result::Result<&'a B::Buf, MgicLevel<'a, B>>> {
     match weights {
         [k] if w <= group => Ok(Ok(k)),
-        [g, r, rest @ ..] if w > group && w % group == 0 && !rest.is_empty() => {
+        [g, r, rest @ ..] if w > group && w.is_multiple_of(group) && !rest.is_empty() => {
             Ok(Err(MgicLevel {
                 g,
                 r,
@@ -169,6 +169,7 @@ pub fn norm_forward<B: Backend>(
 }
 
 /// VJP of `N`: `(dz, dscale, dshift)`.
+#[allow(clippy::type_complexity)]
 pub fn norm_vjp<B: Backend>(
     be: &B,
     z: &B::Buf,
@@ -295,6 +296,7 @@ pub fn explicit_step<B: Backend>(
 }
 
 /// VJP of `sigma(N(A y))` (without the identity and the factor h).
+#[allow(clippy::too_many_arguments)]
 pub fn explicit_vjp<B: Backend>(
     be: &B,
     op: OpRef<'_, B>,

@@ -549,6 +549,7 @@ impl<B: Backend> Engine<B> {
 
     /// Forward of a single-state, non-invertible unit; returns the output and, when `keep`, every
     /// state `0..=nt`.
+    #[allow(clippy::type_complexity)]
     fn explicit_forward(
         &self,
         k: usize,
@@ -766,6 +767,7 @@ impl<B: Backend> Engine<B> {
         Ok(out)
     }
 
+    #[allow(clippy::type_complexity)]
     fn grad_inner(
         &self,
         x: &HostTensor,

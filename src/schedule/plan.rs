@@ -276,7 +276,10 @@ impl Backend for Planner {
         cout: usize,
         groups: usize,
     ) -> Result<PlanBuf> {
-        ensure_shape!(groups > 0 && cout % groups == 0, "bad groups {groups}");
+        ensure_shape!(
+            groups > 0 && cout.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
         self.flop(2 * 9 * d.len() * cout / groups);
         Ok(self.buf(d.with_c(cout).len()))
     }
@@ -288,7 +291,10 @@ impl Backend for Planner {
         cin: usize,
         groups: usize,
     ) -> Result<PlanBuf> {
-        ensure_shape!(groups > 0 && cin % groups == 0, "bad groups {groups}");
+        ensure_shape!(
+            groups > 0 && cin.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
         self.flop(2 * 9 * d.len() * cin / groups);
         Ok(self.buf(d.with_c(cin).len()))
     }
@@ -300,7 +306,10 @@ impl Backend for Planner {
         cout: usize,
         groups: usize,
     ) -> Result<PlanBuf> {
-        ensure_shape!(groups > 0 && cout % groups == 0, "bad groups {groups}");
+        ensure_shape!(
+            groups > 0 && cout.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
         self.flop(2 * 9 * d.len() * cout / groups);
         Ok(self.buf(cout * d.c / groups * 9))
     }
@@ -312,7 +321,10 @@ impl Backend for Planner {
         cout: usize,
         groups: usize,
     ) -> Result<PlanBuf> {
-        ensure_shape!(groups > 0 && cout % groups == 0, "bad groups {groups}");
+        ensure_shape!(
+            groups > 0 && cout.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
         self.flop(2 * d.len() * cout / groups);
         Ok(self.buf(d.with_c(cout).len()))
     }
@@ -324,7 +336,10 @@ impl Backend for Planner {
         cin: usize,
         groups: usize,
     ) -> Result<PlanBuf> {
-        ensure_shape!(groups > 0 && cin % groups == 0, "bad groups {groups}");
+        ensure_shape!(
+            groups > 0 && cin.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
         self.flop(2 * d.len() * cin / groups);
         Ok(self.buf(d.with_c(cin).len()))
     }
@@ -336,7 +351,10 @@ impl Backend for Planner {
         cout: usize,
         groups: usize,
     ) -> Result<PlanBuf> {
-        ensure_shape!(groups > 0 && cout % groups == 0, "bad groups {groups}");
+        ensure_shape!(
+            groups > 0 && cout.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
         self.flop(2 * d.len() * cout / groups);
         Ok(self.buf(cout * d.c / groups))
     }
