@@ -198,7 +198,7 @@ impl Config {
         if self.widths.contains(&0) {
             return err("every width must be positive".into());
         }
-        if !self.h.is_finite() || self.h <= 0.0 {
+        if self.h.is_nan() || self.h <= 0.0 || self.h.is_infinite() {
             return err(format!("h must be positive and finite, got {}", self.h));
         }
         if self.classes < 2 {

@@ -1,12 +1,14 @@
 //! Device selection: `--device auto|cpu|cuda` resolved to a concrete backend, and a macro that
 //! runs one generic body on whichever backend was chosen.
 
+use crate::backend::cuda::Cuda;
 use crate::backend::DeviceChoice;
 use crate::error::Result;
 
 /// A resolved backend.
 pub enum Device {
     Cpu(crate::backend::cpu::Cpu),
+    Cuda(Cuda),
 }
 
 impl Device {
@@ -14,18 +16,19 @@ impl Device {
     /// `cuda` without one is an error that says why.
     pub fn select(choice: DeviceChoice) -> Result<Device> {
         match choice {
-            DeviceChoice::Auto | DeviceChoice::Cpu => {
-                Ok(Device::Cpu(crate::backend::cpu::Cpu::new()))
-            }
-            DeviceChoice::Cuda => Err(crate::error::Error::CudaUnavailable(
-                "this build has no CUDA backend".into(),
-            )),
+            DeviceChoice::Cpu => Ok(Device::Cpu(crate::backend::cpu::Cpu::new())),
+            DeviceChoice::Cuda => Ok(Device::Cuda(Cuda::try_new()?)),
+            DeviceChoice::Auto => Ok(match Cuda::try_new() {
+                Ok(c) => Device::Cuda(c),
+                Err(_) => Device::Cpu(crate::backend::cpu::Cpu::new()),
+            }),
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Device::Cpu(_) => "cpu",
+            Device::Cuda(_) => "cuda",
         }
     }
 }
@@ -36,6 +39,7 @@ macro_rules! with_device {
     ($dev:expr, |$b:ident| $body:expr) => {
         match $dev {
             $crate::device::Device::Cpu($b) => $body,
+            $crate::device::Device::Cuda($b) => $body,
         }
     };
 }

@@ -1,6 +1,9 @@
 //! pdenet: deep networks as time discretisations of PDEs, on the CPU and on CUDA GPUs.
 
+pub mod alloc;
 pub mod backend;
+pub mod bench;
+pub mod cli_train;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -10,6 +13,7 @@ pub mod operators;
 pub mod params;
 pub mod schedule;
 pub mod tensor;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{Dims, HostTensor};

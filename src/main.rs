@@ -5,6 +5,9 @@ mod cli;
 use clap::Parser;
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOC: pdenet::alloc::CountingAlloc = pdenet::alloc::CountingAlloc;
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match cli::run(args) {

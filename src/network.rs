@@ -99,6 +99,7 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, name: String, shape: Vec<usize>, role: ParamRole) -> usize {
+        // Variances, scales and diffusion coefficients start at one; everything else at zero.
         let ones = (role == ParamRole::Buffer && name.ends_with("running_var"))
             || (role == ParamRole::Affine
                 && (name.ends_with(".weight") || name.ends_with("diffusion")));

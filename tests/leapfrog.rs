@@ -54,3 +54,14 @@ fn leapfrog_1000_steps_cpu() {
     let drift = leapfrog_rebuild(pdenet::backend::cpu::Cpu::new());
     println!("1000-step f32 leapfrog rebuild drift: {drift:.3e}");
 }
+
+#[test]
+fn leapfrog_1000_steps_cuda() {
+    match pdenet::backend::cuda::Cuda::try_new() {
+        Ok(c) => println!(
+            "1000-step f32 leapfrog rebuild drift on CUDA: {:.3e}",
+            leapfrog_rebuild(c)
+        ),
+        Err(e) => println!("SKIP: {e}"),
+    }
+}

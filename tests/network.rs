@@ -131,21 +131,22 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// `reversible` equals `store` within 1e-5, and `exact` equals fixed-point `store` bit for bit.
-pub fn policies_agree<B: Backend + Clone>(be: B) {
+pub fn policies_agree<B: Backend>(make: impl Fn() -> B) {
     for layer in LayerType::ALL {
-        policies_agree_on(be.clone(), &[image_config(layer, 3), dense_config(layer)]);
+        policies_agree_on(&make, &[image_config(layer, 3), dense_config(layer)]);
     }
 }
 
 /// [`policies_agree`] on the configurations given.
-pub fn policies_agree_on<B: Backend + Clone>(be: B, configs: &[Config]) {
+pub fn policies_agree_on<B: Backend>(make: impl Fn() -> B, configs: &[Config]) {
     {
         for cfg in configs.iter().cloned() {
             let layer = cfg.layer;
             let layout = Layout::new(&cfg).unwrap();
             let params = random_params(&layout, 5);
             let (x, labels) = batch(&cfg, 2, 9);
-            let mut eng = Engine::new(be.clone(), layout, &params).unwrap();
+            let mut eng = Engine::new(make(), layout, &params).unwrap();
+            let dev = eng.backend.name();
             let store = eng
                 .grad(&x, &labels, Policy::Store.schedule(), false)
                 .unwrap();
@@ -157,7 +158,7 @@ pub fn policies_agree_on<B: Backend + Clone>(be: B, configs: &[Config]) {
                 assert!(
                     e <= 1e-5,
                     "{} {}: reversible vs store {name}: {e}",
-                    be.name(),
+                    dev,
                     layer.name()
                 );
             }
@@ -180,7 +181,7 @@ pub fn policies_agree_on<B: Backend + Clone>(be: B, configs: &[Config]) {
                 assert!(
                     same,
                     "{} {}: exact vs fixed-point store differ in {name}",
-                    be.name(),
+                    dev,
                     layer.name()
                 );
             }
@@ -203,7 +204,68 @@ pub fn policies_agree_on<B: Backend + Clone>(be: B, configs: &[Config]) {
 
 #[test]
 fn policies_agree_reference() {
-    policies_agree(Reference);
+    policies_agree(|| Reference);
+}
+
+#[test]
+fn policies_agree_cpu() {
+    policies_agree(pdenet::backend::cpu::Cpu::new);
+}
+
+fn cuda() -> Option<pdenet::backend::cuda::Cuda> {
+    match pdenet::backend::cuda::Cuda::try_new() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            println!("SKIP: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn policies_agree_cuda() {
+    if cuda().is_some() {
+        policies_agree(|| cuda().expect("checked above"));
+    }
+}
+
+/// The same network, weights and batch on the GPU and on the CPU: every gradient agrees, for all
+/// five layer types and all three policies.
+#[test]
+fn cuda_matches_cpu_on_whole_networks() {
+    let Some(gpu) = cuda() else { return };
+    let mut gpu = Some(gpu);
+    for layer in LayerType::ALL {
+        for cfg in [image_config(layer, 3), dense_config(layer)] {
+            let layout = Layout::new(&cfg).unwrap();
+            let params = random_params(&layout, 5);
+            let (x, labels) = batch(&cfg, 3, 9);
+            let mut cpu =
+                Engine::new(pdenet::backend::cpu::Cpu::new(), layout.clone(), &params).unwrap();
+            let mut dev = Engine::new(gpu.take().expect("one device"), layout, &params).unwrap();
+            for policy in Policy::ALL {
+                let a = dev.grad(&x, &labels, policy.schedule(), false).unwrap();
+                let b = cpu.grad(&x, &labels, policy.schedule(), false).unwrap();
+                assert!(
+                    (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
+                    "{} {}: loss",
+                    layer.name(),
+                    policy.name()
+                );
+                for ((name, _, ga), (_, _, gb)) in a.grads.iter().zip(b.grads.iter()) {
+                    let e = rel_diff(&ga.data, &gb.data);
+                    assert!(
+                        e <= 1e-4,
+                        "{} {}: {name} differs by {e}",
+                        layer.name(),
+                        policy.name()
+                    );
+                }
+                assert!(rel_diff(&a.grad_x, &b.grad_x) <= 1e-4);
+            }
+            gpu = Some(dev.backend);
+        }
+    }
 }
 
 // ---- operators and layers of SPEC section 7 ------------------------------------------------
@@ -267,7 +329,7 @@ fn finite_differences_section7_networks() {
 
 #[test]
 fn policies_agree_section7_reference() {
-    policies_agree_on(Reference, &section7_configs(3));
+    policies_agree_on(|| Reference, &section7_configs(3));
 }
 
 #[test]

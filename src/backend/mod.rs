@@ -10,8 +10,8 @@
 //! (the backend decides where they live) and weight gradients are returned, not accumulated.
 
 pub mod cpu;
+pub mod cuda;
 pub mod host;
-pub mod plan;
 pub mod reference;
 
 use crate::error::Result;
@@ -464,5 +464,5 @@ impl std::str::FromStr for DeviceChoice {
 
 /// Whether a CUDA device can be used in this process (driver, device and kernels load).
 pub fn cuda_is_usable() -> bool {
-    false
+    cuda::Cuda::try_new().is_ok()
 }

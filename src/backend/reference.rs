@@ -485,6 +485,7 @@ impl Backend for Reference {
     }
 
     fn concat_channels(&self, a: &Vec<f64>, b: &Vec<f64>, d: Dims, c1: usize) -> Result<Vec<f64>> {
+        ensure_shape!(c1 <= d.c, "concat at {c1} of {} channels", d.c);
         let hw = d.hw();
         check_len(a, d.n * c1 * hw, "concat_channels first")?;
         check_len(b, d.n * (d.c - c1) * hw, "concat_channels second")?;

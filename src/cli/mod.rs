@@ -1,8 +1,12 @@
 //! Command definitions (clap) and their dispatch.
 
+mod bench;
 mod grad;
+mod info;
 
 use clap::{Parser, Subcommand};
+use pdenet::cli_train::{run_eval, run_train, EvalArgs, TrainArgs};
+use pdenet::train::engine_model::build_engine_model;
 use pdenet::Result;
 
 #[derive(Parser, Debug)]
@@ -22,11 +26,23 @@ pub enum Command {
     Init(grad::InitArgs),
     /// Computes the loss, logits and every gradient of one batch (SPEC section 9).
     Grad(grad::GradArgs),
+    /// Trains a network (default: ref-mnist on the MNIST subset in data/mnist-small).
+    Train(TrainArgs),
+    /// Prints the test accuracy and loss of trained weights.
+    Eval(EvalArgs),
+    /// Parameters, FLOPs per input and the planned memory of a training step per policy.
+    Info(info::InfoArgs),
+    /// Sweeps depth, layer, operator, policy, precision and device: throughput and memory.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init(a) => grad::run_init(a),
         Command::Grad(a) => grad::run_grad(a),
+        Command::Bench(a) => bench::run_bench(a),
+        Command::Train(a) => run_train(&a, &build_engine_model).map(|_| ()),
+        Command::Eval(a) => run_eval(&a, &build_engine_model).map(|_| ()),
+        Command::Info(a) => info::run_info(a),
     }
 }

@@ -168,6 +168,9 @@ pub fn norm_forward<B: Backend>(
     }
 }
 
+/// Gradients of the normalisation: `(dz, dscale, dshift)`, `dscale` absent for the shift.
+pub type NormGrads<B> = (B, Option<B>, B);
+
 /// VJP of `N`: `(dz, dscale, dshift)`.
 #[allow(clippy::type_complexity)]
 pub fn norm_vjp<B: Backend>(
@@ -176,7 +179,7 @@ pub fn norm_vjp<B: Backend>(
     d: Dims,
     norm: Norm<'_, B::Buf>,
     da: &B::Buf,
-) -> Result<(B::Buf, Option<B::Buf>, B::Buf)> {
+) -> Result<NormGrads<B::Buf>> {
     match norm {
         Norm::Tv { s, .. } => {
             let (dz, ds, db) = be.tvnorm_vjp(z, d, s, da)?;

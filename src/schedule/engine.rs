@@ -35,6 +35,13 @@ pub struct GradOutput {
 /// The states of a step: one tensor, or the halves `[A, B]` of a hamiltonian state.
 type State<T> = Vec<T>;
 
+/// A unit's output and its states `0..=nt`.
+type Trajectory<T> = (T, Vec<State<T>>);
+
+/// A batch norm's running statistics to update after the step: the indices of its running mean
+/// and variance, the batch statistics and the number of values per channel.
+type RunningUpdate<T> = (usize, usize, BnStats<T>, usize);
+
 /// What the backward pass has of a unit's states.
 enum Kept<B: Backend> {
     /// Nothing: recompute from the unit input (or the unit has no steps).
@@ -556,7 +563,7 @@ impl<B: Backend> Engine<B> {
         input: &B::Buf,
         d: Dims,
         keep: bool,
-    ) -> Result<(B::Buf, Vec<State<B::Buf>>)> {
+    ) -> Result<Trajectory<B::Buf>> {
         let be = &self.backend;
         let kind = self.kind();
         let mut states: Vec<State<B::Buf>> = Vec::new();
@@ -773,7 +780,7 @@ impl<B: Backend> Engine<B> {
         x: &HostTensor,
         labels: &[usize],
         sched: Schedule,
-    ) -> Result<(GradOutput, Vec<(usize, usize, BnStats<B::Buf>, usize)>)> {
+    ) -> Result<(GradOutput, Vec<RunningUpdate<B::Buf>>)> {
         let be = &self.backend;
         let n = x.shape[0];
         let mut grads = Grads::<B> {
@@ -933,7 +940,7 @@ impl<B: Backend> Engine<B> {
         bn_weight: usize,
         bn_bias: usize,
         grads: &mut Grads<B>,
-        running: &mut Vec<(usize, usize, BnStats<B::Buf>, usize)>,
+        running: &mut Vec<RunningUpdate<B::Buf>>,
         running_idx: (usize, usize),
     ) -> Result<B::Buf> {
         let be = &self.backend;
@@ -967,7 +974,7 @@ impl<B: Backend> Engine<B> {
         tape: Option<AffineTape<B>>,
         g: B::Buf,
         grads: &mut Grads<B>,
-        running: &mut Vec<(usize, usize, BnStats<B::Buf>, usize)>,
+        running: &mut Vec<RunningUpdate<B::Buf>>,
     ) -> Result<B::Buf> {
         let be = &self.backend;
         let u = &self.layout.units[k];
@@ -1368,11 +1375,7 @@ impl<B: Backend> Engine<B> {
         Ok(if smax > 0.0 { dmax / smax } else { dmax })
     }
 
-    fn update_running(
-        &mut self,
-        stats: &[(usize, usize, BnStats<B::Buf>, usize)],
-        _n: usize,
-    ) -> Result<()> {
+    fn update_running(&mut self, stats: &[RunningUpdate<B::Buf>], _n: usize) -> Result<()> {
         for (rm, rv, s, count) in stats {
             let (lo, hi) = self.params.split_at_mut(*rv);
             self.backend

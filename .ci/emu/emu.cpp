@@ -1,0 +1,156 @@
+// Runs the convolution, fused-step and norm kernels on the CPU (cuda_shim.h) against naive
+// loops. Usage: .ci/emu/run.sh. A development aid for machines without a GPU.
+#include "cuda_shim.h"
+#include <cstdio>
+#include <random>
+#include "conv3x3.cu"
+#include "conv1x1.cu"
+#include "fused_step.cu"
+#include "norm.cu"
+
+static std::mt19937 rng(42);
+static std::vector<float> rnd(size_t n, float s = 1.0f) {
+    std::uniform_real_distribution<float> u(-s, s);
+    std::vector<float> v(n);
+    for (auto& x : v) x = u(rng);
+    return v;
+}
+static int fails = 0;
+static void cmp(const char* what, const std::vector<float>& a, const std::vector<double>& b) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < a.size(); i++) { num += (a[i] - b[i]) * (a[i] - b[i]); den += b[i] * b[i]; }
+    double e = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+    bool ok = e <= 1e-5 && a.size() == b.size();
+    if (!ok) fails++;
+    printf("%-48s rel err %.2e %s\n", what, e, ok ? "ok" : "FAIL");
+}
+// Naive conv (taps 9 or 1), forward or transpose, in double.
+static std::vector<double> conv_ref(const std::vector<float>& x, const std::vector<float>& k, int n,
+                                    int cg, int mo, int h, int w, int taps, bool trans) {
+    std::vector<double> y((size_t)n * mo * h * w, 0.0);
+    int r = taps == 9 ? 1 : 0;
+    for (int b = 0; b < n; b++) for (int m = 0; m < mo; m++) for (int i = 0; i < h; i++) for (int j = 0; j < w; j++) {
+        double acc = 0;
+        for (int c = 0; c < cg; c++) for (int a = -r; a <= r; a++) for (int bb = -r; bb <= r; bb++) {
+            int si = i + a, sj = j + bb;
+            if (si < 0 || sj < 0 || si >= h || sj >= w) continue;
+            int t = taps == 9 ? (a + 1) * 3 + (bb + 1) : 0;
+            double kv = trans ? k[((size_t)c * mo + m) * taps + (taps - 1 - t)] : k[((size_t)m * cg + c) * taps + t];
+            acc += kv * x[(((size_t)b * cg + c) * h + si) * w + sj];
+        }
+        y[(((size_t)b * mo + m) * h + i) * w + j] = acc;
+    }
+    return y;
+}
+static std::vector<double> wgrad_ref(const std::vector<float>& x, const std::vector<float>& dz, int n,
+                                     int cg, int mo, int h, int w, int taps) {
+    std::vector<double> dk((size_t)mo * cg * taps, 0.0);
+    int r = taps == 9 ? 1 : 0;
+    for (int b = 0; b < n; b++) for (int m = 0; m < mo; m++) for (int i = 0; i < h; i++) for (int j = 0; j < w; j++)
+        for (int c = 0; c < cg; c++) for (int a = -r; a <= r; a++) for (int bb = -r; bb <= r; bb++) {
+            int si = i + a, sj = j + bb;
+            if (si < 0 || sj < 0 || si >= h || sj >= w) continue;
+            int t = taps == 9 ? (a + 1) * 3 + (bb + 1) : 0;
+            dk[((size_t)m * cg + c) * taps + t] += (double)dz[(((size_t)b * mo + m) * h + i) * w + j] *
+                                                    x[(((size_t)b * cg + c) * h + si) * w + sj];
+        }
+    return dk;
+}
+static dim3 d3(unsigned x, unsigned y = 1, unsigned z = 1) { dim3 d; d.x = x; d.y = y; d.z = z; return d; }
+
+int main() {
+    struct S { int n, cg, mo, h, w; };
+    for (S s : {S{1, 1, 1, 1, 1}, S{2, 3, 5, 7, 5}, S{1, 33, 40, 6, 7}, S{2, 16, 70, 5, 3}, S{3, 7, 9, 1, 1}}) {
+        int nq = s.n * s.h * s.w;
+        for (int taps : {9, 1}) {
+            auto x = rnd((size_t)s.n * s.cg * s.h * s.w);
+            auto k = rnd((size_t)s.mo * s.cg * taps);
+            auto z = rnd((size_t)s.n * s.mo * s.h * s.w);
+            char buf[128];
+            for (int tm : {2, 4}) {
+                int bm = 16 * tm;
+                std::vector<float> y((size_t)s.n * s.mo * s.h * s.w), xt(x.size());
+                dim3 g = d3((nq + 63) / 64, (s.mo + bm - 1) / bm), gt = d3((nq + 63) / 64, (s.cg + bm - 1) / bm);
+                auto fwd = taps == 9 ? (tm == 2 ? conv3x3_fwd_m32 : conv3x3_fwd_m64) : (tm == 2 ? conv1x1_fwd_m32 : conv1x1_fwd_m64);
+                auto tr = taps == 9 ? (tm == 2 ? conv3x3_t_m32 : conv3x3_t_m64) : (tm == 2 ? conv1x1_t_m32 : conv1x1_t_m64);
+                launch(g, d3(256), [&] { fwd(x.data(), k.data(), y.data(), s.n, s.cg, s.mo, s.h, s.w); });
+                launch(gt, d3(256), [&] { tr(z.data(), k.data(), xt.data(), s.n, s.mo, s.cg, s.h, s.w); });
+                snprintf(buf, sizeof buf, "conv taps=%d tm=%d fwd %d %d->%d %dx%d", taps, tm, s.n, s.cg, s.mo, s.h, s.w);
+                cmp(buf, y, conv_ref(x, k, s.n, s.cg, s.mo, s.h, s.w, taps, false));
+                snprintf(buf, sizeof buf, "conv taps=%d tm=%d transpose", taps, tm);
+                cmp(buf, xt, conv_ref(z, k, s.n, s.mo, s.cg, s.h, s.w, taps, true));
+            }
+            // Weight gradient with 1 split and with several (chunk of 16 pixels).
+            int ncol = s.cg * taps;
+            for (int chunk : {1 << 20, 16}) {
+                int splits = (nq + chunk - 1) / chunk;
+                std::vector<float> part((size_t)splits * s.mo * ncol), dk((size_t)s.mo * ncol);
+                auto wg = taps == 9 ? conv3x3_wgrad : conv1x1_wgrad;
+                launch(d3((ncol + 63) / 64, (s.mo + 63) / 64, splits), d3(256),
+                       [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, chunk); });
+                launch(d3(4), d3(256), [&] { reduce_splits(part.data(), dk.data(), splits, s.mo * ncol); });
+                snprintf(buf, sizeof buf, "wgrad taps=%d splits=%d", taps, splits);
+                cmp(buf, dk, wgrad_ref(x, z, s.n, s.cg, s.mo, s.h, s.w, taps));
+            }
+        }
+    }
+    // Fused step, tvNorm + tanh, two terms, against the composition in double.
+    for (S s : {S{2, 3, 3, 7, 5}, S{1, 40, 40, 5, 9}, S{2, 70, 70, 4, 3}}) {
+        int c = s.cg, nq = s.n * s.h * s.w, hw = s.h * s.w;
+        auto y = rnd((size_t)s.n * c * hw), yp = rnd(y.size()), k = rnd((size_t)c * c * 9, 0.3f);
+        auto sc = rnd(c, 1.5f), sh = rnd(c, 0.3f);
+        for (int tm : {2, 4}) {
+            int bm = 16 * tm, parts = (c + bm - 1) / bm;
+            std::vector<float> z(y.size()), ss((size_t)parts * nq), out(y.size());
+            dim3 g = d3((nq + 63) / 64, parts);
+            launch(g, d3(256), [&] { (tm == 2 ? step_conv_ss_m32 : step_conv_ss_m64)(y.data(), k.data(), z.data(), ss.data(), s.n, c, s.h, s.w); });
+            launch(g, d3(256), [&] {
+                (tm == 2 ? step_convt_m32 : step_convt_m64)(z.data(), k.data(), out.data(), s.n, c, s.h, s.w, ss.data(), parts,
+                    sc.data(), sh.data(), 1, ACT_TANH, -0.25f, 2, 2.0f, y.data(), -1.0f, yp.data(), 0.0f, y.data());
+            });
+            auto zr = conv_ref(y, k, s.n, c, c, s.h, s.w, 9, false);
+            std::vector<float> a(y.size());
+            for (int b = 0; b < s.n; b++) for (int p = 0; p < hw; p++) {
+                double q = 0;
+                for (int ch = 0; ch < c; ch++) q += zr[((size_t)b * c + ch) * hw + p] * zr[((size_t)b * c + ch) * hw + p];
+                for (int ch = 0; ch < c; ch++) {
+                    size_t i = ((size_t)b * c + ch) * hw + p;
+                    a[i] = (float)std::tanh(sc[ch] * zr[i] / std::sqrt(q + 1e-4) + sh[ch]);
+                }
+            }
+            auto kt = conv_ref(a, k, s.n, c, c, s.h, s.w, 9, true);
+            std::vector<double> want(y.size());
+            for (size_t i = 0; i < y.size(); i++) want[i] = 2.0 * y[i] - yp[i] - 0.25 * kt[i];
+            char buf[128];
+            snprintf(buf, sizeof buf, "fused step tm=%d c=%d %dx%d", tm, c, s.h, s.w);
+            cmp(buf, out, want);
+        }
+        // Channel reductions and the tvNorm VJP.
+        auto dy = rnd(y.size());
+        std::vector<float> dx(y.size()), rinv(nq), ds(c), db(c);
+        launch(d3(2), d3(256), [&] { tvnorm_vjp_dx(y.data(), sc.data(), dy.data(), dx.data(), rinv.data(), s.n, c, hw); });
+        int chunk = 7, splits = (nq + chunk - 1) / chunk;
+        std::vector<double> part((size_t)splits * c);
+        launch(d3(c, splits), d3(256), [&] { channel_partial(1, dy.data(), y.data(), rinv.data(), dy.data(), dy.data(), s.n, c, hw, chunk, part.data()); });
+        launch(d3(1), d3(256), [&] { channel_finish(part.data(), splits, c, 1.0, ds.data()); });
+        launch(d3(c, splits), d3(256), [&] { channel_partial(0, dy.data(), y.data(), rinv.data(), dy.data(), dy.data(), s.n, c, hw, chunk, part.data()); });
+        launch(d3(1), d3(256), [&] { channel_finish(part.data(), splits, c, 1.0, db.data()); });
+        std::vector<double> rdx(y.size()), rds(c, 0.0), rdb(c, 0.0);
+        for (int b = 0; b < s.n; b++) for (int p = 0; p < hw; p++) {
+            auto id = [&](int ch) { return ((size_t)b * c + ch) * hw + p; };
+            double q = 0, dot = 0;
+            for (int ch = 0; ch < c; ch++) { q += (double)y[id(ch)] * y[id(ch)]; dot += (double)sc[ch] * dy[id(ch)] * y[id(ch)]; }
+            double r = std::sqrt(q + 1e-4);
+            for (int ch = 0; ch < c; ch++) {
+                rdx[id(ch)] = sc[ch] * dy[id(ch)] / r - y[id(ch)] * dot / (r * r * r);
+                rds[ch] += dy[id(ch)] * y[id(ch)] / r;
+                rdb[ch] += dy[id(ch)];
+            }
+        }
+        cmp("tvnorm_vjp dx", dx, rdx);
+        cmp("tvnorm_vjp ds (channel_partial mode 1)", ds, rds);
+        cmp("tvnorm_vjp db (channel_partial mode 0)", db, rdb);
+    }
+    printf("%s (%d failures)\n", fails ? "FAILED" : "all ok", fails);
+    return fails ? 1 : 0;
+}

@@ -1,0 +1,31 @@
+// Shared definitions for every kernel family. No system headers: the same text must also
+// compile under NVRTC, which has no standard library.
+#pragma once
+
+#define TV_EPS 1e-4f
+#define BN_EPS 1e-5
+
+// Activation codes, matching `Activation` on the Rust side.
+#define ACT_RELU 0
+#define ACT_TANH 1
+#define ACT_LOGCOSH 2
+
+__device__ __forceinline__ float act_fwd(int act, float x) {
+    if (act == ACT_RELU) return x > 0.0f ? x : 0.0f;
+    if (act == ACT_TANH) return tanhf(x);
+    // log(e^x + e^-x) = |x| + log1p(e^{-2|x|}), without overflow.
+    float ax = fabsf(x);
+    return ax + log1pf(expf(-2.0f * ax));
+}
+
+// sigma'(x); relu'(0) = 0 as in PyTorch.
+__device__ __forceinline__ float act_grad(int act, float x) {
+    if (act == ACT_RELU) return x > 0.0f ? 1.0f : 0.0f;
+    float t = tanhf(x);
+    if (act == ACT_TANH) return 1.0f - t * t;
+    return t;
+}
+
+// Grid-stride loop over [0, n).
+#define FOR_EACH(i, n) \
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Prepares the GPU check: run HERE (no GPU needed). It builds release binaries and test
+# executables with PTX embedded (nvcc 13.0 from ../shared/tools/cuda-env.sh) into .gpu/.
+# Then, with the device tool:  command "bash .gpu/run.sh", carry [".gpu"]
+# On the GPU machine run.sh runs every test executable, then scripts/gpu-extra.sh
+# (nvidia-smi, pdenet-cuda-bench, scripts/torch_ref.py); everything goes to $OUT/gpu.log.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+pack=../shared/tools/gpu-pack.sh
+if [ -f .git ]; then
+  # In a git worktree .git is a file and gpu-pack.sh's `>> .git/info/exclude` fails: run a copy
+  # that asks git for the exclude file's real path (.gitignore already lists /.gpu/).
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  cp ../shared/tools/cuda-env.sh "$tmp/"
+  sed 's|\.git/info/exclude|"$(git rev-parse --git-path info/exclude)"|g' ../shared/tools/gpu-pack.sh > "$tmp/gpu-pack.sh"
+  mkdir -p "$(dirname "$(git rev-parse --git-path info/exclude)")"
+  pack="$tmp/gpu-pack.sh"
+fi
+bash "$pack" --extra scripts/gpu-extra.sh
+grep -q 'KernelFormat::Ptx' target/release/build/pdenet-*/out/kernels.rs \
+  || { echo "gpu-check: release build did not embed PTX (nvcc not used)" >&2; exit 1; }
+size=$(du -sm .gpu | cut -f1)
+[ "$size" -lt 64 ] || { echo "gpu-check: .gpu is ${size} MiB (limit 64)" >&2; exit 1; }
+echo "ready: .gpu (${size} MiB); run \"bash .gpu/run.sh\" on the GPU machine with carry [\".gpu\"]"

@@ -1,0 +1,382 @@
+//! The CUDA backend: hand-written kernels (`kernels/*.cu`) driven through cudarc.
+//!
+//! Kernels arrive as PTX compiled by `nvcc` at build time, or as sources compiled by NVRTC at
+//! start-up when the build machine had no `nvcc` (see `build.rs`). [`Cuda::try_new`] returns
+//! [`Error::CudaUnavailable`] when there is no driver, no device or the kernels do not load;
+//! nothing here panics for lack of CUDA. All work goes to one stream, so every op is ordered
+//! after the previous one and a buffer may be dropped as soon as the host is done with it.
+//!
+//! Reductions (weight gradients, channel sums, norm statistics, the loss) never use float
+//! atomics: partial results go to a fixed layout and a second pass adds them in a fixed order,
+//! so every op is bit-for-bit repeatable.
+
+mod ops;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits,
+};
+
+use crate::error::{Error, Result};
+
+mod embedded {
+    /// How the kernels were embedded by `build.rs`.
+    #[allow(dead_code)]
+    pub enum KernelFormat {
+        Ptx,
+        Source,
+    }
+    include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
+}
+
+/// Every kernel entry point, by module (a `kernels/<module>.cu` file).
+const KERNELS: &[(&str, &[&str])] = &[
+    (
+        "conv3x3",
+        &[
+            "conv3x3_fwd_m32",
+            "conv3x3_fwd_m64",
+            "conv3x3_t_m32",
+            "conv3x3_t_m64",
+            "conv3x3_wgrad",
+            "reduce_splits",
+        ],
+    ),
+    (
+        "conv1x1",
+        &[
+            "conv1x1_fwd_m32",
+            "conv1x1_fwd_m64",
+            "conv1x1_t_m32",
+            "conv1x1_t_m64",
+            "conv1x1_wgrad",
+        ],
+    ),
+    (
+        "fused_step",
+        &[
+            "step_conv_ss_m32",
+            "step_conv_ss_m64",
+            "step_convt_m32",
+            "step_convt_m64",
+        ],
+    ),
+    (
+        "norm",
+        &[
+            "channel_partial",
+            "channel_finish",
+            "add_channel_bias",
+            "tvnorm_fwd",
+            "tvnorm_vjp_dx",
+            "bn_apply",
+            "bn_vjp_dx",
+            "bn_update_running",
+        ],
+    ),
+    (
+        "pointwise",
+        &[
+            "lincomb4",
+            "axpy",
+            "act_fwd_kernel",
+            "act_vjp_kernel",
+            "quantize",
+            "dequantize",
+            "fixed_update",
+            "fixed_axpy",
+        ],
+    ),
+    (
+        "pool",
+        &[
+            "avgpool2",
+            "avgpool2_vjp",
+            "global_mean",
+            "global_mean_vjp",
+            "copy_channels",
+        ],
+    ),
+    ("loss", &["softmax_xent"]),
+];
+
+/// Maps a driver / compiler error to [`Error::Cuda`].
+pub(crate) fn cu<T, E: std::fmt::Debug>(r: std::result::Result<T, E>) -> Result<T> {
+    r.map_err(|e| Error::Cuda(format!("{e:?}")))
+}
+
+/// Bytes currently allocated through the backend and their high-water mark.
+#[derive(Default, Debug)]
+struct MemCounter {
+    current: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl MemCounter {
+    fn add(&self, bytes: usize) {
+        let now = self.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+    }
+    fn sub(&self, bytes: usize) {
+        self.current.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// A device buffer of `len` values. It wraps a [`CudaSlice`] so that dropping it updates the
+/// backend's memory accounting ([`Cuda::peak_bytes`]). Empty buffers hold one unused element
+/// (the driver does not allocate zero bytes).
+pub struct DeviceBuf<T: DeviceRepr> {
+    slice: CudaSlice<T>,
+    len: usize,
+    mem: Arc<MemCounter>,
+}
+
+impl<T: DeviceRepr> DeviceBuf<T> {
+    /// The underlying device allocation (at least one element long).
+    pub fn slice(&self) -> &CudaSlice<T> {
+        &self.slice
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl<T: DeviceRepr> Drop for DeviceBuf<T> {
+    fn drop(&mut self) {
+        self.mem.sub(self.slice.len() * std::mem::size_of::<T>());
+    }
+}
+
+/// The CUDA device, its stream and its loaded kernels.
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<&'static str, CudaFunction>,
+    mem: Arc<MemCounter>,
+    device_name: String,
+}
+
+impl std::fmt::Debug for Cuda {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cuda")
+            .field("device", &self.device_name)
+            .finish()
+    }
+}
+
+impl Cuda {
+    /// Opens device 0 and loads the kernels, or says why it cannot.
+    pub fn try_new() -> Result<Cuda> {
+        // cudarc panics when a library or symbol is missing: check first, and catch the rest.
+        // SAFETY: only probes whether the shared library can be opened.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::CudaUnavailable(
+                "the CUDA driver library (libcuda) was not found".into(),
+            ));
+        }
+        match std::panic::catch_unwind(Self::open) {
+            Ok(r) => r,
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(Error::CudaUnavailable(format!(
+                    "CUDA initialisation failed: {msg}"
+                )))
+            }
+        }
+    }
+
+    fn open() -> Result<Cuda> {
+        let unavailable =
+            |what: &str, e: &dyn std::fmt::Debug| Error::CudaUnavailable(format!("{what}: {e:?}"));
+        let count = CudaContext::device_count().map_err(|e| unavailable("no CUDA driver", &e))?;
+        if count < 1 {
+            return Err(Error::CudaUnavailable("no CUDA device".into()));
+        }
+        let ctx = CudaContext::new(0).map_err(|e| unavailable("cannot open device 0", &e))?;
+        // One stream: ordering is implicit, per-buffer events would only cost time.
+        // SAFETY: called before any buffer exists, and all work stays on one stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| unavailable("cannot query the device", &e))?;
+        let mut funcs = HashMap::new();
+        for (module, names) in KERNELS {
+            let text = embedded::MODULES
+                .iter()
+                .find(|(m, _)| m == module)
+                .map(|(_, t)| *t)
+                .ok_or_else(|| {
+                    Error::CudaUnavailable(format!("kernel module `{module}` was not embedded"))
+                })?;
+            let ptx = match embedded::FORMAT {
+                embedded::KernelFormat::Ptx => cudarc::nvrtc::Ptx::from_src(text),
+                embedded::KernelFormat::Source => compile_nvrtc(module, text, major, minor)?,
+            };
+            let m = ctx
+                .load_module(ptx)
+                .map_err(|e| unavailable(&format!("cannot load kernel module `{module}`"), &e))?;
+            for &name in *names {
+                let f = m
+                    .load_function(name)
+                    .map_err(|e| unavailable(&format!("kernel `{name}` missing"), &e))?;
+                funcs.insert(name, f);
+            }
+        }
+        Ok(Cuda {
+            ctx,
+            stream,
+            funcs,
+            mem: Arc::new(MemCounter::default()),
+            device_name,
+        })
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn device_name(&self) -> &str {
+        &self.device_name
+    }
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// The stream every op runs on (for timing with events).
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// Waits for all queued work.
+    pub fn synchronize(&self) -> Result<()> {
+        cu(self.stream.synchronize())
+    }
+    /// Bytes currently held in buffers of this backend.
+    pub fn current_bytes(&self) -> usize {
+        self.mem.current.load(Ordering::Relaxed)
+    }
+    /// High-water mark of [`Cuda::current_bytes`] since creation or [`Cuda::reset_peak`].
+    pub fn peak_bytes(&self) -> usize {
+        self.mem.peak.load(Ordering::Relaxed)
+    }
+    pub fn reset_peak(&self) {
+        self.mem
+            .peak
+            .store(self.mem.current.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| Error::Cuda(format!("kernel `{name}` not loaded")))
+    }
+
+    /// An uninitialised buffer (every kernel writes all of its output).
+    pub(crate) fn alloc<T: DeviceRepr>(&self, len: usize) -> Result<DeviceBuf<T>> {
+        // SAFETY: the contents are written by a kernel or a copy before they are read.
+        let slice = cu(unsafe { self.stream.alloc::<T>(len.max(1)) })?;
+        self.track(slice, len)
+    }
+    pub(crate) fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        len: usize,
+    ) -> Result<DeviceBuf<T>> {
+        let slice = cu(self.stream.alloc_zeros::<T>(len.max(1)))?;
+        self.track(slice, len)
+    }
+    pub(crate) fn upload_slice<T: DeviceRepr + Default + Clone>(
+        &self,
+        data: &[T],
+    ) -> Result<DeviceBuf<T>> {
+        let slice = if data.is_empty() {
+            cu(self.stream.clone_htod(&[T::default()][..]))?
+        } else {
+            cu(self.stream.clone_htod(data))?
+        };
+        self.track(slice, data.len())
+    }
+    pub(crate) fn download_slice<T: DeviceRepr + Default + Clone>(
+        &self,
+        buf: &DeviceBuf<T>,
+    ) -> Result<Vec<T>> {
+        let mut v = cu(self.stream.clone_dtoh(&buf.slice))?;
+        cu(self.stream.synchronize())?;
+        v.truncate(buf.len);
+        Ok(v)
+    }
+    fn track<T: DeviceRepr>(&self, slice: CudaSlice<T>, len: usize) -> Result<DeviceBuf<T>> {
+        self.mem.add(slice.len() * std::mem::size_of::<T>());
+        Ok(DeviceBuf {
+            slice,
+            len,
+            mem: self.mem.clone(),
+        })
+    }
+}
+
+fn compile_nvrtc(module: &str, src: &str, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx> {
+    // SAFETY: only probes whether the shared library can be opened.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(Error::CudaUnavailable(
+            "this build embeds CUDA sources (no nvcc at build time) and NVRTC (libnvrtc) was not \
+             found at run time; rebuild with nvcc on PATH or install NVRTC"
+                .into(),
+        ));
+    }
+    let arch: &'static str = match (major, minor) {
+        (9, _) => "compute_90",
+        (8, 9) => "compute_89",
+        (8, 6) => "compute_86",
+        _ => "compute_80",
+    };
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        options: vec!["-std=c++17".into()],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
+        Error::CudaUnavailable(format!("NVRTC failed on kernel module `{module}`: {e:?}"))
+    })
+}
+
+/// One 256-thread block per 256 elements, capped (the kernels loop over the rest).
+pub(crate) fn grid_1d(len: usize) -> LaunchConfig {
+    let blocks = len.div_ceil(256).clamp(1, 1 << 16) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A size as the kernels' `int`, or a shape error when it does not fit.
+pub(crate) fn i32_of(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| {
+        Error::Shape(format!(
+            "{what} = {v} exceeds the 32-bit index range of the CUDA kernels"
+        ))
+    })
+}
+
+/// Compiles every embedded kernel source with NVRTC for compute_80 (a build-time check that the
+/// NVRTC fallback works; needs libnvrtc, not a GPU). Returns how many modules were compiled:
+/// zero when this build embeds PTX instead.
+#[doc(hidden)]
+pub fn check_nvrtc_sources() -> Result<usize> {
+    match embedded::FORMAT {
+        embedded::KernelFormat::Ptx => Ok(0),
+        embedded::KernelFormat::Source => {
+            for (module, src) in embedded::MODULES {
+                compile_nvrtc(module, src, 8, 0)?;
+            }
+            Ok(embedded::MODULES.len())
+        }
+    }
+}

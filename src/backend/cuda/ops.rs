@@ -1,0 +1,760 @@
+//! `Backend` for [`Cuda`]: shape checks, launch geometry and one launch per kernel.
+
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::{cu, grid_1d, i32_of, Cuda, DeviceBuf};
+use crate::backend::{Activation, Backend, BnStats, Norm, BN_MOMENTUM};
+use crate::ensure_shape;
+use crate::error::{Error, Result};
+use crate::tensor::Dims;
+
+type Buf = DeviceBuf<f32>;
+type IBuf = DeviceBuf<i32>;
+
+/// Launches kernel `$name` with `$cfg`; arguments are device slices or references to locals.
+macro_rules! launch {
+    ($self:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let f = $self.func($name)?;
+        let mut b = $self.stream.launch_builder(f);
+        $( b.arg($arg); )*
+        // SAFETY: the argument lists match the kernel signatures in kernels/*.cu, and every
+        // buffer is checked to hold the number of values the kernel touches.
+        cu(unsafe { b.launch($cfg) }).map(|_| ())
+    }};
+}
+
+/// Rows of the output-channel tile (the kernels' `_m32` / `_m64` variants).
+const BN: usize = 64;
+const BK: usize = 16;
+
+fn check_len(buf: &Buf, len: usize, what: &str) -> Result<()> {
+    ensure_shape!(
+        buf.len() == len,
+        "{what}: expected {len} values, got {}",
+        buf.len()
+    );
+    Ok(())
+}
+
+fn act_code(act: Activation) -> i32 {
+    match act {
+        Activation::Relu => 0,
+        Activation::Tanh => 1,
+        Activation::Logcosh => 2,
+    }
+}
+
+/// The output-channel tile (32 or 64 rows) and the kernel-name suffix for `m` output channels.
+fn m_tile(m: usize) -> (usize, &'static str) {
+    if m <= 32 {
+        (32, "m32")
+    } else {
+        (64, "m64")
+    }
+}
+
+fn gemm_grid(nq: usize, m: usize, bm: usize) -> Result<LaunchConfig> {
+    let gx = nq.div_ceil(BN);
+    let gy = m.div_ceil(bm);
+    ensure_shape!(
+        gx < (1 << 31) && gy < 65536,
+        "convolution of {nq} pixels x {m} channels exceeds the launch grid"
+    );
+    Ok(LaunchConfig {
+        grid_dim: (gx as u32, gy as u32, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Channel-reduction modes of `channel_partial` (see kernels/norm.cu).
+const RED_A: i32 = 0;
+const RED_A_B_P: i32 = 1;
+const RED_SQDEV: i32 = 2;
+const RED_A_XHAT: i32 = 3;
+
+impl Cuda {
+    fn check_dims(&self, d: Dims) -> Result<()> {
+        i32_of(d.len(), "tensor length")?;
+        Ok(())
+    }
+
+    /// Implicit-GEMM forward or transpose convolution with `taps` = 9 (3x3) or 1 (1x1):
+    /// input `[n, cg, h, w]` (`d`), output `[n, mo, h, w]`.
+    fn conv_gemm(
+        &self,
+        family: &str,
+        trans: bool,
+        x: &Buf,
+        d: Dims,
+        k: &Buf,
+        mo: usize,
+    ) -> Result<Buf> {
+        let od = d.with_c(mo);
+        self.check_dims(d)?;
+        self.check_dims(od)?;
+        let out = self.alloc::<f32>(od.len())?;
+        if od.is_empty() {
+            return Ok(out);
+        }
+        let (bm, suffix) = m_tile(mo);
+        let name = format!("{family}_{}_{suffix}", if trans { "t" } else { "fwd" });
+        let cfg = gemm_grid(d.n * d.hw(), mo, bm)?;
+        let (nb, cg, m, h, w) = (d.n as i32, d.c as i32, mo as i32, d.h as i32, d.w as i32);
+        if d.c == 0 {
+            // No input channels: the result is zero.
+            return self.zeros(od.len());
+        }
+        launch!(self, name.as_str(), cfg; x.slice(), k.slice(), out.slice(), &nb, &cg, &m, &h, &w)?;
+        Ok(out)
+    }
+
+    /// Weight gradient `[mo, cg * taps]` of a convolution with input `x` (`d`) and output
+    /// cotangent `dz` `[n, mo, h, w]`: split-K over pixels, then a fixed-order sum of splits.
+    fn conv_wgrad(
+        &self,
+        kernel: &str,
+        taps: usize,
+        x: &Buf,
+        d: Dims,
+        dz: &Buf,
+        mo: usize,
+    ) -> Result<Buf> {
+        let od = d.with_c(mo);
+        self.check_dims(d)?;
+        self.check_dims(od)?;
+        let ncol = d.c * taps;
+        let len = mo * ncol;
+        i32_of(len, "weight size")?;
+        let nq = d.n * d.hw();
+        if len == 0 || nq == 0 {
+            return self.zeros(len);
+        }
+        let tiles = ncol.div_ceil(BN) * mo.div_ceil(64);
+        // Enough blocks to fill the device; each split covers a whole number of BK pixels.
+        let want = 1024usize.div_ceil(tiles).max(1);
+        let chunk = nq.div_ceil(want).div_ceil(BK) * BK;
+        let chunk = chunk.max(4 * BK);
+        let splits = nq.div_ceil(chunk);
+        ensure_shape!(
+            splits < 65536,
+            "weight gradient over {nq} pixels: too many splits"
+        );
+        let cfg = LaunchConfig {
+            grid_dim: (
+                ncol.div_ceil(BN) as u32,
+                mo.div_ceil(64) as u32,
+                splits as u32,
+            ),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (nb, cg, m, h, w, ch) = (
+            d.n as i32,
+            d.c as i32,
+            mo as i32,
+            d.h as i32,
+            d.w as i32,
+            chunk as i32,
+        );
+        let out = self.alloc::<f32>(len)?;
+        if splits == 1 {
+            launch!(self, kernel, cfg; x.slice(), dz.slice(), out.slice(), &nb, &cg, &m, &h, &w, &ch)?;
+            return Ok(out);
+        }
+        let partial = self.alloc::<f32>(splits * len)?;
+        launch!(self, kernel, cfg; x.slice(), dz.slice(), partial.slice(), &nb, &cg, &m, &h, &w, &ch)?;
+        let (ns, l) = (splits as i32, len as i32);
+        launch!(self, "reduce_splits", grid_1d(len); partial.slice(), out.slice(), &ns, &l)?;
+        Ok(out)
+    }
+
+    /// `scale * sum_{n,p} v(n, c, p)` per channel, `v` chosen by `mode` (kernels/norm.cu).
+    #[allow(clippy::too_many_arguments)]
+    fn channel_reduce(
+        &self,
+        mode: i32,
+        d: Dims,
+        a: &Buf,
+        b: &Buf,
+        pv: &Buf,
+        cv: &Buf,
+        cv2: &Buf,
+        scale: f64,
+    ) -> Result<Buf> {
+        let out = self.alloc::<f32>(d.c)?;
+        if d.c == 0 {
+            return Ok(out);
+        }
+        let total = d.n * d.hw();
+        let splits = 512usize
+            .div_ceil(d.c)
+            .min(total.div_ceil(256))
+            .clamp(1, 65535);
+        let chunk = total.div_ceil(splits).max(1);
+        let splits = total.div_ceil(chunk).max(1);
+        let partial = self.alloc::<f64>(splits * d.c)?;
+        let cfg = LaunchConfig {
+            grid_dim: (d.c as u32, splits as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (nb, nc, hw, ch) = (d.n as i32, d.c as i32, d.hw() as i32, chunk as i32);
+        launch!(self, "channel_partial", cfg; &mode, a.slice(), b.slice(), pv.slice(), cv.slice(),
+                cv2.slice(), &nb, &nc, &hw, &ch, partial.slice())?;
+        let ns = splits as i32;
+        launch!(self, "channel_finish", grid_1d(d.c); partial.slice(), &ns, &nc, &scale, out.slice())?;
+        Ok(out)
+    }
+
+    fn act_launch(&self, kernel: &str, act: Activation, x: &Buf, dy: Option<&Buf>) -> Result<Buf> {
+        let len = x.len();
+        let l = i32_of(len, "activation length")?;
+        let out = self.alloc::<f32>(len)?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let a = act_code(act);
+        match dy {
+            None => launch!(self, kernel, grid_1d(len); x.slice(), out.slice(), &l, &a)?,
+            Some(dy) => {
+                check_len(dy, len, "activation_vjp cotangent")?;
+                launch!(self, kernel, grid_1d(len); x.slice(), dy.slice(), out.slice(), &l, &a)?
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for Cuda {
+    type Buf = Buf;
+    type IBuf = IBuf;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn zeros(&self, len: usize) -> Result<Buf> {
+        self.alloc_zeros::<f32>(len)
+    }
+    fn upload(&self, data: &[f64]) -> Result<Buf> {
+        let v: Vec<f32> = data.iter().map(|&x| x as f32).collect();
+        self.upload_slice(&v)
+    }
+    fn upload_f32(&self, data: &[f32]) -> Result<Buf> {
+        self.upload_slice(data)
+    }
+    fn download(&self, buf: &Buf) -> Result<Vec<f64>> {
+        Ok(self
+            .download_slice(buf)?
+            .into_iter()
+            .map(|x| x as f64)
+            .collect())
+    }
+    fn download_f32(&self, buf: &Buf) -> Result<Vec<f32>> {
+        self.download_slice(buf)
+    }
+    fn buf_len(&self, buf: &Buf) -> usize {
+        buf.len()
+    }
+    fn copy(&self, buf: &Buf) -> Result<Buf> {
+        let mut out = self.alloc::<f32>(buf.len())?;
+        if !buf.is_empty() {
+            cu(self.stream.memcpy_dtod(&buf.slice, &mut out.slice))?;
+        }
+        Ok(out)
+    }
+    fn iupload(&self, data: &[i32]) -> Result<IBuf> {
+        self.upload_slice(data)
+    }
+    fn idownload(&self, buf: &IBuf) -> Result<Vec<i32>> {
+        self.download_slice(buf)
+    }
+
+    fn lincomb(&self, terms: &[(f64, &Buf)]) -> Result<Buf> {
+        ensure_shape!(!terms.is_empty(), "lincomb needs at least one term");
+        let len = terms[0].1.len();
+        for (_, x) in terms {
+            check_len(x, len, "lincomb term")?;
+        }
+        let l = i32_of(len, "lincomb length")?;
+        let out = self.alloc::<f32>(len)?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let head = &terms[..terms.len().min(4)];
+        let nt = head.len() as i32;
+        let a: Vec<f32> = (0..4)
+            .map(|i| head.get(i).map_or(0.0, |t| t.0 as f32))
+            .collect();
+        let x = |i: usize| head.get(i).unwrap_or(&head[0]).1.slice();
+        launch!(self, "lincomb4", grid_1d(len); out.slice(), &l, &nt, &a[0], x(0), &a[1], x(1),
+                &a[2], x(2), &a[3], x(3))?;
+        let mut out = out;
+        for (c, x) in &terms[head.len()..] {
+            self.axpy(*c, x, &mut out)?;
+        }
+        Ok(out)
+    }
+    fn axpy(&self, a: f64, x: &Buf, y: &mut Buf) -> Result<()> {
+        check_len(x, y.len(), "axpy")?;
+        let l = i32_of(x.len(), "axpy length")?;
+        if x.is_empty() {
+            return Ok(());
+        }
+        let a = a as f32;
+        launch!(self, "axpy", grid_1d(x.len()); y.slice(), x.slice(), &a, &l)
+    }
+
+    fn conv3x3(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
+        check_len(x, d.len(), "conv3x3 input")?;
+        check_len(k, cout * d.c * 9, "conv3x3 weight")?;
+        self.conv_gemm("conv3x3", false, x, d, k, cout)
+    }
+    fn conv3x3_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
+        check_len(z, d.len(), "conv3x3_t input")?;
+        check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
+        self.conv_gemm("conv3x3", true, z, d, k, cin)
+    }
+    fn conv3x3_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
+        check_len(x, d.len(), "conv3x3_wgrad input")?;
+        check_len(dz, d.with_c(cout).len(), "conv3x3_wgrad cotangent")?;
+        self.conv_wgrad("conv3x3_wgrad", 9, x, d, dz, cout)
+    }
+
+    fn conv1x1(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
+        check_len(x, d.len(), "conv1x1 input")?;
+        check_len(k, cout * d.c, "conv1x1 weight")?;
+        self.conv_gemm("conv1x1", false, x, d, k, cout)
+    }
+    fn conv1x1_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
+        check_len(z, d.len(), "conv1x1_t input")?;
+        check_len(k, d.c * cin, "conv1x1_t weight")?;
+        self.conv_gemm("conv1x1", true, z, d, k, cin)
+    }
+    fn conv1x1_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
+        check_len(x, d.len(), "conv1x1_wgrad input")?;
+        check_len(dz, d.with_c(cout).len(), "conv1x1_wgrad cotangent")?;
+        self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout)
+    }
+
+    fn add_channel_bias(&self, x: &Buf, d: Dims, b: &Buf) -> Result<Buf> {
+        check_len(x, d.len(), "bias input")?;
+        check_len(b, d.c, "bias")?;
+        self.check_dims(d)?;
+        let out = self.alloc::<f32>(d.len())?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        let (nc, hw, l) = (d.c as i32, d.hw() as i32, d.len() as i32);
+        launch!(self, "add_channel_bias", grid_1d(d.len()); x.slice(), b.slice(), out.slice(), &nc, &hw, &l)?;
+        Ok(out)
+    }
+    fn channel_sum(&self, dy: &Buf, d: Dims) -> Result<Buf> {
+        check_len(dy, d.len(), "channel_sum input")?;
+        self.check_dims(d)?;
+        self.channel_reduce(RED_A, d, dy, dy, dy, dy, dy, 1.0)
+    }
+    fn tvnorm(&self, x: &Buf, d: Dims, s: &Buf, b: &Buf) -> Result<Buf> {
+        check_len(x, d.len(), "tvnorm input")?;
+        check_len(s, d.c, "tvnorm scale")?;
+        check_len(b, d.c, "tvnorm shift")?;
+        self.check_dims(d)?;
+        let out = self.alloc::<f32>(d.len())?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        let (nb, nc, hw) = (d.n as i32, d.c as i32, d.hw() as i32);
+        launch!(self, "tvnorm_fwd", grid_1d(d.n * d.hw()); x.slice(), s.slice(), b.slice(), out.slice(), &nb, &nc, &hw)?;
+        Ok(out)
+    }
+    fn tvnorm_vjp(&self, x: &Buf, d: Dims, s: &Buf, dy: &Buf) -> Result<(Buf, Buf, Buf)> {
+        check_len(x, d.len(), "tvnorm_vjp input")?;
+        check_len(dy, d.len(), "tvnorm_vjp cotangent")?;
+        check_len(s, d.c, "tvnorm_vjp scale")?;
+        self.check_dims(d)?;
+        if d.is_empty() {
+            return Ok((self.zeros(d.len())?, self.zeros(d.c)?, self.zeros(d.c)?));
+        }
+        let dx = self.alloc::<f32>(d.len())?;
+        let rinv = self.alloc::<f32>(d.n * d.hw())?;
+        let (nb, nc, hw) = (d.n as i32, d.c as i32, d.hw() as i32);
+        launch!(self, "tvnorm_vjp_dx", grid_1d(d.n * d.hw()); x.slice(), s.slice(), dy.slice(),
+                dx.slice(), rinv.slice(), &nb, &nc, &hw)?;
+        let ds = self.channel_reduce(RED_A_B_P, d, dy, x, &rinv, dy, dy, 1.0)?;
+        let db = self.channel_reduce(RED_A, d, dy, dy, dy, dy, dy, 1.0)?;
+        Ok((dx, ds, db))
+    }
+    fn batchnorm_train(
+        &self,
+        x: &Buf,
+        d: Dims,
+        gamma: &Buf,
+        beta: &Buf,
+    ) -> Result<(Buf, BnStats<Buf>)> {
+        check_len(x, d.len(), "batchnorm input")?;
+        check_len(gamma, d.c, "batchnorm weight")?;
+        check_len(beta, d.c, "batchnorm bias")?;
+        self.check_dims(d)?;
+        ensure_shape!(d.n * d.hw() > 0, "batch norm over an empty batch");
+        let inv_m = 1.0 / (d.n * d.hw()) as f64;
+        let mean = self.channel_reduce(RED_A, d, x, x, x, x, x, inv_m)?;
+        let var = self.channel_reduce(RED_SQDEV, d, x, x, x, &mean, x, inv_m)?;
+        let stats = BnStats { mean, var };
+        let y = self.batchnorm_eval(x, d, gamma, beta, &stats.mean, &stats.var)?;
+        Ok((y, stats))
+    }
+    fn batchnorm_eval(
+        &self,
+        x: &Buf,
+        d: Dims,
+        gamma: &Buf,
+        beta: &Buf,
+        running_mean: &Buf,
+        running_var: &Buf,
+    ) -> Result<Buf> {
+        check_len(x, d.len(), "batchnorm input")?;
+        for (v, what) in [
+            (gamma, "weight"),
+            (beta, "bias"),
+            (running_mean, "mean"),
+            (running_var, "var"),
+        ] {
+            check_len(v, d.c, what)?;
+        }
+        self.check_dims(d)?;
+        let out = self.alloc::<f32>(d.len())?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        let (nc, hw, l) = (d.c as i32, d.hw() as i32, d.len() as i32);
+        launch!(self, "bn_apply", grid_1d(d.len()); x.slice(), gamma.slice(), beta.slice(),
+                running_mean.slice(), running_var.slice(), out.slice(), &nc, &hw, &l)?;
+        Ok(out)
+    }
+    fn batchnorm_vjp(
+        &self,
+        x: &Buf,
+        d: Dims,
+        gamma: &Buf,
+        stats: &BnStats<Buf>,
+        dy: &Buf,
+    ) -> Result<(Buf, Buf, Buf)> {
+        check_len(x, d.len(), "batchnorm_vjp input")?;
+        check_len(dy, d.len(), "batchnorm_vjp cotangent")?;
+        check_len(gamma, d.c, "batchnorm_vjp weight")?;
+        check_len(&stats.mean, d.c, "batchnorm_vjp mean")?;
+        check_len(&stats.var, d.c, "batchnorm_vjp var")?;
+        self.check_dims(d)?;
+        ensure_shape!(d.n * d.hw() > 0, "batch norm over an empty batch");
+        let sum_dy = self.channel_reduce(RED_A, d, dy, dy, dy, dy, dy, 1.0)?;
+        let sum_dy_xhat =
+            self.channel_reduce(RED_A_XHAT, d, dy, x, dy, &stats.mean, &stats.var, 1.0)?;
+        let dx = self.alloc::<f32>(d.len())?;
+        let (nc, hw, l) = (d.c as i32, d.hw() as i32, d.len() as i32);
+        let inv_m = 1.0f32 / (d.n * d.hw()) as f32;
+        launch!(self, "bn_vjp_dx", grid_1d(d.len()); x.slice(), dy.slice(), gamma.slice(),
+                stats.mean.slice(), stats.var.slice(), sum_dy.slice(), sum_dy_xhat.slice(),
+                dx.slice(), &nc, &hw, &l, &inv_m)?;
+        Ok((dx, sum_dy_xhat, sum_dy))
+    }
+    fn batchnorm_update_running(
+        &self,
+        running_mean: &mut Buf,
+        running_var: &mut Buf,
+        stats: &BnStats<Buf>,
+        count: usize,
+    ) -> Result<()> {
+        let c = running_mean.len();
+        check_len(running_var, c, "running var")?;
+        check_len(&stats.mean, c, "batch mean")?;
+        check_len(&stats.var, c, "batch var")?;
+        if c == 0 {
+            return Ok(());
+        }
+        let unbias = if count > 1 {
+            count as f64 / (count - 1) as f64
+        } else {
+            1.0
+        };
+        let nc = i32_of(c, "channels")?;
+        let m = BN_MOMENTUM;
+        launch!(self, "bn_update_running", grid_1d(c); running_mean.slice(), running_var.slice(),
+                stats.mean.slice(), stats.var.slice(), &nc, &m, &unbias)
+    }
+
+    fn activation(&self, act: Activation, x: &Buf) -> Result<Buf> {
+        self.act_launch("act_fwd_kernel", act, x, None)
+    }
+    fn activation_vjp(&self, act: Activation, x: &Buf, dy: &Buf) -> Result<Buf> {
+        self.act_launch("act_vjp_kernel", act, x, Some(dy))
+    }
+
+    fn avgpool2(&self, x: &Buf, d: Dims) -> Result<Buf> {
+        check_len(x, d.len(), "avgpool2 input")?;
+        self.check_dims(d)?;
+        let pd = d.pooled();
+        let out = self.alloc::<f32>(pd.len())?;
+        if pd.is_empty() {
+            return Ok(out);
+        }
+        let (nc, h, w) = ((d.n * d.c) as i32, d.h as i32, d.w as i32);
+        launch!(self, "avgpool2", grid_1d(pd.len()); x.slice(), out.slice(), &nc, &h, &w)?;
+        Ok(out)
+    }
+    fn avgpool2_vjp(&self, dy: &Buf, d: Dims) -> Result<Buf> {
+        check_len(dy, d.pooled().len(), "avgpool2_vjp cotangent")?;
+        self.check_dims(d)?;
+        let out = self.alloc::<f32>(d.len())?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        let (nc, h, w) = ((d.n * d.c) as i32, d.h as i32, d.w as i32);
+        launch!(self, "avgpool2_vjp", grid_1d(d.len()); dy.slice(), out.slice(), &nc, &h, &w)?;
+        Ok(out)
+    }
+    fn global_mean(&self, x: &Buf, d: Dims) -> Result<Buf> {
+        check_len(x, d.len(), "global_mean input")?;
+        self.check_dims(d)?;
+        ensure_shape!(d.hw() > 0, "global mean over an empty image");
+        let out = self.alloc::<f32>(d.n * d.c)?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        let (nc, hw) = ((d.n * d.c) as i32, d.hw() as i32);
+        // One warp per (n, c) plane.
+        launch!(self, "global_mean", grid_1d(d.n * d.c * 32); x.slice(), out.slice(), &nc, &hw)?;
+        Ok(out)
+    }
+    fn global_mean_vjp(&self, dy: &Buf, d: Dims) -> Result<Buf> {
+        check_len(dy, d.n * d.c, "global_mean_vjp cotangent")?;
+        self.check_dims(d)?;
+        let out = self.alloc::<f32>(d.len())?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        let (hw, l) = (d.hw() as i32, d.len() as i32);
+        launch!(self, "global_mean_vjp", grid_1d(d.len()); dy.slice(), out.slice(), &hw, &l)?;
+        Ok(out)
+    }
+
+    fn split_channels(&self, x: &Buf, d: Dims, c1: usize) -> Result<(Buf, Buf)> {
+        check_len(x, d.len(), "split_channels input")?;
+        ensure_shape!(c1 <= d.c, "split at {c1} of {} channels", d.c);
+        self.check_dims(d)?;
+        let a = self.copy_channels(x, d.n, d.hw(), d.c, 0, c1, c1, 0)?;
+        let b = self.copy_channels(x, d.n, d.hw(), d.c, c1, d.c - c1, d.c - c1, 0)?;
+        Ok((a, b))
+    }
+    fn concat_channels(&self, a: &Buf, b: &Buf, d: Dims, c1: usize) -> Result<Buf> {
+        ensure_shape!(c1 <= d.c, "concat at {c1} of {} channels", d.c);
+        check_len(a, d.n * c1 * d.hw(), "concat_channels first")?;
+        check_len(b, d.n * (d.c - c1) * d.hw(), "concat_channels second")?;
+        self.check_dims(d)?;
+        let out = self.alloc::<f32>(d.len())?;
+        self.copy_channels_into(a, &out, d.n, d.hw(), c1, 0, c1, d.c, 0)?;
+        self.copy_channels_into(b, &out, d.n, d.hw(), d.c - c1, 0, d.c - c1, d.c, c1)?;
+        Ok(out)
+    }
+
+    fn softmax_xent(
+        &self,
+        logits: &Buf,
+        n: usize,
+        classes: usize,
+        labels: &[usize],
+    ) -> Result<(f64, Buf)> {
+        check_len(logits, n * classes, "logits")?;
+        ensure_shape!(labels.len() == n, "{} labels for {n} rows", labels.len());
+        ensure_shape!(
+            n > 0 && classes > 0,
+            "softmax over an empty batch or no classes"
+        );
+        if let Some(bad) = labels.iter().find(|&&l| l >= classes) {
+            return Err(Error::Input(format!(
+                "label {bad} out of range for {classes} classes"
+            )));
+        }
+        let lab: Vec<i32> = labels.iter().map(|&l| l as i32).collect();
+        let lab = self.upload_slice(&lab)?;
+        let grad = self.alloc::<f32>(n * classes)?;
+        let rows = self.alloc::<f64>(n)?;
+        let (nn, nc) = (i32_of(n, "batch")?, i32_of(classes, "classes")?);
+        i32_of(n * classes, "logits")?;
+        launch!(self, "softmax_xent", grid_1d(n); logits.slice(), lab.slice(), grad.slice(),
+                rows.slice(), &nn, &nc)?;
+        let rows = self.download_slice(&rows)?;
+        Ok((rows.iter().sum::<f64>() / n as f64, grad))
+    }
+
+    fn quantize(&self, x: &Buf, shift: u32) -> Result<IBuf> {
+        ensure_shape!(shift < 63, "fixed-point shift {shift} too large");
+        let len = x.len();
+        let l = i32_of(len, "quantize length")?;
+        let out = self.alloc::<i32>(len)?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let scale = (1u64 << shift) as f32;
+        launch!(self, "quantize", grid_1d(len); x.slice(), out.slice(), &scale, &l)?;
+        Ok(out)
+    }
+    fn dequantize(&self, q: &IBuf, shift: u32) -> Result<Buf> {
+        ensure_shape!(shift < 63, "fixed-point shift {shift} too large");
+        let len = q.len();
+        let l = i32_of(len, "dequantize length")?;
+        let out = self.alloc::<f32>(len)?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let inv = 1.0f32 / (1u64 << shift) as f32;
+        launch!(self, "dequantize", grid_1d(len); q.slice(), out.slice(), &inv, &l)?;
+        Ok(out)
+    }
+    fn fixed_update(&self, terms: &[(i32, &IBuf)], coef: f64, f: &Buf) -> Result<IBuf> {
+        let len = f.len();
+        for (_, q) in terms {
+            ensure_shape!(
+                q.len() == len,
+                "fixed_update: term of {} values, f {}",
+                q.len(),
+                len
+            );
+        }
+        let l = i32_of(len, "fixed_update length")?;
+        let out = self.alloc::<i32>(len)?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let head = &terms[..terms.len().min(3)];
+        let nt = head.len() as i32;
+        let c: Vec<i32> = (0..3).map(|i| head.get(i).map_or(0, |t| t.0)).collect();
+        // Unused term slots point at the output (never read: nterms bounds them).
+        let q = |i: usize| head.get(i).map_or(out.slice(), |t| t.1.slice());
+        launch!(self, "fixed_update", grid_1d(len); out.slice(), f.slice(), &coef, &l, &nt,
+                &c[0], q(0), &c[1], q(1), &c[2], q(2))?;
+        for (ci, qi) in &terms[head.len()..] {
+            launch!(self, "fixed_axpy", grid_1d(len); out.slice(), qi.slice(), ci, &l)?;
+        }
+        Ok(out)
+    }
+
+    fn step_full3x3(
+        &self,
+        terms: &[(f64, &Buf)],
+        coef: f64,
+        y: &Buf,
+        d: Dims,
+        k: &Buf,
+        norm: Norm<'_, Buf>,
+        act: Activation,
+    ) -> Result<Buf> {
+        check_len(y, d.len(), "step input")?;
+        check_len(k, d.c * d.c * 9, "step weight")?;
+        match norm {
+            Norm::Tv { s, b } => {
+                check_len(s, d.c, "step norm scale")?;
+                check_len(b, d.c, "step norm shift")?;
+            }
+            Norm::Shift { b } => check_len(b, d.c, "step shift")?,
+        }
+        for (_, x) in terms {
+            check_len(x, d.len(), "step term")?;
+        }
+        self.check_dims(d)?;
+        // More than three terms: fold them into one first (the kernel epilogue takes three).
+        let folded;
+        let terms: Vec<(f64, &Buf)> = if terms.len() > 3 {
+            folded = self.lincomb(terms)?;
+            vec![(1.0, &folded)]
+        } else {
+            terms.to_vec()
+        };
+        if d.is_empty() || d.c == 0 {
+            let mut all = terms.clone();
+            let zero = self.zeros(d.len())?;
+            all.push((-coef, &zero));
+            return self.lincomb(&all);
+        }
+        let (bm, suffix) = m_tile(d.c);
+        let nq = d.n * d.hw();
+        let cfg = gemm_grid(nq, d.c, bm)?;
+        let parts = d.c.div_ceil(bm);
+        let (nb, c, h, w) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
+        let z = self.alloc::<f32>(d.len())?;
+        let (ss, s, b, tv) = match norm {
+            Norm::Tv { s, b } => {
+                let ss = self.alloc::<f32>(parts * nq)?;
+                launch!(self, format!("step_conv_ss_{suffix}").as_str(), cfg; y.slice(), k.slice(),
+                        z.slice(), ss.slice(), &nb, &c, &h, &w)?;
+                (Some(ss), s, b, 1i32)
+            }
+            Norm::Shift { b } => {
+                launch!(self, format!("conv3x3_fwd_{suffix}").as_str(), cfg; y.slice(), k.slice(),
+                        z.slice(), &nb, &c, &c, &h, &w)?;
+                (None, b, b, 0i32)
+            }
+        };
+        let out = self.alloc::<f32>(d.len())?;
+        let n_parts = parts as i32;
+        let a = act_code(act);
+        let neg = (-coef) as f32;
+        let nt = terms.len() as i32;
+        let ac: Vec<f32> = (0..3)
+            .map(|i| terms.get(i).map_or(0.0, |t| t.0 as f32))
+            .collect();
+        // Unused slots point at y (never read: nterms bounds them).
+        let xt = |i: usize| terms.get(i).map_or(y.slice(), |t| t.1.slice());
+        let ss_slice = ss.as_ref().map_or(z.slice(), |v| v.slice());
+        launch!(self, format!("step_convt_{suffix}").as_str(), cfg; z.slice(), k.slice(),
+                out.slice(), &nb, &c, &h, &w, ss_slice, &n_parts, s.slice(), b.slice(), &tv, &a,
+                &neg, &nt, &ac[0], xt(0), &ac[1], xt(1), &ac[2], xt(2))?;
+        Ok(out)
+    }
+}
+
+impl Cuda {
+    /// A new `[n, cc, hw]` buffer holding channels `[off, off + cc)` of `src` (`c_src` channels).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_channels(
+        &self,
+        src: &Buf,
+        n: usize,
+        hw: usize,
+        c_src: usize,
+        off: usize,
+        cc: usize,
+        c_dst: usize,
+        dst_off: usize,
+    ) -> Result<Buf> {
+        let out = self.alloc::<f32>(n * c_dst * hw)?;
+        self.copy_channels_into(src, &out, n, hw, cc, off, c_src, c_dst, dst_off)?;
+        Ok(out)
+    }
+
+    /// `dst[n, dst_off + c, p] = src[n, src_off + c, p]` for `c < cc`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_channels_into(
+        &self,
+        src: &Buf,
+        dst: &Buf,
+        n: usize,
+        hw: usize,
+        cc: usize,
+        src_off: usize,
+        c_src: usize,
+        c_dst: usize,
+        dst_off: usize,
+    ) -> Result<()> {
+        let len = n * cc * hw;
+        if len == 0 {
+            return Ok(());
+        }
+        let v = [n, hw, cc, c_src, src_off, c_dst, dst_off]
+            .iter()
+            .map(|&v| i32_of(v, "channel copy"))
+            .collect::<Result<Vec<i32>>>()?;
+        launch!(self, "copy_channels", grid_1d(len); src.slice(), dst.slice(), &v[0], &v[1],
+                &v[2], &v[3], &v[4], &v[5], &v[6])
+    }
+}

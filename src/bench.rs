@@ -1,0 +1,429 @@
+//! `pdenet bench`: training-step throughput and memory (planned, measured, per added step) over a
+//! sweep of depth, layer type, operator, policy, precision and device, beside the machine's
+//! roofline measured in the same run.
+
+use crate::backend::Backend;
+use crate::config::{Config, Kind, LayerType, OperatorKind};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::network::Layout;
+use crate::params::{ParamRole, ParamSet};
+use crate::schedule::plan::{count_flops, plan_step};
+use crate::schedule::{Engine, Policy};
+use crate::tensor::HostTensor;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use std::time::Instant;
+
+/// The sweep.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub config: Config,
+    pub steps: Vec<usize>,
+    pub batch: usize,
+    pub layers: Vec<LayerType>,
+    pub operators: Vec<OperatorKind>,
+    pub policies: Vec<Policy>,
+    pub precisions: Vec<String>,
+    pub devices: Vec<crate::backend::DeviceChoice>,
+    /// Timed training steps per point (after one warm-up step).
+    pub repeats: usize,
+}
+
+/// The machine's ceilings, measured in the same run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Roofline {
+    pub device: String,
+    /// One large GEMM (CPU: the `gemm` crate on all cores).
+    pub gemm_gflops: f64,
+    /// A large copy, bytes read plus bytes written.
+    pub bandwidth_gbs: f64,
+}
+
+/// One measured point.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchPoint {
+    pub device: String,
+    pub layer: String,
+    pub operator: String,
+    pub policy: String,
+    pub precision: String,
+    pub steps: usize,
+    pub batch: usize,
+    pub seconds_per_step: f64,
+    pub images_per_s: f64,
+    pub gflops: f64,
+    /// Fraction of the measured GEMM rate.
+    pub gemm_fraction: f64,
+    pub planned_peak_bytes: usize,
+    pub planned_activation_bytes: usize,
+    /// Device high-water mark (GPU) or peak heap (CPU) during one training step, parameters and
+    /// gradients included; `None` where it could not be measured.
+    pub measured_peak_bytes: Option<usize>,
+    /// Planned activation bytes added per added step per unit (vs the previous depth).
+    pub planned_bytes_per_step: Option<f64>,
+    /// Measured bytes added per added step per unit (vs the previous depth).
+    pub measured_bytes_per_step: Option<f64>,
+    /// Relative error of unit inputs rebuilt by inverse steps (reversible policies).
+    pub drift: f64,
+}
+
+/// Measures the CPU roofline: a 1024^3 GEMM through the `gemm` crate and a 256 MiB copy.
+pub fn cpu_roofline() -> Roofline {
+    let n = 1024;
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let run = |c: &mut [f32]| unsafe {
+        gemm::gemm(
+            n,
+            n,
+            n,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            n as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    };
+    run(&mut c);
+    let reps = 5;
+    let t = Instant::now();
+    for _ in 0..reps {
+        run(&mut c);
+    }
+    let gemm_gflops = 2.0 * (n * n * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    let len = 64 << 20; // f32 values: 256 MiB
+    let src = vec![1.0f32; len];
+    let mut dst = vec![0.0f32; len];
+    dst.copy_from_slice(&src);
+    let t = Instant::now();
+    let reps = 3;
+    for _ in 0..reps {
+        dst.copy_from_slice(std::hint::black_box(&src));
+    }
+    let bandwidth_gbs = (2 * 4 * len * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    Roofline {
+        device: "cpu".into(),
+        gemm_gflops,
+        bandwidth_gbs,
+    }
+}
+
+/// A random batch of the config's input shape (32x32 images, or 28x28 for one channel).
+pub fn random_batch(cfg: &Config, n: usize, seed: u64) -> (HostTensor, Vec<usize>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let shape = sample_shape(cfg);
+    let mut full = vec![n];
+    full.extend_from_slice(&shape);
+    let len: usize = full.iter().product();
+    let x = HostTensor {
+        shape: full,
+        data: (0..len).map(|_| rng.random_range(-1.0..1.0)).collect(),
+    };
+    let labels = (0..n).map(|_| rng.random_range(0..cfg.classes)).collect();
+    (x, labels)
+}
+
+/// One input's shape: `[c, 32, 32]` (`[1, 28, 28]` for one channel), or `[d]`.
+pub fn sample_shape(cfg: &Config) -> Vec<usize> {
+    match cfg.kind {
+        Kind::Image if cfg.input_width() == 1 => vec![1, 28, 28],
+        Kind::Image => vec![cfg.input_width(), 32, 32],
+        Kind::Dense => vec![cfg.input_width()],
+    }
+}
+
+/// Plain SGD on the host copy (the update's cost is O(parameters), negligible beside the step).
+fn sgd(params: &mut ParamSet, grads: &ParamSet, lr: f32) {
+    for (name, role, t) in params.iter_mut() {
+        if role == ParamRole::Buffer {
+            continue;
+        }
+        if let Some(g) = grads.get(name) {
+            t.data
+                .iter_mut()
+                .zip(&g.data)
+                .for_each(|(w, g)| *w -= lr * g);
+        }
+    }
+}
+
+struct Measured {
+    seconds: f64,
+    peak: Option<usize>,
+    drift: f64,
+}
+
+/// How to read a backend's memory high-water mark: `reset` before the step, then `peak` gives
+/// the bytes allocated at most since then (`None` where it cannot be measured).
+struct PeakProbe<'a, B> {
+    reset: &'a dyn Fn(&B),
+    peak: &'a dyn Fn(&B) -> Option<usize>,
+}
+
+/// Times `repeats` training steps (forward + backward + SGD update) on one backend.
+fn time_steps<B: Backend>(
+    be: B,
+    layout: &Layout,
+    policy: Policy,
+    batch: usize,
+    repeats: usize,
+    probe: PeakProbe<'_, B>,
+) -> Result<Measured> {
+    let cfg = &layout.config;
+    let mut params = layout.init(1);
+    let (x, labels) = random_batch(cfg, batch, 2);
+    (probe.reset)(&be);
+    let mut eng = Engine::new(be, layout.clone(), &params)?;
+    let out = eng.grad(&x, &labels, policy.schedule(), true)?;
+    let measured = (probe.peak)(&eng.backend);
+    let drift = out.drift;
+    sgd(&mut params, &out.grads, 1e-3);
+    eng.set_params(&params)?;
+    let t = Instant::now();
+    for _ in 0..repeats {
+        let out = eng.grad(&x, &labels, policy.schedule(), true)?;
+        sgd(&mut params, &out.grads, 1e-3);
+        eng.set_params(&params)?;
+    }
+    Ok(Measured {
+        seconds: t.elapsed().as_secs_f64() / repeats.max(1) as f64,
+        peak: measured,
+        drift,
+    })
+}
+
+/// The GPU roofline: one 4096^3 GEMM through pdenet's own 1x1-convolution kernel, and a 1 GiB
+/// device-to-device copy.
+pub fn cuda_roofline(be: &crate::backend::cuda::Cuda) -> Result<Roofline> {
+    let n = 4096;
+    let d = crate::tensor::Dims::new(1, n, 64, 64);
+    let x = be.upload_f32(&vec![0.5f32; d.len()])?;
+    let k = be.upload_f32(&vec![0.25f32; n * n])?;
+    be.conv1x1(&x, d, &k, n)?;
+    be.synchronize()?;
+    let reps = 5;
+    let t = Instant::now();
+    for _ in 0..reps {
+        be.conv1x1(&x, d, &k, n)?;
+    }
+    be.synchronize()?;
+    let gemm_gflops = 2.0 * (n * n * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    let big = be.zeros(1 << 28)?;
+    be.copy(&big)?;
+    be.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..reps {
+        be.copy(&big)?;
+    }
+    be.synchronize()?;
+    let bandwidth_gbs = (2 * 4 * (1usize << 28) * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    Ok(Roofline {
+        device: format!("cuda ({})", be.device_name()),
+        gemm_gflops,
+        bandwidth_gbs,
+    })
+}
+
+/// Runs the sweep; `progress` is called after each point.
+pub fn run(
+    opts: &BenchOptions,
+    mut progress: impl FnMut(&BenchPoint),
+) -> Result<(Vec<Roofline>, Vec<BenchPoint>)> {
+    let mut rooflines = Vec::new();
+    let mut points: Vec<BenchPoint> = Vec::new();
+    for &dev_choice in &opts.devices {
+        let device = Device::select(dev_choice)?;
+        let roof = match &device {
+            Device::Cpu(_) => cpu_roofline(),
+            Device::Cuda(c) => cuda_roofline(c)?,
+        };
+        for &layer in &opts.layers {
+            for &operator in &opts.operators {
+                for precision in &opts.precisions {
+                    if precision != "f32" {
+                        return Err(Error::Input(format!(
+                            "precision `{precision}` is not available on {} (f32 only)",
+                            device.name()
+                        )));
+                    }
+                    for &policy in &opts.policies {
+                        let mut prev: Option<(usize, usize, Option<usize>)> = None;
+                        for &steps in &opts.steps {
+                            let mut cfg = opts.config.clone();
+                            cfg.layer = layer;
+                            cfg.operator = operator;
+                            cfg.steps = vec![steps; cfg.widths.len()];
+                            let layout = Layout::new(&cfg)?;
+                            let mut shape = vec![opts.batch];
+                            shape.extend(sample_shape(&cfg));
+                            let plan = plan_step(&layout, &shape, policy.schedule())?;
+                            let flops = count_flops(&layout, &shape[1..])?;
+                            let m = match Device::select(dev_choice)? {
+                                Device::Cpu(b) => {
+                                    let counting = crate::alloc::counting();
+                                    let base = std::cell::Cell::new(0usize);
+                                    let reset = |_: &_| {
+                                        crate::alloc::reset_heap_peak();
+                                        base.set(crate::alloc::heap_live());
+                                    };
+                                    let peak = |_: &_| {
+                                        counting.then(|| {
+                                            crate::alloc::heap_peak().saturating_sub(base.get())
+                                        })
+                                    };
+                                    time_steps(
+                                        b,
+                                        &layout,
+                                        policy,
+                                        opts.batch,
+                                        opts.repeats,
+                                        PeakProbe {
+                                            reset: &reset,
+                                            peak: &peak,
+                                        },
+                                    )?
+                                }
+                                Device::Cuda(b) => {
+                                    let base = std::cell::Cell::new(0usize);
+                                    let reset = |c: &crate::backend::cuda::Cuda| {
+                                        c.reset_peak();
+                                        base.set(c.current_bytes());
+                                    };
+                                    let peak = |c: &crate::backend::cuda::Cuda| {
+                                        Some(c.peak_bytes().saturating_sub(base.get()))
+                                    };
+                                    time_steps(
+                                        b,
+                                        &layout,
+                                        policy,
+                                        opts.batch,
+                                        opts.repeats,
+                                        PeakProbe {
+                                            reset: &reset,
+                                            peak: &peak,
+                                        },
+                                    )?
+                                }
+                            };
+                            let gflops =
+                                flops.train_step as f64 * opts.batch as f64 / m.seconds / 1e9;
+                            let per_step = |now: f64, before: f64, s0: usize| {
+                                (now - before) / (steps - s0) as f64
+                            };
+                            let point = BenchPoint {
+                                device: device.name().into(),
+                                layer: layer.name().into(),
+                                operator: format!("{operator:?}").to_lowercase(),
+                                policy: policy.name().into(),
+                                precision: precision.clone(),
+                                steps,
+                                batch: opts.batch,
+                                seconds_per_step: m.seconds,
+                                images_per_s: opts.batch as f64 / m.seconds,
+                                gflops,
+                                gemm_fraction: gflops / roof.gemm_gflops,
+                                planned_peak_bytes: plan.peak_bytes,
+                                planned_activation_bytes: plan.activation_bytes(),
+                                measured_peak_bytes: m.peak,
+                                planned_bytes_per_step: prev.map(|(s0, a0, _)| {
+                                    per_step(plan.activation_bytes() as f64, a0 as f64, s0)
+                                }),
+                                measured_bytes_per_step: match (prev, m.peak) {
+                                    (Some((s0, _, Some(p0))), Some(p)) => {
+                                        Some(per_step(p as f64, p0 as f64, s0))
+                                    }
+                                    _ => None,
+                                },
+                                drift: m.drift,
+                            };
+                            prev = Some((steps, plan.activation_bytes(), m.peak));
+                            progress(&point);
+                            points.push(point);
+                        }
+                    }
+                }
+            }
+        }
+        rooflines.push(roof);
+    }
+    Ok((rooflines, points))
+}
+
+/// The terminal table.
+pub fn table(roofs: &[Roofline], points: &[BenchPoint]) -> String {
+    let mut s = String::new();
+    for r in roofs {
+        s += &format!(
+            "roofline {}: GEMM {:.1} GFLOP/s, copy {:.1} GB/s\n",
+            r.device, r.gemm_gflops, r.bandwidth_gbs
+        );
+    }
+    s += &format!(
+        "{:<5} {:<13} {:<9} {:<10} {:>5} {:>5} {:>9} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
+        "dev", "layer", "operator", "policy", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "plan MB", "meas MB", "act MB", "MB/step", "drift"
+    );
+    let mb = |b: f64| b / 1e6;
+    for p in points {
+        s += &format!(
+            "{:<5} {:<13} {:<9} {:<10} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
+            p.device,
+            p.layer,
+            p.operator,
+            p.policy,
+            p.steps,
+            p.batch,
+            p.images_per_s,
+            p.gflops,
+            100.0 * p.gemm_fraction,
+            mb(p.planned_peak_bytes as f64),
+            p.measured_peak_bytes.map(|b| format!("{:.1}", mb(b as f64))).unwrap_or_else(|| "-".into()),
+            mb(p.planned_activation_bytes as f64),
+            p.planned_bytes_per_step.map(|b| format!("{:.2}", mb(b))).unwrap_or_else(|| "-".into()),
+            p.drift
+        );
+    }
+    s
+}
+
+/// PNG plots: planned activation memory vs depth per policy, and throughput vs depth.
+pub fn plots(dir: &std::path::Path, points: &[BenchPoint]) -> Result<()> {
+    crate::train::plot::series_png(
+        &dir.join("memory.png"),
+        "activation memory vs depth",
+        "steps per unit",
+        "planned activation MB",
+        &series(points, |p| p.planned_activation_bytes as f64 / 1e6),
+    )?;
+    crate::train::plot::series_png(
+        &dir.join("throughput.png"),
+        "training throughput vs depth",
+        "steps per unit",
+        "images/s",
+        &series(points, |p| p.images_per_s),
+    )
+}
+
+fn series(points: &[BenchPoint], y: impl Fn(&BenchPoint) -> f64) -> Vec<(String, Vec<(f64, f64)>)> {
+    let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for p in points {
+        let key = format!("{} {} {} {}", p.device, p.layer, p.operator, p.policy);
+        match out.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push((p.steps as f64, y(p))),
+            None => out.push((key, vec![(p.steps as f64, y(p))])),
+        }
+    }
+    out
+}

@@ -1,0 +1,66 @@
+//! `pdenet info`: parameters, FLOPs per input and the planned memory of a training step.
+
+use clap::Args;
+use pdenet::bench::sample_shape;
+use pdenet::config::Config;
+use pdenet::network::Layout;
+use pdenet::schedule::plan::{count_flops, plan_step};
+use pdenet::schedule::Policy;
+use pdenet::Result;
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Config file or reference name.
+    #[arg(long)]
+    pub config: String,
+    /// Batch size of the planned training step.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+}
+
+pub fn run_info(a: InfoArgs) -> Result<()> {
+    let cfg = Config::load(&a.config)?;
+    let layout = Layout::new(&cfg)?;
+    let sample = sample_shape(&cfg);
+    let flops = count_flops(&layout, &sample)?;
+    let mut shape = vec![a.batch.max(1)];
+    shape.extend_from_slice(&sample);
+    println!("config      {}", a.config);
+    println!(
+        "network     {:?} {} x {:?} steps {:?} widths, operator {:?}, h {}",
+        cfg.kind,
+        cfg.layer.name(),
+        cfg.steps,
+        cfg.widths,
+        cfg.operator,
+        cfg.h
+    );
+    println!("parameters  {}", layout.parameter_count());
+    println!("input       {sample:?}");
+    println!(
+        "FLOPs/input {:.3} M forward, {:.3} M training step",
+        flops.forward as f64 / 1e6,
+        flops.train_step as f64 / 1e6
+    );
+    println!(
+        "planned memory of a training step at batch {} (MB):",
+        shape[0]
+    );
+    println!(
+        "  {:<11} {:>10} {:>10} {:>10} {:>12}",
+        "policy", "peak", "params", "grads", "activations"
+    );
+    for p in Policy::ALL {
+        let m = plan_step(&layout, &shape, p.schedule())?;
+        let mb = |b: usize| b as f64 / 1e6;
+        println!(
+            "  {:<11} {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
+            p.name(),
+            mb(m.peak_bytes),
+            mb(m.param_bytes),
+            mb(m.grad_bytes),
+            mb(m.activation_bytes())
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! `pdenet train` and `pdenet eval`: argument structs and their bodies.
+//!
+//! The network is built by a caller-supplied [`BuildModel`] (the engine), so that this file
+//! depends only on the [`Model`] trait.
+
+use crate::backend::DeviceChoice;
+use crate::config::{Config, Kind};
+use crate::error::{Error, Result};
+use crate::params::read_safetensors;
+use crate::schedule::Policy;
+use crate::train::data::{self, Split};
+use crate::train::optim::{OptimConfig, OptimizerKind, Schedule};
+use crate::train::{evaluate, train, Model, TrainOptions, TrainReport};
+use std::path::{Path, PathBuf};
+
+/// The data of the default run: 5,000 training and 1,000 test MNIST digits in the repository.
+pub const DEFAULT_DATA: &str = "data/mnist-small";
+
+/// What the engine needs to build a network besides its config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// Seeds the initial weights (as `pdenet init --seed`).
+    pub seed: u64,
+    pub policy: Policy,
+    pub device: DeviceChoice,
+    /// The training batch size (for memory planning).
+    pub batch: usize,
+}
+
+/// Builds an initialised network for a config: [`crate::train::engine_model::build_engine_model`]
+/// for the real thing, a mock in tests.
+pub type BuildModel<'a> = &'a dyn Fn(&Config, &ModelSpec) -> Result<Box<dyn Model>>;
+
+/// Train a network. With no flags it trains `ref-mnist` for 3 epochs on the MNIST subset shipped
+/// in `data/mnist-small` (seed 0) and writes to `runs/default`.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct TrainArgs {
+    /// Config file (JSON/TOML) or reference name (ref-mnist, ref-cifar, ref-2d).
+    #[arg(long, default_value = "ref-mnist")]
+    pub config: String,
+    /// Folder with the four MNIST IDX files (.gz or raw), or twoclass, peaks, swissroll.
+    #[arg(long, default_value = DEFAULT_DATA)]
+    pub data: String,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Seeds the weights, the shuffling and the built-in data sets.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder: model.safetensors, log.csv, checkpoint/, *.png.
+    #[arg(long, default_value = "runs/default")]
+    pub out: PathBuf,
+    /// Minibatch size [default: 64].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Base learning rate, cosine-decayed over the epochs [default: 0.1 sgd, 0.001 adam].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
+    pub optimizer: OptimizerKind,
+    /// Memory policy of the backward pass.
+    #[arg(long, default_value = "store")]
+    pub policy: Policy,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl Default for TrainArgs {
+    fn default() -> Self {
+        TrainArgs {
+            config: "ref-mnist".into(),
+            data: DEFAULT_DATA.into(),
+            epochs: 3,
+            seed: 0,
+            out: PathBuf::from("runs/default"),
+            batch: None,
+            lr: None,
+            optimizer: OptimizerKind::Sgd,
+            policy: Policy::Store,
+            device: DeviceChoice::Auto,
+            resume: false,
+        }
+    }
+}
+
+/// Evaluate weights on the test split; prints `accuracy A loss L` as its last line.
+#[derive(clap::Args, Clone, Debug, PartialEq)]
+pub struct EvalArgs {
+    #[arg(long)]
+    pub config: String,
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Folder with MNIST IDX files, or twoclass, peaks, swissroll.
+    #[arg(long, default_value = DEFAULT_DATA)]
+    pub data: String,
+    /// Seed of a built-in data set (its test split depends on it): use the training seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// The default data folder relative to the working directory, else the one in the source tree.
+fn resolve_data(spec: &str) -> String {
+    if spec == DEFAULT_DATA && !Path::new(spec).is_dir() {
+        return format!("{}/{DEFAULT_DATA}", env!("CARGO_MANIFEST_DIR"));
+    }
+    spec.to_string()
+}
+
+/// Checks that the data fit the network: sample shape and labels within the classes.
+pub fn check_data(cfg: &Config, split: &Split) -> Result<()> {
+    let dims = &split.train.sample_dims;
+    let ok = match cfg.kind {
+        Kind::Image => dims.len() == 3 && Some(dims[0]) == cfg.in_channels,
+        Kind::Dense => dims.len() == 1 && Some(dims[0]) == cfg.dense_input,
+    };
+    if !ok {
+        let want = match cfg.kind {
+            Kind::Image => format!("images with {} channels", cfg.input_width()),
+            Kind::Dense => format!("vectors of dimension {}", cfg.input_width()),
+        };
+        return Err(Error::Data(format!(
+            "{}: samples of shape {dims:?} do not fit the network, which takes {want}",
+            split.name
+        )));
+    }
+    for (part, ds) in [("train", &split.train), ("test", &split.test)] {
+        if let Some((i, l)) = ds
+            .labels
+            .iter()
+            .enumerate()
+            .find(|(_, &l)| l >= cfg.classes)
+        {
+            return Err(Error::Data(format!(
+                "{}: {part} label {l} of sample {i} is outside the {} classes of the config",
+                split.name, cfg.classes
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs `pdenet train`; returns the report after printing a summary line.
+pub fn run_train(args: &TrainArgs, build: BuildModel<'_>) -> Result<TrainReport> {
+    let cfg = Config::load(&args.config)?;
+    if args.epochs == 0 {
+        return Err(Error::Input("--epochs must be at least 1".into()));
+    }
+    let data_spec = resolve_data(&args.data);
+    let split = data::load(&data_spec, args.seed)?;
+    check_data(&cfg, &split)?;
+    let batch = args.batch.unwrap_or(64);
+    if batch == 0 {
+        return Err(Error::Input("--batch must be at least 1".into()));
+    }
+    let spec = ModelSpec {
+        seed: args.seed,
+        policy: args.policy,
+        device: args.device,
+        batch,
+    };
+    let mut model = build(&cfg, &spec)?;
+    let mut opts = TrainOptions::new(&args.out, args.epochs, args.seed);
+    opts.batch = batch;
+    opts.optim = OptimConfig::default_for(args.optimizer, args.lr);
+    opts.schedule = Schedule::Cosine {
+        total: args.epochs,
+        min_factor: 0.0,
+    };
+    opts.resume = args.resume;
+    opts.progress = true;
+    opts.config = serde_json::to_value(&cfg)
+        .map_err(|e| Error::Other(format!("serialising the config: {e}")))?;
+    // The user's spelling of the data, so that a resumed run may use another working directory
+    // only when it names the data the same way.
+    opts.data_name = args.data.clone();
+    opts.region_bounds = data::synthetic_kind(&args.data).map(|k| k.bounds());
+    let report = train(&mut model, &split, &opts)?;
+    println!(
+        "trained {} epochs: accuracy {:.4} loss {:.4} -> {}",
+        report.epochs,
+        report.test_accuracy,
+        report.test_loss,
+        args.out.join("model.safetensors").display()
+    );
+    Ok(report)
+}
+
+/// Runs `pdenet eval`: prints `accuracy A loss L` and returns `(accuracy, loss)`.
+pub fn run_eval(args: &EvalArgs, build: BuildModel<'_>) -> Result<(f64, f64)> {
+    let cfg = Config::load(&args.config)?;
+    let split = data::load(&resolve_data(&args.data), args.seed)?;
+    check_data(&cfg, &split)?;
+    let weights = read_safetensors(&args.weights)?;
+    let spec = ModelSpec {
+        seed: 0,
+        policy: Policy::Store,
+        device: DeviceChoice::Auto,
+        batch: 500,
+    };
+    let mut model = build(&cfg, &spec)?;
+    let mut p = model.params()?;
+    p.load_from(weights)
+        .map_err(|e| Error::Weights(format!("{}: {e}", args.weights.display())))?;
+    model.set_params(&p)?;
+    let (acc, loss) = evaluate(&mut model, &split.test, 500)?;
+    println!("accuracy {acc:.4} loss {loss:.4}");
+    Ok((acc, loss))
+}

@@ -1,0 +1,46 @@
+//! The network engine as a [`Model`]: what `pdenet train` and `pdenet eval` build.
+
+use super::Model;
+use crate::backend::Backend;
+use crate::cli_train::ModelSpec;
+use crate::config::Config;
+use crate::device::Device;
+use crate::error::Result;
+use crate::network::Layout;
+use crate::params::ParamSet;
+use crate::schedule::{Engine, Schedule};
+use crate::tensor::HostTensor;
+
+/// An [`Engine`] running its backward pass under one memory policy.
+pub struct EngineModel<B: Backend> {
+    pub engine: Engine<B>,
+    pub schedule: Schedule,
+}
+
+impl<B: Backend> Model for EngineModel<B> {
+    fn params(&self) -> Result<ParamSet> {
+        self.engine.params()
+    }
+    fn set_params(&mut self, p: &ParamSet) -> Result<()> {
+        self.engine.set_params(p)
+    }
+    fn grad(&mut self, x: &HostTensor, labels: &[usize]) -> Result<(f64, Vec<f32>, ParamSet)> {
+        let out = self.engine.grad(x, labels, self.schedule, true)?;
+        Ok((out.loss, out.logits, out.grads))
+    }
+    fn logits(&mut self, x: &HostTensor) -> Result<Vec<f32>> {
+        self.engine.logits(x)
+    }
+}
+
+/// Builds the network of `cfg` with weights initialised from `spec.seed` (as `pdenet init`).
+pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Model>> {
+    let layout = Layout::new(cfg)?;
+    let params = layout.init(spec.seed);
+    let device = Device::select(spec.device)?;
+    let schedule = spec.policy.schedule();
+    crate::with_device!(device, |b| {
+        let engine = Engine::new(b, layout, &params)?;
+        Ok(Box::new(EngineModel { engine, schedule }) as Box<dyn Model>)
+    })
+}

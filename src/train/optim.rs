@@ -1,0 +1,297 @@
+//! Optimizers over a [`ParamSet`] and learning-rate schedules, with state for checkpoints.
+//!
+//! The update rules follow PyTorch's `SGD` (momentum, dampening 0, L2 weight decay added to the
+//! gradient) and `Adam`, so that runs can be compared. Weight decay applies to
+//! [`ParamRole::Weight`] only; [`ParamRole::Buffer`]s are never touched.
+
+use crate::error::{Error, Result};
+use crate::params::{ParamRole, ParamSet};
+use crate::tensor::HostTensor;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+}
+
+/// Hyper-parameters of the optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub kind: OptimizerKind,
+    /// Base learning rate (the schedule scales it).
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl OptimConfig {
+    /// SGD with momentum 0.9 and weight decay 5e-4 (the usual CNN setting).
+    pub fn sgd(lr: f64) -> Self {
+        OptimConfig {
+            kind: OptimizerKind::Sgd,
+            lr,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+    /// Adam with PyTorch's defaults and no weight decay.
+    pub fn adam(lr: f64) -> Self {
+        OptimConfig {
+            kind: OptimizerKind::Adam,
+            weight_decay: 0.0,
+            ..OptimConfig::sgd(lr)
+        }
+    }
+    /// The default for a kind: SGD at 0.1, Adam at 1e-3.
+    pub fn default_for(kind: OptimizerKind, lr: Option<f64>) -> Self {
+        match kind {
+            OptimizerKind::Sgd => OptimConfig::sgd(lr.unwrap_or(0.1)),
+            OptimizerKind::Adam => OptimConfig::adam(lr.unwrap_or(1e-3)),
+        }
+    }
+    fn validate(&self) -> Result<()> {
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::Input(format!(
+                "learning rate must be positive, got {}",
+                self.lr
+            )));
+        }
+        if !ok(self.momentum) || !ok(self.weight_decay) || !ok(self.eps) {
+            return Err(Error::Input(
+                "momentum, weight decay and eps must be finite and >= 0".into(),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return Err(Error::Input("Adam betas must lie in [0, 1)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Learning-rate schedule, evaluated per epoch (0-based).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    /// Multiply by `gamma` every `every` epochs.
+    Step {
+        every: usize,
+        gamma: f64,
+    },
+    /// Cosine decay from the base rate to `min_factor` times it over `total` epochs.
+    Cosine {
+        total: usize,
+        min_factor: f64,
+    },
+}
+
+impl Schedule {
+    pub fn lr(&self, base: f64, epoch: usize) -> f64 {
+        match *self {
+            Schedule::Constant => base,
+            Schedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
+            Schedule::Cosine { total, min_factor } => {
+                let t = (epoch as f64 / total.max(1) as f64).min(1.0);
+                let f = min_factor
+                    + (1.0 - min_factor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());
+                base * f
+            }
+        }
+    }
+}
+
+/// Scalars of the optimizer state (the tensors go to safetensors).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimScalars {
+    pub config: OptimConfig,
+    /// Number of steps taken (Adam's bias correction).
+    pub steps: u64,
+}
+
+/// SGD or Adam with per-parameter state keyed by SPEC name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Optimizer {
+    pub config: OptimConfig,
+    steps: u64,
+    /// SGD momentum buffer or Adam first moment.
+    m: HashMap<String, Vec<f32>>,
+    /// Adam second moment.
+    v: HashMap<String, Vec<f32>>,
+}
+
+impl Optimizer {
+    pub fn new(config: OptimConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Optimizer {
+            config,
+            steps: 0,
+            m: HashMap::new(),
+            v: HashMap::new(),
+        })
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// One update of every trainable tensor of `params` with the gradient of the same name.
+    pub fn step(&mut self, params: &mut ParamSet, grads: &ParamSet, lr: f64) -> Result<()> {
+        // Check everything first so that an error leaves the parameters untouched.
+        for (name, role, p) in params.iter() {
+            if role == ParamRole::Buffer {
+                continue;
+            }
+            let g = grads
+                .get(name)
+                .ok_or_else(|| Error::MissingTensor(format!("gradient of {name}")))?;
+            if g.shape != p.shape {
+                return Err(Error::Shape(format!(
+                    "gradient of `{name}` has shape {:?}, the parameter {:?}",
+                    g.shape, p.shape
+                )));
+            }
+        }
+        for name in grads.names() {
+            match params.position(name) {
+                None => {
+                    return Err(Error::Shape(format!(
+                        "gradient for unknown parameter `{name}`"
+                    )))
+                }
+                Some(_)
+                    if params
+                        .iter()
+                        .any(|(n, r, _)| n == name && r == ParamRole::Buffer) =>
+                {
+                    return Err(Error::Shape(format!(
+                        "gradient for buffer `{name}` (buffers are not trained)"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        self.steps += 1;
+        let c = self.config;
+        let t = self.steps as i32;
+        for (name, role, p) in params.iter_mut() {
+            if role == ParamRole::Buffer {
+                continue;
+            }
+            let g = &grads.get(name).expect("checked above").data;
+            let wd = if role == ParamRole::Weight {
+                c.weight_decay as f32
+            } else {
+                0.0
+            };
+            let m = self
+                .m
+                .entry(name.to_string())
+                .or_insert_with(|| vec![0.0; p.len()]);
+            match c.kind {
+                OptimizerKind::Sgd => {
+                    let (mu, lr) = (c.momentum as f32, lr as f32);
+                    for ((w, &gi), b) in p.data.iter_mut().zip(g).zip(m.iter_mut()) {
+                        let d = gi + wd * *w;
+                        *b = mu * *b + d;
+                        *w -= lr * *b;
+                    }
+                }
+                OptimizerKind::Adam => {
+                    let v = self
+                        .v
+                        .entry(name.to_string())
+                        .or_insert_with(|| vec![0.0; p.len()]);
+                    let (b1, b2) = (c.beta1, c.beta2);
+                    let bc1 = 1.0 - b1.powi(t);
+                    let bc2 = 1.0 - b2.powi(t);
+                    for (((w, &gi), mi), vi) in
+                        p.data.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                    {
+                        let d = (gi + wd * *w) as f64;
+                        let mn = b1 * *mi as f64 + (1.0 - b1) * d;
+                        let vn = b2 * *vi as f64 + (1.0 - b2) * d * d;
+                        *mi = mn as f32;
+                        *vi = vn as f32;
+                        let upd = lr * (mn / bc1) / ((vn / bc2).sqrt() + c.eps);
+                        *w = (*w as f64 - upd) as f32;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// State tensors `opt.m.<name>` and `opt.v.<name>` (shapes of the parameters), sorted.
+    pub fn state_tensors(&self, params: &ParamSet) -> Vec<(String, HostTensor)> {
+        let mut out = Vec::new();
+        for (prefix, map) in [("opt.m.", &self.m), ("opt.v.", &self.v)] {
+            let sorted: BTreeMap<_, _> = map.iter().collect();
+            for (name, data) in sorted {
+                let shape = params
+                    .get(name)
+                    .map(|t| t.shape.clone())
+                    .unwrap_or_else(|| vec![data.len()]);
+                out.push((
+                    format!("{prefix}{name}"),
+                    HostTensor {
+                        shape,
+                        data: data.clone(),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn scalars(&self) -> OptimScalars {
+        OptimScalars {
+            config: self.config,
+            steps: self.steps,
+        }
+    }
+
+    /// Rebuilds an optimizer from checkpointed scalars and tensors, checking them against `params`.
+    pub fn restore(
+        scalars: &OptimScalars,
+        tensors: &HashMap<String, HostTensor>,
+        params: &ParamSet,
+    ) -> Result<Self> {
+        let mut opt = Optimizer::new(scalars.config)?;
+        opt.steps = scalars.steps;
+        for (name, t) in tensors {
+            let (map, pname) = if let Some(n) = name.strip_prefix("opt.m.") {
+                (&mut opt.m, n)
+            } else if let Some(n) = name.strip_prefix("opt.v.") {
+                (&mut opt.v, n)
+            } else {
+                return Err(Error::Weights(format!(
+                    "unexpected optimizer tensor `{name}`"
+                )));
+            };
+            let p = params.get(pname).ok_or_else(|| {
+                Error::Weights(format!(
+                    "optimizer state for unknown parameter `{pname}` (checkpoint of another network?)"
+                ))
+            })?;
+            if p.len() != t.len() {
+                return Err(Error::Weights(format!(
+                    "optimizer state `{name}` has {} values, the parameter {}",
+                    t.len(),
+                    p.len()
+                )));
+            }
+            map.insert(pname.to_string(), t.data.clone());
+        }
+        Ok(opt)
+    }
+}
