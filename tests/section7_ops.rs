@@ -301,3 +301,107 @@ fn imex_field_of_view() {
         "IMEX: every pixel of every channel"
     );
 }
+
+/// The fast CPU backend (f32; grouped convolutions on its GEMM kernels, the stencil in f32
+/// loops, the solve through the `rustfft` fallback) against the f64 reference.
+#[test]
+fn cpu_matches_reference_on_section7_primitives() {
+    use pdenet::backend::cpu::Cpu;
+    let (cpu, re) = (Cpu::new(), Reference);
+    let up = |v: &[f64]| cpu.upload(v).unwrap();
+    let close = |a: &Vec<f32>, b: &[f64], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+        assert!(
+            err / scale < 1e-5,
+            "{what}: relative error {:e}",
+            err / scale
+        );
+    };
+    let d = Dims::new(3, 8, 7, 6);
+    let (x, z, w5) = (
+        rand_vec(d.len(), 30),
+        rand_vec(d.len(), 31),
+        rand_vec(d.c * 5, 32),
+    );
+    let (xc, zc, wc) = (up(&x), up(&z), up(&w5));
+    close(
+        &cpu.stencil5(&xc, d, &wc).unwrap(),
+        &re.stencil5(&x, d, &w5).unwrap(),
+        "stencil5",
+    );
+    close(
+        &cpu.stencil5_t(&zc, d, &wc).unwrap(),
+        &re.stencil5_t(&z, d, &w5).unwrap(),
+        "stencil5_t",
+    );
+    close(
+        &cpu.stencil5_wgrad(&xc, d, &zc).unwrap(),
+        &re.stencil5_wgrad(&x, d, &z).unwrap(),
+        "stencil5_wgrad",
+    );
+    for (cout, groups) in [(8, 2), (4, 4), (16, 8)] {
+        let od = d.with_c(cout);
+        let zo = rand_vec(od.len(), 33);
+        let zoc = up(&zo);
+        for ks in [1usize, 3] {
+            let k = rand_vec(cout * d.c / groups * ks * ks, 34);
+            let kc = up(&k);
+            let what = format!("grouped {ks}x{ks} {cout}/{groups}");
+            let (f, t, w) = if ks == 3 {
+                (
+                    cpu.grouped_conv3x3(&xc, d, &kc, cout, groups).unwrap(),
+                    cpu.grouped_conv3x3_t(&zoc, od, &kc, d.c, groups).unwrap(),
+                    cpu.grouped_conv3x3_wgrad(&xc, d, &zoc, cout, groups)
+                        .unwrap(),
+                )
+            } else {
+                (
+                    cpu.grouped_conv1x1(&xc, d, &kc, cout, groups).unwrap(),
+                    cpu.grouped_conv1x1_t(&zoc, od, &kc, d.c, groups).unwrap(),
+                    cpu.grouped_conv1x1_wgrad(&xc, d, &zoc, cout, groups)
+                        .unwrap(),
+                )
+            };
+            close(
+                &f,
+                &host::grouped_conv(ks, &x, d, &k, cout, groups).unwrap(),
+                &what,
+            );
+            close(
+                &t,
+                &host::grouped_conv_t(ks, &zo, od, &k, d.c, groups).unwrap(),
+                &what,
+            );
+            close(
+                &w,
+                &host::grouped_conv_wgrad(ks, &x, d, &zo, cout, groups).unwrap(),
+                &what,
+            );
+        }
+        let bad = up(&rand_vec(7, 1));
+        assert!(cpu.grouped_conv3x3(&xc, d, &bad, cout, groups).is_err());
+        assert!(cpu.grouped_conv1x1(&xc, d, &bad, cout, 3).is_err());
+    }
+    let diff = rand_vec(d.c, 35);
+    let y = re.diffusion_solve(&x, d, &diff, 0.6).unwrap();
+    let yc = cpu.diffusion_solve(&xc, d, &up(&diff), 0.6).unwrap();
+    close(&yc, &y, "diffusion solve");
+    let (dx, dd) = re.diffusion_solve_vjp(&y, d, &diff, 0.6, &z).unwrap();
+    let (dxc, ddc) = cpu
+        .diffusion_solve_vjp(&yc, d, &up(&diff), 0.6, &zc)
+        .unwrap();
+    close(&dxc, &dx, "diffusion dx");
+    close(&ddc, &dd, "diffusion dd");
+    let he = Dims::new(3, 8, 8, 6);
+    let xh = rand_vec(he.len(), 36);
+    close(
+        &cpu.haar(&up(&xh), he).unwrap(),
+        &re.haar(&xh, he).unwrap(),
+        "haar",
+    );
+}
