@@ -3,6 +3,7 @@
 
 use crate::config::{Config, Connect, Kind, LayerType, NormKind, OperatorKind};
 use crate::error::{Error, Result};
+use crate::operators::MGIC_GROUP;
 use crate::params::{ParamRole, ParamSet};
 use crate::tensor::HostTensor;
 use rand::SeedableRng;
@@ -15,7 +16,7 @@ pub enum NormIdx {
     Shift { shift: usize },
 }
 
-/// The operator `K` of one `f`: indices of its weight tensors, in name order.
+/// The operator `K` of one `f`: indices of its weight tensors, in name order (consecutive).
 #[derive(Clone, Debug)]
 pub struct OpIdx {
     pub weights: Vec<usize>,
@@ -32,6 +33,8 @@ pub struct LayerIdx {
 #[derive(Clone, Debug)]
 pub struct StepIdx {
     pub layers: Vec<LayerIdx>,
+    /// `diffusion [w]` of an IMEX step.
+    pub diffusion: Option<usize>,
 }
 
 /// The connective layer after a unit.
@@ -47,7 +50,9 @@ pub enum ConnectIdx {
     },
     /// Dense, where widths change: `tanh(W Y + b)`.
     Dense { weight: usize, bias: usize },
-    /// Dense between equal widths, or the Haar transform: nothing to learn.
+    /// The orthonormal Haar transform (SPEC section 7): nothing to learn, no pooling.
+    Haar,
+    /// Dense between equal widths: nothing to learn.
     None,
 }
 
@@ -123,33 +128,61 @@ impl Builder {
         }
     }
 
+    /// The weight tensors of one operator at width `w`, in name order. `slot` is `K` (the names
+    /// go straight under `prefix`) or `K1`/`K2` (under `prefix.K1.`); the full operator keeps the
+    /// name `K`/`K1`/`K2` itself. The tensors are added consecutively (the engine relies on it).
     fn operator(&mut self, cfg: &Config, prefix: &str, slot: &str, w: usize) -> Result<OpIdx> {
-        let shape = match cfg.kind {
-            Kind::Image => vec![w, w, 3, 3],
-            Kind::Dense => vec![w, w],
+        let base = if slot == "K" {
+            prefix.to_string()
+        } else {
+            format!("{prefix}{slot}.")
         };
-        match cfg.operator {
-            OperatorKind::Full => Ok(OpIdx {
-                weights: vec![self.add(format!("{prefix}{slot}"), shape, ParamRole::Weight)],
-            }),
-            other => Err(Error::Config(format!(
-                "operator `{}` is not available yet",
-                serde_json::to_value(other)
-                    .map(|v| v.to_string())
-                    .unwrap_or_default()
-            ))),
-        }
+        let tensors = match (cfg.kind, cfg.operator) {
+            (Kind::Dense, _) => vec![(format!("{prefix}{slot}"), vec![w, w])],
+            (Kind::Image, OperatorKind::Full) => {
+                vec![(format!("{prefix}{slot}"), vec![w, w, 3, 3])]
+            }
+            (Kind::Image, OperatorKind::Lean) => vec![
+                (format!("{base}P"), vec![w, w, 1, 1]),
+                (format!("{base}D"), vec![w, 5]),
+            ],
+            (Kind::Image, OperatorKind::Mgic) => mgic_tensors(&base, w, MGIC_GROUP)?,
+        };
+        let weights = tensors
+            .into_iter()
+            .map(|(name, shape)| self.add(name, shape, ParamRole::Weight))
+            .collect();
+        Ok(OpIdx { weights })
     }
+}
+
+/// Names and shapes of the mgic operator at width `w`: `G`, `R`, then the coarse operator under
+/// `coarse.`, down to the full `K` at `w <= g`.
+fn mgic_tensors(base: &str, w: usize, g: usize) -> Result<Vec<(String, Vec<usize>)>> {
+    if w <= g {
+        return Ok(vec![(format!("{base}K"), vec![w, w, 3, 3])]);
+    }
+    if !w.is_multiple_of(g) || !(w / g).is_power_of_two() {
+        return Err(Error::Config(format!(
+            "`operator: mgic` needs operator widths of at most {g} or {g} times a power of two, got {w}"
+        )));
+    }
+    let mut out = vec![
+        (format!("{base}G"), vec![w, g, 3, 3]),
+        (format!("{base}R"), vec![w / 2, g, 1, 1]),
+    ];
+    out.extend(mgic_tensors(&format!("{base}coarse."), w / 2, g)?);
+    Ok(out)
 }
 
 impl Layout {
     pub fn new(config: &Config) -> Result<Layout> {
         config.validate()?;
-        if config.layer == LayerType::Imex {
-            return Err(Error::Config("layer `imex` is not available yet".into()));
-        }
-        if config.connect == Connect::Haar {
-            return Err(Error::Config("`connect: haar` is not available yet".into()));
+        let chain = config.connect == Connect::Haar && config.layer == LayerType::Hyperbolic;
+        if chain && config.steps.contains(&0) {
+            return Err(Error::Config(
+                "`connect: haar` with hyperbolic layers needs at least one step per unit".into(),
+            ));
         }
         let cfg = config;
         let mut b = Builder {
@@ -198,11 +231,14 @@ impl Layout {
                     let n = b.norm(&p, "", norm, w);
                     vec![LayerIdx { op, norm: n }]
                 };
-                steps.push(StepIdx { layers });
+                let diffusion = (cfg.layer == LayerType::Imex)
+                    .then(|| b.add(format!("{p}diffusion"), vec![w], ParamRole::Affine));
+                steps.push(StepIdx { layers, diffusion });
             }
             let out_width = *cfg.widths.get(k + 1).unwrap_or(&w);
             let p = format!("units.{k}.connect.");
             let connect = match cfg.kind {
+                Kind::Image if cfg.connect == Connect::Haar => ConnectIdx::Haar,
                 Kind::Image => ConnectIdx::ConvBn {
                     conv: b.add(
                         format!("{p}conv.weight"),

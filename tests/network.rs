@@ -28,9 +28,22 @@ fn dense_config(layer: LayerType) -> Config {
 }
 
 fn batch(cfg: &Config, n: usize, seed: u64) -> (HostTensor, Vec<usize>) {
+    batch_hw(cfg, n, seed, image_size(cfg))
+}
+
+/// 6x5 images, or 8x8 under `connect: haar` (which halves even sizes at every connection).
+fn image_size(cfg: &Config) -> (usize, usize) {
+    if cfg.connect == pdenet::config::Connect::Haar {
+        (8, 8)
+    } else {
+        (6, 5)
+    }
+}
+
+fn batch_hw(cfg: &Config, n: usize, seed: u64, hw: (usize, usize)) -> (HostTensor, Vec<usize>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let shape = match cfg.kind {
-        pdenet::config::Kind::Image => vec![n, cfg.input_width(), 6, 5],
+        pdenet::config::Kind::Image => vec![n, cfg.input_width(), hw.0, hw.1],
         pdenet::config::Kind::Dense => vec![n, cfg.input_width()],
     };
     let len = shape.iter().product();
@@ -120,7 +133,15 @@ fn rel_diff(a: &[f32], b: &[f32]) -> f64 {
 /// `reversible` equals `store` within 1e-5, and `exact` equals fixed-point `store` bit for bit.
 pub fn policies_agree<B: Backend>(make: impl Fn() -> B) {
     for layer in LayerType::ALL {
-        for cfg in [image_config(layer, 3), dense_config(layer)] {
+        policies_agree_on(&make, &[image_config(layer, 3), dense_config(layer)]);
+    }
+}
+
+/// [`policies_agree`] on the configurations given.
+pub fn policies_agree_on<B: Backend>(make: impl Fn() -> B, configs: &[Config]) {
+    {
+        for cfg in configs.iter().cloned() {
+            let layer = cfg.layer;
             let layout = Layout::new(&cfg).unwrap();
             let params = random_params(&layout, 5);
             let (x, labels) = batch(&cfg, 2, 9);
@@ -137,9 +158,12 @@ pub fn policies_agree<B: Backend>(make: impl Fn() -> B) {
                 let e = rel_diff(&a.data, &b.data);
                 assert!(
                     e <= 1e-5,
-                    "{} {}: reversible vs store {name}: {e}",
+                    "{} {} ({:?}, {:?}, {:?}): reversible vs store {name}: {e}",
                     dev,
-                    layer.name()
+                    layer.name(),
+                    cfg.operator,
+                    cfg.connect,
+                    cfg.widths
                 );
             }
             assert!(rel_diff(&rev.grad_x, &store.grad_x) <= 1e-5);
@@ -171,7 +195,12 @@ pub fn policies_agree<B: Backend>(make: impl Fn() -> B) {
                 .zip(&sf.grad_x)
                 .all(|(p, q)| p.to_bits() == q.to_bits()));
             if layer.invertible() {
-                assert_eq!(exact.drift, 0.0, "fixed-point rebuild must be exact");
+                assert_eq!(
+                    exact.drift,
+                    0.0,
+                    "{}: fixed-point rebuild must be exact",
+                    layer.name()
+                );
             }
         }
     }
@@ -244,4 +273,175 @@ fn cuda_matches_cpu_on_whole_networks() {
             gpu = Some(dev.backend);
         }
     }
+}
+
+// ---- operators and layers of SPEC section 7 ------------------------------------------------
+
+/// An image network with extra keys (`operator`, `connect`), `widths` and `steps` per unit.
+fn config_with(layer: LayerType, widths: &[usize], steps: usize, extra: &str) -> Config {
+    let steps: Vec<usize> = vec![steps; widths.len()];
+    let json = format!(
+        r#"{{"kind":"image","in_channels":2,"classes":3,"widths":{widths:?},"steps":{steps:?},
+        "layer":"{}","h":0.3,"activation":"tanh"{extra}}}"#,
+        layer.name()
+    );
+    Config::parse(&json, false).unwrap()
+}
+
+/// The new configurations, each step type where it applies: lean at width 4, mgic at 32 (one
+/// coarse level; hamiltonian halves reach 16, the full coarsest operator) and 16, IMEX with
+/// each operator, and Haar connections (a three-unit fully hyperbolic chain among them).
+pub fn section7_configs(steps: usize) -> Vec<Config> {
+    let mut out = Vec::new();
+    for layer in LayerType::ALL {
+        out.push(config_with(layer, &[4, 4], steps, r#","operator":"lean""#));
+        out.push(config_with(
+            layer,
+            &[32, 16],
+            steps,
+            r#","operator":"mgic""#,
+        ));
+        // Width 4, not 2: tvNorm over two channels is ill-conditioned enough that f32 rebuilds
+        // through two units drift past 1e-5.
+        out.push(config_with(layer, &[4, 16], steps, r#","connect":"haar""#));
+    }
+    out.push(config_with(
+        LayerType::Hamiltonian,
+        &[64],
+        1,
+        r#","operator":"mgic""#,
+    ));
+    for op in ["full", "lean", "mgic"] {
+        let w = if op == "mgic" { 32 } else { 4 };
+        out.push(config_with(
+            LayerType::Imex,
+            &[w, w],
+            steps,
+            &format!(r#","operator":"{op}""#),
+        ));
+    }
+    out.push(config_with(
+        LayerType::Hyperbolic,
+        &[4, 16, 64],
+        steps,
+        r#","connect":"haar","operator":"lean""#,
+    ));
+    out
+}
+
+#[test]
+fn finite_differences_section7_networks() {
+    for cfg in section7_configs(2) {
+        fd_check(cfg);
+    }
+}
+
+#[test]
+fn policies_agree_section7_reference() {
+    policies_agree_on(|| Reference, &section7_configs(3));
+}
+
+#[test]
+fn policies_agree_section7_cpu() {
+    policies_agree_on(pdenet::backend::cpu::Cpu::new, &section7_configs(3));
+}
+
+#[test]
+fn policies_agree_section7_cuda() {
+    if cuda().is_some() {
+        policies_agree_on(|| cuda().expect("checked above"), &section7_configs(3));
+    }
+}
+
+#[test]
+fn mgic_has_far_fewer_parameters_than_full() {
+    // Operator weights of one step at width w.
+    let count = |op: &str, w: usize| -> usize {
+        let cfg = config_with(
+            LayerType::Parabolic,
+            &[w],
+            1,
+            &format!(r#","operator":"{op}""#),
+        );
+        let layout = Layout::new(&cfg).unwrap();
+        layout
+            .template
+            .iter()
+            .filter(|(n, r, _)| n.contains(".steps.") && *r == pdenet::params::ParamRole::Weight)
+            .map(|(_, _, t)| t.len())
+            .sum()
+    };
+    // Full: 9 w^2. Mgic: 9 g w + g w / 2 per level, a geometric sum (about 19 g w): the ratio
+    // grows linearly with w.
+    for (w, ratio) in [(32, 1), (64, 2), (128, 3), (256, 7)] {
+        let (full, mgic, lean) = (count("full", w), count("mgic", w), count("lean", w));
+        println!("w {w}: operator weights full {full}, mgic {mgic}, lean {lean}");
+        assert!(mgic * ratio < full, "w {w}: mgic {mgic} vs full {full}");
+        assert!(lean * 7 < full, "w {w}: lean {lean} vs full {full}");
+    }
+}
+
+#[test]
+fn section7_parameter_names() {
+    let names = |cfg: &Config| -> Vec<String> {
+        Layout::new(cfg)
+            .unwrap()
+            .template
+            .names()
+            .map(str::to_string)
+            .collect()
+    };
+    let lean = names(&config_with(
+        LayerType::Hamiltonian,
+        &[4],
+        1,
+        r#","operator":"lean""#,
+    ));
+    for n in [
+        "units.0.steps.0.K1.P",
+        "units.0.steps.0.K1.D",
+        "units.0.steps.0.K2.D",
+    ] {
+        assert!(lean.iter().any(|x| x == n), "{n} missing from {lean:?}");
+    }
+    let mgic = names(&config_with(
+        LayerType::Parabolic,
+        &[64],
+        1,
+        r#","operator":"mgic""#,
+    ));
+    for n in [
+        "units.0.steps.0.G",
+        "units.0.steps.0.R",
+        "units.0.steps.0.coarse.G",
+        "units.0.steps.0.coarse.R",
+        "units.0.steps.0.coarse.coarse.K",
+    ] {
+        assert!(mgic.iter().any(|x| x == n), "{n} missing from {mgic:?}");
+    }
+    let imex = names(&config_with(LayerType::Imex, &[4], 1, ""));
+    assert!(imex.iter().any(|x| x == "units.0.steps.0.diffusion"));
+    let haar = names(&config_with(
+        LayerType::Hyperbolic,
+        &[2, 8],
+        1,
+        r#","connect":"haar""#,
+    ));
+    assert!(!haar.iter().any(|x| x.contains("connect")));
+    // Widths that are not g times a power of two are a config error.
+    let bad = config_with(LayerType::Parabolic, &[48], 1, r#","operator":"mgic""#);
+    assert!(Layout::new(&bad).is_err());
+}
+
+#[test]
+fn haar_needs_even_image_sizes() {
+    let cfg = config_with(LayerType::Hyperbolic, &[2, 8], 1, r#","connect":"haar""#);
+    let layout = Layout::new(&cfg).unwrap();
+    let mut eng = Engine::new(Reference, layout.clone(), &layout.init(1)).unwrap();
+    let (x, labels) = batch_hw(&cfg, 2, 1, (6, 5));
+    let e = eng
+        .grad(&x, &labels, Policy::Store.schedule(), false)
+        .err()
+        .unwrap();
+    assert!(matches!(e, pdenet::Error::Shape(_)), "{e}");
 }

@@ -57,3 +57,51 @@ fn non_invertible_units_are_checkpointed() {
     // Checkpointing holds one unit's states at a time: it grows, but less than store.
     assert!(rev(6) - rev(2) < store(6) - store(2));
 }
+
+/// The fully hyperbolic network: with Haar connections every state has the same size, and under
+/// `reversible`/`exact` a unit keeps neither its input nor its last states (the next unit's first
+/// two give them back), so activation memory is flat in the number of units as well as in depth.
+/// With the lean operator the peak is exactly the same; the full and mgic operators' own working
+/// sets grow with the width (full: weight-gradient transients the size of its parameters; mgic:
+/// one coarse tensor per level, at most about one state more), where `store` adds `steps`
+/// states per unit.
+#[test]
+fn haar_chain_is_flat_in_units_and_steps() {
+    let layout = |widths: &[usize], steps: usize, op: &str| {
+        let json = format!(
+            r#"{{"kind":"image","in_channels":3,"classes":10,"widths":{widths:?},
+            "steps":{:?},"layer":"hyperbolic","h":0.5,"connect":"haar","operator":"{op}"}}"#,
+            vec![steps; widths.len()]
+        );
+        Layout::new(&Config::parse(&json, false).unwrap()).unwrap()
+    };
+    let shape = [8, 3, 64, 64];
+    let state = 8 * 4 * 64 * 64 * 4; // one f32 state: width 4 at 64x64, batch 8
+    let (three, four) = (&[4, 16, 64][..], &[4, 16, 64, 256][..]);
+    for op in ["lean", "mgic", "full"] {
+        for p in [Policy::Reversible, Policy::Exact] {
+            let act = |widths: &[usize], steps| {
+                plan_step(&layout(widths, steps, op), &shape, p.schedule())
+                    .unwrap()
+                    .activation_bytes()
+            };
+            let what = format!("{op}/{}", p.name());
+            assert_eq!(act(three, 2), act(three, 6), "{what}: steps");
+            assert_eq!(act(four, 2), act(four, 5), "{what}: steps");
+            let (a3, a4) = (act(three, 2), act(four, 2));
+            if op == "lean" {
+                assert_eq!(act(&[4, 16], 2), a3, "{what}: units");
+                assert_eq!(a3, a4, "{what}: units");
+            } else if op == "mgic" {
+                assert!(a4 <= a3 + state, "{what}: units {a3} -> {a4}");
+            }
+            // Full: at width 256 its weight-gradient transients (3 x 2.4 MB) set the peak.
+        }
+        let store = |widths: &[usize]| {
+            plan_step(&layout(widths, 4, op), &shape, Policy::Store.schedule())
+                .unwrap()
+                .activation_bytes()
+        };
+        assert!(store(four) >= store(three) + 4 * state, "{op}: store");
+    }
+}

@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod host;
 pub mod reference;
 
 use crate::error::Result;
@@ -232,6 +233,141 @@ pub trait Backend: Send + Sync + Sized {
         coef: f64,
         f: &Self::Buf,
     ) -> Result<Self::IBuf>;
+
+    // ---- operators of SPEC section 7 (defaults: host round trip through `host`) -------------
+    /// Depthwise 5-point stencil: x `[n, c, h, w]` (`d`), D `[c, 5]` (centre, up, down, left,
+    /// right), zero padding.
+    fn stencil5(&self, x: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf> {
+        let y = host::stencil5(&self.download(x)?, d, &self.download(dw)?)?;
+        self.upload(&y)
+    }
+    /// Adjoint of [`Backend::stencil5`].
+    fn stencil5_t(&self, z: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf> {
+        let x = host::stencil5_t(&self.download(z)?, d, &self.download(dw)?)?;
+        self.upload(&x)
+    }
+    /// `dD[c, t] = sum_{n,p} dz[n, c, p] x[n, c, p + off_t]`: `[c, 5]`.
+    fn stencil5_wgrad(&self, x: &Self::Buf, d: Dims, dz: &Self::Buf) -> Result<Self::Buf> {
+        let g = host::stencil5_wgrad(&self.download(x)?, d, &self.download(dz)?)?;
+        self.upload(&g)
+    }
+
+    /// Grouped 3x3 convolution (PyTorch's `groups`): x `[n, cin, h, w]` (`d`),
+    /// K `[cout, cin / groups, 3, 3]` -> `[n, cout, h, w]`.
+    fn grouped_conv3x3(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Self::Buf> {
+        let (x, k) = (self.download(x)?, self.download(k)?);
+        self.upload(&host::grouped_conv(3, &x, d, &k, cout, groups)?)
+    }
+    /// Adjoint: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
+    fn grouped_conv3x3_t(
+        &self,
+        z: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        cin: usize,
+        groups: usize,
+    ) -> Result<Self::Buf> {
+        let (z, k) = (self.download(z)?, self.download(k)?);
+        self.upload(&host::grouped_conv_t(3, &z, d, &k, cin, groups)?)
+    }
+    /// Weight gradient `[cout, cin / groups, 3, 3]`; `d` is the shape of `x`.
+    fn grouped_conv3x3_wgrad(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        dz: &Self::Buf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Self::Buf> {
+        let (x, dz) = (self.download(x)?, self.download(dz)?);
+        self.upload(&host::grouped_conv_wgrad(3, &x, d, &dz, cout, groups)?)
+    }
+    /// Grouped 1x1 convolution, K `[cout, cin / groups]`.
+    fn grouped_conv1x1(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Self::Buf> {
+        let (x, k) = (self.download(x)?, self.download(k)?);
+        self.upload(&host::grouped_conv(1, &x, d, &k, cout, groups)?)
+    }
+    fn grouped_conv1x1_t(
+        &self,
+        z: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        cin: usize,
+        groups: usize,
+    ) -> Result<Self::Buf> {
+        let (z, k) = (self.download(z)?, self.download(k)?);
+        self.upload(&host::grouped_conv_t(1, &z, d, &k, cin, groups)?)
+    }
+    fn grouped_conv1x1_wgrad(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        dz: &Self::Buf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Self::Buf> {
+        let (x, dz) = (self.download(x)?, self.download(dz)?);
+        self.upload(&host::grouped_conv_wgrad(1, &x, d, &dz, cout, groups)?)
+    }
+
+    /// The implicit diffusion solve of IMEX: `(I + h a_c L)^{-1} x` per channel, L the periodic
+    /// 5-point negative Laplacian, `a_c = diff_c^2` (`diff: [c]`). The default runs `rustfft`.
+    fn diffusion_solve(
+        &self,
+        x: &Self::Buf,
+        d: Dims,
+        diff: &Self::Buf,
+        h: f64,
+    ) -> Result<Self::Buf> {
+        let (x, diff) = (self.download(x)?, self.download(diff)?);
+        self.upload(&host::diffusion_solve_fft(&x, d, &diff, h)?)
+    }
+    /// VJP of [`Backend::diffusion_solve`] given its output `y` and the cotangent `g`:
+    /// returns `(dx, ddiff)`.
+    fn diffusion_solve_vjp(
+        &self,
+        y: &Self::Buf,
+        d: Dims,
+        diff: &Self::Buf,
+        h: f64,
+        g: &Self::Buf,
+    ) -> Result<(Self::Buf, Self::Buf)> {
+        let (y, diff, g) = (self.download(y)?, self.download(diff)?, self.download(g)?);
+        let (dx, dd) = host::diffusion_vjp_with(&y, d, &diff, h, &g, host::diffusion_solve_fft)?;
+        Ok((self.upload(&dx)?, self.upload(&dd)?))
+    }
+
+    /// Orthonormal 2x2 Haar transform of every channel: `[n, c, h, w]` (`d`) ->
+    /// `[n, 4c, h/2, w/2]`, output channel `4c + i` for filter i (SPEC section 7).
+    fn haar(&self, x: &Self::Buf, d: Dims) -> Result<Self::Buf> {
+        self.upload(&host::haar(&self.download(x)?, d)?)
+    }
+    /// Inverse (= adjoint) of [`Backend::haar`]; `d` is the shape of the result.
+    fn haar_inv(&self, y: &Self::Buf, d: Dims) -> Result<Self::Buf> {
+        self.upload(&host::haar_inv(&self.download(y)?, d)?)
+    }
+    /// Fixed point: `2 H q`, exact in integers (a state with one more fractional bit).
+    fn haar_fixed(&self, q: &Self::IBuf, d: Dims) -> Result<Self::IBuf> {
+        self.iupload(&host::haar_fixed(&self.idownload(q)?, d)?)
+    }
+    /// Inverse of [`Backend::haar_fixed`] (bit-exact).
+    fn haar_fixed_inv(&self, q: &Self::IBuf, d: Dims) -> Result<Self::IBuf> {
+        self.iupload(&host::haar_fixed_inv(&self.idownload(q)?, d)?)
+    }
 
     // ---- fused ops (defaults compose the primitives; backends may override) ----------------
     /// One explicit step with the full 3x3 operator: `sum_i a_i x_i + coef * f(y)`, where

@@ -175,3 +175,17 @@ pub fn f_only<B: Backend>(
 ) -> Result<B::Buf> {
     sym(be, l, &[], 1.0, y, d, act)
 }
+
+/// One IMEX step: the explicit parabolic step, then the exact implicit diffusion solve,
+/// `(I + h L)^{-1} (y + h f(y))`, with `diff` the per-channel `d` of `a_c = d_c^2`.
+pub fn imex_forward<B: Backend>(
+    be: &B,
+    kind: StepKind,
+    l: Layer<'_, B>,
+    diff: &B::Buf,
+    y: &B::Buf,
+    d: Dims,
+) -> Result<B::Buf> {
+    let z = sym(be, l, &[(1.0, y)], kind.h, y, d, kind.act)?;
+    be.diffusion_solve(&z, d, diff, kind.h)
+}

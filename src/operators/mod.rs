@@ -10,12 +10,22 @@ use crate::backend::{Activation, Backend, Norm};
 use crate::error::Result;
 use crate::tensor::Dims;
 
+/// Group size g of the multigrid-in-channels operator (SPEC section 7).
+pub const MGIC_GROUP: usize = 16;
+
 /// A square operator `w -> w` acting on `[n, w, h, w]` (or dense `[n, w]`) states.
 pub enum OpRef<'a, B: Backend> {
     /// Full 3x3 convolution, weight `[w, w, 3, 3]`.
     Full3x3(&'a B::Buf),
     /// Dense matrix `[w, w]` on features (a 1x1 convolution).
     Dense(&'a B::Buf),
+    /// LeanConvNets: `K = P + D`, P a 1x1 convolution `[w, w]`, D a depthwise 5-point stencil
+    /// `[w, 5]`.
+    Lean { p: &'a B::Buf, d: &'a B::Buf },
+    /// Multigrid in channels: `weights = [G, R, coarse.G, coarse.R, ..., K]` (name order), so
+    /// that `weights[2..]` is the coarse operator at width w/2; a single weight is the full 3x3
+    /// `K` of the coarsest level (`w <= group`).
+    Mgic { weights: &'a [B::Buf], group: usize },
 }
 
 impl<B: Backend> Clone for OpRef<'_, B> {
@@ -25,27 +35,123 @@ impl<B: Backend> Clone for OpRef<'_, B> {
 }
 impl<B: Backend> Copy for OpRef<'_, B> {}
 
+/// One level of the mgic operator at width `w`: its own weights and the coarse operator.
+struct MgicLevel<'a, B: Backend> {
+    g: &'a B::Buf,
+    r: &'a B::Buf,
+    coarse: OpRef<'a, B>,
+    groups: usize,
+}
+
+/// Splits mgic weights at width `w` into the full 3x3 weight of the coarsest level or one level.
+fn mgic_level<'a, B: Backend>(
+    weights: &'a [B::Buf],
+    group: usize,
+    w: usize,
+) -> Result<std::result::Result<&'a B::Buf, MgicLevel<'a, B>>> {
+    match weights {
+        [k] if w <= group => Ok(Ok(k)),
+        [g, r, rest @ ..] if w > group && w.is_multiple_of(group) && !rest.is_empty() => {
+            Ok(Err(MgicLevel {
+                g,
+                r,
+                coarse: OpRef::Mgic {
+                    weights: rest,
+                    group,
+                },
+                groups: w / group,
+            }))
+        }
+        _ => Err(crate::error::Error::Shape(format!(
+            "mgic operator at width {w} (group {group}) cannot use {} weight tensors",
+            weights.len()
+        ))),
+    }
+}
+
 impl<B: Backend> OpRef<'_, B> {
     /// `K y`.
     pub fn apply(&self, be: &B, y: &B::Buf, d: Dims) -> Result<B::Buf> {
-        match self {
+        match *self {
             OpRef::Full3x3(k) => be.conv3x3(y, d, k, d.c),
             OpRef::Dense(k) => be.conv1x1(y, d, k, d.c),
+            OpRef::Lean { p, d: dw } => {
+                let py = be.conv1x1(y, d, p, d.c)?;
+                let dy = be.stencil5(y, d, dw)?;
+                be.lincomb(&[(1.0, &py), (1.0, &dy)])
+            }
+            OpRef::Mgic { weights, group } => match mgic_level(weights, group, d.c)? {
+                Ok(k) => be.conv3x3(y, d, k, d.c),
+                // K y = G y + R^T K_c (R y).
+                Err(l) => {
+                    let cd = d.with_c(d.c / 2);
+                    let ry = be.grouped_conv1x1(y, d, l.r, cd.c, l.groups)?;
+                    let kry = l.coarse.apply(be, &ry, cd)?;
+                    drop(ry);
+                    let up = be.grouped_conv1x1_t(&kry, cd, l.r, d.c, l.groups)?;
+                    drop(kry);
+                    let gy = be.grouped_conv3x3(y, d, l.g, d.c, l.groups)?;
+                    be.lincomb(&[(1.0, &gy), (1.0, &up)])
+                }
+            },
         }
     }
     /// `K^T z`.
     pub fn adjoint(&self, be: &B, z: &B::Buf, d: Dims) -> Result<B::Buf> {
-        match self {
+        match *self {
             OpRef::Full3x3(k) => be.conv3x3_t(z, d, k, d.c),
             OpRef::Dense(k) => be.conv1x1_t(z, d, k, d.c),
+            OpRef::Lean { p, d: dw } => {
+                let pz = be.conv1x1_t(z, d, p, d.c)?;
+                let dz = be.stencil5_t(z, d, dw)?;
+                be.lincomb(&[(1.0, &pz), (1.0, &dz)])
+            }
+            OpRef::Mgic { weights, group } => match mgic_level(weights, group, d.c)? {
+                Ok(k) => be.conv3x3_t(z, d, k, d.c),
+                // K^T z = G^T z + R^T K_c^T (R z).
+                Err(l) => {
+                    let cd = d.with_c(d.c / 2);
+                    let rz = be.grouped_conv1x1(z, d, l.r, cd.c, l.groups)?;
+                    let krz = l.coarse.adjoint(be, &rz, cd)?;
+                    drop(rz);
+                    let up = be.grouped_conv1x1_t(&krz, cd, l.r, d.c, l.groups)?;
+                    drop(krz);
+                    let gz = be.grouped_conv3x3_t(z, d, l.g, d.c, l.groups)?;
+                    be.lincomb(&[(1.0, &gz), (1.0, &up)])
+                }
+            },
         }
     }
     /// Gradients of `<dz, K x>` with respect to each weight tensor of `K`, in name order.
     pub fn wgrad(&self, be: &B, x: &B::Buf, dz: &B::Buf, d: Dims) -> Result<Vec<B::Buf>> {
-        Ok(vec![match self {
-            OpRef::Full3x3(_) => be.conv3x3_wgrad(x, d, dz, d.c)?,
-            OpRef::Dense(_) => be.conv1x1_wgrad(x, d, dz, d.c)?,
-        }])
+        match *self {
+            OpRef::Full3x3(_) => Ok(vec![be.conv3x3_wgrad(x, d, dz, d.c)?]),
+            OpRef::Dense(_) => Ok(vec![be.conv1x1_wgrad(x, d, dz, d.c)?]),
+            OpRef::Lean { .. } => Ok(vec![
+                be.conv1x1_wgrad(x, d, dz, d.c)?,
+                be.stencil5_wgrad(x, d, dz)?,
+            ]),
+            OpRef::Mgic { weights, group } => match mgic_level(weights, group, d.c)? {
+                Ok(_) => Ok(vec![be.conv3x3_wgrad(x, d, dz, d.c)?]),
+                // <dz, R^T K_c R x> = <R dz, K_c (R x)>: R appears on both sides, K_c in between.
+                Err(l) => {
+                    let cd = d.with_c(d.c / 2);
+                    let dg = be.grouped_conv3x3_wgrad(x, d, dz, d.c, l.groups)?;
+                    let rx = be.grouped_conv1x1(x, d, l.r, cd.c, l.groups)?;
+                    let rdz = be.grouped_conv1x1(dz, d, l.r, cd.c, l.groups)?;
+                    let k_rx = l.coarse.apply(be, &rx, cd)?;
+                    let kt_rdz = l.coarse.adjoint(be, &rdz, cd)?;
+                    let dr_out = be.grouped_conv1x1_wgrad(dz, d, &k_rx, cd.c, l.groups)?;
+                    drop(k_rx);
+                    let dr_in = be.grouped_conv1x1_wgrad(x, d, &kt_rdz, cd.c, l.groups)?;
+                    drop(kt_rdz);
+                    let dr = be.lincomb(&[(1.0, &dr_out), (1.0, &dr_in)])?;
+                    let mut out = vec![dg, dr];
+                    out.extend(l.coarse.wgrad(be, &rx, &rdz, cd)?);
+                    Ok(out)
+                }
+            },
+        }
     }
 }
 
@@ -66,6 +172,7 @@ pub fn norm_forward<B: Backend>(
 pub type NormGrads<B> = (B, Option<B>, B);
 
 /// VJP of `N`: `(dz, dscale, dshift)`.
+#[allow(clippy::type_complexity)]
 pub fn norm_vjp<B: Backend>(
     be: &B,
     z: &B::Buf,

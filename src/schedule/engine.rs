@@ -3,11 +3,11 @@
 
 use super::Schedule;
 use crate::backend::{Activation, Backend, BnStats, Norm};
-use crate::config::{Kind, LayerType};
+use crate::config::{Connect, Kind, LayerType, OperatorKind};
 use crate::error::{Error, Result};
 use crate::layers::{self, Layer, StepKind};
 use crate::network::{ConnectIdx, LayerIdx, Layout, NormIdx, OpenIdx, UnitIdx};
-use crate::operators::{LayerGrads, OpRef};
+use crate::operators::{LayerGrads, OpRef, MGIC_GROUP};
 use crate::params::{ParamRole, ParamSet};
 use crate::tensor::{Dims, HostTensor};
 
@@ -58,9 +58,36 @@ enum Kept<B: Backend> {
 }
 
 struct UnitTape<B: Backend> {
-    input: B::Buf,
-    output: B::Buf,
+    /// The unit's input: absent inside a Haar leapfrog chain (after unit 0), where the next
+    /// unit's first two states give this unit's last two back.
+    input: Option<B::Buf>,
+    /// The unit's output, for the connective layer's backward (absent inside a Haar chain).
+    output: Option<B::Buf>,
     kept: Kept<B>,
+}
+
+/// The explicit `Y_{-1}` of a leapfrog unit after a Haar connection; in fixed point `(Q_0,
+/// Q_{-1})`, so that the chain stays in integers.
+enum Pre<B: Backend> {
+    Float(B::Buf),
+    Fixed(B::IBuf, B::IBuf),
+}
+
+/// The first two states `(Y_0, Y_{-1})` of a leapfrog unit in a Haar chain, rebuilt backwards.
+enum Pair<B: Backend> {
+    Float(B::Buf, B::Buf),
+    Fixed(B::IBuf, B::IBuf),
+}
+
+/// What the backward pass of one unit returns.
+struct UnitGrad<B: Backend> {
+    /// Gradient of `Y_0` (with `Y_{-1} = Y_0`'s folded in unless `Y_{-1}` was explicit).
+    g: B::Buf,
+    /// Gradient of an explicit `Y_{-1}`.
+    g_pre: Option<B::Buf>,
+    /// `(Y_0, Y_{-1})` rebuilt, when asked for.
+    pair: Option<Pair<B>>,
+    drift: f64,
 }
 
 /// Saved for the backward pass of an opening or connective layer: the pre-normalisation (or
@@ -155,10 +182,20 @@ impl<B: Backend> Engine<B> {
     }
 
     fn layer(&self, l: &LayerIdx) -> Layer<'_, B> {
-        let w = &self.params[l.op.weights[0]];
-        let op = match self.layout.config.kind {
-            Kind::Image => OpRef::Full3x3(w),
-            Kind::Dense => OpRef::Dense(w),
+        let ws = &l.op.weights;
+        let w = &self.params[ws[0]];
+        let op = match (self.layout.config.kind, self.layout.config.operator) {
+            (Kind::Dense, _) => OpRef::Dense(w),
+            (Kind::Image, OperatorKind::Full) => OpRef::Full3x3(w),
+            (Kind::Image, OperatorKind::Lean) => OpRef::Lean {
+                p: w,
+                d: &self.params[ws[1]],
+            },
+            // The layout adds an operator's tensors consecutively.
+            (Kind::Image, OperatorKind::Mgic) => OpRef::Mgic {
+                weights: &self.params[ws[0]..ws[0] + ws.len()],
+                group: MGIC_GROUP,
+            },
         };
         let norm = match l.norm {
             NormIdx::Tv { scale, shift } => Norm::Tv {
@@ -170,6 +207,22 @@ impl<B: Backend> Engine<B> {
             },
         };
         Layer { op, norm }
+    }
+
+    /// A fully hyperbolic network: Haar connections carry both leapfrog states between units.
+    fn haar_chain(&self) -> bool {
+        let c = &self.layout.config;
+        c.connect == Connect::Haar && c.layer == LayerType::Hyperbolic
+    }
+
+    /// Fixed-point shift of unit `k` (invertible units only): each Haar level of a chain adds
+    /// one fractional bit, as `2 H q` is exact in integers.
+    fn unit_shift(&self, k: usize, sched: Schedule) -> Option<u32> {
+        if !self.layout.config.layer.invertible() {
+            return None;
+        }
+        let levels = if self.haar_chain() { k as u32 } else { 0 };
+        sched.fixed_point.map(|s| s + levels)
     }
 
     fn geometry(&self, x: &HostTensor) -> Result<Geometry> {
@@ -197,7 +250,14 @@ impl<B: Backend> Engine<B> {
             unit_dims.push(d);
             let last = k + 1 == self.layout.units.len();
             if cfg.kind == Kind::Image && !last {
-                if d.h < 2 || d.w < 2 {
+                if cfg.connect == Connect::Haar {
+                    if d.h % 2 != 0 || d.w % 2 != 0 {
+                        return Err(Error::Shape(format!(
+                            "the Haar connection after unit {k} needs even sizes, got {}x{}",
+                            d.h, d.w
+                        )));
+                    }
+                } else if d.h < 2 || d.w < 2 {
                     return Err(Error::Shape(format!(
                         "input {}x{} is too small to pool after unit {k}",
                         x.shape[2], x.shape[3]
@@ -286,6 +346,14 @@ impl<B: Backend> Engine<B> {
         let u = &self.layout.units[k];
         let last = k + 1 == self.layout.units.len();
         let od = d.with_c(u.out_width);
+        if let ConnectIdx::Haar = u.connect {
+            let out = if last {
+                be.global_mean(y, d)?
+            } else {
+                be.haar(y, d)?
+            };
+            return Ok((out, None));
+        }
         let (r, tape) = match u.connect {
             ConnectIdx::ConvBn {
                 conv,
@@ -307,7 +375,7 @@ impl<B: Backend> Engine<B> {
                 let (r, t) = self.dense_tanh(y, d, weight, bias, u.out_width)?;
                 (r, Some(t))
             }
-            ConnectIdx::None => (be.copy(y)?, None),
+            ConnectIdx::None | ConnectIdx::Haar => (be.copy(y)?, None),
         };
         let out = match self.layout.config.kind {
             Kind::Image if last => be.global_mean(&r, od)?,
@@ -317,11 +385,13 @@ impl<B: Backend> Engine<B> {
         Ok((out, tape))
     }
 
-    /// Runs unit `k` forward from `input`, keeping what `sched` allows.
+    /// Runs unit `k` forward from `input` (and an explicit `Y_{-1}` in a Haar chain), keeping
+    /// what `sched` allows.
     fn unit_forward(
         &self,
         k: usize,
         input: &B::Buf,
+        pre: Option<Pre<B>>,
         d: Dims,
         sched: Schedule,
     ) -> Result<(B::Buf, Kept<B>)> {
@@ -332,19 +402,32 @@ impl<B: Backend> Engine<B> {
         if nt == 0 {
             return Ok((be.copy(input)?, Kept::Nothing));
         }
-        let fixed = if kind.layer.invertible() {
-            sched.fixed_point
-        } else {
-            None
-        };
+        let fixed = self.unit_shift(k, sched);
+        if pre.is_some() && kind.layer != LayerType::Hyperbolic {
+            return Err(Error::Other(
+                "only leapfrog units take an explicit Y_-1".into(),
+            ));
+        }
         match (kind.layer, fixed) {
             (LayerType::Hyperbolic, None) => {
+                let mut pre = match pre {
+                    None => None,
+                    Some(Pre::Float(p)) => Some(p),
+                    Some(Pre::Fixed(..)) => {
+                        return Err(Error::Other("fixed-point Y_-1 in a float unit".into()))
+                    }
+                };
                 let mut hist = vec![be.copy(input)?];
-                for (j, s) in u.steps.iter().enumerate() {
+                for s in &u.steps {
                     let y = &hist[hist.len() - 1];
-                    let prev = (j > 0).then(|| &hist[hist.len() - 2]);
+                    let prev = if hist.len() > 1 {
+                        Some(&hist[hist.len() - 2])
+                    } else {
+                        pre.as_ref()
+                    };
                     let next =
                         layers::forward_single(be, kind, self.layer(&s.layers[0]), y, prev, d)?;
+                    pre = None;
                     hist.push(next);
                     if !sched.keep_all && hist.len() > 2 {
                         hist.remove(0);
@@ -363,18 +446,26 @@ impl<B: Backend> Engine<B> {
             }
             (LayerType::Hyperbolic, Some(shift)) => {
                 let coef = (1u64 << shift) as f64 * kind.h * kind.h;
-                let mut hist = vec![be.quantize(input, shift)?];
+                let (q0, mut qpre) = match pre {
+                    None => (be.quantize(input, shift)?, None),
+                    Some(Pre::Fixed(q0, qm1)) => (q0, Some(qm1)),
+                    Some(Pre::Float(p)) => {
+                        (be.quantize(input, shift)?, Some(be.quantize(&p, shift)?))
+                    }
+                };
+                let mut hist = vec![q0];
                 for s in &u.steps {
                     let q = &hist[hist.len() - 1];
                     let qp = if hist.len() > 1 {
                         &hist[hist.len() - 2]
                     } else {
-                        q
+                        qpre.as_ref().unwrap_or(q)
                     };
                     let y = be.dequantize(q, shift)?;
                     let f = layers::f_only(be, self.layer(&s.layers[0]), &y, d, kind.act)?;
                     drop(y);
                     let next = be.fixed_update(&[(2, q), (-1, qp)], coef, &f)?;
+                    qpre = None;
                     hist.push(next);
                     if !sched.keep_all && hist.len() > 2 {
                         hist.remove(0);
@@ -469,6 +560,7 @@ impl<B: Backend> Engine<B> {
 
     /// Forward of a single-state, non-invertible unit; returns the output and, when `keep`, every
     /// state `0..=nt`.
+    #[allow(clippy::type_complexity)]
     fn explicit_forward(
         &self,
         k: usize,
@@ -481,7 +573,11 @@ impl<B: Backend> Engine<B> {
         let mut states: Vec<State<B::Buf>> = Vec::new();
         let mut cur = be.copy(input)?;
         for s in &self.layout.units[k].steps {
-            let next = layers::forward_single(be, kind, self.layer(&s.layers[0]), &cur, None, d)?;
+            let l = self.layer(&s.layers[0]);
+            let next = match s.diffusion {
+                Some(di) => layers::imex_forward(be, kind, l, &self.params[di], &cur, d)?,
+                None => layers::forward_single(be, kind, l, &cur, None, d)?,
+            };
             let old = std::mem::replace(&mut cur, next);
             if keep {
                 states.push(vec![old]);
@@ -504,13 +600,28 @@ impl<B: Backend> Engine<B> {
         let (mut y, open) = self.open_forward(&xb, xd, train)?;
         let mut units = Vec::new();
         let mut connects = Vec::new();
+        let chain = self.haar_chain();
+        let mut pre = None;
         for k in 0..self.layout.units.len() {
             let d = geo.unit_dims[k];
-            let (out, kept) = self.unit_forward(k, &y, d, sched)?;
+            let (out, mut kept) = self.unit_forward(k, &y, pre.take(), d, sched)?;
+            let input = (!chain || k == 0).then_some(y);
+            if chain && k + 1 < self.layout.units.len() {
+                let (next, p) = self.haar_carry(&mut kept, d, self.unit_shift(k, sched))?;
+                units.push(UnitTape {
+                    input,
+                    output: None,
+                    kept,
+                });
+                connects.push(None);
+                y = next;
+                pre = Some(p);
+                continue;
+            }
             let (next, ct) = self.connect_forward(k, &out, d, train)?;
             units.push(UnitTape {
-                input: y,
-                output: out,
+                input,
+                output: Some(out),
                 kept,
             });
             connects.push(ct);
@@ -527,6 +638,54 @@ impl<B: Backend> Engine<B> {
             },
             geo,
         ))
+    }
+
+    /// The Haar connection of a leapfrog chain: the next unit starts from `H(Y_nt)` with
+    /// `Y_{-1} = H(Y_{nt-1})` (in fixed point `2 H Q`, one more fractional bit). Last-two states
+    /// kept only for rebuilding are released: the next unit's first two give them back.
+    fn haar_carry(
+        &self,
+        kept: &mut Kept<B>,
+        d: Dims,
+        shift: Option<u32>,
+    ) -> Result<(B::Buf, Pre<B>)> {
+        let be = &self.backend;
+        let missing = || Error::Other("a leapfrog unit kept fewer than two states".into());
+        let last_two = |n: usize| n.checked_sub(2).ok_or_else(missing);
+        let carry = match kept {
+            Kept::All(s) | Kept::Last(s) => {
+                let i = last_two(s.len())?;
+                let p = be.haar(&s[i][0], d)?;
+                (be.haar(&s[i + 1][0], d)?, Pre::Float(p))
+            }
+            Kept::AllFixed(s) | Kept::LastFixed(s) => {
+                let i = last_two(s.len())?;
+                let next_shift = shift.ok_or_else(missing)? + 1;
+                let q0 = be.haar_fixed(&s[i + 1][0], d)?;
+                let qm1 = be.haar_fixed(&s[i][0], d)?;
+                (be.dequantize(&q0, next_shift)?, Pre::Fixed(q0, qm1))
+            }
+            Kept::Nothing => return Err(missing()),
+        };
+        if matches!(kept, Kept::Last(_) | Kept::LastFixed(_)) {
+            *kept = Kept::Nothing;
+        }
+        Ok(carry)
+    }
+
+    /// Inverse of [`Engine::haar_carry`] on a rebuilt pair: this unit's last two states.
+    fn haar_uncarry(&self, pair: Pair<B>, d: Dims) -> Result<Kept<B>> {
+        let be = &self.backend;
+        Ok(match pair {
+            Pair::Float(y0, ym1) => Kept::Last(vec![
+                vec![be.haar_inv(&ym1, d)?],
+                vec![be.haar_inv(&y0, d)?],
+            ]),
+            Pair::Fixed(q0, qm1) => Kept::LastFixed(vec![
+                vec![be.haar_fixed_inv(&qm1, d)?],
+                vec![be.haar_fixed_inv(&q0, d)?],
+            ]),
+        })
     }
 
     fn classify(&self, features: &B::Buf, fd: Dims) -> Result<B::Buf> {
@@ -619,6 +778,7 @@ impl<B: Backend> Engine<B> {
         Ok(out)
     }
 
+    #[allow(clippy::type_complexity)]
     fn grad_inner(
         &self,
         x: &HostTensor,
@@ -678,14 +838,38 @@ impl<B: Backend> Engine<B> {
         let mut drift: f64 = 0.0;
         let mut units = units;
         let mut connects = connects;
+        let chain = self.haar_chain();
+        // In a Haar chain: the gradient of the next unit's Y_{-1} and its rebuilt first states.
+        let mut carry: Option<(B::Buf, Option<Pair<B>>)> = None;
         for k in (0..self.layout.units.len()).rev() {
             let d = geo.unit_dims[k];
-            let ut = units.pop().expect("one tape per unit");
+            let mut ut = units.pop().expect("one tape per unit");
             let ct = connects.pop().expect("one tape per connect");
-            g = self.connect_backward(k, &ut.output, d, ct, g, &mut grads, &mut running)?;
-            let (gi, dr) = self.unit_backward(k, ut, d, g, sched, &mut grads)?;
-            drift = drift.max(dr);
-            g = gi;
+            let (g_out, g_pre) = match carry.take() {
+                Some((g_m1, pair)) => {
+                    if let (Kept::Nothing, Some(p)) = (&ut.kept, pair) {
+                        ut.kept = self.haar_uncarry(p, d)?;
+                    }
+                    // H is orthonormal: its adjoint is its inverse.
+                    (be.haar_inv(&g, d)?, Some(be.haar_inv(&g_m1, d)?))
+                }
+                None => {
+                    let y = ut.output.take();
+                    let g =
+                        self.connect_backward(k, y.as_ref(), d, ct, g, &mut grads, &mut running)?;
+                    (g, None)
+                }
+            };
+            let want_pair = chain && k > 0;
+            let r = self.unit_backward(k, ut, d, g_out, g_pre, want_pair, sched, &mut grads)?;
+            drift = drift.max(r.drift);
+            g = r.g;
+            if want_pair {
+                let g_m1 = r
+                    .g_pre
+                    .ok_or_else(|| Error::Other("leapfrog chain lost Y_-1's gradient".into()))?;
+                carry = Some((g_m1, r.pair));
+            }
         }
         // Opening layer: relu's derivative is read off its output (unit 0's input, kept above
         // only as long as needed), so recompute that output from z instead.
@@ -789,7 +973,7 @@ impl<B: Backend> Engine<B> {
     fn connect_backward(
         &self,
         k: usize,
-        y: &B::Buf,
+        y: Option<&B::Buf>,
         d: Dims,
         tape: Option<AffineTape<B>>,
         g: B::Buf,
@@ -800,6 +984,14 @@ impl<B: Backend> Engine<B> {
         let u = &self.layout.units[k];
         let last = k + 1 == self.layout.units.len();
         let od = d.with_c(u.out_width);
+        if let ConnectIdx::Haar = u.connect {
+            // H is orthonormal: its adjoint is its inverse.
+            return if last {
+                be.global_mean_vjp(&g, d)
+            } else {
+                be.haar_inv(&g, d)
+            };
+        }
         let g = match self.layout.config.kind {
             Kind::Image if last => be.global_mean_vjp(&g, od)?,
             Kind::Image => be.avgpool2_vjp(&g, od)?,
@@ -826,16 +1018,18 @@ impl<B: Backend> Engine<B> {
                     running,
                     (running_mean, running_var),
                 )?;
+                let y = y.ok_or_else(|| Error::Other(format!("unit {k} kept no output")))?;
                 grads.add(be, conv, 1.0, be.conv1x1_wgrad(y, d, &gz, u.out_width)?)?;
                 be.conv1x1_t(&gz, od, &self.params[conv], d.c)
             }
             (ConnectIdx::Dense { weight, bias }, Some(t)) => {
                 let gz = be.activation_vjp(Activation::Tanh, &t.z, &g)?;
                 grads.add(be, bias, 1.0, be.channel_sum(&gz, od)?)?;
+                let y = y.ok_or_else(|| Error::Other(format!("unit {k} kept no output")))?;
                 grads.add(be, weight, 1.0, be.conv1x1_wgrad(y, d, &gz, u.out_width)?)?;
                 be.conv1x1_t(&gz, od, &self.params[weight], d.c)
             }
-            (ConnectIdx::None, _) => Ok(g),
+            (ConnectIdx::None | ConnectIdx::Haar, _) => Ok(g),
             _ => Err(Error::Other(format!(
                 "connective layer {k} ran without a tape"
             ))),
@@ -843,29 +1037,47 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Backward through unit `k`: returns the input's gradient and the rebuild drift.
+    /// Backward through unit `k` from the gradient of its output (and, in a Haar chain, of its
+    /// second-last state `g_pre`); `want_pair` asks for its first two states rebuilt.
+    #[allow(clippy::too_many_arguments)]
     fn unit_backward(
         &self,
         k: usize,
         tape: UnitTape<B>,
         d: Dims,
         g_out: B::Buf,
+        g_pre: Option<B::Buf>,
+        want_pair: bool,
         sched: Schedule,
         grads: &mut Grads<B>,
-    ) -> Result<(B::Buf, f64)> {
+    ) -> Result<UnitGrad<B>> {
         let u = &self.layout.units[k];
+        let plain = |g| UnitGrad {
+            g,
+            g_pre: None,
+            pair: None,
+            drift: 0.0,
+        };
         if u.steps.is_empty() {
-            return Ok((g_out, 0.0));
+            return Ok(plain(g_out));
         }
+        let shift = self.unit_shift(k, sched);
         match self.layout.config.layer {
-            LayerType::Hyperbolic => self.hyperbolic_backward(u, tape, d, g_out, sched, grads),
-            LayerType::Hamiltonian => self.hamiltonian_backward(u, tape, d, g_out, sched, grads),
+            LayerType::Hyperbolic => {
+                self.hyperbolic_backward(u, tape, d, g_out, g_pre, want_pair, shift, grads)
+            }
+            LayerType::Hamiltonian => {
+                let (g, drift) = self.hamiltonian_backward(u, tape, d, g_out, shift, grads)?;
+                Ok(UnitGrad { drift, ..plain(g) })
+            }
             _ => {
-                let states = match tape.kept {
-                    Kept::All(s) => s,
-                    _ => self.explicit_forward(k, &tape.input, d, true)?.1,
+                let states = match (tape.kept, &tape.input) {
+                    (Kept::All(s), _) => s,
+                    (_, Some(input)) => self.explicit_forward(k, input, d, true)?.1,
+                    _ => return Err(Error::Other(format!("unit {k} kept no input"))),
                 };
                 drop(tape.output);
-                Ok((self.explicit_backward(u, states, d, g_out, grads)?, 0.0))
+                Ok(plain(self.explicit_backward(u, states, d, g_out, grads)?))
             }
         }
     }
@@ -881,9 +1093,18 @@ impl<B: Backend> Engine<B> {
         let be = &self.backend;
         let kind = self.kind();
         for j in (0..u.steps.len()).rev() {
-            states.pop(); // y_{j+1} is no longer needed
+            let next = states.pop(); // y_{j+1}: needed only by the IMEX solve's VJP
             let y = &states[j][0];
             let li = &u.steps[j].layers[0];
+            if let Some(di) = u.steps[j].diffusion {
+                // y_{j+1} = S(z): back through the solve first.
+                let y1 = next
+                    .and_then(|mut v| v.pop())
+                    .ok_or_else(|| Error::Other("missing IMEX state".into()))?;
+                let (gz, gd) = be.diffusion_solve_vjp(&y1, d, &self.params[di], kind.h, &g)?;
+                grads.add(be, di, 1.0, gd)?;
+                g = gz;
+            }
             let v = layers::grad_single(be, kind, self.layer(li), y, d, &g)?;
             g = be.lincomb(&[(1.0, &g), (kind.h, &v.dy)])?;
             grads.add_layer(be, li, kind.h, v)?;
@@ -891,20 +1112,23 @@ impl<B: Backend> Engine<B> {
         Ok(g)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn hyperbolic_backward(
         &self,
         u: &UnitIdx,
         tape: UnitTape<B>,
         d: Dims,
         g_out: B::Buf,
-        sched: Schedule,
+        g_pre: Option<B::Buf>,
+        want_pair: bool,
+        fixed: Option<u32>,
         grads: &mut Grads<B>,
-    ) -> Result<(B::Buf, f64)> {
+    ) -> Result<UnitGrad<B>> {
         let be = &self.backend;
         let kind = self.kind();
         let h2 = kind.h * kind.h;
         let nt = u.steps.len();
-        let shift = sched.fixed_point.unwrap_or(0);
+        let shift = fixed.unwrap_or(0);
         let coef = (1u64 << shift) as f64 * h2;
         drop(tape.output);
         // Where Y_j comes from: stored states, or a window (Y_j, Y_{j+1}) rebuilt backwards.
@@ -944,8 +1168,11 @@ impl<B: Backend> Engine<B> {
             Kept::Nothing => return Err(Error::Other("leapfrog unit kept no states".into())),
         };
         let mut g_next = g_out;
-        let mut p_cur: Option<B::Buf> = None;
+        // The gradient Y_j receives from step j + 1 (the `- Y_j` term of Y_{j+2}); at the end of a
+        // Haar chain unit, that of Y_{nt-1} from the next unit.
+        let mut p_cur: Option<B::Buf> = g_pre;
         let mut drift = 0.0;
+        let mut pair = None;
         for j in (0..nt).rev() {
             let li = &u.steps[j].layers[0];
             let l = self.layer(li);
@@ -998,14 +1225,47 @@ impl<B: Backend> Engine<B> {
                     Src::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
                     _ => None,
                 };
-                if let Some(r) = rebuilt {
-                    drift = self.relative_drift(&r, &tape.input, sched.fixed_point)?;
+                if let (Some(r), Some(input)) = (rebuilt, &tape.input) {
+                    drift = self.relative_drift(&r, input, fixed)?;
+                }
+                if want_pair {
+                    // One more inverse step gives Y_{-1}, the previous unit's Y_{nt-1}.
+                    pair = match src {
+                        Src::Window(c, n) => {
+                            let prev = layers::leapfrog_inverse(be, kind, l, &c, &n, d)?;
+                            Some(Pair::Float(c, prev))
+                        }
+                        Src::WindowFixed(c, n) => {
+                            let y = y_owned
+                                .as_ref()
+                                .ok_or_else(|| Error::Other("no dequantised state".into()))?;
+                            let f = layers::f_only(be, l, y, d, kind.act)?;
+                            let prev = be.fixed_update(&[(2, &c), (-1, &n)], coef, &f)?;
+                            Some(Pair::Fixed(c, prev))
+                        }
+                        // Stored states: the previous unit kept its own.
+                        _ => None,
+                    };
+                    break;
                 }
             }
         }
-        let p = p_cur.expect("at least one step");
+        let p = p_cur.ok_or_else(|| Error::Other("leapfrog unit without steps".into()))?;
+        if want_pair {
+            return Ok(UnitGrad {
+                g: g_next,
+                g_pre: Some(p),
+                pair,
+                drift,
+            });
+        }
         // Y_{-1} = Y_0: its gradient joins Y_0's.
-        Ok((be.lincomb(&[(1.0, &g_next), (1.0, &p)])?, drift))
+        Ok(UnitGrad {
+            g: be.lincomb(&[(1.0, &g_next), (1.0, &p)])?,
+            g_pre: None,
+            pair: None,
+            drift,
+        })
     }
 
     fn hamiltonian_backward(
@@ -1014,7 +1274,7 @@ impl<B: Backend> Engine<B> {
         tape: UnitTape<B>,
         d: Dims,
         g_out: B::Buf,
-        sched: Schedule,
+        fixed: Option<u32>,
         grads: &mut Grads<B>,
     ) -> Result<(B::Buf, f64)> {
         let be = &self.backend;
@@ -1023,7 +1283,7 @@ impl<B: Backend> Engine<B> {
         let half = d.c / 2;
         let hd = d.with_c(half);
         let nt = u.steps.len();
-        let shift = sched.fixed_point.unwrap_or(0);
+        let shift = fixed.unwrap_or(0);
         let coef = (1u64 << shift) as f64 * h;
         drop(tape.output);
         let (mut ga, mut gb) = be.split_channels(&g_out, d, half)?;
@@ -1096,8 +1356,8 @@ impl<B: Backend> Engine<B> {
             }
             _ => None,
         };
-        if let Some(r) = rebuilt {
-            drift = self.relative_drift(&r, &tape.input, sched.fixed_point)?;
+        if let (Some(r), Some(input)) = (rebuilt, &tape.input) {
+            drift = self.relative_drift(&r, input, fixed)?;
         }
         Ok((be.concat_channels(&ga, &gb, d, half)?, drift))
     }

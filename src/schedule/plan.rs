@@ -256,6 +256,146 @@ impl Backend for Planner {
     fn fixed_update(&self, _terms: &[(i32, &PlanBuf)], _coef: f64, f: &PlanBuf) -> Result<PlanBuf> {
         Ok(self.buf(f.len))
     }
+    fn stencil5(&self, _x: &PlanBuf, d: Dims, _dw: &PlanBuf) -> Result<PlanBuf> {
+        self.flop(2 * 5 * d.len());
+        Ok(self.buf(d.len()))
+    }
+    fn stencil5_t(&self, _z: &PlanBuf, d: Dims, _dw: &PlanBuf) -> Result<PlanBuf> {
+        self.flop(2 * 5 * d.len());
+        Ok(self.buf(d.len()))
+    }
+    fn stencil5_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf) -> Result<PlanBuf> {
+        self.flop(2 * 5 * d.len());
+        Ok(self.buf(d.c * 5))
+    }
+    fn grouped_conv3x3(
+        &self,
+        _x: &PlanBuf,
+        d: Dims,
+        _k: &PlanBuf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<PlanBuf> {
+        ensure_shape!(
+            groups > 0 && cout.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
+        self.flop(2 * 9 * d.len() * cout / groups);
+        Ok(self.buf(d.with_c(cout).len()))
+    }
+    fn grouped_conv3x3_t(
+        &self,
+        _z: &PlanBuf,
+        d: Dims,
+        _k: &PlanBuf,
+        cin: usize,
+        groups: usize,
+    ) -> Result<PlanBuf> {
+        ensure_shape!(
+            groups > 0 && cin.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
+        self.flop(2 * 9 * d.len() * cin / groups);
+        Ok(self.buf(d.with_c(cin).len()))
+    }
+    fn grouped_conv3x3_wgrad(
+        &self,
+        _x: &PlanBuf,
+        d: Dims,
+        _dz: &PlanBuf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<PlanBuf> {
+        ensure_shape!(
+            groups > 0 && cout.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
+        self.flop(2 * 9 * d.len() * cout / groups);
+        Ok(self.buf(cout * d.c / groups * 9))
+    }
+    fn grouped_conv1x1(
+        &self,
+        _x: &PlanBuf,
+        d: Dims,
+        _k: &PlanBuf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<PlanBuf> {
+        ensure_shape!(
+            groups > 0 && cout.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
+        self.flop(2 * d.len() * cout / groups);
+        Ok(self.buf(d.with_c(cout).len()))
+    }
+    fn grouped_conv1x1_t(
+        &self,
+        _z: &PlanBuf,
+        d: Dims,
+        _k: &PlanBuf,
+        cin: usize,
+        groups: usize,
+    ) -> Result<PlanBuf> {
+        ensure_shape!(
+            groups > 0 && cin.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
+        self.flop(2 * d.len() * cin / groups);
+        Ok(self.buf(d.with_c(cin).len()))
+    }
+    fn grouped_conv1x1_wgrad(
+        &self,
+        _x: &PlanBuf,
+        d: Dims,
+        _dz: &PlanBuf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<PlanBuf> {
+        ensure_shape!(
+            groups > 0 && cout.is_multiple_of(groups),
+            "bad groups {groups}"
+        );
+        self.flop(2 * d.len() * cout / groups);
+        Ok(self.buf(cout * d.c / groups))
+    }
+    fn diffusion_solve(&self, _x: &PlanBuf, d: Dims, _diff: &PlanBuf, _h: f64) -> Result<PlanBuf> {
+        self.flop(fft_solve_flops(d));
+        Ok(self.buf(d.len()))
+    }
+    fn diffusion_solve_vjp(
+        &self,
+        _y: &PlanBuf,
+        d: Dims,
+        _diff: &PlanBuf,
+        _h: f64,
+        _g: &PlanBuf,
+    ) -> Result<(PlanBuf, PlanBuf)> {
+        // The solve of the cotangent, then `L y` and its product with it.
+        self.flop(fft_solve_flops(d) + 8 * d.len());
+        Ok((self.buf(d.len()), self.buf(d.c)))
+    }
+    fn haar(&self, x: &PlanBuf, _d: Dims) -> Result<PlanBuf> {
+        self.flop(4 * x.len);
+        Ok(self.buf(x.len))
+    }
+    fn haar_inv(&self, y: &PlanBuf, _d: Dims) -> Result<PlanBuf> {
+        self.flop(4 * y.len);
+        Ok(self.buf(y.len))
+    }
+    fn haar_fixed(&self, q: &PlanBuf, _d: Dims) -> Result<PlanBuf> {
+        Ok(self.buf(q.len))
+    }
+    fn haar_fixed_inv(&self, q: &PlanBuf, _d: Dims) -> Result<PlanBuf> {
+        Ok(self.buf(q.len))
+    }
+}
+
+/// Flops of one Fourier-space solve: a forward and an inverse complex 2-D FFT (`5 m log2 m`
+/// each, the usual count) and the division per frequency.
+fn fft_solve_flops(d: Dims) -> usize {
+    let m = d.hw().max(1);
+    let log = (usize::BITS - (m - 1).leading_zeros()) as usize;
+    d.n * d.c * (2 * 5 * m * log + 6 * m)
 }
 
 /// The planned memory of one training step (forward + backward).

@@ -6,6 +6,7 @@
 
 mod conv;
 mod par;
+mod section7;
 
 use rayon::prelude::*;
 
@@ -24,6 +25,33 @@ impl Cpu {
     pub fn new() -> Self {
         Cpu
     }
+}
+
+/// Shapes of a grouped convolution `d.c -> cout`: input of `x_len` values, weight of `k_len`.
+fn grouped_check(
+    x_len: usize,
+    d: Dims,
+    k_len: usize,
+    cout: usize,
+    groups: usize,
+    taps: usize,
+) -> Result<()> {
+    ensure_shape!(
+        groups > 0 && d.c.is_multiple_of(groups) && cout.is_multiple_of(groups),
+        "grouped conv: {groups} groups do not divide {} -> {cout} channels",
+        d.c
+    );
+    ensure_shape!(
+        x_len == d.len(),
+        "grouped conv input: expected {} values, got {x_len}",
+        d.len()
+    );
+    let want = cout * d.c / groups * taps;
+    ensure_shape!(
+        k_len == want,
+        "grouped conv weight: expected {want} values, got {k_len}"
+    );
+    Ok(())
 }
 
 fn check_len<T>(buf: &[T], len: usize, what: &str) -> Result<()> {
@@ -210,6 +238,98 @@ impl Backend for Cpu {
         check_len(x, d.len(), "conv1x1_wgrad input")?;
         check_len(dz, d.with_c(cout).len(), "conv1x1_wgrad cotangent")?;
         Ok(conv::conv1x1_wgrad(x, d, dz, cout))
+    }
+
+    fn stencil5(&self, x: &Vec<f32>, d: Dims, dw: &Vec<f32>) -> Result<Vec<f32>> {
+        check_len(x, d.len(), "stencil5 input")?;
+        check_len(dw, d.c * 5, "stencil5 weight")?;
+        Ok(section7::stencil(x, d, dw, false))
+    }
+    fn stencil5_t(&self, z: &Vec<f32>, d: Dims, dw: &Vec<f32>) -> Result<Vec<f32>> {
+        check_len(z, d.len(), "stencil5_t input")?;
+        check_len(dw, d.c * 5, "stencil5_t weight")?;
+        Ok(section7::stencil(z, d, dw, true))
+    }
+    fn stencil5_wgrad(&self, x: &Vec<f32>, d: Dims, dz: &Vec<f32>) -> Result<Vec<f32>> {
+        check_len(x, d.len(), "stencil5_wgrad input")?;
+        check_len(dz, d.len(), "stencil5_wgrad cotangent")?;
+        Ok(section7::stencil_wgrad(x, d, dz))
+    }
+    fn grouped_conv3x3(
+        &self,
+        x: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Vec<f32>> {
+        grouped_check(x.len(), d, k.len(), cout, groups, 9)?;
+        let (taps, f, _, _) = section7::CONV3;
+        Ok(section7::forward(x, d, k, cout, groups, taps, f))
+    }
+    fn grouped_conv3x3_t(
+        &self,
+        z: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        cin: usize,
+        groups: usize,
+    ) -> Result<Vec<f32>> {
+        grouped_check(d.with_c(cin).len(), d.with_c(cin), k.len(), d.c, groups, 9)?;
+        check_len(z, d.len(), "grouped conv_t input")?;
+        let (taps, _, t, _) = section7::CONV3;
+        Ok(section7::adjoint(z, d, k, cin, groups, taps, t))
+    }
+    fn grouped_conv3x3_wgrad(
+        &self,
+        x: &Vec<f32>,
+        d: Dims,
+        dz: &Vec<f32>,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Vec<f32>> {
+        grouped_check(x.len(), d, cout * d.c / groups.max(1) * 9, cout, groups, 9)?;
+        check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
+        let (taps, _, _, w) = section7::CONV3;
+        Ok(section7::wgrad(x, d, dz, cout, groups, taps, w))
+    }
+    fn grouped_conv1x1(
+        &self,
+        x: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Vec<f32>> {
+        grouped_check(x.len(), d, k.len(), cout, groups, 1)?;
+        let (taps, f, _, _) = section7::CONV1;
+        Ok(section7::forward(x, d, k, cout, groups, taps, f))
+    }
+    fn grouped_conv1x1_t(
+        &self,
+        z: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        cin: usize,
+        groups: usize,
+    ) -> Result<Vec<f32>> {
+        grouped_check(d.with_c(cin).len(), d.with_c(cin), k.len(), d.c, groups, 1)?;
+        check_len(z, d.len(), "grouped conv_t input")?;
+        let (taps, _, t, _) = section7::CONV1;
+        Ok(section7::adjoint(z, d, k, cin, groups, taps, t))
+    }
+    fn grouped_conv1x1_wgrad(
+        &self,
+        x: &Vec<f32>,
+        d: Dims,
+        dz: &Vec<f32>,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Vec<f32>> {
+        grouped_check(x.len(), d, cout * d.c / groups.max(1), cout, groups, 1)?;
+        check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
+        let (taps, _, _, w) = section7::CONV1;
+        Ok(section7::wgrad(x, d, dz, cout, groups, taps, w))
     }
 
     fn add_channel_bias(&self, x: &Vec<f32>, d: Dims, b: &Vec<f32>) -> Result<Vec<f32>> {

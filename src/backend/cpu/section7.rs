@@ -1,0 +1,164 @@
+//! The operators of SPEC section 7 on the CPU: grouped convolutions run the dense GEMM kernels
+//! group by group (channels gathered into contiguous blocks), and the depthwise 5-point stencil
+//! is a direct f32 loop. The diffusion solve and the Haar transform use the trait's host
+//! fallbacks (`rustfft` in f64).
+
+use super::conv;
+use crate::backend::host::STENCIL;
+use crate::tensor::Dims;
+use rayon::prelude::*;
+
+/// A dense convolution kernel: `(input, input dims, weight, output channels)`.
+pub type Dense = fn(&[f32], Dims, &[f32], usize) -> Vec<f32>;
+
+/// Channels `[c0, c0 + cc)` of every image of `x` (shape `d`), as one contiguous tensor.
+fn gather(x: &[f32], d: Dims, c0: usize, cc: usize) -> Vec<f32> {
+    let hw = d.hw();
+    let mut out = Vec::with_capacity(d.n * cc * hw);
+    for n in 0..d.n {
+        let base = (n * d.c + c0) * hw;
+        out.extend_from_slice(&x[base..base + cc * hw]);
+    }
+    out
+}
+
+/// Writes `part` (`[n, cc, h, w]`) into channels `[c0, c0 + cc)` of `out` (shape `d`).
+fn scatter(out: &mut [f32], d: Dims, c0: usize, part: &[f32]) {
+    let hw = d.hw();
+    let cc = part.len() / (d.n * hw).max(1);
+    for n in 0..d.n {
+        let base = (n * d.c + c0) * hw;
+        out[base..base + cc * hw].copy_from_slice(&part[n * cc * hw..(n + 1) * cc * hw]);
+    }
+}
+
+/// Grouped forward: `x` `[n, cin, h, w]` (`d`), `k` `[cout, cin / groups, ks, ks]` (`ks * ks` =
+/// `taps`). The weights of one group's outputs are contiguous in `k`.
+pub fn forward(
+    x: &[f32],
+    d: Dims,
+    k: &[f32],
+    cout: usize,
+    groups: usize,
+    taps: usize,
+    dense: Dense,
+) -> Vec<f32> {
+    let (gi, go) = (d.c / groups, cout / groups);
+    let od = d.with_c(cout);
+    let mut out = vec![0.0; od.len()];
+    for g in 0..groups {
+        let xg = gather(x, d, g * gi, gi);
+        let kg = &k[g * go * gi * taps..(g + 1) * go * gi * taps];
+        scatter(&mut out, od, g * go, &dense(&xg, d.with_c(gi), kg, go));
+    }
+    out
+}
+
+/// Grouped adjoint: `z` `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
+pub fn adjoint(
+    z: &[f32],
+    d: Dims,
+    k: &[f32],
+    cin: usize,
+    groups: usize,
+    taps: usize,
+    dense_t: Dense,
+) -> Vec<f32> {
+    let (gi, go) = (cin / groups, d.c / groups);
+    let xd = d.with_c(cin);
+    let mut out = vec![0.0; xd.len()];
+    for g in 0..groups {
+        let zg = gather(z, d, g * go, go);
+        let kg = &k[g * go * gi * taps..(g + 1) * go * gi * taps];
+        scatter(&mut out, xd, g * gi, &dense_t(&zg, d.with_c(go), kg, gi));
+    }
+    out
+}
+
+/// Grouped weight gradient; `d` is the shape of `x`.
+pub fn wgrad(
+    x: &[f32],
+    d: Dims,
+    dz: &[f32],
+    cout: usize,
+    groups: usize,
+    taps: usize,
+    dense_w: Dense,
+) -> Vec<f32> {
+    let (gi, go) = (d.c / groups, cout / groups);
+    let od = d.with_c(cout);
+    let mut out = Vec::with_capacity(cout * gi * taps);
+    for g in 0..groups {
+        let xg = gather(x, d, g * gi, gi);
+        let zg = gather(dz, od, g * go, go);
+        out.extend(dense_w(&xg, d.with_c(gi), &zg, go));
+    }
+    out
+}
+
+pub const CONV3: (usize, Dense, Dense, Dense) =
+    (9, conv::conv3x3, conv::conv3x3_t, conv::conv3x3_wgrad);
+pub const CONV1: (usize, Dense, Dense, Dense) =
+    (1, conv::conv1x1, conv::conv1x1_t, conv::conv1x1_wgrad);
+
+/// Source pixel of tap `off` for `(i, j)` on an `h x w` plane, or `None` in the padding.
+#[inline]
+fn tap(h: usize, w: usize, i: usize, j: usize, off: (isize, isize)) -> Option<usize> {
+    let (si, sj) = (i as isize + off.0, j as isize + off.1);
+    (si >= 0 && sj >= 0 && si < h as isize && sj < w as isize)
+        .then(|| si as usize * w + sj as usize)
+}
+
+/// Depthwise 5-point stencil (`adjoint` false) or its adjoint, one plane per task.
+pub fn stencil(x: &[f32], d: Dims, dw: &[f32], adjoint: bool) -> Vec<f32> {
+    let hw = d.hw();
+    let mut y = vec![0.0f32; d.len()];
+    y.par_chunks_mut(hw.max(1))
+        .zip(x.par_chunks(hw.max(1)))
+        .enumerate()
+        .for_each(|(nc, (yp, xp))| {
+            let wc = &dw[(nc % d.c) * 5..(nc % d.c) * 5 + 5];
+            for i in 0..d.h {
+                for j in 0..d.w {
+                    let p = i * d.w + j;
+                    for (t, &off) in STENCIL.iter().enumerate() {
+                        if let Some(s) = tap(d.h, d.w, i, j, off) {
+                            if adjoint {
+                                yp[s] += wc[t] * xp[p];
+                            } else {
+                                yp[p] += wc[t] * xp[s];
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// `dD[c, t] = sum_{n,p} dz[n, c, p] x[n, c, p + off_t]`, summed in f64 in a fixed order.
+pub fn stencil_wgrad(x: &[f32], d: Dims, dz: &[f32]) -> Vec<f32> {
+    let hw = d.hw();
+    let per_channel: Vec<[f64; 5]> = (0..d.c)
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = [0.0f64; 5];
+            for n in 0..d.n {
+                let base = (n * d.c + c) * hw;
+                let (xp, zp) = (&x[base..base + hw], &dz[base..base + hw]);
+                for i in 0..d.h {
+                    for j in 0..d.w {
+                        let g = zp[i * d.w + j] as f64;
+                        for (t, &off) in STENCIL.iter().enumerate() {
+                            if let Some(s) = tap(d.h, d.w, i, j, off) {
+                                acc[t] += g * xp[s] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    per_channel.iter().flatten().map(|&v| v as f32).collect()
+}
