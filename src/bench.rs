@@ -112,6 +112,7 @@ pub fn cpu_roofline() -> Roofline {
     let reps = 3;
     for _ in 0..reps {
         dst.copy_from_slice(std::hint::black_box(&src));
+        std::hint::black_box(&mut dst);
     }
     let bandwidth_gbs = (2 * 4 * len * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
     Roofline {

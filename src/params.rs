@@ -190,34 +190,23 @@ pub enum OutTensor<'a> {
 /// Writes tensors to `path` atomically: a temporary file beside it, then a rename, so that a
 /// crash never leaves a truncated file where a good one was.
 pub fn write_safetensors(path: &Path, tensors: &[(String, OutTensor<'_>)]) -> Result<()> {
-    let mut owned: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        match t {
-            OutTensor::F32(shape, data) => owned.push((
-                name.clone(),
-                shape.to_vec(),
-                Dtype::F32,
-                bytemuck::cast_slice(data).to_vec(),
-            )),
-            OutTensor::I64(shape, data) => owned.push((
-                name.clone(),
-                shape.to_vec(),
-                Dtype::I64,
-                bytemuck::cast_slice(data).to_vec(),
-            )),
-        }
-    }
-    let views: Vec<(String, TensorView<'_>)> = owned
+    // Views borrow the callers' slices: no copy of the data is made before it is written.
+    let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, s, dt, b)| {
-            TensorView::new(*dt, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Shape(format!("tensor `{n}`: {e}")))
+        .map(|(name, t)| {
+            let (dt, shape, bytes): (Dtype, &[usize], &[u8]) = match t {
+                OutTensor::F32(shape, data) => (Dtype::F32, shape, bytemuck::cast_slice(data)),
+                OutTensor::I64(shape, data) => (Dtype::I64, shape, bytemuck::cast_slice(data)),
+            };
+            TensorView::new(dt, shape.to_vec(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Shape(format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<_>>()?;
-    let bytes = safetensors::tensor::serialize(views, None)
-        .map_err(|e| Error::Other(format!("serialising {}: {e}", path.display())))?;
-    write_atomic(path, &bytes)
+    with_temp_file(path, |tmp| {
+        safetensors::tensor::serialize_to_file(views, None, tmp)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    })
 }
 
 /// Writes a parameter set (SPEC names) atomically.
@@ -231,7 +220,17 @@ pub fn save_params(path: &Path, params: &ParamSet) -> Result<()> {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
+    with_temp_file(path, |tmp| {
+        use std::io::Write;
+        let mut f = std::fs::File::create(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })
+}
+
+/// Runs `write` on a temporary path beside `path`, then renames it over `path`; on failure the
+/// temporary file is removed and `path` is untouched.
+fn with_temp_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -244,12 +243,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
+    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)

@@ -67,6 +67,8 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     let device = Device::select(a.device)?;
     let out = with_device!(device, |b| {
         let mut eng = Engine::new(b, layout.clone(), &params)?;
+        // The engine holds its own copy: free the host one before the pass (peak memory).
+        drop(params);
         eng.grad(&batch.x, &batch.labels, a.policy.schedule(), false)?
     });
     let n = batch.labels.len();

@@ -910,8 +910,9 @@ impl<B: Backend> Engine<B> {
             if role == ParamRole::Buffer {
                 continue;
             }
-            let data = match &grads.g[i] {
-                Some(b) => be.download_f32(b)?,
+            // Free each device gradient once it is on the host: one copy at a time, not two.
+            let data = match grads.g[i].take() {
+                Some(b) => be.download_f32(&b)?,
                 None => vec![0.0; t.len()],
             };
             out.push(
