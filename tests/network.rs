@@ -445,3 +445,21 @@ fn haar_needs_even_image_sizes() {
         .unwrap();
     assert!(matches!(e, pdenet::Error::Shape(_)), "{e}");
 }
+
+/// A NaN in one step's weights: the error names that step. (A dense network: relu, as `max(x, 0)`,
+/// would turn the NaN into zeros after an image network's connective layer.)
+#[test]
+fn non_finite_loss_names_the_layer() {
+    let cfg = dense_config(LayerType::Hyperbolic);
+    let layout = Layout::new(&cfg).unwrap();
+    let mut params = layout.init(1);
+    params.get_mut("units.1.steps.1.K").unwrap().data[0] = f32::NAN;
+    let (x, labels) = batch(&cfg, 2, 1);
+    let mut eng = Engine::new(pdenet::backend::cpu::Cpu::new(), layout, &params).unwrap();
+    let e = eng
+        .grad(&x, &labels, Policy::Store.schedule(), true)
+        .err()
+        .expect("NaN loss is an error");
+    let msg = e.to_string();
+    assert!(msg.contains("`units.1.steps.1`"), "{msg}");
+}

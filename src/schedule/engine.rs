@@ -772,10 +772,72 @@ impl<B: Backend> Engine<B> {
             )));
         }
         let (out, stats) = self.grad_inner(x, labels, sched)?;
+        if !out.loss.is_finite() {
+            let at = self
+                .first_non_finite(x)?
+                .unwrap_or_else(|| "the loss".into());
+            return Err(Error::NonFinite(format!(
+                "the loss is {}; the first non-finite values appear in `{at}`",
+                out.loss
+            )));
+        }
         if update_running {
             self.update_running(&stats, x.shape[0])?;
         }
         Ok(out)
+    }
+
+    /// The first layer whose output holds a NaN or an infinity in a training-mode forward pass
+    /// (SPEC names: `open`, `units.1.steps.0`, `units.1.connect`, `classifier`), or `None`.
+    /// Keeps every state, so it is for diagnosing a failed step, not for every step.
+    pub fn first_non_finite(&self, x: &HostTensor) -> Result<Option<String>> {
+        let be = &self.backend;
+        let bad =
+            |b: &B::Buf| -> Result<bool> { Ok(be.download(b)?.iter().any(|v| !v.is_finite())) };
+        let sched = Schedule {
+            keep_all: true,
+            fixed_point: None,
+        };
+        let (tape, geo) = self.forward(x, sched, true)?;
+        if bad(&tape.x)? {
+            return Ok(Some("the input".into()));
+        }
+        if bad(&tape.open.z)? {
+            return Ok(Some("open".into()));
+        }
+        for (k, (u, c)) in tape.units.iter().zip(&tape.connects).enumerate() {
+            if let Some(input) = &u.input {
+                if bad(input)? {
+                    return Ok(Some(if k == 0 {
+                        "open".into()
+                    } else {
+                        format!("units.{}.connect", k - 1)
+                    }));
+                }
+            }
+            if let Kept::All(states) = &u.kept {
+                for (j, st) in states.iter().enumerate().skip(1) {
+                    for part in st {
+                        if bad(part)? {
+                            return Ok(Some(format!("units.{k}.steps.{}", j - 1)));
+                        }
+                    }
+                }
+            }
+            if let Some(t) = c {
+                if bad(&t.z)? {
+                    return Ok(Some(format!("units.{k}.connect")));
+                }
+            }
+        }
+        if bad(&tape.features)? {
+            return Ok(Some(format!(
+                "units.{}.connect",
+                self.layout.units.len() - 1
+            )));
+        }
+        let logits = self.classify(&tape.features, geo.feature_dims)?;
+        Ok(bad(&logits)?.then(|| "classifier".into()))
     }
 
     #[allow(clippy::type_complexity)]
