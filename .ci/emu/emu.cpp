@@ -95,7 +95,7 @@ int main() {
         }
     }
     // Fused step, tvNorm + tanh, two terms, against the composition in double.
-    for (S s : {S{2, 3, 3, 7, 5}, S{1, 40, 40, 5, 9}, S{2, 70, 70, 4, 3}}) {
+    for (S s : {S{1, 1, 1, 1, 1}, S{1, 1, 1, 2, 3}, S{2, 3, 3, 7, 5}, S{1, 40, 40, 5, 9}, S{2, 70, 70, 4, 3}}) {
         int c = s.cg, nq = s.n * s.h * s.w, hw = s.h * s.w;
         auto y = rnd((size_t)s.n * c * hw), yp = rnd(y.size()), k = rnd((size_t)c * c * 9, 0.3f);
         auto sc = rnd(c, 1.5f), sh = rnd(c, 0.3f);
@@ -142,7 +142,7 @@ int main() {
             for (int ch = 0; ch < c; ch++) { q += (double)y[id(ch)] * y[id(ch)]; dot += (double)sc[ch] * dy[id(ch)] * y[id(ch)]; }
             double r = std::sqrt(q + 1e-4);
             for (int ch = 0; ch < c; ch++) {
-                rdx[id(ch)] = sc[ch] * dy[id(ch)] / r - y[id(ch)] * dot / (r * r * r);
+                rdx[id(ch)] = (double)sc[ch] * dy[id(ch)] / r - y[id(ch)] * dot / (r * r * r);
                 rds[ch] += dy[id(ch)] * y[id(ch)] / r;
                 rdb[ch] += dy[id(ch)];
             }
