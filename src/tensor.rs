@@ -93,6 +93,10 @@ impl HostTensor {
     pub fn len(&self) -> usize {
         self.data.len()
     }
+    /// Number of elements the shape describes (also for a shape-only tensor with no data).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

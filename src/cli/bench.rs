@@ -16,7 +16,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "ref-cifar")]
     pub config: String,
     /// Steps per unit, comma-separated.
-    #[arg(long, default_value = "1,2,4")]
+    #[arg(long, default_value = "2,8,32")]
     pub steps: String,
     /// Batch size (default 8, so that the default sweep runs in under 2 minutes on 2 cores).
     #[arg(long, default_value_t = 8)]
@@ -27,7 +27,7 @@ pub struct BenchArgs {
     /// Operators, comma-separated (default: the config's).
     #[arg(long)]
     pub operators: Option<String>,
-    #[arg(long, default_value = "store,reversible")]
+    #[arg(long, default_value = "store,reversible,exact")]
     pub policies: String,
     #[arg(long, default_value = "f32")]
     pub precision: String,

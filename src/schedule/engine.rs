@@ -146,8 +146,13 @@ struct Geometry {
 
 impl<B: Backend> Engine<B> {
     /// Uploads `params` (checked against the layout) to the backend.
-    pub fn new(backend: B, layout: Layout, params: &ParamSet) -> Result<Self> {
+    pub fn new(backend: B, mut layout: Layout, params: &ParamSet) -> Result<Self> {
         let params = upload_params(&backend, &layout, params)?;
+        // The engine needs only names, shapes and roles of the template: drop its zeros, which
+        // would otherwise be one more parameter-sized copy in memory.
+        for (_, _, t) in layout.template.iter_mut() {
+            t.data = Vec::new();
+        }
         Ok(Engine {
             backend,
             layout,
@@ -855,7 +860,7 @@ impl<B: Backend> Engine<B> {
         for (_, role, t) in self.layout.template.iter() {
             grads.g.push(match role {
                 ParamRole::Buffer => None,
-                _ => Some(be.zeros(t.len())?),
+                _ => Some(be.zeros(t.numel())?),
             });
         }
         let (tape, geo) = self.forward(x, sched, true)?;
@@ -975,7 +980,7 @@ impl<B: Backend> Engine<B> {
             // Free each device gradient once it is on the host: one copy at a time, not two.
             let data = match grads.g[i].take() {
                 Some(b) => be.download_f32(&b)?,
-                None => vec![0.0; t.len()],
+                None => vec![0.0; t.numel()],
             };
             out.push(
                 name,
