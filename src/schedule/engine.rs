@@ -1238,7 +1238,8 @@ impl<B: Backend> Engine<B> {
         let mut g_next = g_out;
         // The gradient Y_j receives from step j + 1 (the `- Y_j` term of Y_{j+2}); at the end of a
         // Haar chain unit, that of Y_{nt-1} from the next unit.
-        let mut p_cur: Option<B::Buf> = g_pre;
+        // Kept as `(coefficient, buffer)` so that the `-G_{j+1}` of each step costs no pass.
+        let mut p_cur: Option<(f64, B::Buf)> = g_pre.map(|p| (1.0, p));
         let mut drift = 0.0;
         let mut pair = None;
         for j in (0..nt).rev() {
@@ -1263,12 +1264,11 @@ impl<B: Backend> Engine<B> {
             };
             let v = layers::sym_grad(be, l, y, d, kind.act, &g_next)?;
             let g_j = match &p_cur {
-                Some(p) => be.lincomb(&[(2.0, &g_next), (h2, &v.dy), (1.0, p)])?,
+                Some((c, p)) => be.lincomb(&[(2.0, &g_next), (h2, &v.dy), (*c, p)])?,
                 None => be.lincomb(&[(2.0, &g_next), (h2, &v.dy)])?,
             };
             grads.add_layer(be, li, h2, v)?;
-            p_cur = Some(be.lincomb(&[(-1.0, &g_next)])?);
-            g_next = g_j;
+            p_cur = Some((-1.0, std::mem::replace(&mut g_next, g_j)));
             if j > 0 {
                 // Rebuild Y_{j-1} = 2 Y_j - Y_{j+1} + h^2 f(Y_j), in floats or bit-exactly in integers.
                 match &mut src {
@@ -1318,8 +1318,13 @@ impl<B: Backend> Engine<B> {
                 }
             }
         }
-        let p = p_cur.ok_or_else(|| Error::Other("leapfrog unit without steps".into()))?;
+        let (pc, p) = p_cur.ok_or_else(|| Error::Other("leapfrog unit without steps".into()))?;
         if want_pair {
+            let p = if pc == 1.0 {
+                p
+            } else {
+                be.lincomb(&[(pc, &p)])?
+            };
             return Ok(UnitGrad {
                 g: g_next,
                 g_pre: Some(p),
@@ -1329,7 +1334,7 @@ impl<B: Backend> Engine<B> {
         }
         // Y_{-1} = Y_0: its gradient joins Y_0's.
         Ok(UnitGrad {
-            g: be.lincomb(&[(1.0, &g_next), (1.0, &p)])?,
+            g: be.lincomb(&[(1.0, &g_next), (pc, &p)])?,
             g_pre: None,
             pair: None,
             drift,
