@@ -7,7 +7,7 @@ use pdenet::device::Device;
 use pdenet::network::Layout;
 use pdenet::params::{read_batch, read_safetensors, save_params, write_safetensors, OutTensor};
 use pdenet::schedule::{Engine, Policy};
-use pdenet::{with_device, Error, Result};
+use pdenet::{with_device, Result};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -57,13 +57,6 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     let mut params = layout.template.clone();
     params.load_from(read_safetensors(&a.weights)?)?;
     let batch = read_batch(&a.input)?;
-    if batch.labels.len() != batch.x.shape.first().copied().unwrap_or(0) {
-        return Err(Error::Input(format!(
-            "{} labels for a batch of {}",
-            batch.labels.len(),
-            batch.x.shape.first().copied().unwrap_or(0)
-        )));
-    }
     let device = Device::select(a.device)?;
     let out = with_device!(device, |b| {
         let mut eng = Engine::new(b, layout.clone(), &params)?;

@@ -787,7 +787,7 @@ impl<B: Backend> Engine<B> {
             )));
         }
         if update_running {
-            self.update_running(&stats, x.shape[0])?;
+            self.update_running(&stats)?;
         }
         Ok(out)
     }
@@ -1454,7 +1454,7 @@ impl<B: Backend> Engine<B> {
         Ok(if smax > 0.0 { dmax / smax } else { dmax })
     }
 
-    fn update_running(&mut self, stats: &[RunningUpdate<B::Buf>], _n: usize) -> Result<()> {
+    fn update_running(&mut self, stats: &[RunningUpdate<B::Buf>]) -> Result<()> {
         for (rm, rv, s, count) in stats {
             let (lo, hi) = self.params.split_at_mut(*rv);
             self.backend
