@@ -4,12 +4,170 @@
 // with M = output channels, N = pixels of the whole batch (q = n*HW + p), K = Cg * TAPS.
 // Tiles are BM x 64 outputs, BK = 16 deep, 256 threads each owning TM x 4 outputs, operands
 // staged in shared memory (the input patches are gathered on the fly, never materialised).
+//
+// MATH selects the tile's arithmetic: MATH_F32 (CUDA-core FMA, exact f32), or the tensor cores
+// with operands rounded to tf32 (mma m16n8k8) or bf16 (mma m16n8k16), accumulating in f32.
+// Storage stays f32 in every case; the tensor-core tiles round while reading shared memory.
 #pragma once
 #include "common.cuh"
 
 #define BN 64
 #define BK 16
 #define NT 256
+
+#define MATH_F32 0
+#define MATH_TF32 1
+#define MATH_BF16 2
+
+// Shared-memory row padding (floats) that makes each mode's fragment reads conflict-free:
+// bf16 reads rows 2t, 2t+1 (stride = 4 mod 32 banks), tf32 rows t, t+4 (stride = 8 mod 32).
+template <int MATH>
+struct SmemPad {
+    static constexpr int v = MATH == MATH_BF16 ? 4 : (MATH == MATH_TF32 ? 8 : 0);
+};
+
+#ifndef PDENET_EMU
+// Two floats to a bf16x2 register, round to nearest even; lo goes to the low half.
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ unsigned to_tf32(float x) {
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+}
+// d += A (16x16, row) * B (16x8, col), bf16 operands, f32 accumulators.
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// d += A (16x8, row) * B (8x8, col), tf32 operands, f32 accumulators.
+__device__ __forceinline__ void mma_tf32_1688(float (&d)[4], const unsigned (&a)[4],
+                                              const unsigned (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif  // the CPU emulator (.ci/emu/cuda_shim.h) defines the same four functions
+
+// Tensor-core accumulation of one BK-deep stage: As[k][m] (lda), Bs[k][n] (ldb) -> the warp's
+// fragments. 8 warps as 2 (m) x 4 (n); a warp owns (8 * TM) x 16 outputs: TM / 2 m16 tiles
+// by two n8 tiles. Fragment layouts are those of the PTX ISA for mma.m16n8k16 / m16n8k8:
+// g = lane / 4 picks rows (A, C) or the column (B), t = lane % 4 the k pairs / columns.
+template <int TM, int MATH>
+__device__ __forceinline__ void tc_stage(const float* As, int lda, const float* Bs, int ldb,
+                                         float (&c)[TM / 2][2][4]) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, t = lane % 4;
+    const int mb = (warp / 4) * 8 * TM, nb = (warp % 4) * 16;
+    if constexpr (MATH == MATH_BF16) {
+        unsigned bf[2][2];
+#pragma unroll
+        for (int ni = 0; ni < 2; ni++) {
+            const float* b = Bs + nb + ni * 8 + g;
+            bf[ni][0] = pack_bf16x2(b[(2 * t) * ldb], b[(2 * t + 1) * ldb]);
+            bf[ni][1] = pack_bf16x2(b[(2 * t + 8) * ldb], b[(2 * t + 9) * ldb]);
+        }
+#pragma unroll
+        for (int mi = 0; mi < TM / 2; mi++) {
+            const float* a = As + mb + mi * 16 + g;
+            unsigned af[4];
+            af[0] = pack_bf16x2(a[(2 * t) * lda], a[(2 * t + 1) * lda]);
+            af[1] = pack_bf16x2(a[(2 * t) * lda + 8], a[(2 * t + 1) * lda + 8]);
+            af[2] = pack_bf16x2(a[(2 * t + 8) * lda], a[(2 * t + 9) * lda]);
+            af[3] = pack_bf16x2(a[(2 * t + 8) * lda + 8], a[(2 * t + 9) * lda + 8]);
+#pragma unroll
+            for (int ni = 0; ni < 2; ni++) mma_bf16_16816(c[mi][ni], af, bf[ni]);
+        }
+    } else {
+#pragma unroll
+        for (int k8 = 0; k8 < BK; k8 += 8) {
+            unsigned bf[2][2];
+#pragma unroll
+            for (int ni = 0; ni < 2; ni++) {
+                const float* b = Bs + (k8 + t) * ldb + nb + ni * 8 + g;
+                bf[ni][0] = to_tf32(b[0]);
+                bf[ni][1] = to_tf32(b[4 * ldb]);
+            }
+#pragma unroll
+            for (int mi = 0; mi < TM / 2; mi++) {
+                const float* a = As + (k8 + t) * lda + mb + mi * 16 + g;
+                unsigned af[4] = {to_tf32(a[0]), to_tf32(a[8]), to_tf32(a[4 * lda]),
+                                  to_tf32(a[4 * lda + 8])};
+#pragma unroll
+                for (int ni = 0; ni < 2; ni++) mma_tf32_1688(c[mi][ni], af, bf[ni]);
+            }
+        }
+    }
+}
+
+// CUDA-core accumulation of one stage: thread (tx, ty) owns rows ty * TM + i, columns tx * 4 + j.
+template <int TM>
+__device__ __forceinline__ void fma_stage(const float* As, int lda, const float* Bs, int ldb,
+                                          float (&acc)[TM][4]) {
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk++) {
+        float a[TM], b[4];
+        if constexpr (TM == 4) {
+            float4 a4 = *reinterpret_cast<const float4*>(&As[kk * lda + ty * 4]);
+            a[0] = a4.x; a[1] = a4.y; a[2] = a4.z; a[3] = a4.w;
+        } else {
+            float2 a2 = *reinterpret_cast<const float2*>(&As[kk * lda + ty * 2]);
+            a[0] = a2.x; a[1] = a2.y;
+        }
+        float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk * ldb + tx * 4]);
+        b[0] = b4.x; b[1] = b4.y; b[2] = b4.z; b[3] = b4.w;
+#pragma unroll
+        for (int i = 0; i < TM; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+}
+
+template <int TM, int MATH>
+__device__ __forceinline__ void mul_stage(const float* As, int lda, const float* Bs, int ldb,
+                                          float (&acc)[TM][4], float (&cf)[TM / 2][2][4]) {
+    if constexpr (MATH == MATH_F32)
+        fma_stage<TM>(As, lda, Bs, ldb, acc);
+    else
+        tc_stage<TM, MATH>(As, lda, Bs, ldb, cf);
+}
+
+// Moves the warps' fragments into the FMA tiles' ownership (thread (tx, ty) holds rows
+// ty * TM + i, columns tx * 4 + j) through shared memory, so every epilogue serves both paths.
+template <int TM>
+__device__ __forceinline__ void tc_to_acc(const float (&c)[TM / 2][2][4], float (&acc)[TM][4]) {
+    __shared__ __align__(16) float Cs[16 * TM][BN + 4];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int g = lane / 4, t = lane % 4;
+    const int mb = (warp / 4) * 8 * TM, nb = (warp % 4) * 16;
+#pragma unroll
+    for (int mi = 0; mi < TM / 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 2; ni++) {
+            int r = mb + mi * 16 + g, col = nb + ni * 8 + 2 * t;
+            Cs[r][col] = c[mi][ni][0];
+            Cs[r][col + 1] = c[mi][ni][1];
+            Cs[r + 8][col] = c[mi][ni][2];
+            Cs[r + 8][col + 1] = c[mi][ni][3];
+        }
+    __syncthreads();
+    const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+    for (int i = 0; i < TM; i++) {
+        float4 v = *reinterpret_cast<const float4*>(&Cs[ty * TM + i][tx * 4]);
+        acc[i][0] = v.x; acc[i][1] = v.y; acc[i][2] = v.z; acc[i][3] = v.w;
+    }
+}
 
 // The fused step's prologue: each gathered value z becomes sigma(N(z)) before the GEMM.
 struct NormAct {
@@ -20,6 +178,16 @@ struct NormAct {
     int tv;
     int act;
 };
+
+// Widest image whose tile-plus-halo norms fit the prologue's shared buffer.
+#define MAX_HALO_W 128
+
+// sqrt(sum_c z^2 + eps) at pixel q, from the per-tile partial sums.
+__device__ __forceinline__ float tv_norm_at(const NormAct& na, int q, int nq) {
+    float ss = 0.0f;
+    for (int part = 0; part < na.n_parts; part++) ss += na.ss_part[(size_t)part * nq + q];
+    return sqrtf(ss + TV_EPS);
+}
 
 // Decomposed pixel of a tile column.
 struct Pix {
@@ -41,15 +209,16 @@ __device__ __forceinline__ Pix pixel_of(int q, int nq, int h, int w) {
 
 // acc[TM][4] += the (m0, q0) tile of the GEMM. TRANS: the weight is read as the adjoint
 // (conv_transpose2d): A[m, (o, t)] = K[o, m, TAPS-1-t]. PRO: apply NormAct to gathered values.
-template <int TM, int TAPS, bool TRANS, bool PRO>
+template <int TM, int TAPS, bool TRANS, bool PRO, int MATH>
 __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const float* __restrict__ wt,
                                            int nb, int cg, int mo, int h, int w, NormAct na,
                                            int m0, int q0, float (&acc)[TM][4]) {
     const int BM = 16 * TM;
-    __shared__ __align__(16) float As[BK][16 * TM];
-    __shared__ __align__(16) float Bs[BK][BN];
+    constexpr int PAD = SmemPad<MATH>::v;
+    __shared__ __align__(16) float As[BK][16 * TM + PAD];
+    __shared__ __align__(16) float Bs[BK][BN + PAD];
+    float cf[TM / 2][2][4];
     const int tid = threadIdx.x;
-    const int tx = tid % 16, ty = tid / 16;
     const int hw = h * w, nq = nb * hw;
     const int ktot = cg * TAPS;
 
@@ -62,6 +231,23 @@ __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const fl
     for (int i = 0; i < TM; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < TM / 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) cf[i][j / 4][j % 4] = 0.0f;
+
+    // tvNorm prologue: every gathered value needs its pixel's norm; compute each once per block
+    // for the tile's pixels and their one-pixel halo (one row each side) instead of 9 x Cg times.
+    __shared__ float norm_s[PRO ? BN + 2 * MAX_HALO_W + 2 : 1];
+    const bool rs_ok = PRO && na.tv && w <= MAX_HALO_W;
+    const int rs_base = q0 - w - 1;
+    if (rs_ok) {
+        for (int e = tid; e < BN + 2 * w + 2; e += NT) {
+            int q = rs_base + e;
+            norm_s[e] = q >= 0 && q < nq ? tv_norm_at(na, q, nq) : 1.0f;
+        }
+        __syncthreads();
+    }
 
     for (int k0 = 0; k0 < ktot; k0 += BK) {
         // A tile: weights, m fastest (conflict-free shared stores; weights are L2-resident).
@@ -95,10 +281,8 @@ __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const fl
                         float u;
                         if (na.tv) {
                             int qs = px.n * hw + si * w + sj;
-                            float ss = 0.0f;
-                            for (int part = 0; part < na.n_parts; part++)
-                                ss += na.ss_part[(size_t)part * nq + qs];
-                            u = na.s[c] * v / sqrtf(ss + TV_EPS) + na.b[c];
+                            float r = rs_ok ? norm_s[qs - rs_base] : tv_norm_at(na, qs, nq);
+                            u = na.s[c] * v / r + na.b[c];
                         } else {
                             u = v + na.b[c];
                         }
@@ -109,25 +293,10 @@ __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const fl
             Bs[kk][qcol] = v;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; kk++) {
-            float a[TM], b[4];
-            if constexpr (TM == 4) {
-                float4 a4 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
-                a[0] = a4.x; a[1] = a4.y; a[2] = a4.z; a[3] = a4.w;
-            } else {
-                float2 a2 = *reinterpret_cast<const float2*>(&As[kk][ty * 2]);
-                a[0] = a2.x; a[1] = a2.y;
-            }
-            float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
-            b[0] = b4.x; b[1] = b4.y; b[2] = b4.z; b[3] = b4.w;
-#pragma unroll
-            for (int i = 0; i < TM; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        mul_stage<TM, MATH>(&As[0][0], BM + PAD, &Bs[0][0], BN + PAD, acc, cf);
         __syncthreads();
     }
+    if constexpr (MATH != MATH_F32) tc_to_acc<TM>(cf, acc);
 }
 
 // Stores a finished tile to out [nb, mo, h, w] (thread owns channels ty*TM+i, pixels tx*4+j).
@@ -152,13 +321,15 @@ __device__ __forceinline__ void store_tile(float* __restrict__ out, const float 
 // Weight gradient: dK[m, (c, t)] = sum_q dz[n, m, p] * x[n, c, p + shift(t)] over the pixel
 // range of split blockIdx.z, written to partial[z][m * cg * TAPS + col] (dK's own layout), so
 // that a fixed-order reduction over splits finishes it: deterministic, no atomics.
-template <int TAPS>
+template <int TAPS, int MATH>
 __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const float* __restrict__ dz,
                                            int nb, int cg, int mo, int h, int w, int chunk,
                                            float* __restrict__ partial) {
     const int BM = 64;
-    __shared__ __align__(16) float As[BK][BM];
-    __shared__ __align__(16) float Bs[BK][BN];
+    constexpr int PAD = SmemPad<MATH>::v;
+    __shared__ __align__(16) float As[BK][BM + PAD];
+    __shared__ __align__(16) float Bs[BK][BN + PAD];
+    float cf[2][2][4];
     __shared__ int sh_n[BK], sh_i[BK], sh_j[BK];
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
@@ -173,6 +344,10 @@ __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const fl
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) cf[i][j / 4][j % 4] = 0.0f;
 
     for (int k0 = qbeg; k0 < qend; k0 += BK) {
         if (tid < BK) {
@@ -207,19 +382,10 @@ __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const fl
             Bs[kk][col] = v;
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; kk++) {
-            float4 a4 = *reinterpret_cast<const float4*>(&As[kk][ty * 4]);
-            float4 b4 = *reinterpret_cast<const float4*>(&Bs[kk][tx * 4]);
-            float a[4] = {a4.x, a4.y, a4.z, a4.w};
-            float b[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        mul_stage<4, MATH>(&As[0][0], BM + PAD, &Bs[0][0], BN + PAD, acc, cf);
         __syncthreads();
     }
+    if constexpr (MATH != MATH_F32) tc_to_acc<4>(cf, acc);
     float* dst = partial + (size_t)blockIdx.z * mo * ncol;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -243,20 +409,39 @@ __device__ __forceinline__ void reduce_splits_body(const float* __restrict__ par
     }
 }
 
-#define IGEMM_FWD_KERNEL(name, TM, TAPS, TRANS)                                                  \
+#define IGEMM_FWD_KERNEL(name, TM, TAPS, TRANS, MATH)                                            \
     extern "C" __global__ void __launch_bounds__(NT)                                             \
         name(const float* __restrict__ x, const float* __restrict__ wt, float* __restrict__ out, \
              int nb, int cg, int mo, int h, int w) {                                             \
         float acc[TM][4];                                                                        \
         NormAct na = {0, 0, 0, 0, 0, 0};                                                         \
         int m0 = blockIdx.y * 16 * TM, q0 = blockIdx.x * BN;                                     \
-        igemm_tile<TM, TAPS, TRANS, false>(x, wt, nb, cg, mo, h, w, na, m0, q0, acc);            \
+        igemm_tile<TM, TAPS, TRANS, false, MATH>(x, wt, nb, cg, mo, h, w, na, m0, q0, acc);      \
         store_tile<TM>(out, acc, nb, mo, h * w, m0, q0);                                         \
     }
 
-#define WGRAD_KERNEL(name, TAPS)                                                                  \
+#define WGRAD_KERNEL(name, TAPS, MATH)                                                            \
     extern "C" __global__ void __launch_bounds__(NT)                                              \
         name(const float* __restrict__ x, const float* __restrict__ dz, float* __restrict__ part, \
              int nb, int cg, int mo, int h, int w, int chunk) {                                   \
-        wgrad_tile<TAPS>(x, dz, nb, cg, mo, h, w, chunk, part);                                   \
+        wgrad_tile<TAPS, MATH>(x, dz, nb, cg, mo, h, w, chunk, part);                             \
     }
+
+// Every forward / transpose / weight-gradient entry point of one family, in the three maths
+// (suffixes "", _tf32, _bf16).
+#define CONV_FAMILY(fam, TAPS)                                        \
+    IGEMM_FWD_KERNEL(fam##_fwd_m32, 2, TAPS, false, MATH_F32)         \
+    IGEMM_FWD_KERNEL(fam##_fwd_m64, 4, TAPS, false, MATH_F32)         \
+    IGEMM_FWD_KERNEL(fam##_t_m32, 2, TAPS, true, MATH_F32)            \
+    IGEMM_FWD_KERNEL(fam##_t_m64, 4, TAPS, true, MATH_F32)            \
+    WGRAD_KERNEL(fam##_wgrad, TAPS, MATH_F32)                         \
+    IGEMM_FWD_KERNEL(fam##_fwd_m32_tf32, 2, TAPS, false, MATH_TF32)   \
+    IGEMM_FWD_KERNEL(fam##_fwd_m64_tf32, 4, TAPS, false, MATH_TF32)   \
+    IGEMM_FWD_KERNEL(fam##_t_m32_tf32, 2, TAPS, true, MATH_TF32)      \
+    IGEMM_FWD_KERNEL(fam##_t_m64_tf32, 4, TAPS, true, MATH_TF32)      \
+    WGRAD_KERNEL(fam##_wgrad_tf32, TAPS, MATH_TF32)                   \
+    IGEMM_FWD_KERNEL(fam##_fwd_m32_bf16, 2, TAPS, false, MATH_BF16)   \
+    IGEMM_FWD_KERNEL(fam##_fwd_m64_bf16, 4, TAPS, false, MATH_BF16)   \
+    IGEMM_FWD_KERNEL(fam##_t_m32_bf16, 2, TAPS, true, MATH_BF16)      \
+    IGEMM_FWD_KERNEL(fam##_t_m64_bf16, 4, TAPS, true, MATH_BF16)      \
+    WGRAD_KERNEL(fam##_wgrad_bf16, TAPS, MATH_BF16)

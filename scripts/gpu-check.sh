@@ -2,8 +2,8 @@
 # Prepares the GPU check: run HERE (no GPU needed). It builds release binaries and test
 # executables with PTX embedded (nvcc 13.0 from ../shared/tools/cuda-env.sh) into .gpu/.
 # Then, with the device tool:  command "bash .gpu/run.sh", carry [".gpu"]
-# On the GPU machine run.sh runs every test executable, then scripts/gpu-extra.sh
-# (nvidia-smi, pdenet-cuda-bench, scripts/torch_ref.py); everything goes to $OUT/gpu.log.
+# On the GPU machine run.sh (scripts/gpu-run.sh) runs every test executable, then
+# scripts/gpu-extra.sh (benchmarks, PyTorch comparisons); everything goes to $OUT/gpu.log.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 pack=../shared/tools/gpu-pack.sh
@@ -17,6 +17,8 @@ if [ -f .git ]; then
   pack="$tmp/gpu-pack.sh"
 fi
 bash "$pack" --extra scripts/gpu-extra.sh
+# Our runner: all test executables at once, then the extras (the pack's own runs them in turn).
+cp scripts/gpu-run.sh .gpu/run.sh
 grep -q 'KernelFormat::Ptx' target/release/build/pdenet-*/out/kernels.rs \
   || { echo "gpu-check: release build did not embed PTX (nvcc not used)" >&2; exit 1; }
 size=$(du -sm .gpu | cut -f1)

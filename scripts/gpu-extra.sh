@@ -1,43 +1,46 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine after the test executables (see scripts/gpu-check.sh): independent
-# gradient checks against PyTorch, pdenet's benchmark beside PyTorch's, the kernel benchmark,
-# and the reversible-memory run at 1,000 steps per unit. Each part has its own time limit.
+# Runs on the GPU machine after the test executables (scripts/gpu-run.sh): pdenet's kernels and
+# training step in f32 / tf32 / bf16 beside PyTorch + cuDNN, memory in depth, the 1,000-step
+# reversible run and gradient parity with PyTorch. Each part has its own time limit; JSON goes
+# to $OUT. GPU_PARTS picks parts (default: all), e.g. GPU_PARTS="kernels train".
 set -u
 P="${PDENET:-.gpu/bin/pdenet}"
 OUTDIR="${OUT:-/tmp}"
+PARTS="${GPU_PARTS:-kernels train depth deep parity}"
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
+has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
+t0=$(date +%s)
+stamp() { echo "-- $1 at $(( $(date +%s) - t0 )) s"; }
 
-if [ "${GPU_QUICK:-0}" = 1 ]; then
-  # A re-check after fixes: correctness, and one throughput/memory sweep.
-  echo "== grad parity vs PyTorch, CUDA and CPU backends"
-  PDENET="$P" timeout 150 python3 scripts/grad_parity.py --device cuda || echo "grad_parity cuda failed: $?"
-  PDENET="$P" timeout 150 python3 scripts/grad_parity.py --device cpu || echo "grad_parity cpu failed: $?"
-  echo "== pdenet bench: ref-cifar, batch 256, steps 2,8,32"
-  timeout 150 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 2,8,32 --policies store,reversible,exact --repeats 3 --json "$OUTDIR/bench-cuda.json" || echo "bench failed: $?"
-  exit 0
+if has kernels; then
+  stamp "pdenet-cuda-bench (kernels, f32 / tf32 / bf16)"
+  timeout 120 "$(dirname "$P")/pdenet-cuda-bench" --batch 256 --reps 20 || echo "pdenet-cuda-bench failed: $?"
+  stamp "PyTorch kernels"
+  timeout 90 python3 scripts/torch_ref.py 256 || echo "torch_ref.py failed: $?"
 fi
 
-echo "== grad parity vs PyTorch (float64 autograd), CUDA backend"
-PDENET="$P" timeout 150 python3 scripts/grad_parity.py --device cuda || echo "grad_parity cuda failed: $?"
+if has train; then
+  stamp "PyTorch: ref-cifar training step, batch 256, steps 8"
+  timeout 120 python3 scripts/torch_train_bench.py --batch 256 --steps 8 || echo "torch_train_bench failed: $?"
+  stamp "pdenet bench: ref-cifar, batch 256, steps 8, f32 / tf32 / bf16"
+  timeout 180 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 8 --policies store,reversible \
+    --precision f32,tf32,bf16 --repeats 5 --json "$OUTDIR/bench-train.json" || echo "bench failed: $?"
+fi
 
-echo "== pdenet bench: ref-cifar, batch 256, steps 8, f32"
-timeout 150 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 8 --policies store,reversible --repeats 3 --json "$OUTDIR/bench-cuda.json" || echo "bench failed: $?"
+if has depth; then
+  stamp "memory vs depth (batch 256, bf16): store, reversible, exact"
+  timeout 150 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 2,8,32 --precision bf16 \
+    --policies store,reversible,exact --repeats 1 --json "$OUTDIR/bench-depth.json" || echo "depth bench failed: $?"
+fi
 
-echo "== PyTorch: ref-cifar training step, batch 256, steps 8"
-timeout 120 python3 scripts/torch_train_bench.py --batch 256 --steps 8 || echo "torch_train_bench failed: $?"
+if has deep; then
+  stamp "reversible at 1000 steps per unit (batch 256, bf16)"
+  timeout 150 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 1000 --precision bf16 \
+    --policies reversible --repeats 1 --json "$OUTDIR/bench-1000.json" || echo "1000-step bench failed: $?"
+fi
 
-echo "== pdenet-cuda-bench (kernels)"
-timeout 120 "$(dirname "$P")/pdenet-cuda-bench" --batch 256 --reps 20 || echo "pdenet-cuda-bench failed: $?"
-
-echo "== PyTorch kernels"
-timeout 120 python3 scripts/torch_ref.py 256 || echo "torch_ref.py failed: $?"
-
-echo "== memory vs depth (batch 256): store vs reversible"
-timeout 150 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 2,8,32 --policies store,reversible --repeats 1 --json "$OUTDIR/bench-depth.json" || echo "depth bench failed: $?"
-
-echo "== reversible at 1000 steps per unit (batch 256)"
-timeout 200 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 1000 --policies reversible --repeats 1 --json "$OUTDIR/bench-1000.json" || echo "1000-step bench failed: $?"
-
-echo "== grad parity vs PyTorch, CPU backend"
-PDENET="$P" timeout 100 python3 scripts/grad_parity.py --device cpu || echo "grad_parity cpu failed: $?"
+if has parity; then
+  stamp "grad parity vs PyTorch (float64 autograd), CUDA backend"
+  PDENET="$P" timeout 120 python3 scripts/grad_parity.py --device cuda || echo "grad_parity cuda failed: $?"
+fi
+stamp "extras done"

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch training-step throughput of a SPEC network (same equations as pdenet), for the GPU
-comparison: f32 eager and bf16 autocast, forward + backward + SGD update.
+comparison: f32 eager (TF32 convolutions, PyTorch's default, and strict f32) and bf16 autocast, forward + backward + SGD update.
 
     python3 scripts/torch_train_bench.py [CONFIG_JSON] [--batch 256] [--steps 8]
 """
@@ -53,7 +53,9 @@ def main():
     x = torch.randn(batch, cfg["in_channels"], 32, 32, device=dev)
     y = torch.randint(0, cfg["classes"], (batch,), device=dev)
     opt = torch.optim.SGD(W.values(), lr=1e-3)
-    for mode in ["f32", "bf16-autocast"]:
+    # "f32" is PyTorch's default (cuDNN convolutions in TF32); "f32-strict" turns TF32 off.
+    for mode in ["f32", "f32-strict", "bf16-autocast"]:
+        torch.backends.cudnn.allow_tf32 = mode != "f32-strict"
         def step():
             opt.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode != "f32"):

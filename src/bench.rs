@@ -5,7 +5,7 @@
 use crate::backend::Backend;
 use crate::config::{Config, Kind, LayerType, OperatorKind};
 use crate::device::Device;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::network::Layout;
 use crate::params::{ParamRole, ParamSet};
 use crate::schedule::plan::{count_flops, plan_step};
@@ -24,7 +24,7 @@ pub struct BenchOptions {
     pub layers: Vec<LayerType>,
     pub operators: Vec<OperatorKind>,
     pub policies: Vec<Policy>,
-    pub precisions: Vec<String>,
+    pub precisions: Vec<crate::backend::Precision>,
     pub devices: Vec<crate::backend::DeviceChoice>,
     /// Timed training steps per point (after one warm-up step).
     pub repeats: usize,
@@ -211,8 +211,8 @@ fn time_steps<B: Backend>(
     })
 }
 
-/// The GPU roofline: one 4096^3 GEMM through pdenet's own 1x1-convolution kernel, and a 1 GiB
-/// device-to-device copy.
+/// The GPU roofline: one 4096^3 GEMM through pdenet's own 1x1-convolution kernel in the
+/// backend's precision, and a 1 GiB device-to-device copy.
 pub fn cuda_roofline(be: &crate::backend::cuda::Cuda) -> Result<Roofline> {
     let n = 4096;
     let d = crate::tensor::Dims::new(1, n, 64, 64);
@@ -237,7 +237,7 @@ pub fn cuda_roofline(be: &crate::backend::cuda::Cuda) -> Result<Roofline> {
     be.synchronize()?;
     let bandwidth_gbs = (2 * 4 * (1usize << 28) * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
     Ok(Roofline {
-        device: format!("cuda ({})", be.device_name()),
+        device: format!("cuda ({}, {})", be.device_name(), be.precision().name()),
         gemm_gflops,
         bandwidth_gbs,
     })
@@ -251,20 +251,14 @@ pub fn run(
     let mut rooflines = Vec::new();
     let mut points: Vec<BenchPoint> = Vec::new();
     for &dev_choice in &opts.devices {
-        let device = Device::select(dev_choice)?;
-        let roof = match &device {
-            Device::Cpu(_) => cpu_roofline(),
-            Device::Cuda(c) => cuda_roofline(c)?,
-        };
-        for &layer in &opts.layers {
-            for &operator in &opts.operators {
-                for precision in &opts.precisions {
-                    if precision != "f32" {
-                        return Err(Error::Input(format!(
-                            "precision `{precision}` is not available on {} (f32 only)",
-                            device.name()
-                        )));
-                    }
+        for &precision in &opts.precisions {
+            let device = Device::select_with(dev_choice, precision)?;
+            let roof = match &device {
+                Device::Cpu(_) => cpu_roofline(),
+                Device::Cuda(c) => cuda_roofline(c)?,
+            };
+            for &layer in &opts.layers {
+                for &operator in &opts.operators {
                     for &policy in &opts.policies {
                         let mut prev: Option<(usize, usize, Option<usize>)> = None;
                         for &steps in &opts.steps {
@@ -277,7 +271,7 @@ pub fn run(
                             shape.extend(sample_shape(&cfg));
                             let plan = plan_step(&layout, &shape, policy.schedule())?;
                             let flops = count_flops(&layout, &shape[1..])?;
-                            let m = match Device::select(dev_choice)? {
+                            let m = match Device::select_with(dev_choice, precision)? {
                                 Device::Cpu(b) => {
                                     let counting = crate::alloc::counting();
                                     let base = std::cell::Cell::new(0usize);
@@ -334,7 +328,7 @@ pub fn run(
                                 layer: layer.name().into(),
                                 operator: format!("{operator:?}").to_lowercase(),
                                 policy: policy.name().into(),
-                                precision: precision.clone(),
+                                precision: precision.name().into(),
                                 steps,
                                 batch: opts.batch,
                                 seconds_per_step: m.seconds,
@@ -362,8 +356,8 @@ pub fn run(
                     }
                 }
             }
+            rooflines.push(roof);
         }
-        rooflines.push(roof);
     }
     Ok((rooflines, points))
 }
@@ -378,14 +372,15 @@ pub fn table(roofs: &[Roofline], points: &[BenchPoint]) -> String {
         );
     }
     s += &format!(
-        "{:<5} {:<13} {:<9} {:<10} {:>5} {:>5} {:>9} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
-        "dev", "layer", "operator", "policy", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "plan MB", "meas MB", "act MB", "MB/step", "drift"
+        "{:<5} {:<4} {:<13} {:<9} {:<10} {:>5} {:>5} {:>9} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
+        "dev", "prec", "layer", "operator", "policy", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "plan MB", "meas MB", "act MB", "MB/step", "drift"
     );
     let mb = |b: f64| b / 1e6;
     for p in points {
         s += &format!(
-            "{:<5} {:<13} {:<9} {:<10} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
+            "{:<5} {:<4} {:<13} {:<9} {:<10} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
             p.device,
+            p.precision,
             p.layer,
             p.operator,
             p.policy,
@@ -425,7 +420,10 @@ pub fn plots(dir: &std::path::Path, points: &[BenchPoint]) -> Result<()> {
 fn series(points: &[BenchPoint], y: impl Fn(&BenchPoint) -> f64) -> Vec<(String, Vec<(f64, f64)>)> {
     let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for p in points {
-        let key = format!("{} {} {} {}", p.device, p.layer, p.operator, p.policy);
+        let key = format!(
+            "{} {} {} {} {}",
+            p.device, p.precision, p.layer, p.operator, p.policy
+        );
         match out.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => v.push((p.steps as f64, y(p))),
             None => out.push((key, vec![(p.steps as f64, y(p))])),

@@ -2,8 +2,8 @@
 //! runs one generic body on whichever backend was chosen.
 
 use crate::backend::cuda::Cuda;
-use crate::backend::DeviceChoice;
-use crate::error::Result;
+use crate::backend::{DeviceChoice, Precision};
+use crate::error::{Error, Result};
 
 /// A resolved backend.
 pub enum Device {
@@ -22,6 +22,22 @@ impl Device {
                 Ok(c) => Device::Cuda(c),
                 Err(_) => Device::Cpu(crate::backend::cpu::Cpu::new()),
             }),
+        }
+    }
+
+    /// As [`Device::select`], with the convolution arithmetic; `tf32` and `bf16` need CUDA.
+    pub fn select_with(choice: DeviceChoice, precision: Precision) -> Result<Device> {
+        if precision == Precision::F32 {
+            return Self::select(choice);
+        }
+        match choice {
+            DeviceChoice::Cpu => Err(Error::Input(format!(
+                "precision `{}` runs on the CUDA tensor cores; the CPU backend computes in f32",
+                precision.name()
+            ))),
+            DeviceChoice::Cuda | DeviceChoice::Auto => {
+                Ok(Device::Cuda(Cuda::try_new_with(precision)?))
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 
 use pdenet::backend::cuda::Cuda;
 use pdenet::backend::reference::Reference;
-use pdenet::backend::{Activation, Backend, Norm};
+use pdenet::backend::{Activation, Backend, Norm, Precision};
 use pdenet::{Dims, Error};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -180,6 +180,140 @@ fn conv1x1_family() {
             &c.conv1x1_wgrad(&x.dev, d, &z.dev, cout).unwrap(),
             &r.conv1x1_wgrad(&x.host, d, &z.host, cout).unwrap(),
         );
+    }
+}
+
+/// `v` as the tensor cores read it: tf32 rounds to nearest with ties away (cvt.rna), bf16 to
+/// nearest even.
+fn round_for(p: Precision, v: &[f64]) -> Vec<f64> {
+    v.iter()
+        .map(|&x| {
+            let u = (x as f32).to_bits();
+            let r = match p {
+                Precision::F32 => u,
+                Precision::Tf32 => u.wrapping_add(0x1000) & 0xffff_e000,
+                Precision::Bf16 => (u.wrapping_add(0x7fff + ((u >> 16) & 1))) & 0xffff_0000,
+            };
+            f32::from_bits(r) as f64
+        })
+        .collect()
+}
+
+/// The tensor-core convolutions equal the reference run on the rounded operands (so the check
+/// is as tight as f32's): this pins down the mma fragment layouts exactly.
+#[test]
+fn tensor_core_convolutions() {
+    if cuda().is_none() {
+        return;
+    }
+    let r = Reference;
+    for p in [Precision::Tf32, Precision::Bf16] {
+        let c = Cuda::try_new_with(p).unwrap();
+        let mut g = rng(21);
+        let mut shp = shapes();
+        shp.push((Dims::new(4, 8, 32, 32), 8)); // the split-K weight gradient
+        for (d, cout) in shp {
+            let od = d.with_c(cout);
+            for taps in [9usize, 1] {
+                let x = rand_vec(&mut g, d.len(), 1.0);
+                let k = rand_vec(&mut g, cout * d.c * taps, 0.5);
+                let z = rand_vec(&mut g, od.len(), 1.0);
+                let (xr, kr, zr) = (round_for(p, &x), round_for(p, &k), round_for(p, &z));
+                let (xd, kd, zd) = (
+                    c.upload(&x).unwrap(),
+                    c.upload(&k).unwrap(),
+                    c.upload(&z).unwrap(),
+                );
+                let what = format!("{} taps={taps} {d} -> {cout}", p.name());
+                let (fwd, tr, wg) = if taps == 9 {
+                    (
+                        c.conv3x3(&xd, d, &kd, cout).unwrap(),
+                        c.conv3x3_t(&zd, od, &kd, d.c).unwrap(),
+                        c.conv3x3_wgrad(&xd, d, &zd, cout).unwrap(),
+                    )
+                } else {
+                    (
+                        c.conv1x1(&xd, d, &kd, cout).unwrap(),
+                        c.conv1x1_t(&zd, od, &kd, d.c).unwrap(),
+                        c.conv1x1_wgrad(&xd, d, &zd, cout).unwrap(),
+                    )
+                };
+                let (wf, wt, ww) = if taps == 9 {
+                    (
+                        r.conv3x3(&xr, d, &kr, cout).unwrap(),
+                        r.conv3x3_t(&zr, od, &kr, d.c).unwrap(),
+                        r.conv3x3_wgrad(&xr, d, &zr, cout).unwrap(),
+                    )
+                } else {
+                    (
+                        r.conv1x1(&xr, d, &kr, cout).unwrap(),
+                        r.conv1x1_t(&zr, od, &kr, d.c).unwrap(),
+                        r.conv1x1_wgrad(&xr, d, &zr, cout).unwrap(),
+                    )
+                };
+                check(&c, &format!("fwd {what}"), &fwd, &wf);
+                check(&c, &format!("transpose {what}"), &tr, &wt);
+                check(&c, &format!("wgrad {what}"), &wg, &ww);
+            }
+        }
+    }
+}
+
+/// The fused step in tf32 / bf16 against the f64 composition, within the operands' rounding.
+#[test]
+fn tensor_core_fused_step() {
+    if cuda().is_none() {
+        return;
+    }
+    let r = Reference;
+    for (p, tol) in [(Precision::Tf32, 3e-3), (Precision::Bf16, 2e-2)] {
+        let c = Cuda::try_new_with(p).unwrap();
+        let mut g = rng(22);
+        for d in [
+            Dims::new(2, 3, 7, 5),
+            Dims::new(2, 32, 8, 8),
+            Dims::new(2, 70, 4, 3),
+        ] {
+            let y = both(&c, rand_vec(&mut g, d.len(), 1.0));
+            let yp = both(&c, rand_vec(&mut g, d.len(), 1.0));
+            let k = both(
+                &c,
+                rand_vec(&mut g, d.c * d.c * 9, 1.0 / (d.c as f64 * 9.0).sqrt()),
+            );
+            let s = both(&c, rand_vec(&mut g, d.c, 1.5));
+            let b = both(&c, rand_vec(&mut g, d.c, 0.3));
+            let got = c
+                .step_full3x3(
+                    &[(2.0, &y.dev), (-1.0, &yp.dev)],
+                    0.25,
+                    &y.dev,
+                    d,
+                    &k.dev,
+                    Norm::Tv {
+                        s: &s.dev,
+                        b: &b.dev,
+                    },
+                    Activation::Tanh,
+                )
+                .unwrap();
+            let want = r
+                .step_full3x3(
+                    &[(2.0, &y.host), (-1.0, &yp.host)],
+                    0.25,
+                    &y.host,
+                    d,
+                    &k.host,
+                    Norm::Tv {
+                        s: &s.host,
+                        b: &b.host,
+                    },
+                    Activation::Tanh,
+                )
+                .unwrap();
+            let e = rel_err(&c.download(&got).unwrap(), &want);
+            println!("{} fused step {d}: relative error {e:.2e}", p.name());
+            assert!(e <= tol, "{} fused step {d}: {e:.3e} > {tol:.0e}", p.name());
+        }
     }
 }
 
@@ -448,6 +582,7 @@ fn fused_step_matches_composition() {
         Dims::new(1, 40, 5, 9),
         Dims::new(2, 70, 4, 3),
         Dims::new(9, 6, 1, 1),
+        Dims::new(1, 3, 2, 130), // wider than the prologue's halo buffer
     ];
     for d in dims {
         let y = both(&c, rand_vec(&mut g, d.len(), 1.0));

@@ -275,6 +275,51 @@ fn cuda_matches_cpu_on_whole_networks() {
     }
 }
 
+/// Training gradients with tensor-core convolutions (tf32, bf16 operands; f32 storage) stay
+/// close to the f32 CPU engine's: within the operands' rounding, for every layer type.
+#[test]
+fn tensor_core_gradients_track_f32() {
+    if cuda().is_none() {
+        return;
+    }
+    use pdenet::backend::Precision;
+    for (p, tol) in [(Precision::Tf32, 5e-3), (Precision::Bf16, 5e-2)] {
+        let mut gpu = Some(pdenet::backend::cuda::Cuda::try_new_with(p).unwrap());
+        for layer in LayerType::ALL {
+            let cfg = image_config(layer, 3);
+            let layout = Layout::new(&cfg).unwrap();
+            let params = random_params(&layout, 5);
+            let (x, labels) = batch(&cfg, 3, 9);
+            let mut cpu =
+                Engine::new(pdenet::backend::cpu::Cpu::new(), layout.clone(), &params).unwrap();
+            let mut dev = Engine::new(gpu.take().expect("one device"), layout, &params).unwrap();
+            let a = dev
+                .grad(&x, &labels, Policy::Store.schedule(), false)
+                .unwrap();
+            let b = cpu
+                .grad(&x, &labels, Policy::Store.schedule(), false)
+                .unwrap();
+            let mut worst = rel_diff(&a.grad_x, &b.grad_x);
+            for ((_, _, ga), (_, _, gb)) in a.grads.iter().zip(b.grads.iter()) {
+                worst = worst.max(rel_diff(&ga.data, &gb.data));
+            }
+            println!(
+                "{} {}: worst gradient difference {worst:.2e}",
+                p.name(),
+                layer.name()
+            );
+            assert!(
+                worst <= tol,
+                "{} {}: {worst:.3e} > {tol:.0e}",
+                p.name(),
+                layer.name()
+            );
+            assert!((a.loss - b.loss).abs() <= tol * b.loss.abs().max(1.0));
+            gpu = Some(dev.backend);
+        }
+    }
+}
+
 // ---- operators and layers of SPEC section 7 ------------------------------------------------
 
 /// An image network with extra keys (`operator`, `connect`), `widths` and `steps` per unit.

@@ -38,6 +38,70 @@ inline long long __double2ll_rz(double v) {
 }
 inline float __int2float_rn(int v) { return (float)v; }
 
+// Tensor-core emulation: conv_gemm.cuh's four mma helpers, with the fragment layouts of the PTX
+// ISA. Every thread of the block reaches each mma together (uniform control flow), so the warp's
+// exchange of fragments goes through a block barrier.
+#define PDENET_EMU 1
+#include <cstring>
+inline float emu_bits_float(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t emu_float_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+// Round to bf16, nearest even (NaN kept quiet), as cvt.rn.bf16.f32.
+inline uint32_t emu_bf16(float f) {
+    uint32_t u = emu_float_bits(f);
+    if (std::isnan(f)) return 0x7fc0u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+inline unsigned pack_bf16x2(float lo, float hi) { return emu_bf16(lo) | (emu_bf16(hi) << 16); }
+// Round to tf32 (10 mantissa bits), nearest with ties away from zero, as cvt.rna.tf32.f32.
+inline unsigned to_tf32(float x) {
+    if (std::isnan(x)) return emu_float_bits(x);
+    return (emu_float_bits(x) + 0x1000u) & 0xffffe000u;
+}
+inline float emu_bf16_lo(uint32_t r) { return emu_bits_float(r << 16); }
+inline float emu_bf16_hi(uint32_t r) { return emu_bits_float(r & 0xffff0000u); }
+inline uint32_t g_mma_a[32][32][4], g_mma_b[32][32][2];
+template <int KDIM>
+void emu_mma(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    for (int i = 0; i < 4; i++) g_mma_a[warp][lane][i] = a[i];
+    for (int i = 0; i < 2; i++) g_mma_b[warp][lane][i] = b[i];
+    __syncthreads();
+    float A[16][16] = {}, B[16][8] = {};
+    for (int l = 0; l < 32; l++) {
+        const int g = l / 4, t = l % 4;
+        const uint32_t* fa = g_mma_a[warp][l];
+        const uint32_t* fb = g_mma_b[warp][l];
+        if (KDIM == 16) {  // bf16 m16n8k16
+            const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+            for (int r = 0; r < 4; r++) {
+                A[rows[r]][cols[r]] = emu_bf16_lo(fa[r]);
+                A[rows[r]][cols[r] + 1] = emu_bf16_hi(fa[r]);
+            }
+            B[2 * t][g] = emu_bf16_lo(fb[0]);
+            B[2 * t + 1][g] = emu_bf16_hi(fb[0]);
+            B[2 * t + 8][g] = emu_bf16_lo(fb[1]);
+            B[2 * t + 9][g] = emu_bf16_hi(fb[1]);
+        } else {  // tf32 m16n8k8
+            A[g][t] = emu_bits_float(fa[0]);
+            A[g + 8][t] = emu_bits_float(fa[1]);
+            A[g][t + 4] = emu_bits_float(fa[2]);
+            A[g + 8][t + 4] = emu_bits_float(fa[3]);
+            B[t][g] = emu_bits_float(fb[0]);
+            B[t + 4][g] = emu_bits_float(fb[1]);
+        }
+    }
+    __syncthreads();
+    const int g = lane / 4, t = lane % 4;
+    for (int i = 0; i < 4; i++) {
+        const int r = g + (i / 2) * 8, c = 2 * t + (i % 2);
+        float s = d[i];
+        for (int k = 0; k < KDIM; k++) s += A[r][k] * B[k][c];
+        d[i] = s;
+    }
+}
+inline void mma_bf16_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) { emu_mma<16>(d, a, b); }
+inline void mma_tf32_1688(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) { emu_mma<8>(d, a, b); }
+
 template <class F>
 void launch(dim3 grid, dim3 block, F f) {
     gridDim = grid;

@@ -462,6 +462,40 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
+/// The arithmetic of the convolution GEMMs. Storage and accumulation stay f32 in every mode;
+/// `tf32` and `bf16` round the GEMM operands for the tensor cores (CUDA only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Tf32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(crate::error::Error::Input(format!(
+                "unknown precision `{other}` (expected f32, tf32 or bf16)"
+            ))),
+        }
+    }
+}
+
 /// Whether a CUDA device can be used in this process (driver, device and kernels load).
 pub fn cuda_is_usable() -> bool {
     cuda::Cuda::try_new().is_ok()

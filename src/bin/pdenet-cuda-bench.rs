@@ -1,11 +1,11 @@
 //! Micro-benchmark of the CUDA kernels at the ref-cifar sizes (batch 256): conv3x3 forward,
-//! transpose, weight gradient and the fused step, timed with CUDA events (median of repeats
-//! after warm-up). Usage: `pdenet-cuda-bench [--batch N] [--reps N]`. Exits 0 with a SKIP
+//! transpose, weight gradient and the fused step in f32, tf32 and bf16, timed with CUDA events
+//! (median of repeats after warm-up). Usage: `pdenet-cuda-bench [--batch N] [--reps N]`. Exits 0 with a SKIP
 //! line when no GPU is usable.
 
 use cudarc::driver::sys::CUevent_flags;
 use pdenet::backend::cuda::Cuda;
-use pdenet::backend::{Activation, Backend, Norm};
+use pdenet::backend::{Activation, Backend, Norm, Precision};
 use pdenet::{Dims, Result};
 
 fn main() {
@@ -24,16 +24,18 @@ fn main() {
             }
         }
     }
-    let cuda = match Cuda::try_new() {
-        Ok(c) => c,
-        Err(e) => {
-            println!("SKIP: {e}");
-            return;
+    for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+        let cuda = match Cuda::try_new_with(p) {
+            Ok(c) => c,
+            Err(e) => {
+                println!("SKIP: {e}");
+                return;
+            }
+        };
+        if let Err(e) = run(&cuda, batch, reps.max(1)) {
+            eprintln!("pdenet-cuda-bench: {e}");
+            std::process::exit(1);
         }
-    };
-    if let Err(e) = run(&cuda, batch, reps.max(1)) {
-        eprintln!("pdenet-cuda-bench: {e}");
-        std::process::exit(1);
     }
 }
 
@@ -71,7 +73,11 @@ fn time_ms(cuda: &Cuda, reps: usize, mut f: impl FnMut() -> Result<()>) -> Resul
 }
 
 fn run(cuda: &Cuda, batch: usize, reps: usize) -> Result<()> {
-    println!("device: {}", cuda.device_name());
+    println!(
+        "device: {}, convolutions in {}",
+        cuda.device_name(),
+        cuda.precision().name()
+    );
     println!(
         "{:<14} {:>22} {:>10} {:>10} {:>9}",
         "op", "shape", "ms", "GFLOP/s", "GB/s"

@@ -1,7 +1,7 @@
 //! `pdenet bench`: the memory and throughput sweep.
 
 use clap::Args;
-use pdenet::backend::DeviceChoice;
+use pdenet::backend::{DeviceChoice, Precision};
 use pdenet::bench::{self, BenchOptions};
 use pdenet::config::{Config, LayerType, OperatorKind};
 use pdenet::params::write_atomic;
@@ -80,11 +80,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             None => vec![config.operator],
         },
         policies: list::<Policy>(&a.policies)?,
-        precisions: a
-            .precision
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect(),
+        precisions: list::<Precision>(&a.precision)?,
         devices: list::<DeviceChoice>(&a.device)?,
         config,
         steps,

@@ -20,6 +20,7 @@ use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
 
+use crate::backend::Precision;
 use crate::error::{Error, Result};
 
 mod embedded {
@@ -31,6 +32,33 @@ mod embedded {
     }
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
+
+/// Kernel-name suffixes of the tensor-core variants (kernels/conv_gemm.cuh), by precision.
+fn math_suffix(p: Precision) -> &'static str {
+    match p {
+        Precision::F32 => "",
+        Precision::Tf32 => "_tf32",
+        Precision::Bf16 => "_bf16",
+    }
+}
+
+/// Entry points that also exist with the `_tf32` and `_bf16` suffixes.
+const TENSOR_CORE_KERNELS: &[&str] = &[
+    "conv3x3_fwd_m32",
+    "conv3x3_fwd_m64",
+    "conv3x3_t_m32",
+    "conv3x3_t_m64",
+    "conv3x3_wgrad",
+    "conv1x1_fwd_m32",
+    "conv1x1_fwd_m64",
+    "conv1x1_t_m32",
+    "conv1x1_t_m64",
+    "conv1x1_wgrad",
+    "step_conv_ss_m32",
+    "step_conv_ss_m64",
+    "step_convt_m32",
+    "step_convt_m64",
+];
 
 /// Every kernel entry point, by module (a `kernels/<module>.cu` file).
 const KERNELS: &[(&str, &[&str])] = &[
@@ -157,9 +185,10 @@ impl<T: DeviceRepr> Drop for DeviceBuf<T> {
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    funcs: HashMap<&'static str, CudaFunction>,
+    funcs: HashMap<String, CudaFunction>,
     mem: Arc<MemCounter>,
     device_name: String,
+    precision: Precision,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -171,8 +200,13 @@ impl std::fmt::Debug for Cuda {
 }
 
 impl Cuda {
-    /// Opens device 0 and loads the kernels, or says why it cannot.
+    /// Opens device 0 and loads the kernels, or says why it cannot (f32 convolutions).
     pub fn try_new() -> Result<Cuda> {
+        Self::try_new_with(Precision::F32)
+    }
+
+    /// As [`Cuda::try_new`], with the convolution GEMMs in `precision`.
+    pub fn try_new_with(precision: Precision) -> Result<Cuda> {
         // cudarc panics when a library or symbol is missing: check first, and catch the rest.
         // SAFETY: only probes whether the shared library can be opened.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
@@ -180,7 +214,7 @@ impl Cuda {
                 "the CUDA driver library (libcuda) was not found".into(),
             ));
         }
-        match std::panic::catch_unwind(Self::open) {
+        match std::panic::catch_unwind(|| Self::open(precision)) {
             Ok(r) => r,
             Err(p) => {
                 let msg = p
@@ -195,7 +229,7 @@ impl Cuda {
         }
     }
 
-    fn open() -> Result<Cuda> {
+    fn open(precision: Precision) -> Result<Cuda> {
         let unavailable =
             |what: &str, e: &dyn std::fmt::Debug| Error::CudaUnavailable(format!("{what}: {e:?}"));
         let count = CudaContext::device_count().map_err(|e| unavailable("no CUDA driver", &e))?;
@@ -227,11 +261,19 @@ impl Cuda {
             let m = ctx
                 .load_module(ptx)
                 .map_err(|e| unavailable(&format!("cannot load kernel module `{module}`"), &e))?;
-            for &name in *names {
-                let f = m
-                    .load_function(name)
-                    .map_err(|e| unavailable(&format!("kernel `{name}` missing"), &e))?;
-                funcs.insert(name, f);
+            for &base in *names {
+                let variants = if TENSOR_CORE_KERNELS.contains(&base) {
+                    &[Precision::F32, Precision::Tf32, Precision::Bf16][..]
+                } else {
+                    &[Precision::F32][..]
+                };
+                for &p in variants {
+                    let name = format!("{base}{}", math_suffix(p));
+                    let f = m
+                        .load_function(&name)
+                        .map_err(|e| unavailable(&format!("kernel `{name}` missing"), &e))?;
+                    funcs.insert(name, f);
+                }
             }
         }
         Ok(Cuda {
@@ -240,7 +282,18 @@ impl Cuda {
             funcs,
             mem: Arc::new(MemCounter::default()),
             device_name,
+            precision,
         })
+    }
+
+    /// The arithmetic of the convolution GEMMs.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// `base` with the suffix of this backend's convolution precision (a tensor-core kernel).
+    pub(crate) fn tc_name(&self, base: &str) -> String {
+        format!("{base}{}", math_suffix(self.precision))
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".

@@ -98,7 +98,10 @@ impl Cuda {
             return Ok(out);
         }
         let (bm, suffix) = m_tile(mo);
-        let name = format!("{family}_{}_{suffix}", if trans { "t" } else { "fwd" });
+        let name = self.tc_name(&format!(
+            "{family}_{}_{suffix}",
+            if trans { "t" } else { "fwd" }
+        ));
         let cfg = gemm_grid(d.n * d.hw(), mo, bm)?;
         let (nb, cg, m, h, w) = (d.n as i32, d.c as i32, mo as i32, d.h as i32, d.w as i32);
         if d.c == 0 {
@@ -157,6 +160,8 @@ impl Cuda {
             d.w as i32,
             chunk as i32,
         );
+        let kernel = self.tc_name(kernel);
+        let kernel = kernel.as_str();
         let out = self.alloc::<f32>(len)?;
         if splits == 1 {
             launch!(self, kernel, cfg; x.slice(), dz.slice(), out.slice(), &nb, &cg, &m, &h, &w, &ch)?;
@@ -685,12 +690,12 @@ impl Backend for Cuda {
         let (ss, s, b, tv) = match norm {
             Norm::Tv { s, b } => {
                 let ss = self.alloc::<f32>(parts * nq)?;
-                launch!(self, format!("step_conv_ss_{suffix}").as_str(), cfg; y.slice(), k.slice(),
+                launch!(self, self.tc_name(&format!("step_conv_ss_{suffix}")).as_str(), cfg; y.slice(), k.slice(),
                         z.slice(), ss.slice(), &nb, &c, &h, &w)?;
                 (Some(ss), s, b, 1i32)
             }
             Norm::Shift { b } => {
-                launch!(self, format!("conv3x3_fwd_{suffix}").as_str(), cfg; y.slice(), k.slice(),
+                launch!(self, self.tc_name(&format!("conv3x3_fwd_{suffix}")).as_str(), cfg; y.slice(), k.slice(),
                         z.slice(), &nb, &c, &c, &h, &w)?;
                 (None, b, b, 0i32)
             }
@@ -706,7 +711,7 @@ impl Backend for Cuda {
         // Unused slots point at y (never read: nterms bounds them).
         let xt = |i: usize| terms.get(i).map_or(y.slice(), |t| t.1.slice());
         let ss_slice = ss.as_ref().map_or(z.slice(), |v| v.slice());
-        launch!(self, format!("step_convt_{suffix}").as_str(), cfg; z.slice(), k.slice(),
+        launch!(self, self.tc_name(&format!("step_convt_{suffix}")).as_str(), cfg; z.slice(), k.slice(),
                 out.slice(), &nb, &c, &h, &w, ss_slice, &n_parts, s.slice(), b.slice(), &tv, &a,
                 &neg, &nt, &ac[0], xt(0), &ac[1], xt(1), &ac[2], xt(2))?;
         Ok(out)
