@@ -207,12 +207,13 @@ __device__ __forceinline__ Pix pixel_of(int q, int nq, int h, int w) {
     return px;
 }
 
-// acc[TM][4] += the (m0, q0) tile of the GEMM. TRANS: the weight is read as the adjoint
+// acc[TM][4] += the (m0, q0) tile of the GEMM of group blockIdx.z (of `groups`; PyTorch's
+// grouped convolution, cg and mo channels per group). TRANS: the weight is read as the adjoint
 // (conv_transpose2d): A[m, (o, t)] = K[o, m, TAPS-1-t]. PRO: apply NormAct to gathered values.
 template <int TM, int TAPS, bool TRANS, bool PRO, int MATH>
 __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const float* __restrict__ wt,
-                                           int nb, int cg, int mo, int h, int w, NormAct na,
-                                           int m0, int q0, float (&acc)[TM][4]) {
+                                           int nb, int cg, int mo, int h, int w, int groups,
+                                           NormAct na, int m0, int q0, float (&acc)[TM][4]) {
     const int BM = 16 * TM;
     constexpr int PAD = SmemPad<MATH>::v;
     __shared__ __align__(16) float As[BK][16 * TM + PAD];
@@ -225,7 +226,11 @@ __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const fl
     // Each thread gathers a fixed pixel column of the B tile.
     const int qcol = tid % BN;
     const Pix px = pixel_of(q0 + qcol, nq, h, w);
-    const float* xn = x + (size_t)px.n * cg * hw;
+    // Group blockIdx.z: input channels [g cg, (g+1) cg) of groups * cg, weights
+    // K[g mo + m, c, t] (or, transposed, K[g cg + c, m, t]): the same block of K either way.
+    x += (size_t)blockIdx.z * cg * hw;
+    wt += (size_t)blockIdx.z * cg * mo * TAPS;
+    const float* xn = x + (size_t)px.n * groups * cg * hw;
 
 #pragma unroll
     for (int i = 0; i < TM; i++)
@@ -299,12 +304,14 @@ __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const fl
     if constexpr (MATH != MATH_F32) tc_to_acc<TM>(cf, acc);
 }
 
-// Stores a finished tile to out [nb, mo, h, w] (thread owns channels ty*TM+i, pixels tx*4+j).
+// Stores a finished tile to out [nb, groups * mo, h, w], group blockIdx.z (thread owns channels
+// ty*TM+i, pixels tx*4+j).
 template <int TM>
 __device__ __forceinline__ void store_tile(float* __restrict__ out, const float (&acc)[TM][4],
-                                           int nb, int mo, int hw, int m0, int q0) {
+                                           int nb, int mo, int hw, int groups, int m0, int q0) {
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int nq = nb * hw;
+    out += (size_t)blockIdx.z * mo * hw;
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         int q = q0 + tx * 4 + j;
@@ -313,18 +320,19 @@ __device__ __forceinline__ void store_tile(float* __restrict__ out, const float 
 #pragma unroll
         for (int i = 0; i < TM; i++) {
             int m = m0 + ty * TM + i;
-            if (m < mo) out[((size_t)n * mo + m) * hw + p] = acc[i][j];
+            if (m < mo) out[((size_t)n * groups * mo + m) * hw + p] = acc[i][j];
         }
     }
 }
 
 // Weight gradient: dK[m, (c, t)] = sum_q dz[n, m, p] * x[n, c, p + shift(t)] over the pixel
-// range of split blockIdx.z, written to partial[z][m * cg * TAPS + col] (dK's own layout), so
-// that a fixed-order reduction over splits finishes it: deterministic, no atomics.
+// range of one split, written to partial[split][m * cg * TAPS + col] (dK's own layout), so
+// that a fixed-order reduction over splits finishes it: deterministic, no atomics. blockIdx.z
+// = group * nsplit + split; group g's rows of dK start at g mo.
 template <int TAPS, int MATH>
 __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const float* __restrict__ dz,
-                                           int nb, int cg, int mo, int h, int w, int chunk,
-                                           float* __restrict__ partial) {
+                                           int nb, int cg, int mo, int h, int w, int groups,
+                                           int chunk, float* __restrict__ partial) {
     const int BM = 64;
     constexpr int PAD = SmemPad<MATH>::v;
     __shared__ __align__(16) float As[BK][BM + PAD];
@@ -336,7 +344,11 @@ __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const fl
     const int hw = h * w, nq = nb * hw;
     const int ncol = cg * TAPS;
     const int m0 = blockIdx.y * BM, c0 = blockIdx.x * BN;
-    const int qbeg = blockIdx.z * chunk;
+    const int nsplit = (nq + chunk - 1) / chunk;
+    const int split = blockIdx.z % nsplit, grp = blockIdx.z / nsplit;
+    x += (size_t)grp * cg * hw;
+    dz += (size_t)grp * mo * hw;
+    const int qbeg = split * chunk;
     const int qend = min(nq, qbeg + chunk);
 
     float acc[4][4];
@@ -362,7 +374,7 @@ __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const fl
             int kk = e % BK, m = e / BK;
             int n = sh_n[kk], gm = m0 + m;
             float v = 0.0f;
-            if (n >= 0 && gm < mo) v = dz[((size_t)n * mo + gm) * hw + sh_i[kk] * w + sh_j[kk]];
+            if (n >= 0 && gm < mo) v = dz[((size_t)n * groups * mo + gm) * hw + sh_i[kk] * w + sh_j[kk]];
             As[kk][m] = v;
         }
         for (int e = tid; e < BN * BK; e += NT) {
@@ -377,7 +389,7 @@ __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const fl
                     sj += t % 3 - 1;
                 }
                 if (si >= 0 && si < h && sj >= 0 && sj < w)
-                    v = x[((size_t)n * cg + c) * hw + si * w + sj];
+                    v = x[((size_t)n * groups * cg + c) * hw + si * w + sj];
             }
             Bs[kk][col] = v;
         }
@@ -386,7 +398,7 @@ __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const fl
         __syncthreads();
     }
     if constexpr (MATH != MATH_F32) tc_to_acc<4>(cf, acc);
-    float* dst = partial + (size_t)blockIdx.z * mo * ncol;
+    float* dst = partial + ((size_t)split * groups + grp) * mo * ncol;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         int m = m0 + ty * 4 + i;
@@ -412,19 +424,20 @@ __device__ __forceinline__ void reduce_splits_body(const float* __restrict__ par
 #define IGEMM_FWD_KERNEL(name, TM, TAPS, TRANS, MATH)                                            \
     extern "C" __global__ void __launch_bounds__(NT)                                             \
         name(const float* __restrict__ x, const float* __restrict__ wt, float* __restrict__ out, \
-             int nb, int cg, int mo, int h, int w) {                                             \
+             int nb, int cg, int mo, int h, int w, int groups) {                                 \
         float acc[TM][4];                                                                        \
         NormAct na = {0, 0, 0, 0, 0, 0};                                                         \
         int m0 = blockIdx.y * 16 * TM, q0 = blockIdx.x * BN;                                     \
-        igemm_tile<TM, TAPS, TRANS, false, MATH>(x, wt, nb, cg, mo, h, w, na, m0, q0, acc);      \
-        store_tile<TM>(out, acc, nb, mo, h * w, m0, q0);                                         \
+        igemm_tile<TM, TAPS, TRANS, false, MATH>(x, wt, nb, cg, mo, h, w, groups, na, m0, q0,    \
+                                                 acc);                                           \
+        store_tile<TM>(out, acc, nb, mo, h * w, groups, m0, q0);                                 \
     }
 
 #define WGRAD_KERNEL(name, TAPS, MATH)                                                            \
     extern "C" __global__ void __launch_bounds__(NT)                                              \
         name(const float* __restrict__ x, const float* __restrict__ dz, float* __restrict__ part, \
-             int nb, int cg, int mo, int h, int w, int chunk) {                                   \
-        wgrad_tile<TAPS, MATH>(x, dz, nb, cg, mo, h, w, chunk, part);                             \
+             int nb, int cg, int mo, int h, int w, int groups, int chunk) {                       \
+        wgrad_tile<TAPS, MATH>(x, dz, nb, cg, mo, h, w, groups, chunk, part);                     \
     }
 
 // Every forward / transpose / weight-gradient entry point of one family, in the three maths

@@ -15,8 +15,8 @@ __device__ __forceinline__ void conv_ss_body(const float* __restrict__ y, const 
     float acc[TM][4];
     NormAct na = {0, 0, 0, 0, 0, 0};
     const int m0 = blockIdx.y * 16 * TM, q0 = blockIdx.x * BN;
-    igemm_tile<TM, 9, false, false, MATH>(y, k, nb, c, c, h, w, na, m0, q0, acc);
-    store_tile<TM>(z, acc, nb, c, h * w, m0, q0);
+    igemm_tile<TM, 9, false, false, MATH>(y, k, nb, c, c, h, w, 1, na, m0, q0, acc);
+    store_tile<TM>(z, acc, nb, c, h * w, 1, m0, q0);
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
     for (int j = 0; j < 4; j++) {
@@ -46,7 +46,7 @@ __device__ __forceinline__ void convt_body(const float* __restrict__ z, const fl
     float acc[TM][4];
     NormAct na = {ss_part, n_parts, s, b, tv, act};
     const int m0 = blockIdx.y * 16 * TM, q0 = blockIdx.x * BN;
-    igemm_tile<TM, 9, true, true, MATH>(z, k, nb, c, c, h, w, na, m0, q0, acc);
+    igemm_tile<TM, 9, true, true, MATH>(z, k, nb, c, c, h, w, 1, na, m0, q0, acc);
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int hw = h * w, nq = nb * hw;
 #pragma unroll

@@ -306,16 +306,32 @@ fn imex_field_of_view() {
 /// loops, the solve through the `rustfft` fallback) against the f64 reference.
 #[test]
 fn cpu_matches_reference_on_section7_primitives() {
-    use pdenet::backend::cpu::Cpu;
-    let (cpu, re) = (Cpu::new(), Reference);
+    fast_matches_reference(&pdenet::backend::cpu::Cpu::new());
+}
+
+/// The CUDA backend (grouped implicit-GEMM convolutions, stencil and Haar kernels; the solve
+/// still on the host) against the f64 reference.
+#[test]
+fn cuda_matches_reference_on_section7_primitives() {
+    match pdenet::backend::cuda::Cuda::try_new() {
+        Ok(c) => fast_matches_reference(&c),
+        Err(e) => println!("SKIP: {e}"),
+    }
+}
+
+/// One body for every f32 backend: each section-7 primitive against the reference within 1e-5
+/// of the largest value, Haar in fixed point bit for bit.
+fn fast_matches_reference<B: Backend>(cpu: &B) {
+    let re = Reference;
     let up = |v: &[f64]| cpu.upload(v).unwrap();
-    let close = |a: &Vec<f32>, b: &[f64], what: &str| {
+    let close = |a: &B::Buf, b: &[f64], what: &str| {
+        let a = cpu.download(a).unwrap();
         assert_eq!(a.len(), b.len(), "{what}: length");
         let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
         let err = a
             .iter()
             .zip(b)
-            .fold(0.0f64, |m, (x, y)| m.max((*x as f64 - y).abs()));
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
         assert!(
             err / scale < 1e-5,
             "{what}: relative error {:e}",
@@ -404,4 +420,22 @@ fn cpu_matches_reference_on_section7_primitives() {
         &re.haar(&xh, he).unwrap(),
         "haar",
     );
+    let hc = he.with_c(4 * he.c);
+    let hc = Dims::new(hc.n, hc.c, he.h / 2, he.w / 2);
+    close(
+        &cpu.haar_inv(&up(&re.haar(&xh, he).unwrap()), he).unwrap(),
+        &xh,
+        "haar_inv",
+    );
+    assert_eq!(hc.len(), he.len());
+    let q: Vec<i32> = xh.iter().map(|v| (v * 65536.0) as i32).collect();
+    let fq = cpu.haar_fixed(&cpu.iupload(&q).unwrap(), he).unwrap();
+    assert_eq!(
+        cpu.idownload(&fq).unwrap(),
+        host::haar_fixed(&q, he).unwrap(),
+        "haar_fixed"
+    );
+    let back = cpu.haar_fixed_inv(&fq, he).unwrap();
+    assert_eq!(cpu.idownload(&back).unwrap(), q, "haar_fixed_inv");
+    assert!(cpu.haar(&up(&xh), Dims::new(3, 8, 7, 6)).is_err());
 }

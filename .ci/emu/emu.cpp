@@ -7,6 +7,7 @@
 #include "conv1x1.cu"
 #include "fused_step.cu"
 #include "norm.cu"
+#include "section7.cu"
 
 static std::mt19937 rng(42);
 static std::vector<float> rnd(size_t n, float s = 1.0f) {
@@ -81,8 +82,8 @@ int main() {
                 dim3 g = d3((nq + 63) / 64, (s.mo + bm - 1) / bm), gt = d3((nq + 63) / 64, (s.cg + bm - 1) / bm);
                 auto fwd = taps == 9 ? (tm == 2 ? conv3x3_fwd_m32 : conv3x3_fwd_m64) : (tm == 2 ? conv1x1_fwd_m32 : conv1x1_fwd_m64);
                 auto tr = taps == 9 ? (tm == 2 ? conv3x3_t_m32 : conv3x3_t_m64) : (tm == 2 ? conv1x1_t_m32 : conv1x1_t_m64);
-                launch(g, d3(256), [&] { fwd(x.data(), k.data(), y.data(), s.n, s.cg, s.mo, s.h, s.w); });
-                launch(gt, d3(256), [&] { tr(z.data(), k.data(), xt.data(), s.n, s.mo, s.cg, s.h, s.w); });
+                launch(g, d3(256), [&] { fwd(x.data(), k.data(), y.data(), s.n, s.cg, s.mo, s.h, s.w, 1); });
+                launch(gt, d3(256), [&] { tr(z.data(), k.data(), xt.data(), s.n, s.mo, s.cg, s.h, s.w, 1); });
                 snprintf(buf, sizeof buf, "conv taps=%d tm=%d fwd %d %d->%d %dx%d", taps, tm, s.n, s.cg, s.mo, s.h, s.w);
                 cmp(buf, y, conv_ref(x, k, s.n, s.cg, s.mo, s.h, s.w, taps, false));
                 snprintf(buf, sizeof buf, "conv taps=%d tm=%d transpose", taps, tm);
@@ -104,8 +105,8 @@ int main() {
                                     conv1x1_fwd_m32_tf32, conv1x1_fwd_m64_tf32, conv1x1_fwd_m32_bf16, conv1x1_fwd_m64_bf16);
                     auto tr = pick(conv3x3_t_m32_tf32, conv3x3_t_m64_tf32, conv3x3_t_m32_bf16, conv3x3_t_m64_bf16,
                                    conv1x1_t_m32_tf32, conv1x1_t_m64_tf32, conv1x1_t_m32_bf16, conv1x1_t_m64_bf16);
-                    launch(g, d3(256), [&] { fwd(x.data(), k.data(), y.data(), s.n, s.cg, s.mo, s.h, s.w); });
-                    launch(gt, d3(256), [&] { tr(z.data(), k.data(), xt.data(), s.n, s.mo, s.cg, s.h, s.w); });
+                    launch(g, d3(256), [&] { fwd(x.data(), k.data(), y.data(), s.n, s.cg, s.mo, s.h, s.w, 1); });
+                    launch(gt, d3(256), [&] { tr(z.data(), k.data(), xt.data(), s.n, s.mo, s.cg, s.h, s.w, 1); });
                     snprintf(buf, sizeof buf, "conv %s taps=%d tm=%d fwd", mn, taps, tm);
                     cmp(buf, y, conv_ref(xr, kr, s.n, s.cg, s.mo, s.h, s.w, taps, false));
                     snprintf(buf, sizeof buf, "conv %s taps=%d tm=%d transpose", mn, taps, tm);
@@ -116,7 +117,7 @@ int main() {
                 auto wg = taps == 9 ? (math == 1 ? conv3x3_wgrad_tf32 : conv3x3_wgrad_bf16)
                                     : (math == 1 ? conv1x1_wgrad_tf32 : conv1x1_wgrad_bf16);
                 launch(d3((ncol + 63) / 64, (s.mo + 63) / 64, splits), d3(256),
-                       [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, chunk); });
+                       [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, 1, chunk); });
                 launch(d3(4), d3(256), [&] { reduce_splits(part.data(), dk.data(), splits, s.mo * ncol); });
                 snprintf(buf, sizeof buf, "wgrad %s taps=%d splits=%d", mn, taps, splits);
                 cmp(buf, dk, wgrad_ref(xr, zr, s.n, s.cg, s.mo, s.h, s.w, taps));
@@ -128,7 +129,7 @@ int main() {
                 std::vector<float> part((size_t)splits * s.mo * ncol), dk((size_t)s.mo * ncol);
                 auto wg = taps == 9 ? conv3x3_wgrad : conv1x1_wgrad;
                 launch(d3((ncol + 63) / 64, (s.mo + 63) / 64, splits), d3(256),
-                       [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, chunk); });
+                       [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, 1, chunk); });
                 launch(d3(4), d3(256), [&] { reduce_splits(part.data(), dk.data(), splits, s.mo * ncol); });
                 snprintf(buf, sizeof buf, "wgrad taps=%d splits=%d", taps, splits);
                 cmp(buf, dk, wgrad_ref(x, z, s.n, s.cg, s.mo, s.h, s.w, taps));
@@ -200,6 +201,105 @@ int main() {
         cmp("tvnorm_vjp dx", dx, rdx);
         cmp("tvnorm_vjp ds (channel_partial mode 1)", ds, rds);
         cmp("tvnorm_vjp db (channel_partial mode 0)", db, rdb);
+    }
+    // Grouped convolutions (the implicit GEMMs with blockIdx.z = group) against per-group convs.
+    for (S s : {S{2, 8, 4, 5, 3}, S{1, 6, 9, 4, 4}, S{2, 32, 32, 3, 5}}) {
+        for (int groups : {2, s.cg == 6 ? 3 : 4}) {
+            int gi = s.cg / groups, go = s.mo / groups, hw = s.h * s.w, nq = s.n * hw;
+            if (s.mo % groups) continue;
+            for (int taps : {9, 1}) {
+                auto x = rnd((size_t)s.n * s.cg * hw), k = rnd((size_t)s.mo * gi * taps);
+                auto z = rnd((size_t)s.n * s.mo * hw);
+                std::vector<float> y((size_t)s.n * s.mo * hw), xt(x.size());
+                std::vector<double> wy(y.size()), wxt(x.size()), wdk(k.size());
+                for (int g = 0; g < groups; g++) {
+                    std::vector<float> xg((size_t)s.n * gi * hw), zg((size_t)s.n * go * hw);
+                    std::vector<float> kg(k.begin() + (size_t)g * go * gi * taps, k.begin() + (size_t)(g + 1) * go * gi * taps);
+                    for (int b = 0; b < s.n; b++) {
+                        for (int c = 0; c < gi; c++) for (int p = 0; p < hw; p++)
+                            xg[((size_t)b * gi + c) * hw + p] = x[((size_t)b * s.cg + g * gi + c) * hw + p];
+                        for (int c = 0; c < go; c++) for (int p = 0; p < hw; p++)
+                            zg[((size_t)b * go + c) * hw + p] = z[((size_t)b * s.mo + g * go + c) * hw + p];
+                    }
+                    auto f = conv_ref(xg, kg, s.n, gi, go, s.h, s.w, taps, false);
+                    auto t = conv_ref(zg, kg, s.n, go, gi, s.h, s.w, taps, true);
+                    auto dk = wgrad_ref(xg, zg, s.n, gi, go, s.h, s.w, taps);
+                    for (int b = 0; b < s.n; b++) {
+                        for (int c = 0; c < go; c++) for (int p = 0; p < hw; p++)
+                            wy[((size_t)b * s.mo + g * go + c) * hw + p] = f[((size_t)b * go + c) * hw + p];
+                        for (int c = 0; c < gi; c++) for (int p = 0; p < hw; p++)
+                            wxt[((size_t)b * s.cg + g * gi + c) * hw + p] = t[((size_t)b * gi + c) * hw + p];
+                    }
+                    for (size_t i = 0; i < dk.size(); i++) wdk[(size_t)g * go * gi * taps + i] = dk[i];
+                }
+                auto fwd = taps == 9 ? conv3x3_fwd_m32 : conv1x1_fwd_m32;
+                auto tr = taps == 9 ? conv3x3_t_m64_bf16 : conv1x1_t_m64;
+                launch(d3((nq + 63) / 64, (go + 31) / 32, groups), d3(256), [&] { fwd(x.data(), k.data(), y.data(), s.n, gi, go, s.h, s.w, groups); });
+                launch(d3((nq + 63) / 64, (gi + 63) / 64, groups), d3(256), [&] { tr(z.data(), k.data(), xt.data(), s.n, go, gi, s.h, s.w, groups); });
+                int chunk = 16, splits = (nq + chunk - 1) / chunk, ncol = gi * taps;
+                std::vector<float> part((size_t)splits * s.mo * ncol), dk((size_t)s.mo * ncol);
+                auto wg = taps == 9 ? conv3x3_wgrad : conv1x1_wgrad;
+                launch(d3((ncol + 63) / 64, (go + 63) / 64, splits * groups), d3(256),
+                       [&] { wg(x.data(), z.data(), part.data(), s.n, gi, go, s.h, s.w, groups, chunk); });
+                launch(d3(4), d3(256), [&] { reduce_splits(part.data(), dk.data(), splits, s.mo * ncol); });
+                char buf[128];
+                snprintf(buf, sizeof buf, "grouped taps=%d %d->%d /%d fwd", taps, s.cg, s.mo, groups);
+                cmp(buf, y, wy);
+                snprintf(buf, sizeof buf, "grouped taps=%d transpose (bf16 operands)", taps);
+                cmp(buf, xt, wxt, taps == 9 ? 1e-2 : 1e-5);
+                snprintf(buf, sizeof buf, "grouped taps=%d wgrad splits=%d", taps, splits);
+                cmp(buf, dk, wdk);
+            }
+        }
+    }
+    // Stencil, its adjoint and weight gradient; the Haar transform in f32 and fixed point.
+    for (S s : {S{1, 1, 1, 1, 1}, S{2, 3, 3, 5, 4}, S{1, 7, 7, 8, 6}}) {
+        int c = s.cg, hw = s.h * s.w, nq = s.n * hw;
+        const int di[5] = {0, -1, 1, 0, 0}, dj[5] = {0, 0, 0, -1, 1};
+        auto x = rnd((size_t)s.n * c * hw), z = rnd(x.size()), dw = rnd((size_t)c * 5);
+        std::vector<double> wy(x.size(), 0.0), wt(x.size(), 0.0), wdw((size_t)c * 5, 0.0);
+        for (int pl = 0; pl < s.n * c; pl++) for (int i = 0; i < s.h; i++) for (int j = 0; j < s.w; j++)
+            for (int t = 0; t < 5; t++) {
+                int si = i + di[t], sj = j + dj[t];
+                if (si < 0 || sj < 0 || si >= s.h || sj >= s.w) continue;
+                size_t o = (size_t)pl * hw + i * s.w + j, in = (size_t)pl * hw + si * s.w + sj;
+                wy[o] += (double)dw[(pl % c) * 5 + t] * x[in];
+                wt[in] += (double)dw[(pl % c) * 5 + t] * z[o];
+                wdw[(pl % c) * 5 + t] += (double)z[o] * x[in];
+            }
+        std::vector<float> y(x.size()), xt(x.size()), g((size_t)c * 5);
+        launch(d3(3), d3(256), [&] { stencil5_apply(x.data(), dw.data(), y.data(), s.n, c, s.h, s.w, 0); });
+        launch(d3(3), d3(256), [&] { stencil5_apply(z.data(), dw.data(), xt.data(), s.n, c, s.h, s.w, 1); });
+        int chunk = 7, splits = (nq + chunk - 1) / chunk;
+        std::vector<double> part((size_t)splits * c * 5);
+        launch(d3(c, splits), d3(256), [&] { stencil5_wgrad_partial(x.data(), z.data(), s.n, c, s.h, s.w, chunk, part.data()); });
+        launch(d3(1), d3(256), [&] { channel_finish(part.data(), splits, c * 5, 1.0, g.data()); });
+        cmp("stencil5", y, wy);
+        cmp("stencil5 adjoint", xt, wt);
+        cmp("stencil5 wgrad", g, wdw);
+        if (s.h % 2 || s.w % 2) continue;
+        std::vector<float> hy(x.size()), hx(x.size());
+        launch(d3(2), d3(256), [&] { haar_apply(x.data(), hy.data(), s.n, c, s.h, s.w, 0); });
+        launch(d3(2), d3(256), [&] { haar_apply(hy.data(), hx.data(), s.n, c, s.h, s.w, 1); });
+        std::vector<double> wh(x.size());
+        const int sg[4][4] = {{1, 1, 1, 1}, {1, -1, 1, -1}, {1, 1, -1, -1}, {1, -1, -1, 1}};
+        int h2 = s.h / 2, w2 = s.w / 2;
+        for (int b = 0; b < s.n; b++) for (int ch = 0; ch < c; ch++) for (int i = 0; i < h2; i++) for (int j = 0; j < w2; j++)
+            for (int f = 0; f < 4; f++) {
+                double v = 0;
+                for (int t = 0; t < 4; t++) v += sg[f][t] * (double)x[(((size_t)b * c + ch) * s.h + 2 * i + t / 2) * s.w + 2 * j + t % 2];
+                wh[(((size_t)b * 4 * c + 4 * ch + f) * h2 + i) * w2 + j] = v / 2;
+            }
+        cmp("haar", hy, wh);
+        std::vector<double> xd(x.begin(), x.end());
+        cmp("haar inverse", hx, xd);
+        std::vector<int> q(x.size()), hq(x.size()), back(x.size());
+        for (size_t i = 0; i < q.size(); i++) q[i] = (int)(x[i] * 65536.0f) * (i % 3 == 0 ? 4000 : 1);  // up to 2^28: 4 q fits i32
+        launch(d3(2), d3(256), [&] { haar_fixed_apply(q.data(), hq.data(), s.n, c, s.h, s.w, 0); });
+        launch(d3(2), d3(256), [&] { haar_fixed_apply(hq.data(), back.data(), s.n, c, s.h, s.w, 1); });
+        bool exact = q == back;
+        if (!exact) fails++;
+        printf("%-48s %s\n", "haar fixed point round trip", exact ? "exact ok" : "FAIL");
     }
     printf("%s (%d failures)\n", fails ? "FAILED" : "all ok", fails);
     return fails ? 1 : 0;

@@ -129,6 +129,15 @@ const KERNELS: &[(&str, &[&str])] = &[
         ],
     ),
     ("loss", &["softmax_xent"]),
+    (
+        "section7",
+        &[
+            "stencil5_apply",
+            "stencil5_wgrad_partial",
+            "haar_apply",
+            "haar_fixed_apply",
+        ],
+    ),
 ];
 
 /// Maps a driver / compiler error to [`Error::Cuda`].

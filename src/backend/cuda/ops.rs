@@ -67,6 +67,15 @@ fn gemm_grid(nq: usize, m: usize, bm: usize) -> Result<LaunchConfig> {
     })
 }
 
+/// Per-group channel counts `(cin / groups, cout / groups)`, or a shape error.
+fn group_sizes(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize)> {
+    ensure_shape!(
+        groups > 0 && cin.is_multiple_of(groups) && cout.is_multiple_of(groups),
+        "grouped convolution: {groups} groups do not divide {cin} -> {cout} channels"
+    );
+    Ok((cin / groups, cout / groups))
+}
+
 /// Channel-reduction modes of `channel_partial` (see kernels/norm.cu).
 const RED_A: i32 = 0;
 const RED_A_B_P: i32 = 1;
@@ -79,8 +88,10 @@ impl Cuda {
         Ok(())
     }
 
-    /// Implicit-GEMM forward or transpose convolution with `taps` = 9 (3x3) or 1 (1x1):
-    /// input `[n, cg, h, w]` (`d`), output `[n, mo, h, w]`.
+    /// Implicit-GEMM forward or transpose convolution with `taps` = 9 (3x3) or 1 (1x1) in
+    /// `groups` groups (PyTorch's grouped convolution): input `[n, cin, h, w]` (`d`), output
+    /// `[n, cout, h, w]`, each group mapping `cin / groups` to `cout / groups` channels.
+    #[allow(clippy::too_many_arguments)]
     fn conv_gemm(
         &self,
         family: &str,
@@ -88,32 +99,36 @@ impl Cuda {
         x: &Buf,
         d: Dims,
         k: &Buf,
-        mo: usize,
+        cout: usize,
+        groups: usize,
     ) -> Result<Buf> {
-        let od = d.with_c(mo);
+        let (cg, mo) = group_sizes(d.c, cout, groups)?;
+        let od = d.with_c(cout);
         self.check_dims(d)?;
         self.check_dims(od)?;
-        let out = self.alloc::<f32>(od.len())?;
-        if od.is_empty() {
-            return Ok(out);
+        if od.is_empty() || cg == 0 {
+            // No input channels: the result is zero.
+            return self.zeros(od.len());
         }
         let (bm, suffix) = m_tile(mo);
         let name = self.tc_name(&format!(
             "{family}_{}_{suffix}",
             if trans { "t" } else { "fwd" }
         ));
-        let cfg = gemm_grid(d.n * d.hw(), mo, bm)?;
-        let (nb, cg, m, h, w) = (d.n as i32, d.c as i32, mo as i32, d.h as i32, d.w as i32);
-        if d.c == 0 {
-            // No input channels: the result is zero.
-            return self.zeros(od.len());
-        }
-        launch!(self, name.as_str(), cfg; x.slice(), k.slice(), out.slice(), &nb, &cg, &m, &h, &w)?;
+        let mut cfg = gemm_grid(d.n * d.hw(), mo, bm)?;
+        ensure_shape!(groups < 65536, "{groups} groups exceed the launch grid");
+        cfg.grid_dim.2 = groups as u32;
+        let out = self.alloc::<f32>(od.len())?;
+        let v = [d.n, cg, mo, d.h, d.w, groups].map(|v| v as i32);
+        launch!(self, name.as_str(), cfg; x.slice(), k.slice(), out.slice(), &v[0], &v[1], &v[2],
+                &v[3], &v[4], &v[5])?;
         Ok(out)
     }
 
-    /// Weight gradient `[mo, cg * taps]` of a convolution with input `x` (`d`) and output
-    /// cotangent `dz` `[n, mo, h, w]`: split-K over pixels, then a fixed-order sum of splits.
+    /// Weight gradient `[cout, cin / groups * taps]` of a (grouped) convolution with input `x`
+    /// (`d`) and output cotangent `dz` `[n, cout, h, w]`: split-K over pixels, then a
+    /// fixed-order sum of splits.
+    #[allow(clippy::too_many_arguments)]
     fn conv_wgrad(
         &self,
         kernel: &str,
@@ -121,56 +136,100 @@ impl Cuda {
         x: &Buf,
         d: Dims,
         dz: &Buf,
-        mo: usize,
+        cout: usize,
+        groups: usize,
     ) -> Result<Buf> {
-        let od = d.with_c(mo);
+        let (cg, mo) = group_sizes(d.c, cout, groups)?;
+        let od = d.with_c(cout);
         self.check_dims(d)?;
         self.check_dims(od)?;
-        let ncol = d.c * taps;
-        let len = mo * ncol;
+        let ncol = cg * taps;
+        let len = cout * ncol;
         i32_of(len, "weight size")?;
         let nq = d.n * d.hw();
         if len == 0 || nq == 0 {
             return self.zeros(len);
         }
-        let tiles = ncol.div_ceil(BN) * mo.div_ceil(64);
+        let tiles = ncol.div_ceil(BN) * mo.div_ceil(64) * groups;
         // Enough blocks to fill the device; each split covers a whole number of BK pixels.
         let want = 1024usize.div_ceil(tiles).max(1);
         let chunk = nq.div_ceil(want).div_ceil(BK) * BK;
         let chunk = chunk.max(4 * BK);
         let splits = nq.div_ceil(chunk);
         ensure_shape!(
-            splits < 65536,
-            "weight gradient over {nq} pixels: too many splits"
+            splits * groups < 65536,
+            "weight gradient over {nq} pixels in {groups} groups: too many splits"
         );
         let cfg = LaunchConfig {
             grid_dim: (
                 ncol.div_ceil(BN) as u32,
                 mo.div_ceil(64) as u32,
-                splits as u32,
+                (splits * groups) as u32,
             ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (nb, cg, m, h, w, ch) = (
-            d.n as i32,
-            d.c as i32,
-            mo as i32,
-            d.h as i32,
-            d.w as i32,
-            chunk as i32,
-        );
+        let v = [d.n, cg, mo, d.h, d.w, groups, chunk].map(|v| v as i32);
         let kernel = self.tc_name(kernel);
         let kernel = kernel.as_str();
         let out = self.alloc::<f32>(len)?;
         if splits == 1 {
-            launch!(self, kernel, cfg; x.slice(), dz.slice(), out.slice(), &nb, &cg, &m, &h, &w, &ch)?;
+            launch!(self, kernel, cfg; x.slice(), dz.slice(), out.slice(), &v[0], &v[1], &v[2],
+                    &v[3], &v[4], &v[5], &v[6])?;
             return Ok(out);
         }
         let partial = self.alloc::<f32>(splits * len)?;
-        launch!(self, kernel, cfg; x.slice(), dz.slice(), partial.slice(), &nb, &cg, &m, &h, &w, &ch)?;
+        launch!(self, kernel, cfg; x.slice(), dz.slice(), partial.slice(), &v[0], &v[1], &v[2],
+                &v[3], &v[4], &v[5], &v[6])?;
         let (ns, l) = (splits as i32, len as i32);
         launch!(self, "reduce_splits", grid_1d(len); partial.slice(), out.slice(), &ns, &l)?;
+        Ok(out)
+    }
+
+    /// The stencil (or its adjoint) of the lean operator.
+    fn stencil5_apply(&self, x: &Buf, d: Dims, dw: &Buf, adjoint: bool) -> Result<Buf> {
+        check_len(x, d.len(), "stencil5 input")?;
+        check_len(dw, d.c * 5, "stencil5 weight")?;
+        self.check_dims(d)?;
+        let out = self.alloc::<f32>(d.len())?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        let v = [d.n, d.c, d.h, d.w, adjoint as usize].map(|v| v as i32);
+        launch!(self, "stencil5_apply", grid_1d(d.len()); x.slice(), dw.slice(), out.slice(),
+                &v[0], &v[1], &v[2], &v[3], &v[4])?;
+        Ok(out)
+    }
+
+    /// Haar transform `[n, c, h, w]` (`d`, fine) <-> `[n, 4c, h/2, w/2]`, in f32 or fixed point.
+    fn haar_launch<T: cudarc::driver::DeviceRepr>(
+        &self,
+        kernel: &str,
+        src: &DeviceBuf<T>,
+        d: Dims,
+        inverse: bool,
+    ) -> Result<DeviceBuf<T>> {
+        ensure_shape!(
+            d.h.is_multiple_of(2) && d.w.is_multiple_of(2),
+            "haar: image {}x{} must have even sides",
+            d.h,
+            d.w
+        );
+        ensure_shape!(
+            src.len() == d.len(),
+            "haar input: expected {} values, got {}",
+            d.len(),
+            src.len()
+        );
+        self.check_dims(d)?;
+        let out = self.alloc::<T>(d.len())?;
+        let blocks = d.len() / 4;
+        if blocks == 0 {
+            return Ok(out);
+        }
+        let v = [d.n, d.c, d.h, d.w, inverse as usize].map(|v| v as i32);
+        launch!(self, kernel, grid_1d(blocks); src.slice(), out.slice(), &v[0], &v[1], &v[2],
+                &v[3], &v[4])?;
         Ok(out)
     }
 
@@ -314,33 +373,154 @@ impl Backend for Cuda {
     fn conv3x3(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
         check_len(x, d.len(), "conv3x3 input")?;
         check_len(k, cout * d.c * 9, "conv3x3 weight")?;
-        self.conv_gemm("conv3x3", false, x, d, k, cout)
+        self.conv_gemm("conv3x3", false, x, d, k, cout, 1)
     }
     fn conv3x3_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
         check_len(z, d.len(), "conv3x3_t input")?;
         check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
-        self.conv_gemm("conv3x3", true, z, d, k, cin)
+        self.conv_gemm("conv3x3", true, z, d, k, cin, 1)
     }
     fn conv3x3_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
         check_len(x, d.len(), "conv3x3_wgrad input")?;
         check_len(dz, d.with_c(cout).len(), "conv3x3_wgrad cotangent")?;
-        self.conv_wgrad("conv3x3_wgrad", 9, x, d, dz, cout)
+        self.conv_wgrad("conv3x3_wgrad", 9, x, d, dz, cout, 1)
     }
 
     fn conv1x1(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
         check_len(x, d.len(), "conv1x1 input")?;
         check_len(k, cout * d.c, "conv1x1 weight")?;
-        self.conv_gemm("conv1x1", false, x, d, k, cout)
+        self.conv_gemm("conv1x1", false, x, d, k, cout, 1)
     }
     fn conv1x1_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
         check_len(z, d.len(), "conv1x1_t input")?;
         check_len(k, d.c * cin, "conv1x1_t weight")?;
-        self.conv_gemm("conv1x1", true, z, d, k, cin)
+        self.conv_gemm("conv1x1", true, z, d, k, cin, 1)
     }
     fn conv1x1_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
         check_len(x, d.len(), "conv1x1_wgrad input")?;
         check_len(dz, d.with_c(cout).len(), "conv1x1_wgrad cotangent")?;
-        self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout)
+        self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout, 1)
+    }
+
+    // ---- SPEC section 7 on the device ------------------------------------------------------
+    fn stencil5(&self, x: &Buf, d: Dims, dw: &Buf) -> Result<Buf> {
+        self.stencil5_apply(x, d, dw, false)
+    }
+    fn stencil5_t(&self, z: &Buf, d: Dims, dw: &Buf) -> Result<Buf> {
+        self.stencil5_apply(z, d, dw, true)
+    }
+    fn stencil5_wgrad(&self, x: &Buf, d: Dims, dz: &Buf) -> Result<Buf> {
+        check_len(x, d.len(), "stencil5_wgrad input")?;
+        check_len(dz, d.len(), "stencil5_wgrad cotangent")?;
+        self.check_dims(d)?;
+        let total = d.n * d.hw();
+        if d.c == 0 || total == 0 {
+            return self.zeros(d.c * 5);
+        }
+        // About 64 blocks per channel, fixed by the shape alone (deterministic).
+        let chunk = total.div_ceil(64).max(256);
+        let splits = total.div_ceil(chunk);
+        ensure_shape!(d.c < (1 << 31), "stencil5_wgrad: too many channels");
+        let partial = self.alloc::<f64>(splits * d.c * 5)?;
+        let cfg = LaunchConfig {
+            grid_dim: (d.c as u32, splits as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let v = [d.n, d.c, d.h, d.w, chunk].map(|v| v as i32);
+        launch!(self, "stencil5_wgrad_partial", cfg; x.slice(), dz.slice(), &v[0], &v[1], &v[2],
+                &v[3], &v[4], partial.slice())?;
+        let out = self.alloc::<f32>(d.c * 5)?;
+        let (ns, len, one) = (splits as i32, (d.c * 5) as i32, 1.0f64);
+        launch!(self, "channel_finish", grid_1d(d.c * 5); partial.slice(), &ns, &len, &one,
+                out.slice())?;
+        Ok(out)
+    }
+
+    fn grouped_conv3x3(
+        &self,
+        x: &Buf,
+        d: Dims,
+        k: &Buf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Buf> {
+        check_len(x, d.len(), "grouped conv input")?;
+        check_len(k, cout * (d.c / groups.max(1)) * 9, "grouped conv weight")?;
+        self.conv_gemm("conv3x3", false, x, d, k, cout, groups)
+    }
+    fn grouped_conv3x3_t(
+        &self,
+        z: &Buf,
+        d: Dims,
+        k: &Buf,
+        cin: usize,
+        groups: usize,
+    ) -> Result<Buf> {
+        check_len(z, d.len(), "grouped conv_t input")?;
+        check_len(k, d.c * (cin / groups.max(1)) * 9, "grouped conv_t weight")?;
+        self.conv_gemm("conv3x3", true, z, d, k, cin, groups)
+    }
+    fn grouped_conv3x3_wgrad(
+        &self,
+        x: &Buf,
+        d: Dims,
+        dz: &Buf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Buf> {
+        check_len(x, d.len(), "grouped conv wgrad input")?;
+        check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
+        self.conv_wgrad("conv3x3_wgrad", 9, x, d, dz, cout, groups)
+    }
+    fn grouped_conv1x1(
+        &self,
+        x: &Buf,
+        d: Dims,
+        k: &Buf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Buf> {
+        check_len(x, d.len(), "grouped conv input")?;
+        check_len(k, cout * (d.c / groups.max(1)), "grouped conv weight")?;
+        self.conv_gemm("conv1x1", false, x, d, k, cout, groups)
+    }
+    fn grouped_conv1x1_t(
+        &self,
+        z: &Buf,
+        d: Dims,
+        k: &Buf,
+        cin: usize,
+        groups: usize,
+    ) -> Result<Buf> {
+        check_len(z, d.len(), "grouped conv_t input")?;
+        check_len(k, d.c * (cin / groups.max(1)), "grouped conv_t weight")?;
+        self.conv_gemm("conv1x1", true, z, d, k, cin, groups)
+    }
+    fn grouped_conv1x1_wgrad(
+        &self,
+        x: &Buf,
+        d: Dims,
+        dz: &Buf,
+        cout: usize,
+        groups: usize,
+    ) -> Result<Buf> {
+        check_len(x, d.len(), "grouped conv wgrad input")?;
+        check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
+        self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout, groups)
+    }
+
+    fn haar(&self, x: &Buf, d: Dims) -> Result<Buf> {
+        self.haar_launch("haar_apply", x, d, false)
+    }
+    fn haar_inv(&self, y: &Buf, d: Dims) -> Result<Buf> {
+        self.haar_launch("haar_apply", y, d, true)
+    }
+    fn haar_fixed(&self, q: &IBuf, d: Dims) -> Result<IBuf> {
+        self.haar_launch("haar_fixed_apply", q, d, false)
+    }
+    fn haar_fixed_inv(&self, q: &IBuf, d: Dims) -> Result<IBuf> {
+        self.haar_launch("haar_fixed_apply", q, d, true)
     }
 
     fn add_channel_bias(&self, x: &Buf, d: Dims, b: &Buf) -> Result<Buf> {
@@ -696,7 +876,7 @@ impl Backend for Cuda {
             }
             Norm::Shift { b } => {
                 launch!(self, self.tc_name(&format!("conv3x3_fwd_{suffix}")).as_str(), cfg; y.slice(), k.slice(),
-                        z.slice(), &nb, &c, &c, &h, &w)?;
+                        z.slice(), &nb, &c, &c, &h, &w, &1i32)?;
                 (None, b, b, 0i32)
             }
         };
