@@ -17,6 +17,15 @@ if [ -f .git ]; then
   pack="$tmp/gpu-pack.sh"
 fi
 bash "$pack" --extra scripts/gpu-extra.sh
+# The CUDA criterion bench (CUDA-event timing) travels too; gpu-pack.sh packs bins and tests only.
+bench=$(cargo bench --bench cuda_ops --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import sys, json
+for l in sys.stdin:
+    try: m = json.loads(l)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda_ops":
+        print(m["executable"])')
+cp "$bench" .gpu/bin/cuda_ops && strip .gpu/bin/cuda_ops
 # Our runner: all test executables at once, then the extras (the pack's own runs them in turn).
 cp scripts/gpu-run.sh .gpu/run.sh
 grep -q 'KernelFormat::Ptx' target/release/build/pdenet-*/out/kernels.rs \

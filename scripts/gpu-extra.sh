@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine after the test executables (scripts/gpu-run.sh): pdenet's kernels and
 # training step in f32 / tf32 / bf16 beside PyTorch + cuDNN, memory in depth, the 1,000-step
-# reversible run and gradient parity with PyTorch. Each part has its own time limit; JSON goes
-# to $OUT. GPU_PARTS picks parts (default: all), e.g. GPU_PARTS="kernels train".
+# reversible run, gradient parity with PyTorch and the criterion op benches (CUDA events). Each
+# part has its own time limit; JSON and criterion's estimates go to $OUT.
+# GPU_PARTS picks parts (default: all), e.g. GPU_PARTS="kernels train".
 set -u
 P="${PDENET:-.gpu/bin/pdenet}"
 OUTDIR="${OUT:-/tmp}"
-PARTS="${GPU_PARTS:-kernels train depth deep parity}"
+PARTS="${GPU_PARTS:-kernels train depth deep parity criterion}"
 export PYTHONUNBUFFERED=1
 has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
 t0=$(date +%s)
@@ -42,5 +43,10 @@ fi
 if has parity; then
   stamp "grad parity vs PyTorch (float64 autograd), CUDA backend"
   PDENET="$P" timeout 120 python3 scripts/grad_parity.py --device cuda || echo "grad_parity cuda failed: $?"
+fi
+if has criterion; then
+  stamp "criterion op benches on the GPU (CUDA events), f32 / tf32 / bf16"
+  CRITERION_HOME="$OUTDIR/criterion" timeout 240 "$(dirname "$P")/cuda_ops" --bench --warm-up-time 0.2 --measurement-time 0.5 \
+    || echo "cuda_ops bench failed: $?"
 fi
 stamp "extras done"
