@@ -122,3 +122,99 @@ extern "C" __global__ void haar_fixed_apply(const int* __restrict__ src, int* __
         }
     }
 }
+
+// The IMEX diffusion solve y = (I + h a_c L)^{-1} x, L the periodic 5-point negative Laplacian,
+// a_c = diff_c^2, one block per plane (n, c). The products cas_k(i) cas_l(j) of the real
+// Hartley vectors cas_k(i) = cos(2 pi k i / N) + sin(2 pi k i / N) are eigenvectors of L with
+// eigenvalue 4 sin^2(pi k / H) + 4 sin^2(pi l / W) (cos and sin of one frequency share it), and
+// the cas matrix C_N is symmetric with C_N^2 = N I. So y = C_H D C_H x C_W D' C_W / (H W) as four
+// small real matrix products in shared memory: no complex arithmetic and no FFT library.
+#define DIFF_MAX 32
+
+__device__ __forceinline__ float cas_of(int k, int i, int n) {
+    float s, c;
+    sincospif(2.0f * (float)((k * i) % n) / (float)n, &s, &c);
+    return c + s;
+}
+
+extern "C" __global__ void __launch_bounds__(S7_THREADS)
+    diffusion_solve_planes(const float* __restrict__ x, const float* __restrict__ diff,
+                           float* __restrict__ y, int nc, int h, int w, float hstep) {
+    __shared__ float a[DIFF_MAX * DIFF_MAX], b[DIFF_MAX * DIFF_MAX];
+    __shared__ float ch[DIFF_MAX * DIFF_MAX], cw[DIFF_MAX * DIFF_MAX];
+    const int plane = blockIdx.x, c = plane % nc, hw = h * w;
+    const float coef = hstep * diff[c] * diff[c];
+    const float* xp = x + (size_t)plane * hw;
+    for (int e = threadIdx.x; e < h * h; e += S7_THREADS) ch[e] = cas_of(e / h, e % h, h);
+    for (int e = threadIdx.x; e < w * w; e += S7_THREADS) cw[e] = cas_of(e / w, e % w, w);
+    for (int e = threadIdx.x; e < hw; e += S7_THREADS) a[e] = xp[e];
+    __syncthreads();
+    // b = x C_W (rows)
+    for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
+        int i = e / w, l = e - i * w;
+        float s = 0.0f;
+        for (int j = 0; j < w; j++) s += a[i * w + j] * cw[j * w + l];
+        b[e] = s;
+    }
+    __syncthreads();
+    // a = C_H b (columns), divided by the eigenvalues of (I + h a_c L) and by H W
+    for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
+        int k = e / w, l = e - k * w;
+        float s = 0.0f;
+        for (int i = 0; i < h; i++) s += ch[k * h + i] * b[i * w + l];
+        float sk = sinpif((float)k / (float)h), sl = sinpif((float)l / (float)w);
+        a[e] = s / ((1.0f + coef * 4.0f * (sk * sk + sl * sl)) * (float)hw);
+    }
+    __syncthreads();
+    // back: b = a C_W, then y = C_H b
+    for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
+        int k = e / w, j = e - k * w;
+        float s = 0.0f;
+        for (int l = 0; l < w; l++) s += a[k * w + l] * cw[l * w + j];
+        b[e] = s;
+    }
+    __syncthreads();
+    float* yp = y + (size_t)plane * hw;
+    for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
+        int i = e / w, j = e - i * w;
+        float s = 0.0f;
+        for (int k = 0; k < h; k++) s += ch[i * h + k] * b[k * w + j];
+        yp[e] = s;
+    }
+}
+
+// Per plane (n, c): partial[n * nc + c] = sum_p dx[p] (L y)[p] in double, L periodic; the
+// coefficient gradient is -2 h diff_c times the sum over n (diffusion_ddiff_finish).
+extern "C" __global__ void __launch_bounds__(S7_THREADS)
+    diffusion_ddiff_partial(const float* __restrict__ dx, const float* __restrict__ y, int h, int w,
+                            double* __restrict__ partial) {
+    __shared__ double red[S7_THREADS];
+    const int plane = blockIdx.x, hw = h * w;
+    const float* yp = y + (size_t)plane * hw;
+    const float* gp = dx + (size_t)plane * hw;
+    double s = 0.0;
+    for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
+        int i = e / w, j = e - i * w;
+        double ly = 4.0 * yp[e] - yp[((i + h - 1) % h) * w + j] - yp[((i + 1) % h) * w + j] -
+                    yp[i * w + (j + w - 1) % w] - yp[i * w + (j + 1) % w];
+        s += (double)gp[e] * ly;
+    }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (int off = S7_THREADS / 2; off > 0; off >>= 1) {
+        if (threadIdx.x < off) red[threadIdx.x] += red[threadIdx.x + off];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[plane] = red[0];
+}
+
+// ddiff[c] = -2 h diff_c sum_n partial[n * nc + c], the samples added in order.
+extern "C" __global__ void diffusion_ddiff_finish(const double* __restrict__ partial,
+                                                  const float* __restrict__ diff, int nb, int nc,
+                                                  double hstep, float* __restrict__ out) {
+    FOR_EACH(c, nc) {
+        double s = 0.0;
+        for (int n = 0; n < nb; n++) s += partial[(size_t)n * nc + c];
+        out[c] = (float)(-2.0 * hstep * (double)diff[c] * s);
+    }
+}

@@ -309,8 +309,8 @@ fn cpu_matches_reference_on_section7_primitives() {
     fast_matches_reference(&pdenet::backend::cpu::Cpu::new());
 }
 
-/// The CUDA backend (grouped implicit-GEMM convolutions, stencil and Haar kernels; the solve
-/// still on the host) against the f64 reference.
+/// The CUDA backend (grouped implicit-GEMM convolutions, stencil, Haar and diffusion-solve
+/// kernels) against the f64 reference.
 #[test]
 fn cuda_matches_reference_on_section7_primitives() {
     match pdenet::backend::cuda::Cuda::try_new() {
@@ -403,16 +403,36 @@ fn fast_matches_reference<B: Backend>(cpu: &B) {
         assert!(cpu.grouped_conv3x3(&xc, d, &bad, cout, groups).is_err());
         assert!(cpu.grouped_conv1x1(&xc, d, &bad, cout, 3).is_err());
     }
-    let diff = rand_vec(d.c, 35);
-    let y = re.diffusion_solve(&x, d, &diff, 0.6).unwrap();
-    let yc = cpu.diffusion_solve(&xc, d, &up(&diff), 0.6).unwrap();
-    close(&yc, &y, "diffusion solve");
-    let (dx, dd) = re.diffusion_solve_vjp(&y, d, &diff, 0.6, &z).unwrap();
-    let (dxc, ddc) = cpu
-        .diffusion_solve_vjp(&yc, d, &up(&diff), 0.6, &zc)
-        .unwrap();
-    close(&dxc, &dx, "diffusion dx");
-    close(&ddc, &dd, "diffusion dd");
+    // The solve at the test shape, at CIFAR's and MNIST's sides (the CUDA kernel's tables) and
+    // past the kernel's 32-pixel limit (the host path).
+    for (i, ds) in [
+        d,
+        Dims::new(2, 3, 32, 32),
+        Dims::new(1, 2, 28, 28),
+        Dims::new(1, 2, 40, 33),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = 40 + 3 * i as u64;
+        let (xs, zs, diff) = (
+            rand_vec(ds.len(), seed),
+            rand_vec(ds.len(), seed + 1),
+            rand_vec(ds.c, seed + 2),
+        );
+        let what = |w: &str| format!("diffusion {w} {}x{}", ds.h, ds.w);
+        let y = re.diffusion_solve(&xs, ds, &diff, 0.6).unwrap();
+        let yc = cpu.diffusion_solve(&up(&xs), ds, &up(&diff), 0.6).unwrap();
+        close(&yc, &y, &what("solve"));
+        let (dx, dd) = re.diffusion_solve_vjp(&y, ds, &diff, 0.6, &zs).unwrap();
+        let (dxc, ddc) = cpu
+            .diffusion_solve_vjp(&yc, ds, &up(&diff), 0.6, &up(&zs))
+            .unwrap();
+        close(&dxc, &dx, &what("dx"));
+        close(&ddc, &dd, &what("dd"));
+    }
+    assert!(cpu.diffusion_solve(&xc, d, &up(&[1.0]), 0.6).is_err());
+    assert!(cpu.diffusion_solve(&xc, d, &up(&w5[..d.c]), -1.0).is_err());
     let he = Dims::new(3, 8, 8, 6);
     let xh = rand_vec(he.len(), 36);
     close(

@@ -121,3 +121,10 @@ void launch(dim3 grid, dim3 block, F f) {
                 for (auto& t : ts) t.join();
             }
 }
+// CUDA's pi-scaled trigonometry (device accuracy is a few ulp; the host's double is closer).
+inline void sincospif(float x, float* s, float* c) {
+    double a = 3.14159265358979323846 * (double)x;
+    *s = (float)std::sin(a);
+    *c = (float)std::cos(a);
+}
+inline float sinpif(float x) { return (float)std::sin(3.14159265358979323846 * (double)x); }

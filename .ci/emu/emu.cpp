@@ -301,6 +301,35 @@ int main() {
         if (!exact) fails++;
         printf("%-48s %s\n", "haar fixed point round trip", exact ? "exact ok" : "FAIL");
     }
+    // Diffusion solve: (I + h a_c L) y must give back x (L periodic); the coefficient gradient
+    // against its formula -2 h diff_c sum dx (L y) in double.
+    for (S s : {S{2, 3, 0, 5, 7}, S{1, 2, 0, 32, 32}, S{2, 1, 0, 1, 1}, S{1, 2, 0, 28, 28}, S{1, 1, 0, 8, 3}}) {
+        int c = s.cg, hw = s.h * s.w;
+        const float hstep = 0.7f;
+        auto x = rnd((size_t)s.n * c * hw), diff = rnd((size_t)c), g = rnd(x.size());
+        std::vector<float> y(x.size()), dx(x.size()), dd((size_t)c);
+        launch(d3(s.n * c), d3(256), [&] { diffusion_solve_planes(x.data(), diff.data(), y.data(), c, s.h, s.w, hstep); });
+        launch(d3(s.n * c), d3(256), [&] { diffusion_solve_planes(g.data(), diff.data(), dx.data(), c, s.h, s.w, hstep); });
+        auto lap = [&](const std::vector<float>& u, size_t pl, int i, int j) {
+            auto at = [&](int a, int b) { return (double)u[pl * hw + ((a + s.h) % s.h) * s.w + (b + s.w) % s.w]; };
+            return 4.0 * at(i, j) - at(i - 1, j) - at(i + 1, j) - at(i, j - 1) - at(i, j + 1);
+        };
+        std::vector<float> back(x.size());
+        std::vector<double> xd(x.begin(), x.end()), want_dd((size_t)c, 0.0);
+        for (int pl = 0; pl < s.n * c; pl++) {
+            double a = (double)diff[pl % c] * diff[pl % c];
+            for (int i = 0; i < s.h; i++) for (int j = 0; j < s.w; j++) {
+                size_t e = (size_t)pl * hw + i * s.w + j;
+                back[e] = (float)(y[e] + hstep * a * lap(y, pl, i, j));
+                want_dd[pl % c] += -2.0 * hstep * diff[pl % c] * (double)dx[e] * lap(y, pl, i, j);
+            }
+        }
+        std::vector<double> part((size_t)s.n * c);
+        launch(d3(s.n * c), d3(256), [&] { diffusion_ddiff_partial(dx.data(), y.data(), s.h, s.w, part.data()); });
+        launch(d3(1), d3(256), [&] { diffusion_ddiff_finish(part.data(), diff.data(), s.n, c, hstep, dd.data()); });
+        cmp("diffusion solve: (I + h a L) y = x", back, xd);
+        cmp("diffusion coefficient gradient", dd, want_dd);
+    }
     printf("%s (%d failures)\n", fails ? "FAILED" : "all ok", fails);
     return fails ? 1 : 0;
 }

@@ -136,6 +136,9 @@ const KERNELS: &[(&str, &[&str])] = &[
             "stencil5_wgrad_partial",
             "haar_apply",
             "haar_fixed_apply",
+            "diffusion_solve_planes",
+            "diffusion_ddiff_partial",
+            "diffusion_ddiff_finish",
         ],
     ),
 ];

@@ -3,7 +3,7 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{cu, grid_1d, i32_of, Cuda, DeviceBuf};
-use crate::backend::{Activation, Backend, BnStats, Norm, BN_MOMENTUM};
+use crate::backend::{host, Activation, Backend, BnStats, Norm, BN_MOMENTUM};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::Dims;
@@ -77,6 +77,10 @@ fn group_sizes(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize)>
 }
 
 /// Channel-reduction modes of `channel_partial` (see kernels/norm.cu).
+/// Largest image side of the diffusion kernels (`DIFF_MAX` in section7.cu); larger images are
+/// solved on the host.
+const DIFF_MAX: usize = 32;
+
 const RED_A: i32 = 0;
 const RED_A_B_P: i32 = 1;
 const RED_SQDEV: i32 = 2;
@@ -198,6 +202,32 @@ impl Cuda {
         let v = [d.n, d.c, d.h, d.w, adjoint as usize].map(|v| v as i32);
         launch!(self, "stencil5_apply", grid_1d(d.len()); x.slice(), dw.slice(), out.slice(),
                 &v[0], &v[1], &v[2], &v[3], &v[4])?;
+        Ok(out)
+    }
+
+    /// Whether the diffusion kernels take planes of `d` (their tables live in shared memory).
+    fn diffusion_on_device(d: Dims) -> bool {
+        d.h <= DIFF_MAX && d.w <= DIFF_MAX
+    }
+
+    /// `(I + h a_c L)^{-1} x` plane by plane on the device (`diffusion_on_device(d)` holds).
+    fn diffusion_planes(&self, x: &Buf, d: Dims, diff: &Buf, h: f64) -> Result<Buf> {
+        check_len(x, d.len(), "diffusion solve input")?;
+        check_len(diff, d.c, "diffusion coefficients")?;
+        ensure_shape!(h.is_finite() && h >= 0.0, "diffusion step {h} is not >= 0");
+        self.check_dims(d)?;
+        let out = self.alloc::<f32>(d.len())?;
+        if d.is_empty() {
+            return Ok(out);
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (i32_of(d.n * d.c, "diffusion planes")? as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (nc, hh, ww, hs) = (d.c as i32, d.h as i32, d.w as i32, h as f32);
+        launch!(self, "diffusion_solve_planes", cfg; x.slice(), diff.slice(), out.slice(), &nc,
+                &hh, &ww, &hs)?;
         Ok(out)
     }
 
@@ -508,6 +538,51 @@ impl Backend for Cuda {
         check_len(x, d.len(), "grouped conv wgrad input")?;
         check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
         self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout, groups)
+    }
+
+    fn diffusion_solve(&self, x: &Buf, d: Dims, diff: &Buf, h: f64) -> Result<Buf> {
+        if !Self::diffusion_on_device(d) {
+            let (x, diff) = (self.download(x)?, self.download(diff)?);
+            return self.upload(&host::diffusion_solve_fft(&x, d, &diff, h)?);
+        }
+        self.diffusion_planes(x, d, diff, h)
+    }
+    fn diffusion_solve_vjp(
+        &self,
+        y: &Buf,
+        d: Dims,
+        diff: &Buf,
+        h: f64,
+        g: &Buf,
+    ) -> Result<(Buf, Buf)> {
+        if !Self::diffusion_on_device(d) {
+            let (y, diff, g) = (self.download(y)?, self.download(diff)?, self.download(g)?);
+            let (dx, dd) =
+                host::diffusion_vjp_with(&y, d, &diff, h, &g, host::diffusion_solve_fft)?;
+            return Ok((self.upload(&dx)?, self.upload(&dd)?));
+        }
+        check_len(y, d.len(), "diffusion solve output")?;
+        check_len(g, d.len(), "diffusion solve cotangent")?;
+        // The solve is symmetric: dx = S g; d<g, y>/d diff_c = -2 h diff_c <S g, L y>_c.
+        let dx = self.diffusion_planes(g, d, diff, h)?;
+        if d.is_empty() {
+            return Ok((dx, self.zeros(d.c)?));
+        }
+        let planes = d.n * d.c;
+        let partial = self.alloc::<f64>(planes)?;
+        let cfg = LaunchConfig {
+            grid_dim: (planes as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (hh, ww) = (d.h as i32, d.w as i32);
+        launch!(self, "diffusion_ddiff_partial", cfg; dx.slice(), y.slice(), &hh, &ww,
+                partial.slice())?;
+        let dd = self.alloc::<f32>(d.c)?;
+        let (nb, nc) = (d.n as i32, d.c as i32);
+        launch!(self, "diffusion_ddiff_finish", grid_1d(d.c); partial.slice(), diff.slice(), &nb,
+                &nc, &h, dd.slice())?;
+        Ok((dx, dd))
     }
 
     fn haar(&self, x: &Buf, d: Dims) -> Result<Buf> {
