@@ -210,14 +210,21 @@ __device__ __forceinline__ Pix pixel_of(int q, int nq, int h, int w) {
 // acc[TM][4] += the (m0, q0) tile of the GEMM of group blockIdx.z (of `groups`; PyTorch's
 // grouped convolution, cg and mo channels per group). TRANS: the weight is read as the adjoint
 // (conv_transpose2d): A[m, (o, t)] = K[o, m, TAPS-1-t]. PRO: apply NormAct to gathered values.
-template <int TM, int TAPS, bool TRANS, bool PRO, int MATH>
+// PIPE: software pipeline: the next stage's operands are loaded into registers while the tensor
+// cores (or FMAs) work on the current one, into a second shared-memory buffer, so one barrier
+// per stage and the global-load latency hides behind the arithmetic. !PIPE: load, barrier,
+// multiply, barrier (the first kernels; kept for A/B measurements, `_np` entry points).
+template <int TM, int TAPS, bool TRANS, bool PRO, int MATH, bool PIPE = true>
 __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const float* __restrict__ wt,
                                            int nb, int cg, int mo, int h, int w, int groups,
                                            NormAct na, int m0, int q0, float (&acc)[TM][4]) {
-    const int BM = 16 * TM;
+    constexpr int BM = 16 * TM;
     constexpr int PAD = SmemPad<MATH>::v;
-    __shared__ __align__(16) float As[BK][16 * TM + PAD];
-    __shared__ __align__(16) float Bs[BK][BN + PAD];
+    constexpr int NBUF = PIPE ? 2 : 1;
+    constexpr int NA = BM * BK / NT;  // A values per thread and stage
+    constexpr int NB = BK * BN / NT;  // B values per thread and stage
+    __shared__ __align__(16) float As[NBUF][BK][16 * TM + PAD];
+    __shared__ __align__(16) float Bs[NBUF][BK][BN + PAD];
     float cf[TM / 2][2][4];
     const int tid = threadIdx.x;
     const int hw = h * w, nq = nb * hw;
@@ -254,9 +261,15 @@ __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const fl
         __syncthreads();
     }
 
-    for (int k0 = 0; k0 < ktot; k0 += BK) {
-        // A tile: weights, m fastest (conflict-free shared stores; weights are L2-resident).
-        for (int e = tid; e < BM * BK; e += NT) {
+    // Stage k0's operands into registers: weights (m fastest: conflict-free shared stores,
+    // L2-resident reads) and the shifted input pixels (zero padding; pixels fastest, coalesced).
+    // `inside` marks gathered values that are not padding (the prologue transforms only those).
+    float ra[NA], rb[NB];
+    int inside = 0;
+    auto load = [&](int k0) {
+#pragma unroll
+        for (int r = 0; r < NA; r++) {
+            int e = tid + r * NT;
             int m = e % BM, kk = e / BM;
             int gm = m0 + m, k = k0 + kk;
             float v = 0.0f;
@@ -265,11 +278,11 @@ __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const fl
                 v = TRANS ? wt[((size_t)c * mo + gm) * TAPS + (TAPS - 1 - t)]
                           : wt[((size_t)gm * cg + c) * TAPS + t];
             }
-            As[kk][m] = v;
+            ra[r] = v;
         }
-        // B tile: shifted input pixels (zero padding), pixels fastest (coalesced).
+        inside = 0;
 #pragma unroll
-        for (int r = 0; r < (BK * BN) / NT; r++) {
+        for (int r = 0; r < NB; r++) {
             int kk = tid / BN + r * (NT / BN);
             int k = k0 + kk;
             float v = 0.0f;
@@ -282,24 +295,67 @@ __device__ __forceinline__ void igemm_tile(const float* __restrict__ x, const fl
                 }
                 if (si >= 0 && si < h && sj >= 0 && sj < w) {
                     v = xn[(size_t)c * hw + si * w + sj];
-                    if (PRO) {
-                        float u;
-                        if (na.tv) {
-                            int qs = px.n * hw + si * w + sj;
-                            float r = rs_ok ? norm_s[qs - rs_base] : tv_norm_at(na, qs, nq);
-                            u = na.s[c] * v / r + na.b[c];
-                        } else {
-                            u = v + na.b[c];
-                        }
-                        v = act_fwd(na.act, u);
-                    }
+                    inside |= 1 << r;
                 }
             }
-            Bs[kk][qcol] = v;
+            rb[r] = v;
         }
+    };
+    // Registers -> shared buffer `buf`, with sigma(N(.)) applied to the gathered values (PRO).
+    auto stash = [&](int buf, int k0) {
+#pragma unroll
+        for (int r = 0; r < NA; r++) {
+            int e = tid + r * NT;
+            As[buf][e / BM][e % BM] = ra[r];
+        }
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            int kk = tid / BN + r * (NT / BN);
+            float v = rb[r];
+            if (PRO && (inside >> r & 1)) {
+                int k = k0 + kk;
+                int c = k / TAPS, t = k - c * TAPS;
+                int si = px.i, sj = px.j;
+                if constexpr (TAPS == 9) {
+                    si += t / 3 - 1;
+                    sj += t % 3 - 1;
+                }
+                float u;
+                if (na.tv) {
+                    int qs = px.n * hw + si * w + sj;
+                    float rn = rs_ok ? norm_s[qs - rs_base] : tv_norm_at(na, qs, nq);
+                    u = na.s[c] * v / rn + na.b[c];
+                } else {
+                    u = v + na.b[c];
+                }
+                v = act_fwd(na.act, u);
+            }
+            Bs[buf][kk][qcol] = v;
+        }
+    };
+
+    if constexpr (PIPE) {
+        load(0);
+        stash(0, 0);
         __syncthreads();
-        mul_stage<TM, MATH>(&As[0][0], BM + PAD, &Bs[0][0], BN + PAD, acc, cf);
-        __syncthreads();
+        int buf = 0;
+        for (int k0 = 0; k0 < ktot; k0 += BK) {
+            const bool more = k0 + BK < ktot;
+            if (more) load(k0 + BK);  // in flight during the multiply
+            mul_stage<TM, MATH>(&As[buf][0][0], BM + PAD, &Bs[buf][0][0], BN + PAD, acc, cf);
+            // The other buffer was last read before the previous barrier: free to overwrite.
+            if (more) stash(buf ^ 1, k0 + BK);
+            __syncthreads();
+            buf ^= 1;
+        }
+    } else {
+        for (int k0 = 0; k0 < ktot; k0 += BK) {
+            load(k0);
+            stash(0, k0);
+            __syncthreads();
+            mul_stage<TM, MATH>(&As[0][0][0], BM + PAD, &Bs[0][0][0], BN + PAD, acc, cf);
+            __syncthreads();
+        }
     }
     if constexpr (MATH != MATH_F32) tc_to_acc<TM>(cf, acc);
 }
@@ -421,17 +477,22 @@ __device__ __forceinline__ void reduce_splits_body(const float* __restrict__ par
     }
 }
 
-#define IGEMM_FWD_KERNEL(name, TM, TAPS, TRANS, MATH)                                            \
-    extern "C" __global__ void __launch_bounds__(NT)                                             \
+#define IGEMM_FWD_KERNEL_P(name, TM, TAPS, TRANS, MATH, PIPE, MINB)                             \
+    extern "C" __global__ void __launch_bounds__(NT, MINB)                                       \
         name(const float* __restrict__ x, const float* __restrict__ wt, float* __restrict__ out, \
              int nb, int cg, int mo, int h, int w, int groups) {                                 \
         float acc[TM][4];                                                                        \
         NormAct na = {0, 0, 0, 0, 0, 0};                                                         \
         int m0 = blockIdx.y * 16 * TM, q0 = blockIdx.x * BN;                                     \
-        igemm_tile<TM, TAPS, TRANS, false, MATH>(x, wt, nb, cg, mo, h, w, groups, na, m0, q0,    \
-                                                 acc);                                           \
+        igemm_tile<TM, TAPS, TRANS, false, MATH, PIPE>(x, wt, nb, cg, mo, h, w, groups, na, m0,  \
+                                                       q0, acc);                                 \
         store_tile<TM>(out, acc, nb, mo, h * w, groups, m0, q0);                                 \
     }
+// Pipelined entry point `name` (two blocks per SM: up to 128 registers, which the register
+// stage needs to stay spill-free) and the unpipelined `name##_np` (A/B measurements).
+#define IGEMM_FWD_KERNEL(name, TM, TAPS, TRANS, MATH)             \
+    IGEMM_FWD_KERNEL_P(name, TM, TAPS, TRANS, MATH, true, 2)      \
+    IGEMM_FWD_KERNEL_P(name##_np, TM, TAPS, TRANS, MATH, false, 1)
 
 #define WGRAD_KERNEL(name, TAPS, MATH)                                                            \
     extern "C" __global__ void __launch_bounds__(NT)                                              \

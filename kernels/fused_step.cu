@@ -5,9 +5,10 @@
 //                  update in the epilogue.
 #include "conv_gemm.cuh"
 
-// (NT, 4): without the occupancy hint ptxas picks 48 registers and spills on sm_90.
+// Occupancy hints: without one ptxas picks 48 registers and spills on sm_90; the unpipelined
+// tiles fit 64 registers (four blocks per SM), the pipelined ones need up to 128 (two).
 
-template <int TM, int MATH>
+template <int TM, int MATH, bool PIPE>
 __device__ __forceinline__ void conv_ss_body(const float* __restrict__ y, const float* __restrict__ k,
                                              float* __restrict__ z, float* __restrict__ ss_part,
                                              int nb, int c, int h, int w) {
@@ -15,7 +16,7 @@ __device__ __forceinline__ void conv_ss_body(const float* __restrict__ y, const 
     float acc[TM][4];
     NormAct na = {0, 0, 0, 0, 0, 0};
     const int m0 = blockIdx.y * 16 * TM, q0 = blockIdx.x * BN;
-    igemm_tile<TM, 9, false, false, MATH>(y, k, nb, c, c, h, w, 1, na, m0, q0, acc);
+    igemm_tile<TM, 9, false, false, MATH, PIPE>(y, k, nb, c, c, h, w, 1, na, m0, q0, acc);
     store_tile<TM>(z, acc, nb, c, h * w, 1, m0, q0);
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
@@ -36,7 +37,7 @@ __device__ __forceinline__ void conv_ss_body(const float* __restrict__ y, const 
 }
 
 // Up to three integrator terms (the first nterms are used).
-template <int TM, int MATH>
+template <int TM, int MATH, bool PIPE>
 __device__ __forceinline__ void convt_body(const float* __restrict__ z, const float* __restrict__ k,
                                            float* __restrict__ out, int nb, int c, int h, int w,
                                            const float* ss_part, int n_parts, const float* s,
@@ -46,7 +47,7 @@ __device__ __forceinline__ void convt_body(const float* __restrict__ z, const fl
     float acc[TM][4];
     NormAct na = {ss_part, n_parts, s, b, tv, act};
     const int m0 = blockIdx.y * 16 * TM, q0 = blockIdx.x * BN;
-    igemm_tile<TM, 9, true, true, MATH>(z, k, nb, c, c, h, w, 1, na, m0, q0, acc);
+    igemm_tile<TM, 9, true, true, MATH, PIPE>(z, k, nb, c, c, h, w, 1, na, m0, q0, acc);
     const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
     const int hw = h * w, nq = nb * hw;
 #pragma unroll
@@ -69,21 +70,26 @@ __device__ __forceinline__ void convt_body(const float* __restrict__ z, const fl
     }
 }
 
-#define STEP_KERNELS(TM, MATH, suffix)                                                              \
-    extern "C" __global__ void __launch_bounds__(NT, 4)                                                \
-        step_conv_ss_##suffix(const float* __restrict__ y, const float* __restrict__ k,             \
-                              float* __restrict__ z, float* __restrict__ ss_part, int nb, int c,    \
-                              int h, int w) {                                                       \
-        conv_ss_body<TM, MATH>(y, k, z, ss_part, nb, c, h, w);                                      \
-    }                                                                                               \
-    extern "C" __global__ void __launch_bounds__(NT, 4) step_convt_##suffix(                           \
-        const float* __restrict__ z, const float* __restrict__ k, float* __restrict__ out, int nb,  \
-        int c, int h, int w, const float* ss_part, int n_parts, const float* s, const float* b,     \
-        int tv, int act, float neg_coef, int nterms, float a0, const float* x0, float a1,             \
+#define STEP_KERNELS_P(TM, MATH, suffix, PIPE, MINB)                                               \
+    extern "C" __global__ void __launch_bounds__(NT, MINB)                                         \
+        step_conv_ss_##suffix(const float* __restrict__ y, const float* __restrict__ k,            \
+                              float* __restrict__ z, float* __restrict__ ss_part, int nb, int c,   \
+                              int h, int w) {                                                      \
+        conv_ss_body<TM, MATH, PIPE>(y, k, z, ss_part, nb, c, h, w);                               \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(NT, MINB) step_convt_##suffix(                    \
+        const float* __restrict__ z, const float* __restrict__ k, float* __restrict__ out, int nb, \
+        int c, int h, int w, const float* ss_part, int n_parts, const float* s, const float* b,    \
+        int tv, int act, float neg_coef, int nterms, float a0, const float* x0, float a1,          \
         const float* x1, float a2, const float* x2) {                                              \
-        convt_body<TM, MATH>(z, k, out, nb, c, h, w, ss_part, n_parts, s, b, tv, act, neg_coef,      \
-                             nterms, a0, x0, a1, x1, a2, x2);                                       \
+        convt_body<TM, MATH, PIPE>(z, k, out, nb, c, h, w, ss_part, n_parts, s, b, tv, act, neg_coef,\
+                             nterms, a0, x0, a1, x1, a2, x2);                                      \
     }
+
+// Pipelined (two blocks per SM) and unpipelined (`_np`, four blocks per SM) entry points.
+#define STEP_KERNELS(TM, MATH, suffix)                \
+    STEP_KERNELS_P(TM, MATH, suffix, true, 2)         \
+    STEP_KERNELS_P(TM, MATH, suffix##_np, false, 4)
 
 STEP_KERNELS(2, MATH_F32, m32)
 STEP_KERNELS(4, MATH_F32, m64)

@@ -207,8 +207,12 @@ fn tensor_core_convolutions() {
         return;
     }
     let r = Reference;
-    for p in [Precision::Tf32, Precision::Bf16] {
-        let c = Cuda::try_new_with(p).unwrap();
+    // Every precision, pipelined and unpipelined tiles (f32: exact reference, no rounding).
+    let runs = [Precision::F32, Precision::Tf32, Precision::Bf16]
+        .into_iter()
+        .flat_map(|p| [(p, true), (p, false)]);
+    for (p, pipelined) in runs {
+        let c = Cuda::try_new_with(p).unwrap().with_pipelined(pipelined);
         let mut g = rng(21);
         let mut shp = shapes();
         shp.push((Dims::new(4, 8, 32, 32), 8)); // the split-K weight gradient
@@ -224,7 +228,10 @@ fn tensor_core_convolutions() {
                     c.upload(&k).unwrap(),
                     c.upload(&z).unwrap(),
                 );
-                let what = format!("{} taps={taps} {d} -> {cout}", p.name());
+                let what = format!(
+                    "{} pipelined={pipelined} taps={taps} {d} -> {cout}",
+                    p.name()
+                );
                 let (fwd, tr, wg) = if taps == 9 {
                     (
                         c.conv3x3(&xd, d, &kd, cout).unwrap(),
@@ -266,8 +273,11 @@ fn tensor_core_fused_step() {
         return;
     }
     let r = Reference;
-    for (p, tol) in [(Precision::Tf32, 3e-3), (Precision::Bf16, 2e-2)] {
-        let c = Cuda::try_new_with(p).unwrap();
+    let runs = [(Precision::Tf32, 3e-3), (Precision::Bf16, 2e-2)]
+        .into_iter()
+        .flat_map(|(p, tol)| [(p, tol, true), (p, tol, false)]);
+    for (p, tol, pipelined) in runs {
+        let c = Cuda::try_new_with(p).unwrap().with_pipelined(pipelined);
         let mut g = rng(22);
         for d in [
             Dims::new(2, 3, 7, 5),
@@ -311,8 +321,9 @@ fn tensor_core_fused_step() {
                 )
                 .unwrap();
             let e = rel_err(&c.download(&got).unwrap(), &want);
-            println!("{} fused step {d}: relative error {e:.2e}", p.name());
-            assert!(e <= tol, "{} fused step {d}: {e:.3e} > {tol:.0e}", p.name());
+            let what = format!("{} pipelined={pipelined} fused step {d}", p.name());
+            println!("{what}: relative error {e:.2e}");
+            assert!(e <= tol, "{what}: {e:.3e} > {tol:.0e}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Micro-benchmark of the CUDA kernels at the ref-cifar sizes (batch 256): conv3x3 forward,
-//! transpose, weight gradient and the fused step in f32, tf32 and bf16, timed with CUDA events
+//! transpose, weight gradient and the fused step in f32, tf32 and bf16, with the pipelined and
+//! the unpipelined convolution tiles, timed with CUDA events
 //! (median of repeats after warm-up). Usage: `pdenet-cuda-bench [--batch N] [--reps N]`. Exits 0 with a SKIP
 //! line when no GPU is usable.
 
@@ -24,17 +25,20 @@ fn main() {
             }
         }
     }
+    // Each precision with the pipelined tiles, then the unpipelined ones (an A/B in one run).
     for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
-        let cuda = match Cuda::try_new_with(p) {
-            Ok(c) => c,
-            Err(e) => {
-                println!("SKIP: {e}");
-                return;
+        for pipelined in [true, false] {
+            let cuda = match Cuda::try_new_with(p) {
+                Ok(c) => c.with_pipelined(pipelined),
+                Err(e) => {
+                    println!("SKIP: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = run(&cuda, batch, reps.max(1)) {
+                eprintln!("pdenet-cuda-bench: {e}");
+                std::process::exit(1);
             }
-        };
-        if let Err(e) = run(&cuda, batch, reps.max(1)) {
-            eprintln!("pdenet-cuda-bench: {e}");
-            std::process::exit(1);
         }
     }
 }
@@ -74,9 +78,14 @@ fn time_ms(cuda: &Cuda, reps: usize, mut f: impl FnMut() -> Result<()>) -> Resul
 
 fn run(cuda: &Cuda, batch: usize, reps: usize) -> Result<()> {
     println!(
-        "device: {}, convolutions in {}",
+        "device: {}, convolutions in {}, {} tiles",
         cuda.device_name(),
-        cuda.precision().name()
+        cuda.precision().name(),
+        if cuda.pipelined() {
+            "pipelined"
+        } else {
+            "unpipelined"
+        }
     );
     println!(
         "{:<14} {:>22} {:>10} {:>10} {:>9}",

@@ -60,6 +60,11 @@ const TENSOR_CORE_KERNELS: &[&str] = &[
     "step_convt_m64",
 ];
 
+/// Whether a tensor-core entry point also exists unpipelined (`_np`, conv_gemm.cuh's PIPE).
+fn has_unpipelined(base: &str) -> bool {
+    !base.ends_with("_wgrad")
+}
+
 /// Every kernel entry point, by module (a `kernels/<module>.cu` file).
 const KERNELS: &[(&str, &[&str])] = &[
     (
@@ -201,6 +206,7 @@ pub struct Cuda {
     mem: Arc<MemCounter>,
     device_name: String,
     precision: Precision,
+    pipelined: bool,
 }
 
 impl std::fmt::Debug for Cuda {
@@ -279,12 +285,20 @@ impl Cuda {
                 } else {
                     &[Precision::F32][..]
                 };
+                let pipes: &[&str] = if TENSOR_CORE_KERNELS.contains(&base) && has_unpipelined(base)
+                {
+                    &["", "_np"]
+                } else {
+                    &[""]
+                };
                 for &p in variants {
-                    let name = format!("{base}{}", math_suffix(p));
-                    let f = m
-                        .load_function(&name)
-                        .map_err(|e| unavailable(&format!("kernel `{name}` missing"), &e))?;
-                    funcs.insert(name, f);
+                    for pipe in pipes {
+                        let name = format!("{base}{}{pipe}", math_suffix(p));
+                        let f = m
+                            .load_function(&name)
+                            .map_err(|e| unavailable(&format!("kernel `{name}` missing"), &e))?;
+                        funcs.insert(name, f);
+                    }
                 }
             }
         }
@@ -295,6 +309,8 @@ impl Cuda {
             mem: Arc::new(MemCounter::default()),
             device_name,
             precision,
+            // An A/B switch for measurements: PDENET_CONV_PIPELINE=0 selects the unpipelined tiles.
+            pipelined: std::env::var("PDENET_CONV_PIPELINE").map_or(true, |v| v != "0"),
         })
     }
 
@@ -303,9 +319,26 @@ impl Cuda {
         self.precision
     }
 
-    /// `base` with the suffix of this backend's convolution precision (a tensor-core kernel).
+    /// `base` with the suffix of this backend's convolution precision (a tensor-core kernel),
+    /// and `_np` for the unpipelined tile where `PDENET_CONV_PIPELINE=0` asks for it.
     pub(crate) fn tc_name(&self, base: &str) -> String {
-        format!("{base}{}", math_suffix(self.precision))
+        let pipe = if !self.pipelined && has_unpipelined(base) {
+            "_np"
+        } else {
+            ""
+        };
+        format!("{base}{}{pipe}", math_suffix(self.precision))
+    }
+
+    /// Whether the convolution tiles are the software-pipelined ones (the default).
+    pub fn pipelined(&self) -> bool {
+        self.pipelined
+    }
+
+    /// This backend with the pipelined (`true`) or unpipelined convolution tiles, for A/B runs.
+    pub fn with_pipelined(mut self, on: bool) -> Self {
+        self.pipelined = on;
+        self
     }
 
     /// The device's name, e.g. "NVIDIA H100 80GB HBM3".

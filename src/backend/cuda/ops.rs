@@ -76,11 +76,11 @@ fn group_sizes(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize)>
     Ok((cin / groups, cout / groups))
 }
 
-/// Channel-reduction modes of `channel_partial` (see kernels/norm.cu).
 /// Largest image side of the diffusion kernels (`DIFF_MAX` in section7.cu); larger images are
 /// solved on the host.
 const DIFF_MAX: usize = 32;
 
+/// Channel-reduction modes of `channel_partial` (see kernels/norm.cu).
 const RED_A: i32 = 0;
 const RED_A_B_P: i32 = 1;
 const RED_SQDEV: i32 = 2;
