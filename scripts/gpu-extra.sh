@@ -26,6 +26,10 @@ if has train; then
   stamp "pdenet bench: ref-cifar, batch 256, steps 8, f32 / tf32 / bf16"
   timeout 180 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 8 --policies store,reversible \
     --precision f32,tf32,bf16 --repeats 5 --json "$OUTDIR/bench-train.json" || echo "bench failed: $?"
+  stamp "A/B: the same with the unpipelined convolution tiles (PDENET_CONV_PIPELINE=0)"
+  PDENET_CONV_PIPELINE=0 timeout 120 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 8 \
+    --policies store,reversible --precision f32,bf16 --repeats 5 --json "$OUTDIR/bench-train-np.json" \
+    || echo "bench (unpipelined) failed: $?"
 fi
 
 if has depth; then
@@ -46,7 +50,7 @@ if has parity; then
 fi
 if has criterion; then
   stamp "criterion op benches on the GPU (CUDA events), f32 / tf32 / bf16"
-  CRITERION_HOME="$OUTDIR/criterion" timeout 240 "$(dirname "$P")/cuda_ops" --bench --warm-up-time 0.2 --measurement-time 0.5 \
+  CRITERION_HOME="$OUTDIR/criterion" timeout 150 "$(dirname "$P")/cuda_ops" --bench --warm-up-time 0.2 --measurement-time 0.5 \
     || echo "cuda_ops bench failed: $?"
 fi
 stamp "extras done"
