@@ -384,19 +384,25 @@ __device__ __forceinline__ void store_tile(float* __restrict__ out, const float 
 // Weight gradient: dK[m, (c, t)] = sum_q dz[n, m, p] * x[n, c, p + shift(t)] over the pixel
 // range of one split, written to partial[split][m * cg * TAPS + col] (dK's own layout), so
 // that a fixed-order reduction over splits finishes it: deterministic, no atomics. blockIdx.z
-// = group * nsplit + split; group g's rows of dK start at g mo.
-template <int TAPS, int MATH>
+// = group * nsplit + split; group g's rows of dK start at g mo. Tiles of BM = 16 TM output
+// channels (TM = 2 for layers of at most 32 channels, so no half-empty tiles) by BN columns;
+// the K dimension is pixels. Every thread's elements share one pixel of each stage
+// (kk = tid % BK), which it decodes itself. PIPE as in igemm_tile.
+template <int TM, int TAPS, int MATH, bool PIPE>
 __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const float* __restrict__ dz,
                                            int nb, int cg, int mo, int h, int w, int groups,
                                            int chunk, float* __restrict__ partial) {
-    const int BM = 64;
+    constexpr int BM = 16 * TM;
     constexpr int PAD = SmemPad<MATH>::v;
-    __shared__ __align__(16) float As[BK][BM + PAD];
-    __shared__ __align__(16) float Bs[BK][BN + PAD];
-    float cf[2][2][4];
-    __shared__ int sh_n[BK], sh_i[BK], sh_j[BK];
+    constexpr int NBUF = PIPE ? 2 : 1;
+    constexpr int NA = BM * BK / NT;
+    constexpr int NB = BN * BK / NT;
+    __shared__ __align__(16) float As[NBUF][BK][BM + PAD];
+    __shared__ __align__(16) float Bs[NBUF][BK][BN + PAD];
+    float cf[TM / 2][2][4];
     const int tid = threadIdx.x;
     const int tx = tid % 16, ty = tid / 16;
+    const int kk = tid % BK;
     const int hw = h * w, nq = nb * hw;
     const int ncol = cg * TAPS;
     const int m0 = blockIdx.y * BM, c0 = blockIdx.x * BN;
@@ -407,57 +413,80 @@ __device__ __forceinline__ void wgrad_tile(const float* __restrict__ x, const fl
     const int qbeg = split * chunk;
     const int qend = min(nq, qbeg + chunk);
 
-    float acc[4][4];
+    float acc[TM][4];
 #pragma unroll
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < TM; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) acc[i][j] = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < TM / 2; i++)
 #pragma unroll
         for (int j = 0; j < 8; j++) cf[i][j / 4][j % 4] = 0.0f;
 
-    for (int k0 = qbeg; k0 < qend; k0 += BK) {
-        if (tid < BK) {
-            int q = k0 + tid;
-            Pix px = pixel_of(q < qend ? q : nq, nq, h, w);
-            sh_n[tid] = px.ok ? px.n : -1;
-            sh_i[tid] = px.i;
-            sh_j[tid] = px.j;
+    float ra[NA], rb[NB];
+    auto load = [&](int k0) {
+        const int q = k0 + kk;
+        const Pix px = pixel_of(q < qend ? q : nq, nq, h, w);
+#pragma unroll
+        for (int r = 0; r < NA; r++) {
+            int gm = m0 + (tid + r * NT) / BK;
+            ra[r] = px.ok && gm < mo
+                        ? dz[((size_t)px.n * groups * mo + gm) * hw + px.i * w + px.j]
+                        : 0.0f;
         }
-        __syncthreads();
-        for (int e = tid; e < BM * BK; e += NT) {
-            int kk = e % BK, m = e / BK;
-            int n = sh_n[kk], gm = m0 + m;
+#pragma unroll
+        for (int r = 0; r < NB; r++) {
+            int gc = c0 + (tid + r * NT) / BK;
             float v = 0.0f;
-            if (n >= 0 && gm < mo) v = dz[((size_t)n * groups * mo + gm) * hw + sh_i[kk] * w + sh_j[kk]];
-            As[kk][m] = v;
-        }
-        for (int e = tid; e < BN * BK; e += NT) {
-            int kk = e % BK, col = e / BK;
-            int n = sh_n[kk], gc = c0 + col;
-            float v = 0.0f;
-            if (n >= 0 && gc < ncol) {
+            if (px.ok && gc < ncol) {
                 int c = gc / TAPS, t = gc - c * TAPS;
-                int si = sh_i[kk], sj = sh_j[kk];
+                int si = px.i, sj = px.j;
                 if constexpr (TAPS == 9) {
                     si += t / 3 - 1;
                     sj += t % 3 - 1;
                 }
                 if (si >= 0 && si < h && sj >= 0 && sj < w)
-                    v = x[((size_t)n * groups * cg + c) * hw + si * w + sj];
+                    v = x[((size_t)px.n * groups * cg + c) * hw + si * w + sj];
             }
-            Bs[kk][col] = v;
+            rb[r] = v;
+        }
+    };
+    auto stash = [&](int buf) {
+#pragma unroll
+        for (int r = 0; r < NA; r++) As[buf][kk][(tid + r * NT) / BK] = ra[r];
+#pragma unroll
+        for (int r = 0; r < NB; r++) Bs[buf][kk][(tid + r * NT) / BK] = rb[r];
+    };
+
+    if constexpr (PIPE) {
+        if (qbeg < qend) {
+            load(qbeg);
+            stash(0);
         }
         __syncthreads();
-        mul_stage<4, MATH>(&As[0][0], BM + PAD, &Bs[0][0], BN + PAD, acc, cf);
-        __syncthreads();
+        int buf = 0;
+        for (int k0 = qbeg; k0 < qend; k0 += BK) {
+            const bool more = k0 + BK < qend;
+            if (more) load(k0 + BK);
+            mul_stage<TM, MATH>(&As[buf][0][0], BM + PAD, &Bs[buf][0][0], BN + PAD, acc, cf);
+            if (more) stash(buf ^ 1);
+            __syncthreads();
+            buf ^= 1;
+        }
+    } else {
+        for (int k0 = qbeg; k0 < qend; k0 += BK) {
+            load(k0);
+            stash(0);
+            __syncthreads();
+            mul_stage<TM, MATH>(&As[0][0][0], BM + PAD, &Bs[0][0][0], BN + PAD, acc, cf);
+            __syncthreads();
+        }
     }
-    if constexpr (MATH != MATH_F32) tc_to_acc<4>(cf, acc);
+    if constexpr (MATH != MATH_F32) tc_to_acc<TM>(cf, acc);
     float* dst = partial + ((size_t)split * groups + grp) * mo * ncol;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int m = m0 + ty * 4 + i;
+    for (int i = 0; i < TM; i++) {
+        int m = m0 + ty * TM + i;
         if (m >= mo) continue;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -494,12 +523,19 @@ __device__ __forceinline__ void reduce_splits_body(const float* __restrict__ par
     IGEMM_FWD_KERNEL_P(name, TM, TAPS, TRANS, MATH, true, 2)      \
     IGEMM_FWD_KERNEL_P(name##_np, TM, TAPS, TRANS, MATH, false, 1)
 
-#define WGRAD_KERNEL(name, TAPS, MATH)                                                            \
-    extern "C" __global__ void __launch_bounds__(NT)                                              \
+#define WGRAD_KERNEL_P(name, TM, TAPS, MATH, PIPE, MINB)                                          \
+    extern "C" __global__ void __launch_bounds__(NT, MINB)                                        \
         name(const float* __restrict__ x, const float* __restrict__ dz, float* __restrict__ part, \
              int nb, int cg, int mo, int h, int w, int groups, int chunk) {                       \
-        wgrad_tile<TAPS, MATH>(x, dz, nb, cg, mo, h, w, groups, chunk, part);                     \
+        wgrad_tile<TM, TAPS, MATH, PIPE>(x, dz, nb, cg, mo, h, w, groups, chunk, part);           \
     }
+// 64-row (`fam_wgrad`) and 32-row (`fam_wgrad_m32`) tiles with the math suffix `msuf`,
+// pipelined and unpipelined (`_np`).
+#define WGRAD_KERNEL(fam, TAPS, MATH, msuf)                                   \
+    WGRAD_KERNEL_P(fam##_wgrad##msuf, 4, TAPS, MATH, true, 2)                 \
+    WGRAD_KERNEL_P(fam##_wgrad##msuf##_np, 4, TAPS, MATH, false, 1)           \
+    WGRAD_KERNEL_P(fam##_wgrad_m32##msuf, 2, TAPS, MATH, true, 2)             \
+    WGRAD_KERNEL_P(fam##_wgrad_m32##msuf##_np, 2, TAPS, MATH, false, 1)
 
 // Every forward / transpose / weight-gradient entry point of one family, in the three maths
 // (suffixes "", _tf32, _bf16).
@@ -508,14 +544,14 @@ __device__ __forceinline__ void reduce_splits_body(const float* __restrict__ par
     IGEMM_FWD_KERNEL(fam##_fwd_m64, 4, TAPS, false, MATH_F32)         \
     IGEMM_FWD_KERNEL(fam##_t_m32, 2, TAPS, true, MATH_F32)            \
     IGEMM_FWD_KERNEL(fam##_t_m64, 4, TAPS, true, MATH_F32)            \
-    WGRAD_KERNEL(fam##_wgrad, TAPS, MATH_F32)                         \
+    WGRAD_KERNEL(fam, TAPS, MATH_F32, )                               \
     IGEMM_FWD_KERNEL(fam##_fwd_m32_tf32, 2, TAPS, false, MATH_TF32)   \
     IGEMM_FWD_KERNEL(fam##_fwd_m64_tf32, 4, TAPS, false, MATH_TF32)   \
     IGEMM_FWD_KERNEL(fam##_t_m32_tf32, 2, TAPS, true, MATH_TF32)      \
     IGEMM_FWD_KERNEL(fam##_t_m64_tf32, 4, TAPS, true, MATH_TF32)      \
-    WGRAD_KERNEL(fam##_wgrad_tf32, TAPS, MATH_TF32)                   \
+    WGRAD_KERNEL(fam, TAPS, MATH_TF32, _tf32)                         \
     IGEMM_FWD_KERNEL(fam##_fwd_m32_bf16, 2, TAPS, false, MATH_BF16)   \
     IGEMM_FWD_KERNEL(fam##_fwd_m64_bf16, 4, TAPS, false, MATH_BF16)   \
     IGEMM_FWD_KERNEL(fam##_t_m32_bf16, 2, TAPS, true, MATH_BF16)      \
     IGEMM_FWD_KERNEL(fam##_t_m64_bf16, 4, TAPS, true, MATH_BF16)      \
-    WGRAD_KERNEL(fam##_wgrad_bf16, TAPS, MATH_BF16)
+    WGRAD_KERNEL(fam, TAPS, MATH_BF16, _bf16)

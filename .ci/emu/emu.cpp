@@ -76,17 +76,19 @@ int main() {
             auto k = rnd((size_t)s.mo * s.cg * taps);
             auto z = rnd((size_t)s.n * s.mo * s.h * s.w);
             char buf[128];
-            for (int tm : {2, 4}) {
+            for (int tm : {2, 4}) for (int np : {0, 1}) {
                 int bm = 16 * tm;
                 std::vector<float> y((size_t)s.n * s.mo * s.h * s.w), xt(x.size());
                 dim3 g = d3((nq + 63) / 64, (s.mo + bm - 1) / bm), gt = d3((nq + 63) / 64, (s.cg + bm - 1) / bm);
-                auto fwd = taps == 9 ? (tm == 2 ? conv3x3_fwd_m32 : conv3x3_fwd_m64) : (tm == 2 ? conv1x1_fwd_m32 : conv1x1_fwd_m64);
-                auto tr = taps == 9 ? (tm == 2 ? conv3x3_t_m32 : conv3x3_t_m64) : (tm == 2 ? conv1x1_t_m32 : conv1x1_t_m64);
+                auto fwd = taps == 9 ? (tm == 2 ? (np ? conv3x3_fwd_m32_np : conv3x3_fwd_m32) : (np ? conv3x3_fwd_m64_np : conv3x3_fwd_m64))
+                                     : (tm == 2 ? (np ? conv1x1_fwd_m32_np : conv1x1_fwd_m32) : (np ? conv1x1_fwd_m64_np : conv1x1_fwd_m64));
+                auto tr = taps == 9 ? (tm == 2 ? (np ? conv3x3_t_m32_np : conv3x3_t_m32) : (np ? conv3x3_t_m64_np : conv3x3_t_m64))
+                                    : (tm == 2 ? (np ? conv1x1_t_m32_np : conv1x1_t_m32) : (np ? conv1x1_t_m64_np : conv1x1_t_m64));
                 launch(g, d3(256), [&] { fwd(x.data(), k.data(), y.data(), s.n, s.cg, s.mo, s.h, s.w, 1); });
                 launch(gt, d3(256), [&] { tr(z.data(), k.data(), xt.data(), s.n, s.mo, s.cg, s.h, s.w, 1); });
-                snprintf(buf, sizeof buf, "conv taps=%d tm=%d fwd %d %d->%d %dx%d", taps, tm, s.n, s.cg, s.mo, s.h, s.w);
+                snprintf(buf, sizeof buf, "conv taps=%d tm=%d np=%d fwd %d %d->%d %dx%d", taps, tm, np, s.n, s.cg, s.mo, s.h, s.w);
                 cmp(buf, y, conv_ref(x, k, s.n, s.cg, s.mo, s.h, s.w, taps, false));
-                snprintf(buf, sizeof buf, "conv taps=%d tm=%d transpose", taps, tm);
+                snprintf(buf, sizeof buf, "conv taps=%d tm=%d np=%d transpose", taps, tm, np);
                 cmp(buf, xt, conv_ref(z, k, s.n, s.mo, s.cg, s.h, s.w, taps, true));
             }
             // Tensor-core tiles: exact on the rounded operands up to f32 accumulation.
@@ -113,25 +115,32 @@ int main() {
                     cmp(buf, xt, conv_ref(zr, kr, s.n, s.mo, s.cg, s.h, s.w, taps, true));
                 }
                 int ncol = s.cg * taps, chunk = 32, splits = (nq + chunk - 1) / chunk;
-                std::vector<float> part((size_t)splits * s.mo * ncol), dk((size_t)s.mo * ncol);
-                auto wg = taps == 9 ? (math == 1 ? conv3x3_wgrad_tf32 : conv3x3_wgrad_bf16)
-                                    : (math == 1 ? conv1x1_wgrad_tf32 : conv1x1_wgrad_bf16);
-                launch(d3((ncol + 63) / 64, (s.mo + 63) / 64, splits), d3(256),
-                       [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, 1, chunk); });
-                launch(d3(4), d3(256), [&] { reduce_splits(part.data(), dk.data(), splits, s.mo * ncol); });
-                snprintf(buf, sizeof buf, "wgrad %s taps=%d splits=%d", mn, taps, splits);
-                cmp(buf, dk, wgrad_ref(xr, zr, s.n, s.cg, s.mo, s.h, s.w, taps));
+                for (int tm : {2, 4}) {
+                    std::vector<float> part((size_t)splits * s.mo * ncol), dk((size_t)s.mo * ncol);
+                    auto wg = taps == 9 ? (math == 1 ? (tm == 2 ? conv3x3_wgrad_m32_tf32 : conv3x3_wgrad_tf32)
+                                                     : (tm == 2 ? conv3x3_wgrad_m32_bf16 : conv3x3_wgrad_bf16))
+                                        : (math == 1 ? (tm == 2 ? conv1x1_wgrad_m32_tf32 : conv1x1_wgrad_tf32)
+                                                     : (tm == 2 ? conv1x1_wgrad_m32_bf16 : conv1x1_wgrad_bf16));
+                    int bm = 16 * tm;
+                    launch(d3((ncol + 63) / 64, (s.mo + bm - 1) / bm, splits), d3(256),
+                           [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, 1, chunk); });
+                    launch(d3(4), d3(256), [&] { reduce_splits(part.data(), dk.data(), splits, s.mo * ncol); });
+                    snprintf(buf, sizeof buf, "wgrad %s tm=%d taps=%d splits=%d", mn, tm, taps, splits);
+                    cmp(buf, dk, wgrad_ref(xr, zr, s.n, s.cg, s.mo, s.h, s.w, taps));
+                }
             }
             // Weight gradient with 1 split and with several (chunk of 16 pixels).
             int ncol = s.cg * taps;
-            for (int chunk : {1 << 20, 16}) {
+            for (int chunk : {1 << 20, 16}) for (int tm : {2, 4}) for (int np : {0, 1}) {
                 int splits = (nq + chunk - 1) / chunk;
                 std::vector<float> part((size_t)splits * s.mo * ncol), dk((size_t)s.mo * ncol);
-                auto wg = taps == 9 ? conv3x3_wgrad : conv1x1_wgrad;
-                launch(d3((ncol + 63) / 64, (s.mo + 63) / 64, splits), d3(256),
+                auto wg = taps == 9 ? (tm == 2 ? (np ? conv3x3_wgrad_m32_np : conv3x3_wgrad_m32) : (np ? conv3x3_wgrad_np : conv3x3_wgrad))
+                                    : (tm == 2 ? (np ? conv1x1_wgrad_m32_np : conv1x1_wgrad_m32) : (np ? conv1x1_wgrad_np : conv1x1_wgrad));
+                int bm = 16 * tm;
+                launch(d3((ncol + 63) / 64, (s.mo + bm - 1) / bm, splits), d3(256),
                        [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, 1, chunk); });
                 launch(d3(4), d3(256), [&] { reduce_splits(part.data(), dk.data(), splits, s.mo * ncol); });
-                snprintf(buf, sizeof buf, "wgrad taps=%d splits=%d", taps, splits);
+                snprintf(buf, sizeof buf, "wgrad taps=%d tm=%d np=%d splits=%d", taps, tm, np, splits);
                 cmp(buf, dk, wgrad_ref(x, z, s.n, s.cg, s.mo, s.h, s.w, taps));
             }
         }
@@ -143,14 +152,14 @@ int main() {
         auto y = rnd((size_t)s.n * c * hw), yp = rnd(y.size()), k = rnd((size_t)c * c * 9, 0.3f);
         auto sc = rnd(c, 1.5f), sh = rnd(c, 0.3f);
         for (int math : {0, 1, 2})
-        for (int tm : {2, 4}) {
+        for (int tm : {2, 4}) for (int np : {0, 1}) {
             int bm = 16 * tm, parts = (c + bm - 1) / bm;
-            auto ss_k = math == 0 ? (tm == 2 ? step_conv_ss_m32 : step_conv_ss_m64)
-                      : math == 1 ? (tm == 2 ? step_conv_ss_m32_tf32 : step_conv_ss_m64_tf32)
-                                  : (tm == 2 ? step_conv_ss_m32_bf16 : step_conv_ss_m64_bf16);
-            auto ct_k = math == 0 ? (tm == 2 ? step_convt_m32 : step_convt_m64)
-                      : math == 1 ? (tm == 2 ? step_convt_m32_tf32 : step_convt_m64_tf32)
-                                  : (tm == 2 ? step_convt_m32_bf16 : step_convt_m64_bf16);
+            auto ss_k = math == 0 ? (tm == 2 ? (np ? step_conv_ss_m32_np : step_conv_ss_m32) : (np ? step_conv_ss_m64_np : step_conv_ss_m64))
+                      : math == 1 ? (tm == 2 ? (np ? step_conv_ss_m32_tf32_np : step_conv_ss_m32_tf32) : (np ? step_conv_ss_m64_tf32_np : step_conv_ss_m64_tf32))
+                                  : (tm == 2 ? (np ? step_conv_ss_m32_bf16_np : step_conv_ss_m32_bf16) : (np ? step_conv_ss_m64_bf16_np : step_conv_ss_m64_bf16));
+            auto ct_k = math == 0 ? (tm == 2 ? (np ? step_convt_m32_np : step_convt_m32) : (np ? step_convt_m64_np : step_convt_m64))
+                      : math == 1 ? (tm == 2 ? (np ? step_convt_m32_tf32_np : step_convt_m32_tf32) : (np ? step_convt_m64_tf32_np : step_convt_m64_tf32))
+                                  : (tm == 2 ? (np ? step_convt_m32_bf16_np : step_convt_m32_bf16) : (np ? step_convt_m64_bf16_np : step_convt_m64_bf16));
             std::vector<float> z(y.size()), ss((size_t)parts * nq), out(y.size());
             dim3 g = d3((nq + 63) / 64, parts);
             launch(g, d3(256), [&] { ss_k(y.data(), k.data(), z.data(), ss.data(), s.n, c, s.h, s.w); });
@@ -172,7 +181,7 @@ int main() {
             std::vector<double> want(y.size());
             for (size_t i = 0; i < y.size(); i++) want[i] = 2.0 * y[i] - yp[i] - 0.25 * kt[i];
             char buf[128];
-            snprintf(buf, sizeof buf, "fused step %s tm=%d c=%d %dx%d", math == 0 ? "f32" : math == 1 ? "tf32" : "bf16", tm, c, s.h, s.w);
+            snprintf(buf, sizeof buf, "fused step %s tm=%d np=%d c=%d %dx%d", math == 0 ? "f32" : math == 1 ? "tf32" : "bf16", tm, np, c, s.h, s.w);
             // Rounding the operands costs ~2^-11 (tf32) / 2^-8 (bf16) relative per product.
             cmp(buf, out, want, math == 0 ? 1e-5 : math == 1 ? 2e-3 : 1.5e-2);
         }

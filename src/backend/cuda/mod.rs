@@ -42,28 +42,26 @@ fn math_suffix(p: Precision) -> &'static str {
     }
 }
 
-/// Entry points that also exist with the `_tf32` and `_bf16` suffixes.
+/// Entry points that also exist with the `_tf32` and `_bf16` suffixes, each of the three also
+/// unpipelined (`_np`, conv_gemm.cuh's PIPE).
 const TENSOR_CORE_KERNELS: &[&str] = &[
     "conv3x3_fwd_m32",
     "conv3x3_fwd_m64",
     "conv3x3_t_m32",
     "conv3x3_t_m64",
     "conv3x3_wgrad",
+    "conv3x3_wgrad_m32",
     "conv1x1_fwd_m32",
     "conv1x1_fwd_m64",
     "conv1x1_t_m32",
     "conv1x1_t_m64",
     "conv1x1_wgrad",
+    "conv1x1_wgrad_m32",
     "step_conv_ss_m32",
     "step_conv_ss_m64",
     "step_convt_m32",
     "step_convt_m64",
 ];
-
-/// Whether a tensor-core entry point also exists unpipelined (`_np`, conv_gemm.cuh's PIPE).
-fn has_unpipelined(base: &str) -> bool {
-    !base.ends_with("_wgrad")
-}
 
 /// Every kernel entry point, by module (a `kernels/<module>.cu` file).
 const KERNELS: &[(&str, &[&str])] = &[
@@ -75,6 +73,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "conv3x3_t_m32",
             "conv3x3_t_m64",
             "conv3x3_wgrad",
+            "conv3x3_wgrad_m32",
             "reduce_splits",
         ],
     ),
@@ -86,6 +85,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "conv1x1_t_m32",
             "conv1x1_t_m64",
             "conv1x1_wgrad",
+            "conv1x1_wgrad_m32",
         ],
     ),
     (
@@ -285,8 +285,7 @@ impl Cuda {
                 } else {
                     &[Precision::F32][..]
                 };
-                let pipes: &[&str] = if TENSOR_CORE_KERNELS.contains(&base) && has_unpipelined(base)
-                {
+                let pipes: &[&str] = if TENSOR_CORE_KERNELS.contains(&base) {
                     &["", "_np"]
                 } else {
                     &[""]
@@ -322,11 +321,7 @@ impl Cuda {
     /// `base` with the suffix of this backend's convolution precision (a tensor-core kernel),
     /// and `_np` for the unpipelined tile where `PDENET_CONV_PIPELINE=0` asks for it.
     pub(crate) fn tc_name(&self, base: &str) -> String {
-        let pipe = if !self.pipelined && has_unpipelined(base) {
-            "_np"
-        } else {
-            ""
-        };
+        let pipe = if self.pipelined { "" } else { "_np" };
         format!("{base}{}{pipe}", math_suffix(self.precision))
     }
 

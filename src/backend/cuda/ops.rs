@@ -154,7 +154,14 @@ impl Cuda {
         if len == 0 || nq == 0 {
             return self.zeros(len);
         }
-        let tiles = ncol.div_ceil(BN) * mo.div_ceil(64) * groups;
+        // 32-row tiles for at most 32 output channels, 64-row ones above.
+        let (bm, suffix) = m_tile(mo);
+        let kernel = if bm == 32 {
+            format!("{kernel}_{suffix}")
+        } else {
+            kernel.to_string()
+        };
+        let tiles = ncol.div_ceil(BN) * mo.div_ceil(bm) * groups;
         // Enough blocks to fill the device; each split covers a whole number of BK pixels.
         let want = 1024usize.div_ceil(tiles).max(1);
         let chunk = nq.div_ceil(want).div_ceil(BK) * BK;
@@ -167,14 +174,14 @@ impl Cuda {
         let cfg = LaunchConfig {
             grid_dim: (
                 ncol.div_ceil(BN) as u32,
-                mo.div_ceil(64) as u32,
+                mo.div_ceil(bm) as u32,
                 (splits * groups) as u32,
             ),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let v = [d.n, cg, mo, d.h, d.w, groups, chunk].map(|v| v as i32);
-        let kernel = self.tc_name(kernel);
+        let kernel = self.tc_name(&kernel);
         let kernel = kernel.as_str();
         let out = self.alloc::<f32>(len)?;
         if splits == 1 {
