@@ -7,6 +7,8 @@ use crate::error::Result;
 use crate::operators::{explicit_step, explicit_vjp, sym_step, sym_vjp, LayerGrads, OpRef};
 use crate::tensor::Dims;
 
+pub mod fov;
+
 /// One `f(.; K, N)` with its parameters resolved to buffers.
 pub struct Layer<'a, B: Backend> {
     pub op: OpRef<'a, B>,

@@ -275,3 +275,123 @@ pub fn plot_regions(
         Ok(())
     })
 }
+
+/// One panel of [`heatmaps_png`]: a row-major `rows x cols` map (row 0 at the top).
+pub struct Heatmap<'a> {
+    pub title: &'a str,
+    pub rows: usize,
+    pub cols: usize,
+    /// Values outside `range` are clamped; NaN pixels are left white (e.g. "below threshold").
+    pub values: &'a [f64],
+}
+
+/// A viridis-like colour for `t` in `[0, 1]` (linear between five anchors).
+fn colormap(t: f64) -> RGBColor {
+    const A: [(f64, f64, f64); 5] = [
+        (68.0, 1.0, 84.0),
+        (59.0, 82.0, 139.0),
+        (33.0, 145.0, 140.0),
+        (94.0, 201.0, 98.0),
+        (253.0, 231.0, 37.0),
+    ];
+    let x = t.clamp(0.0, 1.0) * (A.len() - 1) as f64;
+    let i = (x.floor() as usize).min(A.len() - 2);
+    let f = x - i as f64;
+    let mix = |a: f64, b: f64| (a + (b - a) * f).round() as u8;
+    RGBColor(
+        mix(A[i].0, A[i + 1].0),
+        mix(A[i].1, A[i + 1].1),
+        mix(A[i].2, A[i + 1].2),
+    )
+}
+
+/// Heatmaps side by side with one shared colour scale `range` and a colour bar labelled
+/// `scale_label` underneath.
+pub fn heatmaps_png(
+    path: &Path,
+    title: &str,
+    panels: &[Heatmap<'_>],
+    range: (f64, f64),
+    scale_label: &str,
+) -> Result<()> {
+    let (v0, v1) = range;
+    if panels.is_empty() || !(v0.is_finite() && v1.is_finite() && v0 < v1) {
+        return Err(Error::Input(format!(
+            "heatmaps: need at least one panel and a finite range with min < max (got {} panels, {v0}..{v1})",
+            panels.len()
+        )));
+    }
+    for p in panels {
+        if p.rows == 0 || p.cols == 0 || p.rows.checked_mul(p.cols) != Some(p.values.len()) {
+            return Err(Error::Shape(format!(
+                "heatmap '{}': {} values do not fill {} x {}",
+                p.title,
+                p.values.len(),
+                p.rows,
+                p.cols
+            )));
+        }
+    }
+    const PANEL: u32 = 320;
+    let size = (PANEL * panels.len() as u32, PANEL + 130);
+    render_atomic(path, size, |root| {
+        let e = perr(path);
+        let root = root.titled(title, (FAMILY, 22)).map_err(|x| e(&x))?;
+        let (top, bottom) = root.split_vertically(PANEL + 10);
+        for (area, p) in top.split_evenly((1, panels.len())).iter().zip(panels) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(p.title, (FAMILY, 17))
+                .margin(12)
+                .build_cartesian_2d(0..p.cols as i32, 0..p.rows as i32)
+                .map_err(|x| e(&x))?;
+            chart
+                .plotting_area()
+                .fill(&RGBColor(250, 250, 250))
+                .map_err(|x| e(&x))?;
+            let cells = p.values.iter().enumerate().filter_map(|(k, &v)| {
+                let (i, j) = ((k / p.cols) as i32, (k % p.cols) as i32);
+                let y = p.rows as i32 - 1 - i;
+                (!v.is_nan()).then(|| {
+                    Rectangle::new(
+                        [(j, y), (j + 1, y + 1)],
+                        colormap((v - v0) / (v1 - v0)).filled(),
+                    )
+                })
+            });
+            chart.draw_series(cells).map_err(|x| e(&x))?;
+            chart
+                .plotting_area()
+                .draw(&Rectangle::new(
+                    [(0, 0), (p.cols as i32, p.rows as i32)],
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(|x| e(&x))?;
+        }
+        let mut bar = ChartBuilder::on(&bottom)
+            .margin_left(40)
+            .margin_right(40)
+            .margin_bottom(5)
+            .x_label_area_size(45)
+            .build_cartesian_2d(v0..v1, 0.0..1.0)
+            .map_err(|x| e(&x))?;
+        bar.configure_mesh()
+            .disable_mesh()
+            .disable_y_axis()
+            .x_desc(scale_label)
+            .x_labels(9)
+            .label_style((FAMILY, 14))
+            .draw()
+            .map_err(|x| e(&x))?;
+        const STEPS: usize = 200;
+        let dv = (v1 - v0) / STEPS as f64;
+        bar.draw_series((0..STEPS).map(|k| {
+            let a = v0 + k as f64 * dv;
+            Rectangle::new(
+                [(a, 0.0), (a + dv, 1.0)],
+                colormap((k as f64 + 0.5) / STEPS as f64).filled(),
+            )
+        }))
+        .map_err(|x| e(&x))?;
+        Ok(())
+    })
+}
