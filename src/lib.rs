@@ -3,7 +3,6 @@
 pub mod alloc;
 pub mod backend;
 pub mod bench;
-pub mod cli_train;
 pub mod config;
 pub mod device;
 pub mod error;

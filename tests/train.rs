@@ -1,10 +1,10 @@
 //! Training infrastructure: data, optimizers, checkpoints/resume, logs and plots, driven by a
 //! small softmax-regression model standing in for the engine.
 
-use pdenet::cli_train::{run_eval, run_train, EvalArgs, ModelSpec, TrainArgs};
 use pdenet::config::Config;
 use pdenet::params::{read_safetensors, ParamRole, ParamSet};
 use pdenet::train::checkpoint;
+use pdenet::train::cli::{run_eval, run_train, EvalArgs, ModelSpec, TrainArgs};
 use pdenet::train::data::{self, Augment, Dataset, RngState, Split, Synthetic};
 use pdenet::train::log::{read_log, LOG_HEADER};
 use pdenet::train::optim::{OptimConfig, Optimizer, Schedule};

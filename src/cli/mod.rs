@@ -5,7 +5,7 @@ mod grad;
 mod info;
 
 use clap::{Parser, Subcommand};
-use pdenet::cli_train::{run_eval, run_train, EvalArgs, TrainArgs};
+use pdenet::train::cli::{run_eval, run_train, EvalArgs, TrainArgs};
 use pdenet::train::engine_model::build_engine_model;
 use pdenet::Result;
 

@@ -2,7 +2,6 @@
 
 use super::Model;
 use crate::backend::Backend;
-use crate::cli_train::ModelSpec;
 use crate::config::Config;
 use crate::device::Device;
 use crate::error::Result;
@@ -10,6 +9,7 @@ use crate::network::Layout;
 use crate::params::ParamSet;
 use crate::schedule::{Engine, Schedule};
 use crate::tensor::HostTensor;
+use crate::train::cli::ModelSpec;
 
 /// An [`Engine`] running its backward pass under one memory policy.
 pub struct EngineModel<B: Backend> {

@@ -4,6 +4,7 @@
 //! tests drive it with a small softmax-regression model.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod data;
 pub mod engine_model;
 pub mod log;
