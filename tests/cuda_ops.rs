@@ -819,6 +819,30 @@ fn peak_memory_is_tracked() {
     assert_eq!(c.peak_bytes(), base);
 }
 
+/// The driver's pool high-water mark sees the same allocations as the backend's count.
+#[test]
+fn driver_peak_memory_matches_the_backend_count() {
+    let Some(c) = cuda() else { return };
+    c.reset_driver_peak();
+    let Some(before) = c.driver_peak_bytes() else {
+        println!("SKIP: the device has no default memory pool (no cuMemAllocAsync)");
+        return;
+    };
+    {
+        let _a = c.zeros(1 << 22).unwrap();
+        let _b = c.zeros(1 << 22).unwrap();
+        let peak = c.driver_peak_bytes().unwrap();
+        // Pool allocations are rounded up, never down.
+        assert!(
+            peak >= before + (32 << 20),
+            "driver peak {peak} < {before} + 32 MiB"
+        );
+    }
+    c.reset_driver_peak();
+    let after = c.driver_peak_bytes().unwrap();
+    assert!(after < before + (32 << 20), "reset left {after} bytes");
+}
+
 #[test]
 fn unavailable_is_an_error_not_a_panic() {
     // Runs everywhere: creating the backend must return, whatever the machine.

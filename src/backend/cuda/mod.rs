@@ -365,6 +365,60 @@ impl Cuda {
             .store(self.mem.current.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
+    /// The driver's own high-water mark: bytes allocated from the device's default memory pool
+    /// (cudarc allocates with `cuMemAllocAsync` from it) since creation or
+    /// [`Cuda::reset_driver_peak`], after the stream drains. `None` where the device has no pool
+    /// or the driver does not answer; [`Cuda::peak_bytes`] is the backend's own count.
+    pub fn driver_peak_bytes(&self) -> Option<usize> {
+        let pool = self.default_pool()?;
+        self.synchronize().ok()?;
+        let mut v: u64 = 0;
+        // SAFETY: `pool` is the device's default pool; the attribute is a u64 written by the driver.
+        unsafe {
+            cudarc::driver::sys::cuMemPoolGetAttribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut v as *mut u64).cast(),
+            )
+        }
+        .result()
+        .ok()?;
+        usize::try_from(v).ok()
+    }
+
+    /// Resets [`Cuda::driver_peak_bytes`] to the bytes allocated now (0 is the only value the
+    /// driver accepts, and it means "current").
+    pub fn reset_driver_peak(&self) {
+        let Some(pool) = self.default_pool() else {
+            return;
+        };
+        if self.synchronize().is_err() {
+            return;
+        }
+        let mut zero: u64 = 0;
+        // SAFETY: as in driver_peak_bytes; the driver reads a u64.
+        let _ = unsafe {
+            cudarc::driver::sys::cuMemPoolSetAttribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+        };
+    }
+
+    fn default_pool(&self) -> Option<cudarc::driver::sys::CUmemoryPool> {
+        if !self.ctx.has_async_alloc() {
+            return None;
+        }
+        self.ctx.bind_to_thread().ok()?;
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: writes one pool handle for this context's device.
+        unsafe { cudarc::driver::sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device()) }
+            .result()
+            .ok()?;
+        Some(pool)
+    }
+
     pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {
         self.funcs
             .get(name)
