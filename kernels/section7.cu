@@ -137,6 +137,27 @@ __device__ __forceinline__ float cas_of(int k, int i, int n) {
     return c + s;
 }
 
+// out = in C_W (in, out: h x w row-major in shared memory; C_W symmetric w x w).
+__device__ __forceinline__ void times_cas_w(const float* in, const float* cw, float* out, int h,
+                                            int w) {
+    for (int e = threadIdx.x; e < h * w; e += S7_THREADS) {
+        int i = e / w, l = e - i * w;
+        float s = 0.0f;
+        for (int j = 0; j < w; j++) s += in[i * w + j] * cw[j * w + l];
+        out[e] = s;
+    }
+}
+// out = C_H in (out may be global memory).
+__device__ __forceinline__ void cas_h_times(const float* ch, const float* in, float* out, int h,
+                                            int w) {
+    for (int e = threadIdx.x; e < h * w; e += S7_THREADS) {
+        int k = e / w, l = e - k * w;
+        float s = 0.0f;
+        for (int i = 0; i < h; i++) s += ch[k * h + i] * in[i * w + l];
+        out[e] = s;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(S7_THREADS)
     diffusion_solve_planes(const float* __restrict__ x, const float* __restrict__ diff,
                            float* __restrict__ y, int nc, int h, int w, float hstep) {
@@ -149,38 +170,20 @@ extern "C" __global__ void __launch_bounds__(S7_THREADS)
     for (int e = threadIdx.x; e < w * w; e += S7_THREADS) cw[e] = cas_of(e / w, e % w, w);
     for (int e = threadIdx.x; e < hw; e += S7_THREADS) a[e] = xp[e];
     __syncthreads();
-    // b = x C_W (rows)
-    for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
-        int i = e / w, l = e - i * w;
-        float s = 0.0f;
-        for (int j = 0; j < w; j++) s += a[i * w + j] * cw[j * w + l];
-        b[e] = s;
-    }
+    times_cas_w(a, cw, b, h, w);
     __syncthreads();
-    // a = C_H b (columns), divided by the eigenvalues of (I + h a_c L) and by H W
+    cas_h_times(ch, b, a, h, w);
+    __syncthreads();
+    // Divide by the eigenvalues of (I + h a_c L) and by H W (C_H^2 C_W^2 = H W I).
     for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
         int k = e / w, l = e - k * w;
-        float s = 0.0f;
-        for (int i = 0; i < h; i++) s += ch[k * h + i] * b[i * w + l];
         float sk = sinpif((float)k / (float)h), sl = sinpif((float)l / (float)w);
-        a[e] = s / ((1.0f + coef * 4.0f * (sk * sk + sl * sl)) * (float)hw);
+        a[e] /= (1.0f + coef * 4.0f * (sk * sk + sl * sl)) * (float)hw;
     }
     __syncthreads();
-    // back: b = a C_W, then y = C_H b
-    for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
-        int k = e / w, j = e - k * w;
-        float s = 0.0f;
-        for (int l = 0; l < w; l++) s += a[k * w + l] * cw[l * w + j];
-        b[e] = s;
-    }
+    times_cas_w(a, cw, b, h, w);
     __syncthreads();
-    float* yp = y + (size_t)plane * hw;
-    for (int e = threadIdx.x; e < hw; e += S7_THREADS) {
-        int i = e / w, j = e - i * w;
-        float s = 0.0f;
-        for (int k = 0; k < h; k++) s += ch[i * h + k] * b[k * w + j];
-        yp[e] = s;
-    }
+    cas_h_times(ch, b, y + (size_t)plane * hw, h, w);
 }
 
 // Per plane (n, c): partial[n * nc + c] = sum_p dx[p] (L y)[p] in double, L periodic; the

@@ -107,6 +107,15 @@ impl Cuda {
         groups: usize,
     ) -> Result<Buf> {
         let (cg, mo) = group_sizes(d.c, cout, groups)?;
+        let taps = if family == "conv3x3" { 9 } else { 1 };
+        let what = if trans {
+            "transposed convolution"
+        } else {
+            "convolution"
+        };
+        check_len(x, d.len(), &format!("{family} {what} input"))?;
+        // [cout, cin / groups, taps] forward; the same tensor, read as its adjoint, transposed.
+        check_len(k, cout * cg * taps, &format!("{family} {what} weight"))?;
         let od = d.with_c(cout);
         self.check_dims(d)?;
         self.check_dims(od)?;
@@ -145,6 +154,8 @@ impl Cuda {
     ) -> Result<Buf> {
         let (cg, mo) = group_sizes(d.c, cout, groups)?;
         let od = d.with_c(cout);
+        check_len(x, d.len(), &format!("{kernel} input"))?;
+        check_len(dz, od.len(), &format!("{kernel} cotangent"))?;
         self.check_dims(d)?;
         self.check_dims(od)?;
         let ncol = cg * taps;
@@ -408,34 +419,22 @@ impl Backend for Cuda {
     }
 
     fn conv3x3(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
-        check_len(x, d.len(), "conv3x3 input")?;
-        check_len(k, cout * d.c * 9, "conv3x3 weight")?;
         self.conv_gemm("conv3x3", false, x, d, k, cout, 1)
     }
     fn conv3x3_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
-        check_len(z, d.len(), "conv3x3_t input")?;
-        check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
         self.conv_gemm("conv3x3", true, z, d, k, cin, 1)
     }
     fn conv3x3_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
-        check_len(x, d.len(), "conv3x3_wgrad input")?;
-        check_len(dz, d.with_c(cout).len(), "conv3x3_wgrad cotangent")?;
         self.conv_wgrad("conv3x3_wgrad", 9, x, d, dz, cout, 1)
     }
 
     fn conv1x1(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
-        check_len(x, d.len(), "conv1x1 input")?;
-        check_len(k, cout * d.c, "conv1x1 weight")?;
         self.conv_gemm("conv1x1", false, x, d, k, cout, 1)
     }
     fn conv1x1_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
-        check_len(z, d.len(), "conv1x1_t input")?;
-        check_len(k, d.c * cin, "conv1x1_t weight")?;
         self.conv_gemm("conv1x1", true, z, d, k, cin, 1)
     }
     fn conv1x1_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
-        check_len(x, d.len(), "conv1x1_wgrad input")?;
-        check_len(dz, d.with_c(cout).len(), "conv1x1_wgrad cotangent")?;
         self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout, 1)
     }
 
@@ -482,8 +481,6 @@ impl Backend for Cuda {
         cout: usize,
         groups: usize,
     ) -> Result<Buf> {
-        check_len(x, d.len(), "grouped conv input")?;
-        check_len(k, cout * (d.c / groups.max(1)) * 9, "grouped conv weight")?;
         self.conv_gemm("conv3x3", false, x, d, k, cout, groups)
     }
     fn grouped_conv3x3_t(
@@ -494,8 +491,6 @@ impl Backend for Cuda {
         cin: usize,
         groups: usize,
     ) -> Result<Buf> {
-        check_len(z, d.len(), "grouped conv_t input")?;
-        check_len(k, d.c * (cin / groups.max(1)) * 9, "grouped conv_t weight")?;
         self.conv_gemm("conv3x3", true, z, d, k, cin, groups)
     }
     fn grouped_conv3x3_wgrad(
@@ -506,8 +501,6 @@ impl Backend for Cuda {
         cout: usize,
         groups: usize,
     ) -> Result<Buf> {
-        check_len(x, d.len(), "grouped conv wgrad input")?;
-        check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
         self.conv_wgrad("conv3x3_wgrad", 9, x, d, dz, cout, groups)
     }
     fn grouped_conv1x1(
@@ -518,8 +511,6 @@ impl Backend for Cuda {
         cout: usize,
         groups: usize,
     ) -> Result<Buf> {
-        check_len(x, d.len(), "grouped conv input")?;
-        check_len(k, cout * (d.c / groups.max(1)), "grouped conv weight")?;
         self.conv_gemm("conv1x1", false, x, d, k, cout, groups)
     }
     fn grouped_conv1x1_t(
@@ -530,8 +521,6 @@ impl Backend for Cuda {
         cin: usize,
         groups: usize,
     ) -> Result<Buf> {
-        check_len(z, d.len(), "grouped conv_t input")?;
-        check_len(k, d.c * (cin / groups.max(1)), "grouped conv_t weight")?;
         self.conv_gemm("conv1x1", true, z, d, k, cin, groups)
     }
     fn grouped_conv1x1_wgrad(
@@ -542,8 +531,6 @@ impl Backend for Cuda {
         cout: usize,
         groups: usize,
     ) -> Result<Buf> {
-        check_len(x, d.len(), "grouped conv wgrad input")?;
-        check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
         self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout, groups)
     }
 
