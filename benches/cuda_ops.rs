@@ -208,6 +208,48 @@ fn pointwise(cr: &mut Criterion, cuda: &Cuda) {
         bench_op!(grp, cuda, "stencil5_t", cuda.stencil5_t(&g, d, &dw));
         bench_op!(grp, cuda, "stencil5_wgrad", cuda.stencil5_wgrad(&x, d, &g));
         bench_op!(grp, cuda, "haar", cuda.haar(&x, d));
+        let diff = data(cuda, c, 9, 1.0);
+        bench_op!(
+            grp,
+            cuda,
+            "diffusion_solve",
+            cuda.diffusion_solve(&x, d, &diff, 0.5)
+        );
+        bench_op!(
+            grp,
+            cuda,
+            "diffusion_solve_vjp",
+            cuda.diffusion_solve_vjp(&x, d, &diff, 0.5, &g)
+        );
+        let (_, stats) = cuda
+            .batchnorm_train(&x, d, &s, &sh)
+            .unwrap_or_else(|e| fail(e));
+        bench_op!(
+            grp,
+            cuda,
+            "batchnorm_train",
+            cuda.batchnorm_train(&x, d, &s, &sh)
+        );
+        bench_op!(
+            grp,
+            cuda,
+            "batchnorm_vjp",
+            cuda.batchnorm_vjp(&x, d, &s, &stats, &g)
+        );
+        bench_op!(grp, cuda, "avgpool2", cuda.avgpool2(&x, d));
+        bench_op!(grp, cuda, "global_mean", cuda.global_mean(&x, d));
+        bench_op!(grp, cuda, "quantize", cuda.quantize(&x, 16));
         grp.finish();
     }
+    let logits = data(cuda, BATCH * 10, 10, 1.0);
+    let labels: Vec<usize> = (0..BATCH).map(|i| i % 10).collect();
+    let mut grp = cr.benchmark_group("f32/loss");
+    grp.throughput(Throughput::Elements((BATCH * 10) as u64));
+    bench_op!(
+        grp,
+        cuda,
+        "softmax_xent",
+        cuda.softmax_xent(&logits, BATCH, 10, &labels)
+    );
+    grp.finish();
 }
