@@ -5,13 +5,14 @@
 //! whatever the thread count. Norm statistics and the loss accumulate in f64.
 
 mod conv;
+mod fused;
 mod par;
 mod section7;
 
 use rayon::prelude::*;
 
 use super::reference::round_to_i32;
-use super::{Activation, Backend, BnStats, BN_EPS, BN_MOMENTUM, TV_EPS};
+use super::{Activation, Backend, BnStats, Norm, SymGrads, BN_EPS, BN_MOMENTUM, TV_EPS};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::Dims;
@@ -727,6 +728,48 @@ impl Backend for Cpu {
         Ok((loss / n as f64, g))
     }
 
+    fn step_full3x3(
+        &self,
+        terms: &[(f64, &Vec<f32>)],
+        coef: f64,
+        y: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        norm: Norm<'_, Vec<f32>>,
+        act: Activation,
+    ) -> Result<Vec<f32>> {
+        check_len(y, d.len(), "step input")?;
+        for (_, x) in terms {
+            check_len(x, d.len(), "step term")?;
+        }
+        check_len(k, d.c * d.c * 9, "step weight")?;
+        let np = norm_params(norm, d.c)?;
+        let terms: Vec<(f32, &[f32])> = terms.iter().map(|&(a, x)| (a as f32, &x[..])).collect();
+        Ok(fused::step(&terms, coef as f32, y, d, k, np, act))
+    }
+
+    fn sym_full3x3_vjp(
+        &self,
+        y: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        norm: Norm<'_, Vec<f32>>,
+        act: Activation,
+        g: &Vec<f32>,
+    ) -> Result<SymGrads<Vec<f32>>> {
+        check_len(y, d.len(), "sym vjp input")?;
+        check_len(g, d.len(), "sym vjp cotangent")?;
+        check_len(k, d.c * d.c * 9, "sym vjp weight")?;
+        let np = norm_params(norm, d.c)?;
+        let (dy, dk, dscale, dshift) = fused::sym_vjp(y, d, k, np, act, g);
+        Ok(SymGrads {
+            dy,
+            dk,
+            dscale,
+            dshift,
+        })
+    }
+
     fn quantize(&self, x: &Vec<f32>, shift: u32) -> Result<Vec<i32>> {
         ensure_shape!(shift < 64, "fixed-point shift {shift} is too large");
         let scale = (1u64 << shift) as f64;
@@ -780,6 +823,21 @@ impl Backend for Cpu {
             });
         Ok(out)
     }
+}
+
+/// The normalisation's parameters as slices, checked against `c` channels.
+fn norm_params<'a>(norm: Norm<'a, Vec<f32>>, c: usize) -> Result<fused::NormP<'a>> {
+    Ok(match norm {
+        Norm::Tv { s, b } => {
+            check_len(s, c, "tvnorm scale")?;
+            check_len(b, c, "tvnorm shift")?;
+            fused::NormP { s: Some(s), b }
+        }
+        Norm::Shift { b } => {
+            check_len(b, c, "shift")?;
+            fused::NormP { s: None, b }
+        }
+    })
 }
 
 /// `gamma (x - mean) / sqrt(var + eps) + beta` per channel.
