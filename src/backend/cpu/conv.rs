@@ -176,6 +176,15 @@ pub(super) fn row_tiles(
     (0..h).step_by(rows).map(move |i| i..(i + rows).min(h))
 }
 
+/// Workspace values per thread of an im2col of `d`'s samples (the largest row tile).
+pub fn im2col_ws(d: Dims) -> usize {
+    let kk = d.c * 9;
+    row_tiles(d.h, d.w, kk, TILE_VALUES)
+        .map(|r| kk * r.len() * d.w)
+        .max()
+        .unwrap_or(0)
+}
+
 /// `conv(x, K)`: one im2col and one GEMM `K [cout, cin*9] x cols [cin*9, hw]` per sample.
 /// Lengths are checked by the caller.
 pub fn conv3x3(x: &[f32], d: Dims, k: &[f32], cout: usize) -> Vec<f32> {

@@ -111,11 +111,6 @@ pub fn vjp_ws64(d: Dims) -> usize {
     2 * max_tile(d, vjp_row_values(d))
 }
 
-/// Batch ranges of [`sym_vjp`] (each holds a weight-gradient partial until the end).
-pub fn vjp_partials(d: Dims) -> usize {
-    d.n.div_ceil(par::chunk_size(d.n))
-}
-
 /// Per tile: `out[ch, p] = sigma(N(z)[ch, p])` with `z [c, tw]` contiguous and `out` of row
 /// stride `out_rs`. `r32` (tw) and `r64` (tw) are scratch.
 #[allow(clippy::too_many_arguments)]
