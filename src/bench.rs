@@ -8,7 +8,7 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::network::Layout;
 use crate::params::{ParamRole, ParamSet};
-use crate::schedule::plan::{count_flops, plan_step};
+use crate::schedule::plan::{count_flops, plan_step, plan_step_on, Planner};
 use crate::schedule::{Engine, Policy};
 use crate::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
@@ -254,7 +254,11 @@ pub fn run(
         for &precision in &opts.precisions {
             let device = Device::select_with(dev_choice, precision)?;
             let roof = match &device {
-                Device::Cpu(_) => cpu_roofline(),
+                Device::Cpu(_) => {
+                    let r = cpu_roofline();
+                    crate::backend::cpu::warm_threads();
+                    r
+                }
                 Device::Cuda(c) => cuda_roofline(c)?,
             };
             for &layer in &opts.layers {
@@ -269,13 +273,24 @@ pub fn run(
                             let layout = Layout::new(&cfg)?;
                             let mut shape = vec![opts.batch];
                             shape.extend(sample_shape(&cfg));
-                            let plan = plan_step(&layout, &shape, policy.schedule())?;
+                            let dev = Device::select_with(dev_choice, precision)?;
+                            let plan = match &dev {
+                                Device::Cpu(b) => plan_step_on(
+                                    Planner::for_device(b),
+                                    &layout,
+                                    &shape,
+                                    policy.schedule(),
+                                )?,
+                                Device::Cuda(_) => plan_step(&layout, &shape, policy.schedule())?,
+                            };
                             let flops = count_flops(&layout, &shape[1..])?;
-                            let m = match Device::select_with(dev_choice, precision)? {
+                            let m = match dev {
                                 Device::Cpu(b) => {
                                     let counting = crate::alloc::counting();
                                     let base = std::cell::Cell::new(0usize);
                                     let reset = |_: &_| {
+                                        // The plan counts the workspaces' growth: start empty.
+                                        crate::backend::cpu::release_workspaces();
                                         crate::alloc::reset_heap_peak();
                                         base.set(crate::alloc::heap_live());
                                     };

@@ -80,6 +80,18 @@ pub trait Backend: Send + Sync + Sized {
     /// Short name for messages and reports ("reference", "cpu", "cuda").
     fn name(&self) -> &'static str;
 
+    /// Working memory that `op` needs beyond its inputs and outputs, for the memory plan
+    /// ([`crate::schedule::plan::Planner::for_device`]). Default: none.
+    fn scratch_bytes(&self, _op: ScratchOp) -> Scratch {
+        Scratch::default()
+    }
+    /// Whether [`Backend::step_full3x3`] and [`Backend::sym_full3x3_vjp`] run fused, allocating
+    /// only their outputs (plus [`Backend::scratch_bytes`]) instead of the buffers of the
+    /// default composition. The memory plan follows it.
+    fn fuses_sym_full3x3(&self) -> bool {
+        false
+    }
+
     // ---- memory -------------------------------------------------------------------------
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f64]) -> Result<Self::Buf>;
@@ -413,6 +425,30 @@ pub trait Backend: Send + Sync + Sized {
             dshift: g.dshift,
         })
     }
+}
+
+/// An op whose working memory a backend may declare ([`Backend::scratch_bytes`]); `d` is the
+/// shape of the op's (first) input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScratchOp {
+    Conv3x3 { d: Dims, cout: usize },
+    Conv3x3T { d: Dims, cin: usize },
+    Conv3x3Wgrad { d: Dims, cout: usize },
+    Conv1x1Wgrad { d: Dims, cout: usize },
+    Tvnorm { d: Dims },
+    TvnormVjp { d: Dims },
+    StepFull3x3 { d: Dims },
+    SymFull3x3Vjp { d: Dims },
+}
+
+/// Working memory of one op, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scratch {
+    /// Live only while the op runs, beside its inputs and outputs.
+    pub transient: usize,
+    /// Requested from each of the backend's grow-only workspace pools (per-thread buffers kept
+    /// for reuse): a pool holds the largest request made so far, from then on.
+    pub pools: [usize; 2],
 }
 
 /// The normalisation `N` inside a step: tvNorm with scale and shift, or the shift alone

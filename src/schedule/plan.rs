@@ -2,7 +2,7 @@
 //! that every buffer of a forward + backward pass is known, with its lifetime, before any
 //! arithmetic runs. The peak of live bytes is the planned peak.
 
-use crate::backend::{Activation, Backend, BnStats};
+use crate::backend::{Activation, Backend, BnStats, Norm, Scratch, ScratchOp, SymGrads};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::network::Layout;
@@ -17,6 +17,29 @@ struct Counter {
     live: AtomicUsize,
     peak: AtomicUsize,
     flops: AtomicUsize,
+    /// The device's grow-only workspace pools: the largest request of each so far.
+    pools: [AtomicUsize; 2],
+}
+
+impl Counter {
+    fn pool_bytes(&self) -> usize {
+        self.pools.iter().map(|p| p.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// What the planner asks of the device it plans for.
+trait DeviceMem: Send + Sync {
+    fn scratch(&self, op: ScratchOp) -> Scratch;
+    fn fused(&self) -> bool;
+}
+
+impl<B: Backend> DeviceMem for B {
+    fn scratch(&self, op: ScratchOp) -> Scratch {
+        self.scratch_bytes(op)
+    }
+    fn fused(&self) -> bool {
+        self.fuses_sym_full3x3()
+    }
 }
 
 /// A buffer that is only a size: it counts itself live until dropped.
@@ -38,14 +61,34 @@ impl Drop for PlanBuf {
 const ELEM_BYTES: usize = 4;
 
 /// The planning backend.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Planner {
     counter: Arc<Counter>,
+    /// The device whose workspaces and fused ops the plan includes (none: buffers only).
+    device: Option<Arc<dyn DeviceMem>>,
+}
+
+impl std::fmt::Debug for Planner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planner")
+            .field("counter", &self.counter)
+            .field("device", &self.device.is_some())
+            .finish()
+    }
 }
 
 impl Planner {
+    /// A device-independent plan: the engine's buffers only.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// The plan of a run on `device`: its buffers, the working memory it declares
+    /// ([`Backend::scratch_bytes`]) and its fused ops' own allocations.
+    pub fn for_device<B: Backend + Clone + 'static>(device: &B) -> Self {
+        Planner {
+            counter: Arc::default(),
+            device: Some(Arc::new(device.clone())),
+        }
     }
     fn buf(&self, len: usize) -> PlanBuf {
         let live = self
@@ -53,11 +96,26 @@ impl Planner {
             .live
             .fetch_add(len * ELEM_BYTES, Ordering::Relaxed)
             + len * ELEM_BYTES;
-        self.counter.peak.fetch_max(live, Ordering::Relaxed);
+        self.counter
+            .peak
+            .fetch_max(live + self.counter.pool_bytes(), Ordering::Relaxed);
         PlanBuf {
             len,
             counter: self.counter.clone(),
         }
+    }
+    /// Accounts for the device's working memory of `op`, whose outputs are already allocated.
+    fn scratch(&self, op: ScratchOp) {
+        let Some(dev) = &self.device else { return };
+        let s = dev.scratch(op);
+        for (pool, &want) in self.counter.pools.iter().zip(&s.pools) {
+            pool.fetch_max(want, Ordering::Relaxed);
+        }
+        let now = self.live_bytes() + self.counter.pool_bytes() + s.transient;
+        self.counter.peak.fetch_max(now, Ordering::Relaxed);
+    }
+    fn fused(&self) -> bool {
+        self.device.as_ref().is_some_and(|d| d.fused())
     }
     fn flop(&self, n: usize) {
         self.counter.flops.fetch_add(n, Ordering::Relaxed);
@@ -74,11 +132,12 @@ impl Planner {
     pub fn live_bytes(&self) -> usize {
         self.counter.live.load(Ordering::Relaxed)
     }
-    /// Restarts the peak at the bytes live now.
+    /// Restarts the peak at the bytes live now (workspaces included).
     pub fn reset_peak(&self) {
-        self.counter
-            .peak
-            .store(self.live_bytes(), Ordering::Relaxed);
+        self.counter.peak.store(
+            self.live_bytes() + self.counter.pool_bytes(),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -124,15 +183,21 @@ impl Backend for Planner {
     }
     fn conv3x3(&self, _x: &PlanBuf, d: Dims, _k: &PlanBuf, cout: usize) -> Result<PlanBuf> {
         self.flop(2 * 9 * d.len() * cout);
-        Ok(self.buf(d.with_c(cout).len()))
+        let y = self.buf(d.with_c(cout).len());
+        self.scratch(ScratchOp::Conv3x3 { d, cout });
+        Ok(y)
     }
     fn conv3x3_t(&self, _z: &PlanBuf, d: Dims, _k: &PlanBuf, cin: usize) -> Result<PlanBuf> {
         self.flop(2 * 9 * d.len() * cin);
-        Ok(self.buf(d.with_c(cin).len()))
+        let x = self.buf(d.with_c(cin).len());
+        self.scratch(ScratchOp::Conv3x3T { d, cin });
+        Ok(x)
     }
     fn conv3x3_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf, cout: usize) -> Result<PlanBuf> {
         self.flop(2 * 9 * d.len() * cout);
-        Ok(self.buf(cout * d.c * 9))
+        let dk = self.buf(cout * d.c * 9);
+        self.scratch(ScratchOp::Conv3x3Wgrad { d, cout });
+        Ok(dk)
     }
     fn conv1x1(&self, _x: &PlanBuf, d: Dims, _k: &PlanBuf, cout: usize) -> Result<PlanBuf> {
         self.flop(2 * d.len() * cout);
@@ -144,7 +209,9 @@ impl Backend for Planner {
     }
     fn conv1x1_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf, cout: usize) -> Result<PlanBuf> {
         self.flop(2 * d.len() * cout);
-        Ok(self.buf(cout * d.c))
+        let dk = self.buf(cout * d.c);
+        self.scratch(ScratchOp::Conv1x1Wgrad { d, cout });
+        Ok(dk)
     }
     fn add_channel_bias(&self, _x: &PlanBuf, d: Dims, _b: &PlanBuf) -> Result<PlanBuf> {
         Ok(self.buf(d.len()))
@@ -154,7 +221,9 @@ impl Backend for Planner {
     }
     fn tvnorm(&self, _x: &PlanBuf, d: Dims, _s: &PlanBuf, _b: &PlanBuf) -> Result<PlanBuf> {
         self.flop(5 * d.len());
-        Ok(self.buf(d.len()))
+        let y = self.buf(d.len());
+        self.scratch(ScratchOp::Tvnorm { d });
+        Ok(y)
     }
     fn tvnorm_vjp(
         &self,
@@ -163,7 +232,9 @@ impl Backend for Planner {
         _s: &PlanBuf,
         _dy: &PlanBuf,
     ) -> Result<(PlanBuf, PlanBuf, PlanBuf)> {
-        Ok((self.buf(d.len()), self.buf(d.c), self.buf(d.c)))
+        let out = (self.buf(d.len()), self.buf(d.c), self.buf(d.c));
+        self.scratch(ScratchOp::TvnormVjp { d });
+        Ok(out)
     }
     fn batchnorm_train(
         &self,
@@ -388,6 +459,61 @@ impl Backend for Planner {
     fn haar_fixed_inv(&self, q: &PlanBuf, _d: Dims) -> Result<PlanBuf> {
         Ok(self.buf(q.len))
     }
+
+    fn step_full3x3(
+        &self,
+        terms: &[(f64, &PlanBuf)],
+        coef: f64,
+        y: &PlanBuf,
+        d: Dims,
+        k: &PlanBuf,
+        norm: Norm<'_, PlanBuf>,
+        act: Activation,
+    ) -> Result<PlanBuf> {
+        if !self.fused() {
+            let op = crate::operators::OpRef::Full3x3(k);
+            return crate::operators::sym_step(self, op, terms, coef, y, d, norm, act);
+        }
+        // The composition's flops; only the output is allocated.
+        let len = d.len();
+        self.flop(2 * 2 * 9 * len * d.c + 5 * len + len + 2 * (terms.len() + 1) * len);
+        let out = self.buf(len);
+        self.scratch(ScratchOp::StepFull3x3 { d });
+        Ok(out)
+    }
+
+    fn sym_full3x3_vjp(
+        &self,
+        y: &PlanBuf,
+        d: Dims,
+        k: &PlanBuf,
+        norm: Norm<'_, PlanBuf>,
+        act: Activation,
+        g: &PlanBuf,
+    ) -> Result<SymGrads<PlanBuf>> {
+        if !self.fused() {
+            let op = crate::operators::OpRef::Full3x3(k);
+            let mut g = crate::operators::sym_vjp(self, op, y, d, norm, act, g)?;
+            ensure_shape!(g.dop.len() == 1, "the full operator has one weight");
+            return Ok(SymGrads {
+                dy: g.dy,
+                dk: g.dop.swap_remove(0),
+                dscale: g.dscale,
+                dshift: g.dshift,
+            });
+        }
+        let len = d.len();
+        // Five convolution GEMMs (K y, K g, two weight gradients, K^T dz) and the pointwise work.
+        self.flop(5 * 2 * 9 * len * d.c + 12 * len);
+        let out = SymGrads {
+            dy: self.buf(len),
+            dk: self.buf(d.c * d.c * 9),
+            dscale: matches!(norm, Norm::Tv { .. }).then(|| self.buf(d.c)),
+            dshift: self.buf(d.c),
+        };
+        self.scratch(ScratchOp::SymFull3x3Vjp { d });
+        Ok(out)
+    }
 }
 
 /// Flops of one Fourier-space solve: a forward and an inverse complex 2-D FFT (`5 m log2 m`
@@ -416,9 +542,20 @@ impl MemoryPlan {
     }
 }
 
-/// Plans a training step of `layout` on inputs of `input_shape` (e.g. `[32, 3, 32, 32]`).
+/// Plans a training step of `layout` on inputs of `input_shape` (e.g. `[32, 3, 32, 32]`):
+/// the engine's buffers, on no device in particular.
 pub fn plan_step(layout: &Layout, input_shape: &[usize], sched: Schedule) -> Result<MemoryPlan> {
-    let planner = Planner::new();
+    plan_step_on(Planner::new(), layout, input_shape, sched)
+}
+
+/// As [`plan_step`] with `planner` (e.g. [`Planner::for_device`], to include the device's
+/// workspaces and fused ops).
+pub fn plan_step_on(
+    planner: Planner,
+    layout: &Layout,
+    input_shape: &[usize],
+    sched: Schedule,
+) -> Result<MemoryPlan> {
     let params: ParamSet = layout.template.clone();
     let mut eng = Engine::new(planner.clone(), layout.clone(), &params)?;
     let param_bytes = planner.live_bytes();

@@ -57,6 +57,23 @@ pub fn matmul(
     lhs: Mat<'_>,
     rhs: Mat<'_>,
 ) {
+    matmul_scaled(m, n, k, dst, dst_rs, accumulate, 1.0, lhs, rhs)
+}
+
+/// As [`matmul`] with the product scaled: `dst (+)= beta * lhs * rhs` (the scale folds a
+/// sign or a step size into the GEMM instead of a separate pass).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_scaled(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    beta: f32,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -96,7 +113,7 @@ pub fn matmul(
             rhs.cs as isize,
             rhs.rs as isize,
             1.0,
-            1.0,
+            beta,
             false,
             false,
             false,
@@ -144,14 +161,28 @@ pub fn im2col(x: &[f32], c: usize, h: usize, w: usize, rows: Range<usize>, cols:
 
 /// Values of an im2col tile kept per thread: 1 MiB, so that the tile stays in L2 next to the
 /// GEMM's packing buffers even when two threads share a core's cache.
-const TILE_VALUES: usize = 1 << 18;
+pub(super) const TILE_VALUES: usize = 1 << 18;
 
 /// Splits the `h` image rows into even tiles whose im2col (`kk` rows of `w` values a pixel
 /// row) fits [`TILE_VALUES`].
-fn row_tiles(h: usize, w: usize, kk: usize, budget: usize) -> impl Iterator<Item = Range<usize>> {
+pub(super) fn row_tiles(
+    h: usize,
+    w: usize,
+    kk: usize,
+    budget: usize,
+) -> impl Iterator<Item = Range<usize>> {
     let max_rows = (budget / (kk * w).max(1)).clamp(1, h.max(1));
     let rows = h.div_ceil(h.div_ceil(max_rows).max(1)).max(1);
     (0..h).step_by(rows).map(move |i| i..(i + rows).min(h))
+}
+
+/// Workspace values per thread of an im2col of `d`'s samples (the largest row tile).
+pub fn im2col_ws(d: Dims) -> usize {
+    let kk = d.c * 9;
+    row_tiles(d.h, d.w, kk, TILE_VALUES)
+        .map(|r| kk * r.len() * d.w)
+        .max()
+        .unwrap_or(0)
 }
 
 /// `conv(x, K)`: one im2col and one GEMM `K [cout, cin*9] x cols [cin*9, hw]` per sample.
@@ -193,7 +224,12 @@ fn conv3x3_tiled(x: &[f32], d: Dims, k: &[f32], cout: usize, budget: usize) -> V
 /// `K'[c, o, a, b] = K[o, c, 2 - a, 2 - b]` (padding 1 is its own mirror), so it reuses the
 /// im2col path instead of a scattering col2im.
 pub fn conv3x3_t(z: &[f32], d: Dims, k: &[f32], cin: usize) -> Vec<f32> {
-    let cout = d.c;
+    conv3x3(z, d, &flip_kernel(k, d.c, cin), cin)
+}
+
+/// `K'[c, o, a, b] = K[o, c, 2 - a, 2 - b]` for `K [cout, cin, 3, 3]`: the kernel whose
+/// convolution is the adjoint of `K`'s.
+pub fn flip_kernel(k: &[f32], cout: usize, cin: usize) -> Vec<f32> {
     let mut kf = vec![0.0f32; k.len()];
     for o in 0..cout {
         for c in 0..cin {
@@ -202,7 +238,7 @@ pub fn conv3x3_t(z: &[f32], d: Dims, k: &[f32], cin: usize) -> Vec<f32> {
             }
         }
     }
-    conv3x3(z, d, &kf, cin)
+    kf
 }
 
 /// `dK [cout, cin*9] = sum_n dz_n [cout, hw] x cols_n^T [hw, cin*9]`, one partial per fixed

@@ -5,13 +5,16 @@
 //! whatever the thread count. Norm statistics and the loss accumulate in f64.
 
 mod conv;
+mod fused;
 mod par;
 mod section7;
 
 use rayon::prelude::*;
 
 use super::reference::round_to_i32;
-use super::{Activation, Backend, BnStats, BN_EPS, BN_MOMENTUM, TV_EPS};
+use super::{
+    Activation, Backend, BnStats, Norm, Scratch, ScratchOp, SymGrads, BN_EPS, BN_MOMENTUM, TV_EPS,
+};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::Dims;
@@ -25,6 +28,13 @@ impl Cpu {
     pub fn new() -> Self {
         Cpu
     }
+}
+
+pub use par::{release_workspaces, warm_threads};
+
+/// Threads that may run a parallel op over `tasks` tasks.
+fn threads(tasks: usize) -> usize {
+    rayon::current_num_threads().min(tasks).max(1)
 }
 
 /// Shapes of a grouped convolution `d.c -> cout`: input of `x_len` values, weight of `k_len`.
@@ -140,6 +150,54 @@ impl Backend for Cpu {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn scratch_bytes(&self, op: ScratchOp) -> Scratch {
+        // Pool 0: the f32 workspace of each thread, pool 1 the f64 one (`par::with_ws*`).
+        let (f, g) = (4usize, 8usize);
+        let parts = |d: Dims| d.n.div_ceil(par::chunk_size(d.n));
+        let pools = |d: Dims, a: usize, b: usize| [threads(d.n) * f * a, threads(d.n) * g * b];
+        match op {
+            ScratchOp::Conv3x3 { d, .. } => Scratch {
+                transient: 0,
+                pools: pools(d, conv::im2col_ws(d), 0),
+            },
+            ScratchOp::Conv3x3T { d, cin } => Scratch {
+                transient: f * d.c * cin * 9,
+                pools: pools(d, conv::im2col_ws(d), 0),
+            },
+            ScratchOp::Conv3x3Wgrad { d, cout } => Scratch {
+                transient: f * parts(d) * cout * d.c * 9,
+                pools: [threads(parts(d)) * f * conv::im2col_ws(d), 0],
+            },
+            ScratchOp::Conv1x1Wgrad { d, cout } if d.hw() > 1 => Scratch {
+                transient: f * parts(d) * cout * d.c,
+                pools: [0, 0],
+            },
+            ScratchOp::Conv1x1Wgrad { .. } => Scratch::default(),
+            ScratchOp::Tvnorm { d } => Scratch {
+                transient: 0,
+                pools: pools(d, 0, d.hw()),
+            },
+            ScratchOp::TvnormVjp { d } => Scratch {
+                transient: g * parts(d) * 2 * d.c,
+                pools: [0, threads(parts(d)) * g * 2 * d.hw()],
+            },
+            ScratchOp::StepFull3x3 { d } => Scratch {
+                transient: f * d.c * d.c * 9,
+                pools: pools(d, fused::step_ws32(d), fused::step_ws64(d)),
+            },
+            ScratchOp::SymFull3x3Vjp { d } => Scratch {
+                transient: f * d.c * d.c * 9 + parts(d) * (f * d.c * d.c * 9 + g * 2 * d.c),
+                pools: [
+                    threads(parts(d)) * f * fused::vjp_ws32(d),
+                    threads(parts(d)) * g * fused::vjp_ws64(d),
+                ],
+            },
+        }
+    }
+    fn fuses_sym_full3x3(&self) -> bool {
+        true
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -727,6 +785,48 @@ impl Backend for Cpu {
         Ok((loss / n as f64, g))
     }
 
+    fn step_full3x3(
+        &self,
+        terms: &[(f64, &Vec<f32>)],
+        coef: f64,
+        y: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        norm: Norm<'_, Vec<f32>>,
+        act: Activation,
+    ) -> Result<Vec<f32>> {
+        check_len(y, d.len(), "step input")?;
+        for (_, x) in terms {
+            check_len(x, d.len(), "step term")?;
+        }
+        check_len(k, d.c * d.c * 9, "step weight")?;
+        let np = norm_params(norm, d.c)?;
+        let terms: Vec<(f32, &[f32])> = terms.iter().map(|&(a, x)| (a as f32, &x[..])).collect();
+        Ok(fused::step(&terms, coef as f32, y, d, k, np, act))
+    }
+
+    fn sym_full3x3_vjp(
+        &self,
+        y: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        norm: Norm<'_, Vec<f32>>,
+        act: Activation,
+        g: &Vec<f32>,
+    ) -> Result<SymGrads<Vec<f32>>> {
+        check_len(y, d.len(), "sym vjp input")?;
+        check_len(g, d.len(), "sym vjp cotangent")?;
+        check_len(k, d.c * d.c * 9, "sym vjp weight")?;
+        let np = norm_params(norm, d.c)?;
+        let (dy, dk, dscale, dshift) = fused::sym_vjp(y, d, k, np, act, g);
+        Ok(SymGrads {
+            dy,
+            dk,
+            dscale,
+            dshift,
+        })
+    }
+
     fn quantize(&self, x: &Vec<f32>, shift: u32) -> Result<Vec<i32>> {
         ensure_shape!(shift < 64, "fixed-point shift {shift} is too large");
         let scale = (1u64 << shift) as f64;
@@ -780,6 +880,21 @@ impl Backend for Cpu {
             });
         Ok(out)
     }
+}
+
+/// The normalisation's parameters as slices, checked against `c` channels.
+fn norm_params<'a>(norm: Norm<'a, Vec<f32>>, c: usize) -> Result<fused::NormP<'a>> {
+    Ok(match norm {
+        Norm::Tv { s, b } => {
+            check_len(s, c, "tvnorm scale")?;
+            check_len(b, c, "tvnorm shift")?;
+            fused::NormP { s: Some(s), b }
+        }
+        Norm::Shift { b } => {
+            check_len(b, c, "shift")?;
+            fused::NormP { s: None, b }
+        }
+    })
 }
 
 /// `gamma (x - mean) / sqrt(var + eps) + beta` per channel.

@@ -111,9 +111,7 @@ thread_local! {
 pub fn with_ws32<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     WS32.with(|ws| {
         let mut ws = ws.borrow_mut();
-        if ws.len() < len {
-            ws.resize(len, 0.0);
-        }
+        grow_exact(&mut ws, len);
         f(&mut ws[..len])
     })
 }
@@ -122,9 +120,58 @@ pub fn with_ws32<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 pub fn with_ws64<R>(len: usize, f: impl FnOnce(&mut [f64]) -> R) -> R {
     WS64.with(|ws| {
         let mut ws = ws.borrow_mut();
-        if ws.len() < len {
-            ws.resize(len, 0.0);
-        }
+        grow_exact(&mut ws, len);
         f(&mut ws[..len])
     })
+}
+
+/// Grows `ws` to exactly `len` values (no amortised doubling), so that a workspace holds the
+/// largest request made so far and no more: what the memory plan declares.
+fn grow_exact<T: Copy + Default>(ws: &mut Vec<T>, len: usize) {
+    if ws.len() < len {
+        ws.reserve_exact(len - ws.len());
+        ws.resize(len, T::default());
+    }
+}
+
+/// Frees the workspaces of every thread of the global pool and of the caller, so that a
+/// measured peak includes their growth again (as the memory plan assumes).
+pub fn release_workspaces() {
+    fn clear() {
+        WS32.with(|w| *w.borrow_mut() = Vec::new());
+        WS64.with(|w| *w.borrow_mut() = Vec::new());
+    }
+    rayon::broadcast(|_| clear());
+    clear();
+}
+
+/// Runs a GEMM on every thread of the global pool and on the caller, so that the `gemm` crate's lazily
+/// allocated per-thread packing buffer exists before a measured step (it is kept for the life
+/// of the thread and is not part of any step's plan).
+pub fn warm_threads() {
+    // Large enough for the blocked (slab-using) path, as the convolutions' GEMMs.
+    // The caller too: dense (hw = 1) convolutions run their GEMM on the calling thread.
+    const N: usize = 256;
+    let warm = || {
+        let (a, b) = (vec![1.0f32; N * N], vec![1.0f32; N * N]);
+        let mut c = vec![0.0f32; N * N];
+        for rhs in [
+            super::conv::Mat::rows(&b, N),
+            super::conv::Mat::rows_t(&b, N),
+        ] {
+            super::conv::matmul(
+                N,
+                N,
+                N,
+                &mut c,
+                N,
+                false,
+                super::conv::Mat::rows(&a, N),
+                rhs,
+            );
+        }
+        std::hint::black_box(&c);
+    };
+    rayon::broadcast(|_| warm());
+    warm();
 }

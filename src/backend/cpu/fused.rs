@@ -1,0 +1,474 @@
+//! The fused symmetric step and its VJP for the full 3x3 operator.
+//!
+//! The composed versions (`operators::sym_step` / `sym_vjp`) make a full pass with a fresh
+//! buffer for every op (conv, tvNorm, activation, their VJPs, the linear combination). Here
+//! each sample is processed by row tiles whose im2col, GEMM outputs and pointwise work stay in
+//! cache, in per-thread workspaces reused across calls: only the outputs are allocated.
+//! Samples are independent and the weight-gradient partials are summed over the fixed batch
+//! ranges of [`par::map_chunks`], so results do not depend on the thread count.
+
+use rayon::prelude::*;
+
+use super::conv::{flip_kernel, im2col, matmul_scaled, row_tiles, Mat, TILE_VALUES};
+use super::par::{self, with_ws32, with_ws64};
+use crate::backend::{Activation, TV_EPS};
+use crate::tensor::Dims;
+
+/// A pointwise nonlinearity as a type, so that the inner loops are monomorphised (no match
+/// per element).
+trait Act {
+    fn f(x: f32) -> f32;
+    fn df(x: f32) -> f32;
+}
+
+struct Relu;
+struct Tanh;
+struct Logcosh;
+
+impl Act for Relu {
+    #[inline(always)]
+    fn f(x: f32) -> f32 {
+        x.max(0.0)
+    }
+    #[inline(always)]
+    fn df(x: f32) -> f32 {
+        if x > 0.0 {
+            1.0
+        } else {
+            0.0
+        }
+    }
+}
+impl Act for Tanh {
+    #[inline(always)]
+    fn f(x: f32) -> f32 {
+        x.tanh()
+    }
+    #[inline(always)]
+    fn df(x: f32) -> f32 {
+        let t = x.tanh();
+        1.0 - t * t
+    }
+}
+impl Act for Logcosh {
+    #[inline(always)]
+    fn f(x: f32) -> f32 {
+        x.abs() + (-2.0 * x.abs()).exp().ln_1p()
+    }
+    #[inline(always)]
+    fn df(x: f32) -> f32 {
+        x.tanh()
+    }
+}
+
+/// The normalisation's parameters as slices (`s` absent for the shift alone).
+#[derive(Clone, Copy)]
+pub struct NormP<'a> {
+    pub s: Option<&'a [f32]>,
+    pub b: &'a [f32],
+}
+
+/// Values of one tile row (a pixel row) in the forward step: im2col rows and the GEMM output.
+fn step_row_values(d: Dims) -> usize {
+    d.c * 9 + d.c
+}
+
+/// Values of one tile row in the VJP: two im2cols (`y`, `g`) and three `[c, tw]` buffers.
+fn vjp_row_values(d: Dims) -> usize {
+    2 * d.c * 9 + 3 * d.c
+}
+
+/// Largest tile width (pixels) of `row_values` per pixel.
+fn max_tile(d: Dims, row_values: usize) -> usize {
+    row_tiles(d.h, d.w, row_values, TILE_VALUES)
+        .map(|r| r.len() * d.w)
+        .max()
+        .unwrap_or(0)
+}
+
+/// f32 workspace values per thread of [`step`] for states of shape `d` (one sample's `s`, the
+/// tiles, one f32 row of norms).
+pub fn step_ws32(d: Dims) -> usize {
+    let tw = max_tile(d, step_row_values(d));
+    let tt = max_tile(d, d.c * 9);
+    d.c * d.hw() + (step_row_values(d) * tw).max(d.c * 9 * tt) + tw
+}
+
+/// f64 workspace values per thread of [`step`] (squared norms of a tile).
+pub fn step_ws64(d: Dims) -> usize {
+    max_tile(d, step_row_values(d))
+}
+
+/// f32 workspace values per thread of [`sym_vjp`].
+pub fn vjp_ws32(d: Dims) -> usize {
+    let tw = max_tile(d, vjp_row_values(d));
+    let tt = max_tile(d, d.c * 9);
+    d.c * d.hw() + (vjp_row_values(d) * tw).max(d.c * 9 * tt) + tw
+}
+
+/// f64 workspace values per thread of [`sym_vjp`] (1/r and the dot product of a tile).
+pub fn vjp_ws64(d: Dims) -> usize {
+    2 * max_tile(d, vjp_row_values(d))
+}
+
+/// Per tile: `out[ch, p] = sigma(N(z)[ch, p])` with `z [c, tw]` contiguous and `out` of row
+/// stride `out_rs`. `r32` (tw) and `r64` (tw) are scratch.
+#[allow(clippy::too_many_arguments)]
+fn norm_act_tile<A: Act>(
+    z: &[f32],
+    c: usize,
+    tw: usize,
+    norm: NormP<'_>,
+    r64: &mut [f64],
+    r32: &mut [f32],
+    out: &mut [f32],
+    out_rs: usize,
+) {
+    match norm.s {
+        Some(s) => {
+            r64.fill(0.0);
+            for zc in z.chunks_exact(tw).take(c) {
+                for (r, &v) in r64.iter_mut().zip(zc) {
+                    *r += v as f64 * v as f64;
+                }
+            }
+            for (o, &r) in r32.iter_mut().zip(r64.iter()) {
+                *o = (1.0 / (r + TV_EPS).sqrt()) as f32;
+            }
+            for ch in 0..c {
+                let (sc, bc) = (s[ch], norm.b[ch]);
+                let zc = &z[ch * tw..(ch + 1) * tw];
+                let oc = &mut out[ch * out_rs..ch * out_rs + tw];
+                for ((o, &v), &r) in oc.iter_mut().zip(zc).zip(r32.iter()) {
+                    *o = A::f(sc * (v * r) + bc);
+                }
+            }
+        }
+        None => {
+            for ch in 0..c {
+                let bc = norm.b[ch];
+                let zc = &z[ch * tw..(ch + 1) * tw];
+                let oc = &mut out[ch * out_rs..ch * out_rs + tw];
+                for (o, &v) in oc.iter_mut().zip(zc) {
+                    *o = A::f(v + bc);
+                }
+            }
+        }
+    }
+}
+
+/// `sum_i a_i x_i - coef K^T sigma(N(K y))` (the backend's `step_full3x3`); lengths checked
+/// by the caller.
+pub fn step(
+    terms: &[(f32, &[f32])],
+    coef: f32,
+    y: &[f32],
+    d: Dims,
+    k: &[f32],
+    norm: NormP<'_>,
+    act: Activation,
+) -> Vec<f32> {
+    match act {
+        Activation::Relu => step_a::<Relu>(terms, coef, y, d, k, norm),
+        Activation::Tanh => step_a::<Tanh>(terms, coef, y, d, k, norm),
+        Activation::Logcosh => step_a::<Logcosh>(terms, coef, y, d, k, norm),
+    }
+}
+
+fn step_a<A: Act>(
+    terms: &[(f32, &[f32])],
+    coef: f32,
+    y: &[f32],
+    d: Dims,
+    k: &[f32],
+    norm: NormP<'_>,
+) -> Vec<f32> {
+    let (c, hw, kk) = (d.c, d.hw(), d.c * 9);
+    let sl = c * hw;
+    let mut out = vec![0.0f32; d.len()];
+    if sl == 0 {
+        return out;
+    }
+    let kf = flip_kernel(k, c, c);
+    let (ws32, ws64) = (step_ws32(d), step_ws64(d));
+    out.par_chunks_mut(sl).enumerate().for_each(|(n, on)| {
+        let yn = &y[n * sl..(n + 1) * sl];
+        with_ws32(ws32, |ws| {
+            with_ws64(ws64, |r64| {
+                let (s_full, rest) = ws.split_at_mut(sl);
+                // s = sigma(N(K y)), tile by tile.
+                for rows in row_tiles(d.h, d.w, step_row_values(d), TILE_VALUES) {
+                    let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+                    let (cols, rest) = rest.split_at_mut(kk * tw);
+                    let (z, rest) = rest.split_at_mut(c * tw);
+                    im2col(yn, c, d.h, d.w, rows, cols);
+                    matmul_scaled(
+                        c,
+                        tw,
+                        kk,
+                        z,
+                        tw,
+                        false,
+                        1.0,
+                        Mat::rows(k, kk),
+                        Mat::rows(cols, tw),
+                    );
+                    let r32 = &mut rest[..tw];
+                    norm_act_tile::<A>(z, c, tw, norm, &mut r64[..tw], r32, &mut s_full[p0..], hw);
+                }
+                // out = sum_i a_i x_i, then out -= coef K^T s in the GEMM.
+                match terms.split_first() {
+                    Some(((a0, x0), more)) => {
+                        let x0 = &x0[n * sl..(n + 1) * sl];
+                        on.iter_mut().zip(x0).for_each(|(o, &v)| *o = a0 * v);
+                        for (a, x) in more {
+                            let x = &x[n * sl..(n + 1) * sl];
+                            on.iter_mut().zip(x).for_each(|(o, &v)| *o += a * v);
+                        }
+                    }
+                    None => on.fill(0.0),
+                }
+                for rows in row_tiles(d.h, d.w, kk, TILE_VALUES) {
+                    let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+                    let cols = &mut rest[..kk * tw];
+                    im2col(s_full, c, d.h, d.w, rows, cols);
+                    matmul_scaled(
+                        c,
+                        tw,
+                        kk,
+                        &mut on[p0..],
+                        hw,
+                        true,
+                        -coef,
+                        Mat::rows(&kf, kk),
+                        Mat::rows(cols, tw),
+                    );
+                }
+            })
+        })
+    });
+    out
+}
+
+/// Gradients of the fused VJP: `(dy, dk, dscale, dshift)`.
+pub type VjpOut = (Vec<f32>, Vec<f32>, Option<Vec<f32>>, Vec<f32>);
+
+/// `J_f(y)^T g` and the parameter gradients of `f(y) = -K^T sigma(N(K y))` (the backend's
+/// `sym_full3x3_vjp`); lengths checked by the caller.
+pub fn sym_vjp(
+    y: &[f32],
+    d: Dims,
+    k: &[f32],
+    norm: NormP<'_>,
+    act: Activation,
+    g: &[f32],
+) -> VjpOut {
+    match act {
+        Activation::Relu => vjp_a::<Relu>(y, d, k, norm, g),
+        Activation::Tanh => vjp_a::<Tanh>(y, d, k, norm, g),
+        Activation::Logcosh => vjp_a::<Logcosh>(y, d, k, norm, g),
+    }
+}
+
+/// Per tile of the VJP: from `z = K y` and `kg = K g` (`[c, tw]`), writes `s = sigma(N(z))`
+/// into `s_t` and `dz = N'(z)^T (sigma'(a) * kg)` into `dz` (row stride `dz_rs`), and adds
+/// the tile's `sum da z / r` and `sum da` per channel into `acc` (`[2c]`). `kg` is
+/// overwritten. These are the negated gradients (`f = -K^T s`): the caller flips the sign.
+#[allow(clippy::too_many_arguments)]
+fn vjp_tile<A: Act>(
+    z: &[f32],
+    kg: &mut [f32],
+    s_t: &mut [f32],
+    dz: &mut [f32],
+    dz_rs: usize,
+    c: usize,
+    tw: usize,
+    norm: NormP<'_>,
+    r32: &mut [f32],
+    ws64: &mut [f64],
+    acc: &mut [f64],
+) {
+    let Some(s) = norm.s else {
+        for ch in 0..c {
+            let bc = norm.b[ch];
+            let range = ch * tw..(ch + 1) * tw;
+            let (zc, gc) = (&z[range.clone()], &kg[range.clone()]);
+            let dzc = &mut dz[ch * dz_rs..ch * dz_rs + tw];
+            let mut db = 0.0f64;
+            for (((o, st), &v), &gv) in dzc.iter_mut().zip(&mut s_t[range]).zip(zc).zip(gc) {
+                let a = v + bc;
+                *st = A::f(a);
+                let da = A::df(a) * gv;
+                *o = da;
+                db += da as f64;
+            }
+            acc[c + ch] += db;
+        }
+        return;
+    };
+    let (rinv, dot) = ws64.split_at_mut(tw);
+    rinv.fill(0.0);
+    for zc in z.chunks_exact(tw).take(c) {
+        for (r, &v) in rinv.iter_mut().zip(zc) {
+            *r += v as f64 * v as f64;
+        }
+    }
+    for (r, o) in rinv.iter_mut().zip(r32.iter_mut()) {
+        *r = 1.0 / (*r + TV_EPS).sqrt();
+        *o = *r as f32;
+    }
+    dot.fill(0.0);
+    // a = s z / r + b, s = sigma(a), da = sigma'(a) kg (kept in kg), dot = sum_c s_c da z.
+    for ch in 0..c {
+        let (sc, bc) = (s[ch], norm.b[ch]);
+        let range = ch * tw..(ch + 1) * tw;
+        let zc = &z[range.clone()];
+        let (mut ds, mut db) = (0.0f64, 0.0f64);
+        for ((((st, gv), &v), &r), dt) in s_t[range.clone()]
+            .iter_mut()
+            .zip(&mut kg[range])
+            .zip(zc)
+            .zip(r32.iter())
+            .zip(dot.iter_mut())
+        {
+            let zr = v * r;
+            let a = sc * zr + bc;
+            *st = A::f(a);
+            let da = A::df(a) * *gv;
+            *gv = da;
+            // In f64 from the f32 factors: dz below cancels against this (one channel).
+            *dt += sc as f64 * da as f64 * v as f64;
+            ds += da as f64 * zr as f64;
+            db += da as f64;
+        }
+        acc[ch] += ds;
+        acc[c + ch] += db;
+    }
+    // dz = s_c da / r - z dot / r^3, per pixel in f64 (it cancels with one channel).
+    for (dt, &r) in dot.iter_mut().zip(rinv.iter()) {
+        *dt *= r * r * r;
+    }
+    for ch in 0..c {
+        let sc = s[ch] as f64;
+        let range = ch * tw..(ch + 1) * tw;
+        let (zc, dac) = (&z[range.clone()], &kg[range]);
+        let dzc = &mut dz[ch * dz_rs..ch * dz_rs + tw];
+        for ((((o, &v), &da), &r), &q) in dzc
+            .iter_mut()
+            .zip(zc)
+            .zip(dac)
+            .zip(rinv.iter())
+            .zip(dot.iter())
+        {
+            *o = (sc * da as f64 * r - v as f64 * q) as f32;
+        }
+    }
+}
+
+fn vjp_a<A: Act>(y: &[f32], d: Dims, k: &[f32], norm: NormP<'_>, g: &[f32]) -> VjpOut {
+    let (c, hw, kk) = (d.c, d.hw(), d.c * 9);
+    let sl = c * hw;
+    let mut dy = vec![0.0f32; d.len()];
+    let tv = norm.s.is_some();
+    if sl == 0 {
+        let z = vec![0.0f32; c];
+        return (dy, vec![0.0; c * kk], tv.then(|| z.clone()), z);
+    }
+    let kf = flip_kernel(k, c, c);
+    let (ws32, ws64) = (vjp_ws32(d), vjp_ws64(d));
+    // Per batch range: the partial of dK and of (dscale, dshift).
+    let parts = par::map_chunks_mut(d.n, &mut dy, sl, |r, dys| {
+        let mut dk = vec![0.0f32; c * kk];
+        let mut acc = vec![0.0f64; 2 * c];
+        let mut first = true;
+        for (i, n) in r.enumerate() {
+            let (yn, gn) = (&y[n * sl..(n + 1) * sl], &g[n * sl..(n + 1) * sl]);
+            let dyn_ = &mut dys[i * sl..(i + 1) * sl];
+            with_ws32(ws32, |ws| {
+                with_ws64(ws64, |w64| {
+                    let (dz_full, rest) = ws.split_at_mut(sl);
+                    for rows in row_tiles(d.h, d.w, vjp_row_values(d), TILE_VALUES) {
+                        let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+                        let (cols_y, rest) = rest.split_at_mut(kk * tw);
+                        let (cols_g, rest) = rest.split_at_mut(kk * tw);
+                        let (z, rest) = rest.split_at_mut(c * tw);
+                        let (kg, rest) = rest.split_at_mut(c * tw);
+                        let (s_t, rest) = rest.split_at_mut(c * tw);
+                        im2col(yn, c, d.h, d.w, rows.clone(), cols_y);
+                        im2col(gn, c, d.h, d.w, rows, cols_g);
+                        let kmat = Mat::rows(k, kk);
+                        matmul_scaled(c, tw, kk, z, tw, false, 1.0, kmat, Mat::rows(cols_y, tw));
+                        matmul_scaled(c, tw, kk, kg, tw, false, 1.0, kmat, Mat::rows(cols_g, tw));
+                        vjp_tile::<A>(
+                            z,
+                            kg,
+                            s_t,
+                            &mut dz_full[p0..],
+                            hw,
+                            c,
+                            tw,
+                            norm,
+                            &mut rest[..tw],
+                            &mut w64[..2 * tw],
+                            &mut acc,
+                        );
+                        // dK = -(s g^T + dz y^T), both against the im2cols still in cache.
+                        matmul_scaled(
+                            c,
+                            kk,
+                            tw,
+                            &mut dk,
+                            kk,
+                            !first,
+                            -1.0,
+                            Mat::rows(s_t, tw),
+                            Mat::rows_t(cols_g, tw),
+                        );
+                        matmul_scaled(
+                            c,
+                            kk,
+                            tw,
+                            &mut dk,
+                            kk,
+                            true,
+                            -1.0,
+                            Mat {
+                                data: &dz_full[p0..],
+                                rs: hw,
+                                cs: 1,
+                            },
+                            Mat::rows_t(cols_y, tw),
+                        );
+                        first = false;
+                    }
+                    // dy = -K^T dz.
+                    for rows in row_tiles(d.h, d.w, kk, TILE_VALUES) {
+                        let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+                        let cols = &mut rest[..kk * tw];
+                        im2col(dz_full, c, d.h, d.w, rows, cols);
+                        matmul_scaled(
+                            c,
+                            tw,
+                            kk,
+                            &mut dyn_[p0..],
+                            hw,
+                            false,
+                            -1.0,
+                            Mat::rows(&kf, kk),
+                            Mat::rows(cols, tw),
+                        );
+                    }
+                })
+            });
+        }
+        (dk, acc)
+    });
+    let mut dk = vec![0.0f32; c * kk];
+    let mut acc = vec![0.0f64; 2 * c];
+    for (pk, pa) in &parts {
+        dk.iter_mut().zip(pk).for_each(|(o, v)| *o += v);
+        acc.iter_mut().zip(pa).for_each(|(o, v)| *o += v);
+    }
+    let neg = |v: &[f64]| v.iter().map(|&x| -x as f32).collect::<Vec<f32>>();
+    (dy, dk, tv.then(|| neg(&acc[..c])), neg(&acc[c..]))
+}
