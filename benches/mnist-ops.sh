@@ -3,6 +3,8 @@
 # parameters, FLOPs, test accuracy, training time and peak RSS.
 #   bash benches/mnist-ops.sh [DATA] [EPOCHS] [JOBS]    (defaults: ../shared/data/mnist 5 2)
 #   bash benches/mnist-ops.sh --table                   (only rebuild the table from the logs)
+# Runs with a checkpoint in runs/mnist-ops/OP continue from it (pdenet train --resume), so an
+# interrupted script is restarted by running it again.
 # One fixed recipe for all four: Adam, lr 0.001 cosine-decayed to 0 over the epochs, batch 64,
 # seed 0. Each run gets one thread (RAYON_NUM_THREADS=1) and nice 19, JOBS runs at a time, so
 # that the times compare and other work on the machine keeps priority.
@@ -10,7 +12,7 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 P=${PDENET:-target/release/pdenet}   # PDENET: a copy, so that rebuilds do not touch running jobs
 R=benches/results/mnist-ops
-OPS="full imex mgic lean"   # slowest first, so that two slots finish together
+OPS=${OPS:-full imex mgic lean}   # slowest first, so that two slots finish together
 mkdir -p "$R"
 
 table() {
@@ -23,11 +25,13 @@ table() {
     params=$("$P" info --config "$cfg" | awk '/^parameters/ {print $2}')
     flops=$("$P" info --config "$cfg" | awk '/^FLOPs/ {print $2}')
     if [[ -s $R/$op.csv && -s $R/$op.time ]]; then
-      # Last epoch's test accuracy; wall time and peak RSS of the whole `pdenet train` process.
+      # Last epoch's test accuracy.
       acc=$(tail -1 "$R/$op.csv" | awk -F, '{printf "%.2f", 100*$4}')
       ep=$(tail -1 "$R/$op.csv" | cut -d, -f1)
-      secs=$(awk '{printf "%.0f", $1}' "$R/$op.time")
-      rss=$(awk '{printf "%.0f", $2/1024}' "$R/$op.time")
+      # Training time: the per-epoch times of log.csv (they add up across resumed runs);
+      # peak RSS: the largest of the (resumed) processes.
+      secs=$(awk -F, 'NR > 1 {s += $6} END {printf "%.0f", s}' "$R/$op.csv")
+      rss=$(awk '$1 ~ /^[0-9.]+$/ && $2 + 0 > m {m = $2 + 0} END {printf "%.0f", m/1024}' "$R/$op.time")
       echo "| $op | $params | $(awk "BEGIN{printf \"%.2f\", $params/$pfull}") | $flops | $acc | $secs | $(awk "BEGIN{printf \"%.0f\", $secs/$ep}") | $rss |"
     else
       echo "| $op | $params | $(awk "BEGIN{printf \"%.2f\", $params/$pfull}") | $flops | (not run) | | | |"
@@ -40,13 +44,14 @@ if [[ ${1:-} == --table ]]; then
   exit 0
 fi
 data=${1:-../shared/data/mnist}; epochs=${2:-5}; jobs=${3:-2}
-cargo build --release -q
+[[ -n ${PDENET:-} ]] || cargo build --release -q
 
 run() {
-  local op=$1
-  RAYON_NUM_THREADS=1 nice -n 19 /usr/bin/time -f "%e %M" -o "$R/$op.time" \
+  local op=$1 resume=()
+  [[ -f runs/mnist-ops/$op/checkpoint/LATEST ]] && resume=(--resume)
+  RAYON_NUM_THREADS=1 nice -n 19 /usr/bin/time -a -f "%e %M %U" -o "$R/$op.time" \
     "$P" train --config "configs/mnist-ops-$op.json" --data "$data" --epochs "$epochs" \
-    --optimizer adam --seed 0 --out "runs/mnist-ops/$op" >"$R/$op.log" 2>&1 ||
+    --optimizer adam --seed 0 --out "runs/mnist-ops/$op" "${resume[@]}" >>"$R/$op.log" 2>&1 ||
     { echo "$op: pdenet train failed, see $R/$op.log" >&2; return 0; }
   cp "runs/mnist-ops/$op/log.csv" "$R/$op.csv"
 }

@@ -36,7 +36,12 @@ fn run() -> pdenet::Result<()> {
         );
     }
     // log10 of the response; pixels below the threshold stay white.
-    let (lo, hi) = (s.threshold.max(1e-300).log10(), 0.0);
+    let top = res
+        .iter()
+        .flat_map(|r| r.map.iter().copied())
+        .fold(0.0f64, f64::max);
+    let lo = s.threshold.max(1e-300).log10();
+    let hi = top.log10().ceil().max(lo + 1.0);
     let logs: Vec<Vec<f64>> = res
         .iter()
         .map(|r| {
