@@ -57,8 +57,9 @@ pub struct BenchPoint {
     pub gemm_fraction: f64,
     pub planned_peak_bytes: usize,
     pub planned_activation_bytes: usize,
-    /// Device high-water mark (GPU) or peak heap (CPU) during one training step, parameters and
-    /// gradients included; `None` where it could not be measured.
+    /// Device high-water mark (GPU: the driver's memory-pool high-water mark, or the backend's
+    /// allocation count where the device has no pool) or peak heap (CPU) during one training
+    /// step, parameters and gradients included; `None` where it could not be measured.
     pub measured_peak_bytes: Option<usize>,
     /// Planned activation bytes added per added step per unit (vs the previous depth).
     pub planned_bytes_per_step: Option<f64>,
@@ -312,13 +313,20 @@ pub fn run(
                                     )?
                                 }
                                 Device::Cuda(b) => {
-                                    let base = std::cell::Cell::new(0usize);
+                                    // The driver's pool high-water mark where the device
+                                    // has a pool, else the backend's own count.
+                                    let base = std::cell::Cell::new((0usize, None));
                                     let reset = |c: &crate::backend::cuda::Cuda| {
                                         c.reset_peak();
-                                        base.set(c.current_bytes());
+                                        c.reset_driver_peak();
+                                        base.set((c.current_bytes(), c.driver_peak_bytes()));
                                     };
                                     let peak = |c: &crate::backend::cuda::Cuda| {
-                                        Some(c.peak_bytes().saturating_sub(base.get()))
+                                        let (count, driver) = base.get();
+                                        Some(match (driver, c.driver_peak_bytes()) {
+                                            (Some(b), Some(p)) => p.saturating_sub(b),
+                                            _ => c.peak_bytes().saturating_sub(count),
+                                        })
                                     };
                                     time_steps(
                                         b,
