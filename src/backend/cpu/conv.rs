@@ -125,6 +125,65 @@ pub fn matmul_scaled(
 /// im2col of image rows `rows` of one sample `x [c, h, w]` into `cols [c * 9, rows.len() * w]`:
 /// row `c * 9 + a * 3 + b` holds the input shifted by tap `(a - 1, b - 1)`, zero in the padding.
 pub fn im2col(x: &[f32], c: usize, h: usize, w: usize, rows: Range<usize>, cols: &mut [f32]) {
+    // The image widths of the reference networks get fixed-size row copies (inlined vector
+    // moves, not a `memmove` call per short row).
+    match w {
+        32 => im2col_w::<32>(x, c, h, rows, cols),
+        16 => im2col_w::<16>(x, c, h, rows, cols),
+        8 => im2col_w::<8>(x, c, h, rows, cols),
+        28 => im2col_w::<28>(x, c, h, rows, cols),
+        14 => im2col_w::<14>(x, c, h, rows, cols),
+        _ => im2col_any(x, c, h, w, rows, cols),
+    }
+}
+
+/// One source row into its three horizontal taps (`b = 0, 1, 2`), width `W`.
+#[inline(always)]
+fn taps_row<const W: usize>(src: &[f32], d0: &mut [f32], d1: &mut [f32], d2: &mut [f32]) {
+    let src: &[f32; W] = src[..W].try_into().expect("row of W values");
+    let d0: &mut [f32; W] = (&mut d0[..W]).try_into().expect("row of W values");
+    let d1: &mut [f32; W] = (&mut d1[..W]).try_into().expect("row of W values");
+    let d2: &mut [f32; W] = (&mut d2[..W]).try_into().expect("row of W values");
+    *d1 = *src;
+    d0[0] = 0.0;
+    d0[1..].copy_from_slice(&src[..W - 1]);
+    d2[..W - 1].copy_from_slice(&src[1..]);
+    d2[W - 1] = 0.0;
+}
+
+fn im2col_w<const W: usize>(x: &[f32], c: usize, h: usize, rows: Range<usize>, cols: &mut [f32]) {
+    let (hw, tw) = (h * W, rows.len() * W);
+    if tw == 0 {
+        return;
+    }
+    for ci in 0..c {
+        let plane = &x[ci * hw..(ci + 1) * hw];
+        for a in 0..3 {
+            let block = &mut cols[(ci * 9 + a * 3) * tw..(ci * 9 + a * 3 + 3) * tw];
+            let (r0, rest) = block.split_at_mut(tw);
+            let (r1, r2) = rest.split_at_mut(tw);
+            for (t, i) in rows.clone().enumerate() {
+                let span = t * W..(t + 1) * W;
+                let si = i + a;
+                if si == 0 || si > h {
+                    r0[span.clone()].fill(0.0);
+                    r1[span.clone()].fill(0.0);
+                    r2[span].fill(0.0);
+                    continue;
+                }
+                let src = &plane[(si - 1) * W..si * W];
+                taps_row::<W>(
+                    src,
+                    &mut r0[span.clone()],
+                    &mut r1[span.clone()],
+                    &mut r2[span],
+                );
+            }
+        }
+    }
+}
+
+fn im2col_any(x: &[f32], c: usize, h: usize, w: usize, rows: Range<usize>, cols: &mut [f32]) {
     let (hw, tw) = (h * w, rows.len() * w);
     if tw == 0 {
         return;
@@ -405,6 +464,21 @@ mod tests {
         let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
         let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
         (d / n).sqrt()
+    }
+
+    /// The fixed-width im2cols equal the generic one.
+    #[test]
+    fn im2col_widths_match_generic() {
+        for (c, h, w) in [(2, 5, 32), (3, 4, 16), (1, 9, 8), (2, 3, 28), (2, 6, 14)] {
+            let x = data(c * h * w, 4);
+            for rows in [0..h, 1..h.min(3), h - 1..h] {
+                let len = c * 9 * rows.len() * w;
+                let (mut a, mut b) = (vec![1.0f32; len], vec![2.0f32; len]);
+                im2col(&x, c, h, w, rows.clone(), &mut a);
+                im2col_any(&x, c, h, w, rows, &mut b);
+                assert_eq!(a, b, "c {c} h {h} w {w}");
+            }
+        }
     }
 
     /// Row tiles (one, two, or several rows each) give the untiled result.

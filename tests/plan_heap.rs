@@ -1,0 +1,75 @@
+//! The CPU memory plan against the measured heap: a training step's planned peak
+//! (`Planner::for_device(&Cpu)`: buffers, declared workspaces, fused ops) equals the counting
+//! allocator's high-water mark during the same step: within 10 % (the bound; typically
+//! 0.1-0.2 %; the plan assumes that every pool thread grows its workspace, and on a busy machine
+//! one thread may run no sample of the largest op).
+
+use pdenet::alloc::{heap_live, heap_peak, reset_heap_peak, CountingAlloc};
+use pdenet::backend::cpu::{release_workspaces, warm_threads, Cpu};
+use pdenet::config::{Config, LayerType};
+use pdenet::network::Layout;
+use pdenet::schedule::plan::{plan_step_on, Planner};
+use pdenet::schedule::{Engine, Policy};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Planned and measured peak bytes of one training step.
+fn planned_and_measured(
+    layer: LayerType,
+    steps: usize,
+    policy: Policy,
+    batch: usize,
+) -> (usize, usize) {
+    let mut cfg = Config::reference("ref-cifar").unwrap();
+    cfg.steps = vec![steps; cfg.widths.len()];
+    cfg.layer = layer;
+    let layout = Layout::new(&cfg).unwrap();
+    let shape = [batch, 3, 32, 32];
+    let plan = plan_step_on(
+        Planner::for_device(&Cpu),
+        &layout,
+        &shape,
+        policy.schedule(),
+    )
+    .unwrap();
+    let params = layout.init(1);
+    let (x, labels) = pdenet::bench::random_batch(&cfg, batch, 2);
+    release_workspaces();
+    reset_heap_peak();
+    let base = heap_live();
+    let mut eng = Engine::new(Cpu, layout.clone(), &params).unwrap();
+    let out = eng.grad(&x, &labels, policy.schedule(), false).unwrap();
+    let measured = heap_peak() - base;
+    drop((out, eng));
+    (plan.peak_bytes, measured)
+}
+
+/// One test function: the heap counter is global, so the points run one after another.
+#[test]
+fn planned_peak_matches_measured_heap() {
+    warm_threads();
+    let points = [
+        (LayerType::Hyperbolic, 2, Policy::Store, 8),
+        (LayerType::Hyperbolic, 2, Policy::Reversible, 8),
+        (LayerType::Hyperbolic, 4, Policy::Exact, 4),
+        (LayerType::Hamiltonian, 2, Policy::Reversible, 4),
+        (LayerType::Parabolic, 2, Policy::Store, 4),
+    ];
+    for (layer, steps, policy, batch) in points {
+        let (plan, meas) = planned_and_measured(layer, steps, policy, batch);
+        let err = (plan as f64 - meas as f64).abs() / meas as f64;
+        println!(
+            "{} {} steps {steps} batch {batch}: planned {plan}, measured {meas} ({:.2} %)",
+            layer.name(),
+            policy.name(),
+            100.0 * err
+        );
+        assert!(
+            err <= 0.10,
+            "{} {} steps {steps}: planned {plan} vs measured {meas}",
+            layer.name(),
+            policy.name()
+        );
+    }
+}
