@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Full, lean and mgic operators and the IMEX step on one MNIST network (configs/mnist-ops-*.json):
 # parameters, FLOPs, test accuracy, training time and peak RSS.
-#   bash benches/mnist-ops.sh [DATA] [EPOCHS] [JOBS]    (defaults: ../shared/data/mnist 5 2)
+#   bash benches/mnist-ops.sh [DATA] [EPOCHS] [JOBS]    (defaults: ../shared/data/mnist 4 2)
 #   bash benches/mnist-ops.sh --table                   (only rebuild the table from the logs)
 # Runs with a checkpoint in runs/mnist-ops/OP continue from it (pdenet train --resume), so an
 # interrupted script is restarted by running it again.
@@ -43,7 +43,7 @@ if [[ ${1:-} == --table ]]; then
   table | tee "$R/table.md"
   exit 0
 fi
-data=${1:-../shared/data/mnist}; epochs=${2:-5}; jobs=${3:-2}
+data=${1:-../shared/data/mnist}; epochs=${2:-4}; jobs=${3:-2}
 [[ -n ${PDENET:-} ]] || cargo build --release -q
 
 run() {
