@@ -202,6 +202,44 @@ fn pointwise(cr: &mut Criterion) {
     });
 }
 
+/// The operators of SPEC section 7: lean's stencil, mgic's grouped convolutions (groups of 16
+/// channels), the IMEX diffusion solve and the Haar transform. Values per second.
+fn section7(cr: &mut Criterion) {
+    let b = Cpu::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for (c, hw) in SIZES {
+        let d = Dims::new(BATCH, c, hw, hw);
+        let x = data(&mut rng, d.len());
+        let g = data(&mut rng, d.len());
+        let dw = data(&mut rng, c * 5);
+        let groups = c / 16;
+        let kg = data(&mut rng, c * 16 * 9);
+        let diff = data(&mut rng, c);
+        let mut grp = cr.benchmark_group(format!("section7/{c}x{hw}"));
+        grp.throughput(Throughput::Elements(d.len() as u64));
+        grp.bench_function("stencil5", |bn| {
+            bn.iter(|| b.stencil5(black_box(&x), d, &dw).unwrap())
+        });
+        grp.bench_function("stencil5_wgrad", |bn| {
+            bn.iter(|| b.stencil5_wgrad(black_box(&x), d, &g).unwrap())
+        });
+        grp.bench_function("grouped_conv3x3", |bn| {
+            bn.iter(|| b.grouped_conv3x3(black_box(&x), d, &kg, c, groups).unwrap())
+        });
+        grp.bench_function("grouped_conv3x3_wgrad", |bn| {
+            bn.iter(|| {
+                b.grouped_conv3x3_wgrad(black_box(&x), d, &g, c, groups)
+                    .unwrap()
+            })
+        });
+        grp.bench_function("diffusion_solve", |bn| {
+            bn.iter(|| b.diffusion_solve(black_box(&x), d, &diff, 0.5).unwrap())
+        });
+        grp.bench_function("haar", |bn| bn.iter(|| b.haar(black_box(&x), d).unwrap()));
+        grp.finish();
+    }
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -212,6 +250,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = convolutions, pointwise
+    targets = convolutions, pointwise, section7
 }
 criterion_main!(benches);
