@@ -228,26 +228,44 @@ fn step_a<A: Act>(
                     }
                     None => on.fill(0.0),
                 }
-                for rows in row_tiles(d.h, d.w, kk, TILE_VALUES) {
-                    let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
-                    let cols = &mut rest[..kk * tw];
-                    im2col(s_full, c, d.h, d.w, rows, cols);
-                    matmul_scaled(
-                        c,
-                        tw,
-                        kk,
-                        &mut on[p0..],
-                        hw,
-                        true,
-                        -coef,
-                        Mat::rows(&kf, kk),
-                        Mat::rows(cols, tw),
-                    );
-                }
+                kt_tiles(&kf, s_full, c, d, rest, on, true, -coef);
             })
         })
     });
     out
+}
+
+/// `out (+)= beta K^T src` for one sample, row tile by row tile: `kf` is the flipped kernel laid
+/// out as a forward 3x3 convolution (`[c, 9c]`), `cols` a workspace of at least `9c` times one
+/// tile's pixels. `accumulate` adds to `out` instead of overwriting it.
+#[allow(clippy::too_many_arguments)]
+fn kt_tiles(
+    kf: &[f32],
+    src: &[f32],
+    c: usize,
+    d: Dims,
+    cols: &mut [f32],
+    out: &mut [f32],
+    accumulate: bool,
+    beta: f32,
+) {
+    let kk = 9 * c;
+    for rows in row_tiles(d.h, d.w, kk, TILE_VALUES) {
+        let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+        let cols = &mut cols[..kk * tw];
+        im2col(src, c, d.h, d.w, rows, cols);
+        matmul_scaled(
+            c,
+            tw,
+            kk,
+            &mut out[p0..],
+            d.hw(),
+            accumulate,
+            beta,
+            Mat::rows(kf, kk),
+            Mat::rows(cols, tw),
+        );
+    }
 }
 
 /// Gradients of the fused VJP: `(dy, dk, dscale, dshift)`.
@@ -442,22 +460,7 @@ fn vjp_a<A: Act>(y: &[f32], d: Dims, k: &[f32], norm: NormP<'_>, g: &[f32]) -> V
                         first = false;
                     }
                     // dy = -K^T dz.
-                    for rows in row_tiles(d.h, d.w, kk, TILE_VALUES) {
-                        let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
-                        let cols = &mut rest[..kk * tw];
-                        im2col(dz_full, c, d.h, d.w, rows, cols);
-                        matmul_scaled(
-                            c,
-                            tw,
-                            kk,
-                            &mut dyn_[p0..],
-                            hw,
-                            false,
-                            -1.0,
-                            Mat::rows(&kf, kk),
-                            Mat::rows(cols, tw),
-                        );
-                    }
+                    kt_tiles(&kf, dz_full, c, d, rest, dyn_, false, -1.0);
                 })
             });
         }
