@@ -18,6 +18,8 @@ if [ -f .git ]; then
 fi
 bash "$pack" --extra scripts/gpu-extra.sh
 # The CUDA criterion bench (CUDA-event timing) travels too; gpu-pack.sh packs bins and tests only.
+# Same nvcc as the pack, so the bench embeds the same PTX.
+eval "$(../shared/tools/cuda-env.sh)"
 bench=$(cargo bench --bench cuda_ops --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import sys, json
 for l in sys.stdin:
