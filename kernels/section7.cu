@@ -186,10 +186,12 @@ extern "C" __global__ void __launch_bounds__(S7_THREADS)
     cas_h_times(ch, b, y + (size_t)plane * hw, h, w);
 }
 
-// Per plane (n, c): partial[n * nc + c] = sum_p dx[p] (L y)[p] in double, L periodic; the
-// coefficient gradient is -2 h diff_c times the sum over n (diffusion_ddiff_finish).
+// Per plane (n, c): partial[n * nc + c] = diff_c sum_p dx[p] (L y)[p] in double, L periodic;
+// channel_finish (norm.cu) with scale -2 h adds the samples in order: the coefficient gradient
+// -2 h diff_c sum_n (...).
 extern "C" __global__ void __launch_bounds__(S7_THREADS)
-    diffusion_ddiff_partial(const float* __restrict__ dx, const float* __restrict__ y, int h, int w,
+    diffusion_ddiff_partial(const float* __restrict__ dx, const float* __restrict__ y,
+                            const float* __restrict__ diff, int nc, int h, int w,
                             double* __restrict__ partial) {
     __shared__ double red[S7_THREADS];
     const int plane = blockIdx.x, hw = h * w;
@@ -208,16 +210,5 @@ extern "C" __global__ void __launch_bounds__(S7_THREADS)
         if (threadIdx.x < off) red[threadIdx.x] += red[threadIdx.x + off];
         __syncthreads();
     }
-    if (threadIdx.x == 0) partial[plane] = red[0];
-}
-
-// ddiff[c] = -2 h diff_c sum_n partial[n * nc + c], the samples added in order.
-extern "C" __global__ void diffusion_ddiff_finish(const double* __restrict__ partial,
-                                                  const float* __restrict__ diff, int nb, int nc,
-                                                  double hstep, float* __restrict__ out) {
-    FOR_EACH(c, nc) {
-        double s = 0.0;
-        for (int n = 0; n < nb; n++) s += partial[(size_t)n * nc + c];
-        out[c] = (float)(-2.0 * hstep * (double)diff[c] * s);
-    }
+    if (threadIdx.x == 0) partial[plane] = (double)diff[plane % nc] * red[0];
 }

@@ -334,8 +334,8 @@ int main() {
             }
         }
         std::vector<double> part((size_t)s.n * c);
-        launch(d3(s.n * c), d3(256), [&] { diffusion_ddiff_partial(dx.data(), y.data(), s.h, s.w, part.data()); });
-        launch(d3(1), d3(256), [&] { diffusion_ddiff_finish(part.data(), diff.data(), s.n, c, hstep, dd.data()); });
+        launch(d3(s.n * c), d3(256), [&] { diffusion_ddiff_partial(dx.data(), y.data(), diff.data(), c, s.h, s.w, part.data()); });
+        launch(d3(1), d3(256), [&] { channel_finish(part.data(), s.n, c, -2.0 * hstep, dd.data()); });
         cmp("diffusion solve: (I + h a L) y = x", back, xd);
         cmp("diffusion coefficient gradient", dd, want_dd);
     }

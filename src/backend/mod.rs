@@ -345,8 +345,7 @@ pub trait Backend: Send + Sync + Sized {
         diff: &Self::Buf,
         h: f64,
     ) -> Result<Self::Buf> {
-        let (x, diff) = (self.download(x)?, self.download(diff)?);
-        self.upload(&host::diffusion_solve_fft(&x, d, &diff, h)?)
+        diffusion_solve_on_host(self, x, d, diff, h)
     }
     /// VJP of [`Backend::diffusion_solve`] given its output `y` and the cotangent `g`:
     /// returns `(dx, ddiff)`.
@@ -358,9 +357,7 @@ pub trait Backend: Send + Sync + Sized {
         h: f64,
         g: &Self::Buf,
     ) -> Result<(Self::Buf, Self::Buf)> {
-        let (y, diff, g) = (self.download(y)?, self.download(diff)?, self.download(g)?);
-        let (dx, dd) = host::diffusion_vjp_with(&y, d, &diff, h, &g, host::diffusion_solve_fft)?;
-        Ok((self.upload(&dx)?, self.upload(&dd)?))
+        diffusion_solve_vjp_on_host(self, y, d, diff, h, g)
     }
 
     /// Orthonormal 2x2 Haar transform of every channel: `[n, c, h, w]` (`d`) ->
@@ -449,6 +446,33 @@ pub struct Scratch {
     /// Requested from each of the backend's grow-only workspace pools (per-thread buffers kept
     /// for reuse): a pool holds the largest request made so far, from then on.
     pub pools: [usize; 2],
+}
+
+/// [`Backend::diffusion_solve`] by a host round trip through `rustfft` (the trait's default, and
+/// the CUDA backend's path for images larger than its kernel takes).
+pub(crate) fn diffusion_solve_on_host<B: Backend>(
+    be: &B,
+    x: &B::Buf,
+    d: Dims,
+    diff: &B::Buf,
+    h: f64,
+) -> Result<B::Buf> {
+    let (x, diff) = (be.download(x)?, be.download(diff)?);
+    be.upload(&host::diffusion_solve_fft(&x, d, &diff, h)?)
+}
+
+/// [`Backend::diffusion_solve_vjp`] by a host round trip, as [`diffusion_solve_on_host`].
+pub(crate) fn diffusion_solve_vjp_on_host<B: Backend>(
+    be: &B,
+    y: &B::Buf,
+    d: Dims,
+    diff: &B::Buf,
+    h: f64,
+    g: &B::Buf,
+) -> Result<(B::Buf, B::Buf)> {
+    let (y, diff, g) = (be.download(y)?, be.download(diff)?, be.download(g)?);
+    let (dx, dd) = host::diffusion_vjp_with(&y, d, &diff, h, &g, host::diffusion_solve_fft)?;
+    Ok((be.upload(&dx)?, be.upload(&dd)?))
 }
 
 /// The normalisation `N` inside a step: tvNorm with scale and shift, or the shift alone

@@ -143,7 +143,6 @@ const KERNELS: &[(&str, &[&str])] = &[
             "haar_fixed_apply",
             "diffusion_solve_planes",
             "diffusion_ddiff_partial",
-            "diffusion_ddiff_finish",
         ],
     ),
 ];

@@ -3,7 +3,10 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{cu, grid_1d, i32_of, Cuda, DeviceBuf};
-use crate::backend::{host, Activation, Backend, BnStats, Norm, BN_MOMENTUM};
+use crate::backend::{
+    diffusion_solve_on_host, diffusion_solve_vjp_on_host, Activation, Backend, BnStats, Norm,
+    BN_MOMENTUM,
+};
 use crate::ensure_shape;
 use crate::error::{Error, Result};
 use crate::tensor::Dims;
@@ -536,8 +539,7 @@ impl Backend for Cuda {
 
     fn diffusion_solve(&self, x: &Buf, d: Dims, diff: &Buf, h: f64) -> Result<Buf> {
         if !Self::diffusion_on_device(d) {
-            let (x, diff) = (self.download(x)?, self.download(diff)?);
-            return self.upload(&host::diffusion_solve_fft(&x, d, &diff, h)?);
+            return diffusion_solve_on_host(self, x, d, diff, h);
         }
         self.diffusion_planes(x, d, diff, h)
     }
@@ -550,10 +552,7 @@ impl Backend for Cuda {
         g: &Buf,
     ) -> Result<(Buf, Buf)> {
         if !Self::diffusion_on_device(d) {
-            let (y, diff, g) = (self.download(y)?, self.download(diff)?, self.download(g)?);
-            let (dx, dd) =
-                host::diffusion_vjp_with(&y, d, &diff, h, &g, host::diffusion_solve_fft)?;
-            return Ok((self.upload(&dx)?, self.upload(&dd)?));
+            return diffusion_solve_vjp_on_host(self, y, d, diff, h, g);
         }
         check_len(y, d.len(), "diffusion solve output")?;
         check_len(g, d.len(), "diffusion solve cotangent")?;
@@ -569,13 +568,13 @@ impl Backend for Cuda {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (hh, ww) = (d.h as i32, d.w as i32);
-        launch!(self, "diffusion_ddiff_partial", cfg; dx.slice(), y.slice(), &hh, &ww,
-                partial.slice())?;
+        let (nb, nc, hh, ww) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
+        launch!(self, "diffusion_ddiff_partial", cfg; dx.slice(), y.slice(), diff.slice(), &nc,
+                &hh, &ww, partial.slice())?;
         let dd = self.alloc::<f32>(d.c)?;
-        let (nb, nc) = (d.n as i32, d.c as i32);
-        launch!(self, "diffusion_ddiff_finish", grid_1d(d.c); partial.slice(), diff.slice(), &nb,
-                &nc, &h, dd.slice())?;
+        let scale = -2.0 * h;
+        launch!(self, "channel_finish", grid_1d(d.c); partial.slice(), &nb, &nc, &scale,
+                dd.slice())?;
         Ok((dx, dd))
     }
 
