@@ -13,6 +13,7 @@ use criterion::{Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use pdenet::backend::cuda::Cuda;
 use pdenet::backend::{Activation, Backend, Norm, Precision};
+use pdenet::bench::random_values;
 use pdenet::Dims;
 
 const BATCH: usize = 256;
@@ -72,17 +73,9 @@ fn device_time(cuda: &Cuda, iters: u64, mut f: impl FnMut()) -> Duration {
     Duration::from_secs_f64(f64::from(ms) / 1e3)
 }
 
-/// Deterministic values in [-1, 1) scaled by `scale`.
+/// Values uniform in [-1, 1) scaled by `scale`, on the device.
 fn data(cuda: &Cuda, n: usize, seed: u64, scale: f32) -> <Cuda as Backend>::Buf {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0) * scale
-        })
-        .collect();
+    let v: Vec<f32> = random_values(n, seed).iter().map(|v| v * scale).collect();
     cuda.upload_f32(&v).unwrap_or_else(|e| fail(e))
 }
 

@@ -126,6 +126,12 @@ pub fn cpu_roofline() -> Roofline {
     }
 }
 
+/// `n` values uniform in [-1, 1), reproducible from `seed` (the kernel benchmarks' operands).
+pub fn random_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()
+}
+
 /// A random batch of the config's input shape (32x32 images, or 28x28 for one channel).
 pub fn random_batch(cfg: &Config, n: usize, seed: u64) -> (HostTensor, Vec<usize>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

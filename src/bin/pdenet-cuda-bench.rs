@@ -7,6 +7,7 @@
 use cudarc::driver::sys::CUevent_flags;
 use pdenet::backend::cuda::Cuda;
 use pdenet::backend::{Activation, Backend, Norm, Precision};
+use pdenet::bench::random_values;
 use pdenet::{Dims, Result};
 
 fn main() {
@@ -94,10 +95,10 @@ fn run(cuda: &Cuda, batch: usize, reps: usize) -> Result<()> {
     for (c, hw) in [(32usize, 32usize), (64, 16), (112, 8)] {
         let d = Dims::new(batch, c, hw, hw);
         let n = d.len();
-        let y = cuda.upload_f32(&pseudo_random(n, 1))?;
-        let yp = cuda.upload_f32(&pseudo_random(n, 2))?;
+        let y = cuda.upload_f32(&random_values(n, 1))?;
+        let yp = cuda.upload_f32(&random_values(n, 2))?;
         let k = cuda.upload_f32(
-            &pseudo_random(c * c * 9, 3)
+            &random_values(c * c * 9, 3)
                 .iter()
                 .map(|v| v / (9.0 * c as f32).sqrt())
                 .collect::<Vec<_>>(),
@@ -164,17 +165,4 @@ fn run(cuda: &Cuda, batch: usize, reps: usize) -> Result<()> {
         cuda.peak_bytes()
     );
     Ok(())
-}
-
-/// Deterministic values in [-1, 1) (no RNG dependency needed here).
-fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-        })
-        .collect()
 }
