@@ -70,6 +70,15 @@ fn gemm_grid(nq: usize, m: usize, bm: usize) -> Result<LaunchConfig> {
     })
 }
 
+/// The kernel family of a convolution with `taps` = 9 (3x3) or 1 (1x1).
+fn conv_family(taps: usize) -> &'static str {
+    if taps == 9 {
+        "conv3x3"
+    } else {
+        "conv1x1"
+    }
+}
+
 /// Per-group channel counts `(cin / groups, cout / groups)`, or a shape error.
 fn group_sizes(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize)> {
     ensure_shape!(
@@ -101,7 +110,7 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     fn conv_gemm(
         &self,
-        family: &str,
+        taps: usize,
         trans: bool,
         x: &Buf,
         d: Dims,
@@ -110,7 +119,7 @@ impl Cuda {
         groups: usize,
     ) -> Result<Buf> {
         let (cg, mo) = group_sizes(d.c, cout, groups)?;
-        let taps = if family == "conv3x3" { 9 } else { 1 };
+        let family = conv_family(taps);
         let what = if trans {
             "transposed convolution"
         } else {
@@ -147,7 +156,6 @@ impl Cuda {
     #[allow(clippy::too_many_arguments)]
     fn conv_wgrad(
         &self,
-        kernel: &str,
         taps: usize,
         x: &Buf,
         d: Dims,
@@ -156,6 +164,7 @@ impl Cuda {
         groups: usize,
     ) -> Result<Buf> {
         let (cg, mo) = group_sizes(d.c, cout, groups)?;
+        let kernel = format!("{}_wgrad", conv_family(taps));
         let od = d.with_c(cout);
         check_len(x, d.len(), &format!("{kernel} input"))?;
         check_len(dz, od.len(), &format!("{kernel} cotangent"))?;
@@ -173,7 +182,7 @@ impl Cuda {
         let kernel = if bm == 32 {
             format!("{kernel}_{suffix}")
         } else {
-            kernel.to_string()
+            kernel
         };
         let tiles = ncol.div_ceil(BN) * mo.div_ceil(bm) * groups;
         // Enough blocks to fill the device; each split covers a whole number of BK pixels.
@@ -422,23 +431,23 @@ impl Backend for Cuda {
     }
 
     fn conv3x3(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
-        self.conv_gemm("conv3x3", false, x, d, k, cout, 1)
+        self.conv_gemm(9, false, x, d, k, cout, 1)
     }
     fn conv3x3_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
-        self.conv_gemm("conv3x3", true, z, d, k, cin, 1)
+        self.conv_gemm(9, true, z, d, k, cin, 1)
     }
     fn conv3x3_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
-        self.conv_wgrad("conv3x3_wgrad", 9, x, d, dz, cout, 1)
+        self.conv_wgrad(9, x, d, dz, cout, 1)
     }
 
     fn conv1x1(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
-        self.conv_gemm("conv1x1", false, x, d, k, cout, 1)
+        self.conv_gemm(1, false, x, d, k, cout, 1)
     }
     fn conv1x1_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
-        self.conv_gemm("conv1x1", true, z, d, k, cin, 1)
+        self.conv_gemm(1, true, z, d, k, cin, 1)
     }
     fn conv1x1_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
-        self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout, 1)
+        self.conv_wgrad(1, x, d, dz, cout, 1)
     }
 
     // ---- SPEC section 7 on the device ------------------------------------------------------
@@ -484,7 +493,7 @@ impl Backend for Cuda {
         cout: usize,
         groups: usize,
     ) -> Result<Buf> {
-        self.conv_gemm("conv3x3", false, x, d, k, cout, groups)
+        self.conv_gemm(9, false, x, d, k, cout, groups)
     }
     fn grouped_conv3x3_t(
         &self,
@@ -494,7 +503,7 @@ impl Backend for Cuda {
         cin: usize,
         groups: usize,
     ) -> Result<Buf> {
-        self.conv_gemm("conv3x3", true, z, d, k, cin, groups)
+        self.conv_gemm(9, true, z, d, k, cin, groups)
     }
     fn grouped_conv3x3_wgrad(
         &self,
@@ -504,7 +513,7 @@ impl Backend for Cuda {
         cout: usize,
         groups: usize,
     ) -> Result<Buf> {
-        self.conv_wgrad("conv3x3_wgrad", 9, x, d, dz, cout, groups)
+        self.conv_wgrad(9, x, d, dz, cout, groups)
     }
     fn grouped_conv1x1(
         &self,
@@ -514,7 +523,7 @@ impl Backend for Cuda {
         cout: usize,
         groups: usize,
     ) -> Result<Buf> {
-        self.conv_gemm("conv1x1", false, x, d, k, cout, groups)
+        self.conv_gemm(1, false, x, d, k, cout, groups)
     }
     fn grouped_conv1x1_t(
         &self,
@@ -524,7 +533,7 @@ impl Backend for Cuda {
         cin: usize,
         groups: usize,
     ) -> Result<Buf> {
-        self.conv_gemm("conv1x1", true, z, d, k, cin, groups)
+        self.conv_gemm(1, true, z, d, k, cin, groups)
     }
     fn grouped_conv1x1_wgrad(
         &self,
@@ -534,7 +543,7 @@ impl Backend for Cuda {
         cout: usize,
         groups: usize,
     ) -> Result<Buf> {
-        self.conv_wgrad("conv1x1_wgrad", 1, x, d, dz, cout, groups)
+        self.conv_wgrad(1, x, d, dz, cout, groups)
     }
 
     fn diffusion_solve(&self, x: &Buf, d: Dims, diff: &Buf, h: f64) -> Result<Buf> {
