@@ -65,3 +65,58 @@ extern "C" __global__ void fixed_axpy(int* __restrict__ out, const int* __restri
                                       int len) {
     FOR_EACH(i, len) out[i] = (int)((unsigned int)out[i] + (unsigned int)c * (unsigned int)q[i]);
 }
+
+// ---- kept states in 16 bits (Storage::Bf16 / Storage::F16) -----------------------------------
+// Integer conversions, round to nearest even, identical to the `half` crate on the host (and
+// testable in the CPU emulator, which has no PTX).
+#define STORAGE_BF16 1
+#define STORAGE_F16 2
+
+__device__ __forceinline__ unsigned short f32_to_bf16_bits(float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);  // quiet NaN
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ unsigned short f32_to_f16_bits(float v) {
+    const unsigned u = __float_as_uint(v);
+    const unsigned sign = (u >> 16) & 0x8000u, exp = (u >> 23) & 0xffu, man = u & 0x7fffffu;
+    if (exp == 0xffu) return (unsigned short)(sign | 0x7c00u | (man ? 0x200u | (man >> 13) : 0u));
+    const int e = (int)exp - 127 + 15;
+    if (e >= 31) return (unsigned short)(sign | 0x7c00u);  // overflow to infinity
+    if (e <= 0) {                                           // subnormal or zero
+        if (14 - e > 24) return (unsigned short)sign;
+        const unsigned m = man | 0x800000u, shift = (unsigned)(14 - e);
+        unsigned hm = m >> shift;
+        const unsigned round = 1u << (shift - 1);
+        if ((m & round) && (m & (3u * round - 1u))) hm++;
+        return (unsigned short)(sign | hm);
+    }
+    unsigned h = sign | ((unsigned)e << 10) | (man >> 13);
+    if ((man & 0x1000u) && (man & 0x2fffu)) h++;  // a carry into the exponent is correct
+    return (unsigned short)h;
+}
+
+__device__ __forceinline__ float bf16_bits_to_f32(unsigned short b) {
+    return __uint_as_float((unsigned)b << 16);
+}
+
+__device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
+    const unsigned sign = ((unsigned)h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) {  // m 2^-24, exact in f32
+        const float v = (float)m * 5.9604644775390625e-8f;
+        return sign ? -v : v;
+    }
+    if (e == 31) return __uint_as_float(sign | 0x7f800000u | (m << 13));
+    return __uint_as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+extern "C" __global__ void pack16(const float* __restrict__ x, unsigned short* __restrict__ h,
+                                  int len, int format) {
+    FOR_EACH(i, len) h[i] = format == STORAGE_F16 ? f32_to_f16_bits(x[i]) : f32_to_bf16_bits(x[i]);
+}
+
+extern "C" __global__ void unpack16(const unsigned short* __restrict__ h, float* __restrict__ x,
+                                    int len, int format) {
+    FOR_EACH(i, len) x[i] = format == STORAGE_F16 ? f16_bits_to_f32(h[i]) : bf16_bits_to_f32(h[i]);
+}

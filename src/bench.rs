@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::network::Layout;
 use crate::params::{ParamRole, ParamSet};
 use crate::schedule::plan::{count_flops, plan_step, plan_step_on, Planner};
-use crate::schedule::{Engine, Policy};
+use crate::schedule::{Engine, Policy, Schedule};
 use crate::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -24,6 +24,8 @@ pub struct BenchOptions {
     pub layers: Vec<LayerType>,
     pub operators: Vec<OperatorKind>,
     pub policies: Vec<Policy>,
+    /// Formats of the kept states (`Schedule::storage`), crossed with the policies.
+    pub storages: Vec<crate::backend::Storage>,
     pub precisions: Vec<crate::backend::Precision>,
     pub devices: Vec<crate::backend::DeviceChoice>,
     /// Timed training steps per point (after one warm-up step).
@@ -47,6 +49,8 @@ pub struct BenchPoint {
     pub layer: String,
     pub operator: String,
     pub policy: String,
+    /// Format of the kept states.
+    pub storage: String,
     pub precision: String,
     pub steps: usize,
     pub batch: usize,
@@ -188,7 +192,7 @@ struct PeakProbe<'a, B> {
 fn time_steps<B: Backend>(
     be: B,
     layout: &Layout,
-    policy: Policy,
+    schedule: Schedule,
     batch: usize,
     repeats: usize,
     probe: PeakProbe<'_, B>,
@@ -199,7 +203,7 @@ fn time_steps<B: Backend>(
     (probe.reset)(&be);
     let mut eng = Engine::new(be, layout.clone(), &params)?;
     eng.measure_drift = true;
-    let out = eng.grad(&x, &labels, policy.schedule(), true)?;
+    let out = eng.grad(&x, &labels, schedule, true)?;
     eng.measure_drift = false;
     let measured = (probe.peak)(&eng.backend);
     let drift = out.drift;
@@ -207,7 +211,7 @@ fn time_steps<B: Backend>(
     eng.set_params(&params)?;
     let t = Instant::now();
     for _ in 0..repeats {
-        let out = eng.grad(&x, &labels, policy.schedule(), true)?;
+        let out = eng.grad(&x, &labels, schedule, true)?;
         sgd(&mut params, &out.grads, 1e-3);
         eng.set_params(&params)?;
     }
@@ -270,7 +274,11 @@ pub fn run(
             };
             for &layer in &opts.layers {
                 for &operator in &opts.operators {
-                    for &policy in &opts.policies {
+                    let schedules = opts.policies.iter().flat_map(|&p| {
+                        let kept = opts.storages.iter();
+                        kept.map(move |&s| (p, p.schedule().with_storage(s)))
+                    });
+                    for (policy, schedule) in schedules {
                         let mut prev: Option<(usize, usize, Option<usize>)> = None;
                         for &steps in &opts.steps {
                             let mut cfg = opts.config.clone();
@@ -282,13 +290,10 @@ pub fn run(
                             shape.extend(sample_shape(&cfg));
                             let dev = Device::select_with(dev_choice, precision)?;
                             let plan = match &dev {
-                                Device::Cpu(b) => plan_step_on(
-                                    Planner::for_device(b),
-                                    &layout,
-                                    &shape,
-                                    policy.schedule(),
-                                )?,
-                                Device::Cuda(_) => plan_step(&layout, &shape, policy.schedule())?,
+                                Device::Cpu(b) => {
+                                    plan_step_on(Planner::for_device(b), &layout, &shape, schedule)?
+                                }
+                                Device::Cuda(_) => plan_step(&layout, &shape, schedule)?,
                             };
                             let flops = count_flops(&layout, &shape[1..])?;
                             let m = match dev {
@@ -309,7 +314,7 @@ pub fn run(
                                     time_steps(
                                         b,
                                         &layout,
-                                        policy,
+                                        schedule,
                                         opts.batch,
                                         opts.repeats,
                                         PeakProbe {
@@ -337,7 +342,7 @@ pub fn run(
                                     time_steps(
                                         b,
                                         &layout,
-                                        policy,
+                                        schedule,
                                         opts.batch,
                                         opts.repeats,
                                         PeakProbe {
@@ -357,6 +362,7 @@ pub fn run(
                                 layer: layer.name().into(),
                                 operator: format!("{operator:?}").to_lowercase(),
                                 policy: policy.name().into(),
+                                storage: schedule.storage.name().into(),
                                 precision: precision.name().into(),
                                 steps,
                                 batch: opts.batch,
@@ -401,18 +407,19 @@ pub fn table(roofs: &[Roofline], points: &[BenchPoint]) -> String {
         );
     }
     s += &format!(
-        "{:<5} {:<4} {:<13} {:<9} {:<10} {:>5} {:>5} {:>9} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
-        "dev", "prec", "layer", "operator", "policy", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "plan MB", "meas MB", "act MB", "MB/step", "drift"
+        "{:<5} {:<4} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
+        "dev", "prec", "layer", "operator", "policy", "kept", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "plan MB", "meas MB", "act MB", "MB/step", "drift"
     );
     let mb = |b: f64| b / 1e6;
     for p in points {
         s += &format!(
-            "{:<5} {:<4} {:<13} {:<9} {:<10} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
+            "{:<5} {:<4} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
             p.device,
             p.precision,
             p.layer,
             p.operator,
             p.policy,
+            p.storage,
             p.steps,
             p.batch,
             p.images_per_s,
@@ -450,8 +457,8 @@ fn series(points: &[BenchPoint], y: impl Fn(&BenchPoint) -> f64) -> Vec<(String,
     let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for p in points {
         let key = format!(
-            "{} {} {} {} {}",
-            p.device, p.precision, p.layer, p.operator, p.policy
+            "{} {} {} {} {} {}",
+            p.device, p.precision, p.layer, p.operator, p.policy, p.storage
         );
         match out.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => v.push((p.steps as f64, y(p))),

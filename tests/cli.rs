@@ -61,8 +61,14 @@ fn init_then_grad_under_every_policy() {
     let b = d.join("b.safetensors");
     write_batch(&b, &[2, 1, 6, 6], &[0, 2]);
     let mut losses = Vec::new();
-    for policy in ["store", "reversible", "exact"] {
-        let g = d.join(format!("g-{policy}.safetensors"));
+    let mut kx = Vec::new();
+    for (policy, storage) in [
+        ("store", "f32"),
+        ("reversible", "f32"),
+        ("exact", "f32"),
+        ("store", "bf16"),
+    ] {
+        let g = d.join(format!("g-{policy}-{storage}.safetensors"));
         let o = pdenet(&[
             "grad",
             "--config",
@@ -75,6 +81,8 @@ fn init_then_grad_under_every_policy() {
             s(&g),
             "--policy",
             policy,
+            "--storage",
+            storage,
             "--device",
             "cpu",
         ]);
@@ -97,8 +105,15 @@ fn init_then_grad_under_every_policy() {
             "buffers have no gradient"
         );
         losses.push(t["loss"].data[0]);
+        kx.push(t["grad.units.1.steps.0.K"].data.clone());
     }
     assert!((losses[0] - losses[1]).abs() < 1e-6);
+    // bf16 states: the same forward pass, a gradient within bf16's rounding of f32's.
+    assert_eq!(losses[0], losses[3]);
+    let diff = kx[0].iter().zip(&kx[3]).map(|(a, b)| (a - b).abs());
+    let scale = kx[0].iter().fold(0f32, |m, a| m.max(a.abs()));
+    let worst = diff.fold(0f32, f32::max);
+    assert!(worst > 0.0 && worst <= 2e-2 * scale, "{worst} vs {scale}");
 }
 
 #[test]
@@ -196,6 +211,9 @@ fn bad_input_is_a_one_line_error() {
     );
     let o = grad(&cfg, &w, &b, &["--policy", "lazy"]);
     assert!(!o.status.success());
+    let o = grad(&cfg, &w, &b, &["--storage", "f8"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("f8"));
     // No file was written by any failed run.
     assert!(!g.exists());
 }

@@ -870,3 +870,37 @@ fn embedded_sources_compile_with_nvrtc() {
         Err(_) => println!("SKIP: NVRTC could not be loaded"),
     }
 }
+
+/// Kept states in 16 bits: the device's pack16 / unpack16 give exactly the `half` crate's values
+/// (round to nearest even) on random, tiny, huge and halfway inputs.
+#[test]
+fn pack16_matches_the_half_crate() {
+    let Some(gpu) = cuda() else { return };
+    let cpu = pdenet::backend::cpu::Cpu::new();
+    let mut r = rng(16);
+    let mut x: Vec<f32> = (0..4096)
+        .map(|_| f32::from_bits(r.random::<u32>()))
+        .collect();
+    x.retain(|v| !v.is_nan());
+    x.extend([
+        0.0,
+        -0.0,
+        1.0 + 2f32.powi(-8),
+        65504.0,
+        65520.0,
+        1e-7,
+        -3e-5,
+        1e30,
+    ]);
+    for storage in [
+        pdenet::backend::Storage::Bf16,
+        pdenet::backend::Storage::F16,
+    ] {
+        let on_gpu = gpu.unpack16(&gpu.pack16(&gpu.upload_f32(&x).unwrap(), storage).unwrap());
+        let on_cpu = cpu.unpack16(&cpu.pack16(&x, storage).unwrap()).unwrap();
+        let got = gpu.download_f32(&on_gpu.unwrap()).unwrap();
+        for (i, (g, c)) in got.iter().zip(&on_cpu).enumerate() {
+            assert_eq!(g.to_bits(), c.to_bits(), "{storage:?} x[{i}] = {}", x[i]);
+        }
+    }
+}

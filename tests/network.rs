@@ -2,7 +2,7 @@
 //! memory policies against each other (`reversible` = `store`; `exact` = fixed-point `store`).
 
 use pdenet::backend::reference::Reference;
-use pdenet::backend::Backend;
+use pdenet::backend::{Backend, Storage};
 use pdenet::config::{Config, LayerType};
 use pdenet::network::Layout;
 use pdenet::schedule::{Engine, Policy, Schedule};
@@ -184,7 +184,7 @@ pub fn policies_agree_on<B: Backend>(make: impl Fn() -> B, configs: &[Config]) {
                 .unwrap();
             let store_fixed = Schedule {
                 keep_all: true,
-                fixed_point: Policy::Exact.schedule().fixed_point,
+                ..Policy::Exact.schedule()
             };
             let sf = eng.grad(&x, &labels, store_fixed, false).unwrap();
             assert_eq!(exact.loss.to_bits(), sf.loss.to_bits());
@@ -226,6 +226,62 @@ fn policies_agree_reference() {
 #[test]
 fn policies_agree_cpu() {
     policies_agree(pdenet::backend::cpu::Cpu::new);
+}
+
+/// States kept in 16 bits (`Schedule::storage`): the forward pass is unchanged (the loss bit for
+/// bit), the gradients move by the rounding of the kept states and no more, `reversible` rounds
+/// the trajectories it recomputes the same way, and every backend matches the f64 reference
+/// under the same storage.
+pub fn kept_storage_tracks_f32<B: Backend>(make: impl Fn() -> B) {
+    for layer in LayerType::ALL {
+        for cfg in [image_config(layer, 3), dense_config(layer)] {
+            let layout = Layout::new(&cfg).unwrap();
+            let params = random_params(&layout, 5);
+            let (x, labels) = batch(&cfg, 2, 9);
+            let mut eng = Engine::new(make(), layout.clone(), &params).unwrap();
+            let mut oracle = Engine::new(Reference, layout, &params).unwrap();
+            let dev = eng.backend.name();
+            let store = Policy::Store.schedule();
+            let full = eng.grad(&x, &labels, store, false).unwrap();
+            // Rounding a state costs 2^-9 (bf16) or 2^-12 (f16) relative (more for f16's
+            // subnormals, below 6.1e-5); measured at most 8.3e-3 (bf16) and 3.0e-3 (f16, the
+            // hamiltonian image network), 1e-4 to 3e-3 elsewhere.
+            for (storage, tol) in [(Storage::Bf16, 2e-2), (Storage::F16, 1e-2)] {
+                let what = format!("{dev} {} {}", layer.name(), storage.name());
+                let sched = store.with_storage(storage);
+                let kept = eng.grad(&x, &labels, sched, false).unwrap();
+                assert_eq!(kept.loss.to_bits(), full.loss.to_bits(), "{what}: loss");
+                let e = global_rel_diff(&kept, &full);
+                assert!(e > 0.0 && e <= tol, "{what}: gradients moved by {e}");
+                let want = oracle.grad(&x, &labels, sched, false).unwrap();
+                let e = global_rel_diff(&kept, &want);
+                assert!(e <= 2e-3, "{what}: against the reference {e}");
+                if !layer.invertible() {
+                    let rev = Policy::Reversible.schedule().with_storage(storage);
+                    let rev = eng.grad(&x, &labels, rev, false).unwrap();
+                    let e = global_rel_diff(&rev, &kept);
+                    assert!(e <= 1e-5, "{what}: reversible vs store {e}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kept_storage_tracks_f32_reference() {
+    kept_storage_tracks_f32(|| Reference);
+}
+
+#[test]
+fn kept_storage_tracks_f32_cpu() {
+    kept_storage_tracks_f32(pdenet::backend::cpu::Cpu::new);
+}
+
+#[test]
+fn kept_storage_tracks_f32_cuda() {
+    if cuda().is_some() {
+        kept_storage_tracks_f32(|| cuda().expect("checked above"));
+    }
 }
 
 fn cuda() -> Option<pdenet::backend::cuda::Cuda> {

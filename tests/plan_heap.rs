@@ -6,10 +6,11 @@
 
 use pdenet::alloc::{heap_live, heap_peak, reset_heap_peak, CountingAlloc};
 use pdenet::backend::cpu::{release_workspaces, warm_threads, Cpu};
+use pdenet::backend::Storage;
 use pdenet::config::{Config, LayerType};
 use pdenet::network::Layout;
 use pdenet::schedule::plan::{plan_step_on, Planner};
-use pdenet::schedule::{Engine, Policy};
+use pdenet::schedule::{Engine, Policy, Schedule};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
@@ -18,7 +19,7 @@ static ALLOC: CountingAlloc = CountingAlloc;
 fn planned_and_measured(
     layer: LayerType,
     steps: usize,
-    policy: Policy,
+    schedule: Schedule,
     batch: usize,
 ) -> (usize, usize) {
     let mut cfg = Config::reference("ref-cifar").unwrap();
@@ -26,20 +27,14 @@ fn planned_and_measured(
     cfg.layer = layer;
     let layout = Layout::new(&cfg).unwrap();
     let shape = [batch, 3, 32, 32];
-    let plan = plan_step_on(
-        Planner::for_device(&Cpu),
-        &layout,
-        &shape,
-        policy.schedule(),
-    )
-    .unwrap();
+    let plan = plan_step_on(Planner::for_device(&Cpu), &layout, &shape, schedule).unwrap();
     let params = layout.init(1);
     let (x, labels) = pdenet::bench::random_batch(&cfg, batch, 2);
     release_workspaces();
     reset_heap_peak();
     let base = heap_live();
     let mut eng = Engine::new(Cpu, layout.clone(), &params).unwrap();
-    let out = eng.grad(&x, &labels, policy.schedule(), false).unwrap();
+    let out = eng.grad(&x, &labels, schedule, false).unwrap();
     let measured = heap_peak() - base;
     drop((out, eng));
     (plan.peak_bytes, measured)
@@ -55,21 +50,30 @@ fn planned_peak_matches_measured_heap() {
         (LayerType::Hyperbolic, 4, Policy::Exact, 4),
         (LayerType::Hamiltonian, 2, Policy::Reversible, 4),
         (LayerType::Parabolic, 2, Policy::Store, 4),
-    ];
-    for (layer, steps, policy, batch) in points {
-        let (plan, meas) = planned_and_measured(layer, steps, policy, batch);
+    ]
+    .map(|(l, s, p, b)| (l, s, p, p.schedule(), b));
+    // States kept in bf16 (`--storage bf16`).
+    let bf16 = Policy::Store.schedule().with_storage(Storage::Bf16);
+    let points = points.into_iter().chain([
+        (LayerType::Hyperbolic, 4, Policy::Store, bf16, 8),
+        (LayerType::Parabolic, 2, Policy::Store, bf16, 4),
+    ]);
+    for (layer, steps, policy, schedule, batch) in points {
+        let (plan, meas) = planned_and_measured(layer, steps, schedule, batch);
         let err = (plan as f64 - meas as f64).abs() / meas as f64;
         println!(
-            "{} {} steps {steps} batch {batch}: planned {plan}, measured {meas} ({:.2} %)",
+            "{} {} ({} states) steps {steps} batch {batch}: planned {plan}, measured {meas} ({:.2} %)",
             layer.name(),
             policy.name(),
+            schedule.storage.name(),
             100.0 * err
         );
         assert!(
             err <= 0.10,
-            "{} {} steps {steps}: planned {plan} vs measured {meas}",
+            "{} {} ({} states) steps {steps}: planned {plan} vs measured {meas}",
             layer.name(),
-            policy.name()
+            policy.name(),
+            schedule.storage.name()
         );
     }
 }

@@ -840,6 +840,7 @@ fn engine_trains_and_resumes_bit_identically() {
     let spec = ModelSpec {
         seed: 3,
         policy: Policy::Store,
+        storage: pdenet::backend::Storage::F32,
         device: DeviceChoice::Cpu,
         batch: 32,
     };

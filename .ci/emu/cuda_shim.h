@@ -3,6 +3,7 @@
 // __syncthreads; __shared__ becomes static (blocks run one at a time).
 #pragma once
 #include <barrier>
+#include <cstring>
 #include <cmath>
 #include <cstdint>
 #include <functional>
@@ -37,6 +38,8 @@ inline long long __double2ll_rz(double v) {
     return (long long)v;
 }
 inline float __int2float_rn(int v) { return (float)v; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 
 // Tensor-core emulation: conv_gemm.cuh's four mma helpers, with the fragment layouts of the PTX
 // ISA. Every thread of the block reaches each mma together (uniform control flow), so the warp's

@@ -8,6 +8,7 @@
 #include "fused_step.cu"
 #include "norm.cu"
 #include "section7.cu"
+#include "pointwise.cu"
 
 static std::mt19937 rng(42);
 static std::vector<float> rnd(size_t n, float s = 1.0f) {
@@ -65,6 +66,61 @@ static std::vector<float> rounded(const std::vector<float>& v, int math) {
         r[i] = math == 1 ? emu_bits_float(to_tf32(v[i]) & 0xffffe000u) : emu_bf16_lo(emu_bf16(v[i]));
     return r;
 }
+// pack16 / unpack16 (kept states in 16 bits): every 16-bit pattern survives unpack -> pack, and
+// random f32 values (normal, subnormal, overflowing, halfway cases) round to the nearest
+// representable value with ties to even, for bf16 (format 1) and f16 (format 2).
+static void check_pack16() {
+    for (int format : {1, 2}) {
+        const char* name = format == 1 ? "bf16" : "f16";
+        int bad = 0;
+        std::vector<unsigned short> all(65536), again(65536);
+        for (int i = 0; i < 65536; i++) all[i] = (unsigned short)i;
+        std::vector<float> vals(65536);
+        dim3 g; g.x = 64; dim3 b; b.x = 256;
+        launch(g, b, [&] { unpack16(all.data(), vals.data(), 65536, format); });
+        launch(g, b, [&] { pack16(vals.data(), again.data(), 65536, format); });
+        for (int i = 0; i < 65536; i++)
+            if (!std::isnan(vals[i]) && again[i] != all[i]) bad++;
+        // The f32 neighbours of every finite pattern, sorted: nearest-even by search.
+        std::vector<std::pair<float, int>> grid;
+        for (int i = 0; i < 65536; i++)
+            if (std::isfinite(vals[i]) && !(vals[i] == 0 && (i & 0x8000))) grid.push_back({vals[i], i});
+        std::sort(grid.begin(), grid.end());
+        std::vector<float> x;
+        std::uniform_int_distribution<uint32_t> bits;
+        for (int i = 0; i < 200000; i++) {
+            float v = emu_bits_float(bits(rng));
+            if (std::isfinite(v)) x.push_back(v);
+        }
+        for (auto [v, i] : grid) {  // exact ties: midpoints between neighbours
+            auto it = std::upper_bound(grid.begin(), grid.end(), std::make_pair(v, 1 << 30));
+            if (it != grid.end()) x.push_back((float)(((double)v + it->first) / 2));
+        }
+        std::vector<unsigned short> h(x.size());
+        std::vector<float> back(x.size());
+        dim3 g2; g2.x = 128;
+        launch(g2, b, [&] { pack16(x.data(), h.data(), (int)x.size(), format); });
+        launch(g2, b, [&] { unpack16(h.data(), back.data(), (int)x.size(), format); });
+        const double top = grid.back().first;  // largest finite value
+        const double ulp_top = top - std::prev(grid.end(), 2)->first;
+        for (size_t k = 0; k < x.size(); k++) {
+            const double v = x[k];
+            if (std::fabs(v) >= top + ulp_top / 2) {  // beyond the halfway point: infinity
+                if (!std::isinf(back[k]) || (back[k] > 0) != (v > 0)) bad++;
+                continue;
+            }
+            auto it = std::lower_bound(grid.begin(), grid.end(), std::make_pair((float)v, -1));
+            const auto hi = it == grid.end() ? grid.back() : *it;
+            const auto lo = it == grid.begin() ? *it : *std::prev(it);
+            const double dlo = v - lo.first, dhi = hi.first - v;
+            float want = dlo < dhi ? lo.first : dhi < dlo ? hi.first : ((lo.second & 1) ? hi.first : lo.first);
+            if (back[k] != want) bad++;
+        }
+        if (bad) fails++;
+        printf("pack16 %-4s: %zu values rounded, %d wrong %s\n", name, x.size() + 65536, bad, bad ? "FAIL" : "ok");
+    }
+}
+
 static dim3 d3(unsigned x, unsigned y = 1, unsigned z = 1) { dim3 d; d.x = x; d.y = y; d.z = z; return d; }
 
 int main() {
@@ -339,6 +395,7 @@ int main() {
         cmp("diffusion solve: (I + h a L) y = x", back, xd);
         cmp("diffusion coefficient gradient", dd, want_dd);
     }
+    check_pack16();
     printf("%s (%d failures)\n", fails ? "FAILED" : "all ok", fails);
     return fails ? 1 : 0;
 }

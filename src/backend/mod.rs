@@ -11,6 +11,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod half16;
 pub mod host;
 pub mod reference;
 
@@ -72,10 +73,12 @@ pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f64 = 0.1;
 
 /// A compute device. All buffers hold real numbers in the backend's precision (f64 for the
-/// reference, f32 elsewhere); `IBuf` holds the i32 fixed-point states of the `exact` policy.
+/// reference, f32 elsewhere); `IBuf` holds the i32 fixed-point states of the `exact` policy and
+/// `HBuf` the 16-bit states that `store` keeps under [`Storage::Bf16`] / [`Storage::F16`].
 pub trait Backend: Send + Sync + Sized {
     type Buf: Send + Sync;
     type IBuf: Send + Sync;
+    type HBuf: Send + Sync;
 
     /// Short name for messages and reports ("reference", "cpu", "cuda").
     fn name(&self) -> &'static str;
@@ -107,6 +110,11 @@ pub trait Backend: Send + Sync + Sized {
     fn copy(&self, buf: &Self::Buf) -> Result<Self::Buf>;
     fn iupload(&self, data: &[i32]) -> Result<Self::IBuf>;
     fn idownload(&self, buf: &Self::IBuf) -> Result<Vec<i32>>;
+    /// `x` rounded to nearest (ties to even) in the 16-bit `format` (`Storage::F32` is refused):
+    /// how a kept state is stored. NaN stays NaN; f16 overflows to infinity beyond 65504.
+    fn pack16(&self, x: &Self::Buf, format: Storage) -> Result<Self::HBuf>;
+    /// The values of a packed buffer, exactly.
+    fn unpack16(&self, h: &Self::HBuf) -> Result<Self::Buf>;
 
     // ---- elementwise ----------------------------------------------------------------------
     /// `sum_i a_i x_i` (all `x_i` of one length, at least one term).
@@ -553,6 +561,51 @@ impl std::str::FromStr for Precision {
                 "unknown precision `{other}` (expected f32, tf32 or bf16)"
             ))),
         }
+    }
+}
+
+/// The format of the states that the `store` policy keeps for the backward pass. Forward
+/// arithmetic is unchanged; the backward pass reads the kept states rounded to the format (as
+/// PyTorch under autocast keeps its activations), which halves the memory that grows with depth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Storage {
+    #[default]
+    F32,
+    /// bfloat16: f32's range, 8 significant bits.
+    Bf16,
+    /// IEEE half: 11 significant bits, range +-65504 (larger states overflow to infinity).
+    F16,
+}
+
+impl Storage {
+    pub const ALL: [Storage; 3] = [Storage::F32, Storage::Bf16, Storage::F16];
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::F32 => "f32",
+            Storage::Bf16 => "bf16",
+            Storage::F16 => "f16",
+        }
+    }
+    /// Bytes per kept element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Storage::F32 => 4,
+            Storage::Bf16 | Storage::F16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for Storage {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Storage::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                crate::error::Error::Input(format!(
+                    "unknown storage `{s}` (expected f32, bf16 or f16)"
+                ))
+            })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The f64 reference backend: plain loops written to be read. Every other implementation is
 //! tested against it, and the finite-difference checks run on it.
 
-use super::{host, Activation, Backend, BnStats, BN_EPS, BN_MOMENTUM, TV_EPS};
+use super::half16::{self, Packed16};
+use super::{host, Activation, Backend, BnStats, Storage, BN_EPS, BN_MOMENTUM, TV_EPS};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::Dims;
@@ -40,6 +41,7 @@ fn tap(d: Dims, i: usize, j: usize, a: usize, b: usize) -> Option<(usize, usize)
 impl Backend for Reference {
     type Buf = Vec<f64>;
     type IBuf = Vec<i32>;
+    type HBuf = Packed16;
 
     fn name(&self) -> &'static str {
         "reference"
@@ -65,6 +67,12 @@ impl Backend for Reference {
     }
     fn idownload(&self, buf: &Vec<i32>) -> Result<Vec<i32>> {
         Ok(buf.clone())
+    }
+    fn pack16(&self, x: &Vec<f64>, format: Storage) -> Result<Packed16> {
+        half16::pack_f64(x, format)
+    }
+    fn unpack16(&self, h: &Packed16) -> Result<Vec<f64>> {
+        Ok(h.to_f64())
     }
 
     fn lincomb(&self, terms: &[(f64, &Vec<f64>)]) -> Result<Vec<f64>> {

@@ -1,7 +1,7 @@
 //! `pdenet bench`: the memory and throughput sweep.
 
 use clap::Args;
-use pdenet::backend::{DeviceChoice, Precision};
+use pdenet::backend::{DeviceChoice, Precision, Storage};
 use pdenet::bench::{self, BenchOptions};
 use pdenet::config::{Config, LayerType, OperatorKind};
 use pdenet::params::write_atomic;
@@ -29,6 +29,9 @@ pub struct BenchArgs {
     pub operators: Option<String>,
     #[arg(long, default_value = "store,reversible,exact")]
     pub policies: String,
+    /// Formats of the kept states, comma-separated (f32, bf16, f16), crossed with the policies.
+    #[arg(long, default_value = "f32")]
+    pub storage: String,
     #[arg(long, default_value = "f32")]
     pub precision: String,
     #[arg(long, default_value = "cpu")]
@@ -80,6 +83,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             None => vec![config.operator],
         },
         policies: list::<Policy>(&a.policies)?,
+        storages: list::<Storage>(&a.storage)?,
         precisions: list::<Precision>(&a.precision)?,
         devices: list::<DeviceChoice>(&a.device)?,
         config,
@@ -90,6 +94,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let total = opts.layers.len()
         * opts.operators.len()
         * opts.policies.len()
+        * opts.storages.len()
         * opts.precisions.len()
         * opts.devices.len()
         * opts.steps.len();

@@ -1,7 +1,7 @@
 //! `pdenet init` and `pdenet grad` (SPEC section 9).
 
 use clap::Args;
-use pdenet::backend::DeviceChoice;
+use pdenet::backend::{DeviceChoice, Storage};
 use pdenet::config::Config;
 use pdenet::device::Device;
 use pdenet::network::Layout;
@@ -35,6 +35,9 @@ pub struct GradArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "store")]
     pub policy: Policy,
+    /// Format of the kept states: f32, bf16 or f16 (16 bits halve the memory `store` grows by).
+    #[arg(long, default_value = "f32")]
+    pub storage: Storage,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
 }
@@ -62,7 +65,8 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
         let mut eng = Engine::new(b, layout.clone(), &params)?;
         // The engine holds its own copy: free the host one before the pass (peak memory).
         drop(params);
-        eng.grad(&batch.x, &batch.labels, a.policy.schedule(), false)?
+        let schedule = a.policy.schedule().with_storage(a.storage);
+        eng.grad(&batch.x, &batch.labels, schedule, false)?
     });
     let n = batch.labels.len();
     let loss = [out.loss as f32];

@@ -1,6 +1,7 @@
 //! `pdenet info`: parameters, FLOPs per input and the planned memory of a training step.
 
 use clap::Args;
+use pdenet::backend::Storage;
 use pdenet::bench::sample_shape;
 use pdenet::config::Config;
 use pdenet::network::Layout;
@@ -50,12 +51,20 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
         "  {:<11} {:>10} {:>10} {:>10} {:>12}",
         "policy", "peak", "params", "grads", "activations"
     );
-    for p in Policy::ALL {
-        let m = plan_step(&layout, &shape, p.schedule())?;
+    // Each policy, and `store` with its states kept in 16 bits (`--storage bf16`; f16 plans the same).
+    let rows = Policy::ALL
+        .map(|p| (p.name().to_string(), p.schedule()))
+        .into_iter()
+        .chain([(
+            "store bf16".to_string(),
+            Policy::Store.schedule().with_storage(Storage::Bf16),
+        )]);
+    for (name, schedule) in rows {
+        let m = plan_step(&layout, &shape, schedule)?;
         let mb = |b: usize| b as f64 / 1e6;
         println!(
             "  {:<11} {:>10.2} {:>10.2} {:>10.2} {:>12.2}",
-            p.name(),
+            name,
             mb(m.peak_bytes),
             mb(m.param_bytes),
             mb(m.grad_bytes),

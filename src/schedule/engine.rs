@@ -2,7 +2,7 @@
 //! [`Schedule`]. The same code runs on the planning backend to give the planned peak memory.
 
 use super::Schedule;
-use crate::backend::{Activation, Backend, BnStats, Norm};
+use crate::backend::{Activation, Backend, BnStats, Norm, Storage};
 use crate::config::{Connect, Kind, LayerType, OperatorKind};
 use crate::error::{Error, Result};
 use crate::layers::{self, Layer, StepKind};
@@ -38,19 +38,69 @@ pub struct GradOutput {
 /// The states of a step: one tensor, or the halves `[A, B]` of a hamiltonian state.
 type State<T> = Vec<T>;
 
-/// A unit's output and its states `0..=nt`.
-type Trajectory<T> = (T, Vec<State<T>>);
-
 /// A batch norm's running statistics to update after the step: the indices of its running mean
 /// and variance, the batch statistics and the number of values per channel.
 type RunningUpdate<T> = (usize, usize, BnStats<T>, usize);
+
+/// A state of a kept trajectory: as computed, or rounded to 16 bits ([`Schedule::storage`]).
+enum Slot<B: Backend> {
+    Full(B::Buf),
+    Packed(B::HBuf),
+}
+
+/// A kept state's values: borrowed, or unpacked for the caller.
+enum Held<'a, B: Backend> {
+    Borrowed(&'a B::Buf),
+    Unpacked(B::Buf),
+}
+
+impl<B: Backend> std::ops::Deref for Held<'_, B> {
+    type Target = B::Buf;
+    fn deref(&self) -> &B::Buf {
+        match self {
+            Held::Borrowed(b) => b,
+            Held::Unpacked(b) => b,
+        }
+    }
+}
+
+impl<B: Backend> Slot<B> {
+    /// `x` as a kept state in `storage`.
+    fn keep(be: &B, x: B::Buf, storage: Storage) -> Result<Self> {
+        Ok(match storage {
+            Storage::F32 => Slot::Full(x),
+            _ => Slot::Packed(be.pack16(&x, storage)?),
+        })
+    }
+    fn get<'a>(&'a self, be: &B) -> Result<Held<'a, B>> {
+        Ok(match self {
+            Slot::Full(b) => Held::Borrowed(b),
+            Slot::Packed(h) => Held::Unpacked(be.unpack16(h)?),
+        })
+    }
+    fn into_buf(self, be: &B) -> Result<B::Buf> {
+        match self {
+            Slot::Full(b) => Ok(b),
+            Slot::Packed(h) => be.unpack16(&h),
+        }
+    }
+    /// Packs a state kept in full precision (the forward's last window) once nothing else
+    /// needs it.
+    fn pack(&mut self, be: &B, storage: Storage) -> Result<()> {
+        if let (Slot::Full(b), Storage::Bf16 | Storage::F16) = (&*self, storage) {
+            *self = Slot::Packed(be.pack16(b, storage)?);
+        }
+        Ok(())
+    }
+}
 
 /// What the backward pass has of a unit's states.
 enum Kept<B: Backend> {
     /// Nothing: recompute from the unit input (or the unit has no steps).
     Nothing,
-    /// Every state `0..=nt`.
-    All(Vec<State<B::Buf>>),
+    /// Every state `0..=nt`, in [`Schedule::storage`] (the last window in full precision until
+    /// [`Engine::forward`] packs it).
+    All(Vec<State<Slot<B>>>),
     AllFixed(Vec<State<B::IBuf>>),
     /// The last state (hamiltonian) or the last two (hyperbolic), oldest first.
     Last(Vec<State<B::Buf>>),
@@ -422,7 +472,10 @@ impl<B: Backend> Engine<B> {
                         return Err(Error::Other("fixed-point Y_-1 in a float unit".into()))
                     }
                 };
+                // The window (Y_{j-1}, Y_j) the step reads; under `store` the states leaving it
+                // are kept in the schedule's storage.
                 let mut hist = vec![be.copy(input)?];
+                let mut left = Vec::new();
                 for s in &u.steps {
                     let y = &hist[hist.len() - 1];
                     let prev = if hist.len() > 1 {
@@ -434,19 +487,17 @@ impl<B: Backend> Engine<B> {
                         layers::forward_single(be, kind, self.layer(&s.layers[0]), y, prev, d)?;
                     pre = None;
                     hist.push(next);
-                    if !sched.keep_all && hist.len() > 2 {
-                        hist.remove(0);
+                    if hist.len() > 2 {
+                        let old = hist.remove(0);
+                        if sched.keep_all {
+                            left.push(vec![Slot::keep(be, old, sched.storage)?]);
+                        }
                     }
                 }
                 let out = be.copy(&hist[hist.len() - 1])?;
-                let states = hist.into_iter().map(|y| vec![y]).collect();
                 Ok((
                     out,
-                    if sched.keep_all {
-                        Kept::All(states)
-                    } else {
-                        Kept::Last(states)
-                    },
+                    self.kept_float(left, hist.into_iter().map(|y| vec![y]), sched),
                 ))
             }
             (LayerType::Hyperbolic, Some(shift)) => {
@@ -490,26 +541,19 @@ impl<B: Backend> Engine<B> {
             (LayerType::Hamiltonian, None) => {
                 let hd = d.with_c(d.c / 2);
                 let (a, b) = be.split_channels(input, d, d.c / 2)?;
-                let mut hist = vec![vec![a, b]];
+                let mut cur = vec![a, b];
+                let mut left = Vec::new();
                 for s in &u.steps {
-                    let cur = &hist[hist.len() - 1];
                     let (l1, l2) = (self.layer(&s.layers[0]), self.layer(&s.layers[1]));
                     let (a1, b1) = layers::verlet_forward(be, kind, l1, l2, &cur[0], &cur[1], hd)?;
-                    hist.push(vec![a1, b1]);
-                    if !sched.keep_all {
-                        hist.remove(0);
+                    let old = std::mem::replace(&mut cur, vec![a1, b1]);
+                    if sched.keep_all {
+                        let kept = old.into_iter().map(|x| Slot::keep(be, x, sched.storage));
+                        left.push(kept.collect::<Result<_>>()?);
                     }
                 }
-                let last = &hist[hist.len() - 1];
-                let out = be.concat_channels(&last[0], &last[1], d, d.c / 2)?;
-                Ok((
-                    out,
-                    if sched.keep_all {
-                        Kept::All(hist)
-                    } else {
-                        Kept::Last(hist)
-                    },
-                ))
+                let out = be.concat_channels(&cur[0], &cur[1], d, d.c / 2)?;
+                Ok((out, self.kept_float(left, [cur], sched)))
             }
             (LayerType::Hamiltonian, Some(shift)) => {
                 let hd = d.with_c(d.c / 2);
@@ -550,7 +594,8 @@ impl<B: Backend> Engine<B> {
                 ))
             }
             _ => {
-                let (out, states) = self.explicit_forward(k, input, d, sched.keep_all)?;
+                let keep = sched.keep_all.then_some(sched.storage);
+                let (out, states) = self.explicit_forward(k, input, d, keep)?;
                 Ok((
                     out,
                     if sched.keep_all {
@@ -563,19 +608,40 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Forward of a single-state, non-invertible unit; returns the output and, when `keep`, every
-    /// state `0..=nt`.
+    /// The states of a float unit's forward: under `store` those that left the window (already
+    /// in the schedule's storage) followed by the window in full precision; otherwise the window.
+    fn kept_float(
+        &self,
+        left: Vec<State<Slot<B>>>,
+        window: impl IntoIterator<Item = State<B::Buf>>,
+        sched: Schedule,
+    ) -> Kept<B> {
+        if sched.keep_all {
+            let mut all = left;
+            all.extend(
+                window
+                    .into_iter()
+                    .map(|st| st.into_iter().map(Slot::Full).collect()),
+            );
+            Kept::All(all)
+        } else {
+            Kept::Last(window.into_iter().collect())
+        }
+    }
+
+    /// Forward of a single-state, non-invertible unit; returns the output and, when `keep` names
+    /// a storage, every state `0..=nt` (the last in full precision).
     #[allow(clippy::type_complexity)]
     fn explicit_forward(
         &self,
         k: usize,
         input: &B::Buf,
         d: Dims,
-        keep: bool,
-    ) -> Result<Trajectory<B::Buf>> {
+        keep: Option<Storage>,
+    ) -> Result<(B::Buf, Vec<State<Slot<B>>>)> {
         let be = &self.backend;
         let kind = self.kind();
-        let mut states: Vec<State<B::Buf>> = Vec::new();
+        let mut states: Vec<State<Slot<B>>> = Vec::new();
         let mut cur = be.copy(input)?;
         for s in &self.layout.units[k].steps {
             let l = self.layer(&s.layers[0]);
@@ -584,12 +650,12 @@ impl<B: Backend> Engine<B> {
                 None => layers::forward_single(be, kind, l, &cur, None, d)?,
             };
             let old = std::mem::replace(&mut cur, next);
-            if keep {
-                states.push(vec![old]);
+            if let Some(storage) = keep {
+                states.push(vec![Slot::keep(be, old, storage)?]);
             }
         }
-        if keep {
-            states.push(vec![be.copy(&cur)?]);
+        if keep.is_some() {
+            states.push(vec![Slot::Full(be.copy(&cur)?)]);
         }
         Ok((cur, states))
     }
@@ -613,6 +679,7 @@ impl<B: Backend> Engine<B> {
             let input = (!chain || k == 0).then_some(y);
             if chain && k + 1 < self.layout.units.len() {
                 let (next, p) = self.haar_carry(&mut kept, d, self.unit_shift(k, sched))?;
+                pack_window(be, &mut kept, sched.storage)?;
                 units.push(UnitTape {
                     input,
                     output: None,
@@ -623,6 +690,7 @@ impl<B: Backend> Engine<B> {
                 pre = Some(p);
                 continue;
             }
+            pack_window(be, &mut kept, sched.storage)?;
             let (next, ct) = self.connect_forward(k, &out, d, train)?;
             units.push(UnitTape {
                 input,
@@ -658,7 +726,12 @@ impl<B: Backend> Engine<B> {
         let missing = || Error::Other("a leapfrog unit kept fewer than two states".into());
         let last_two = |n: usize| n.checked_sub(2).ok_or_else(missing);
         let carry = match kept {
-            Kept::All(s) | Kept::Last(s) => {
+            Kept::All(s) => {
+                let i = last_two(s.len())?;
+                let p = be.haar(&*s[i][0].get(be)?, d)?;
+                (be.haar(&*s[i + 1][0].get(be)?, d)?, Pre::Float(p))
+            }
+            Kept::Last(s) => {
                 let i = last_two(s.len())?;
                 let p = be.haar(&s[i][0], d)?;
                 (be.haar(&s[i + 1][0], d)?, Pre::Float(p))
@@ -714,6 +787,7 @@ impl<B: Backend> Engine<B> {
         let sched = Schedule {
             keep_all: false,
             fixed_point: None,
+            storage: Storage::F32,
         };
         let (tape, geo) = self.forward(x, sched, false)?;
         let logits = self.classify(&tape.features, geo.feature_dims)?;
@@ -725,6 +799,7 @@ impl<B: Backend> Engine<B> {
         let sched = Schedule {
             keep_all: false,
             fixed_point: None,
+            storage: Storage::F32,
         };
         let (tape, geo) = self.forward(x, sched, true)?;
         let logits = self.classify(&tape.features, geo.feature_dims)?;
@@ -802,6 +877,7 @@ impl<B: Backend> Engine<B> {
         let sched = Schedule {
             keep_all: true,
             fixed_point: None,
+            storage: Storage::F32,
         };
         let (tape, geo) = self.forward(x, sched, true)?;
         if bad(&tape.x)? {
@@ -823,7 +899,7 @@ impl<B: Backend> Engine<B> {
             if let Kept::All(states) = &u.kept {
                 for (j, st) in states.iter().enumerate().skip(1) {
                     for part in st {
-                        if bad(part)? {
+                        if bad(&*part.get(be)?)? {
                             return Ok(Some(format!("units.{k}.steps.{}", j - 1)));
                         }
                     }
@@ -1141,7 +1217,7 @@ impl<B: Backend> Engine<B> {
             _ => {
                 let states = match (tape.kept, &tape.input) {
                     (Kept::All(s), _) => s,
-                    (_, Some(input)) => self.explicit_forward(k, input, d, true)?.1,
+                    (_, Some(input)) => self.explicit_forward(k, input, d, Some(sched.storage))?.1,
                     _ => return Err(Error::Other(format!("unit {k} kept no input"))),
                 };
                 drop(tape.output);
@@ -1153,7 +1229,7 @@ impl<B: Backend> Engine<B> {
     fn explicit_backward(
         &self,
         u: &UnitIdx,
-        mut states: Vec<State<B::Buf>>,
+        mut states: Vec<State<Slot<B>>>,
         d: Dims,
         mut g: B::Buf,
         grads: &mut Grads<B>,
@@ -1162,13 +1238,14 @@ impl<B: Backend> Engine<B> {
         let kind = self.kind();
         for j in (0..u.steps.len()).rev() {
             let next = states.pop(); // y_{j+1}: needed only by the IMEX solve's VJP
-            let y = &states[j][0];
+            let y = &*states[j][0].get(be)?;
             let li = &u.steps[j].layers[0];
             if let Some(di) = u.steps[j].diffusion {
                 // y_{j+1} = S(z): back through the solve first.
                 let y1 = next
                     .and_then(|mut v| v.pop())
-                    .ok_or_else(|| Error::Other("missing IMEX state".into()))?;
+                    .ok_or_else(|| Error::Other("missing IMEX state".into()))?
+                    .into_buf(be)?;
                 let (gz, gd) = be.diffusion_solve_vjp(&y1, d, &self.params[di], kind.h, &g)?;
                 grads.add(be, di, 1.0, gd)?;
                 g = gz;
@@ -1201,7 +1278,7 @@ impl<B: Backend> Engine<B> {
         drop(tape.output);
         // Where Y_j comes from: stored states, or a window (Y_j, Y_{j+1}) rebuilt backwards.
         enum Src<B: Backend> {
-            All(Vec<State<B::Buf>>),
+            All(Vec<State<Slot<B>>>),
             AllFixed(Vec<State<B::IBuf>>),
             Window(B::Buf, B::Buf),
             WindowFixed(B::IBuf, B::IBuf),
@@ -1254,11 +1331,20 @@ impl<B: Backend> Engine<B> {
             let y_owned = match &src {
                 Src::AllFixed(s) => Some(be.dequantize(&s[j][0], shift)?),
                 Src::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
-                _ => None,
+                Src::All(s) => match &s[j][0] {
+                    Slot::Packed(h) => Some(be.unpack16(h)?),
+                    Slot::Full(_) => None,
+                },
+                Src::Window(..) => None,
             };
             let y: &B::Buf = match (&src, &y_owned) {
                 (_, Some(o)) => o,
-                (Src::All(s), None) => &s[j][0],
+                (Src::All(s), None) => match &s[j][0] {
+                    Slot::Full(b) => b,
+                    Slot::Packed(_) => {
+                        return Err(Error::Other("packed state not unpacked".into()))
+                    }
+                },
                 (Src::Window(c, _), None) => c,
                 _ => return Err(Error::Other("leapfrog state source mismatch".into())),
             };
@@ -1371,7 +1457,11 @@ impl<B: Backend> Engine<B> {
                 Kept::All(s) => {
                     let a1 = s.pop().map(|mut v| v.swap_remove(0));
                     let a1 = a1.ok_or_else(|| Error::Other("missing state".into()))?;
-                    (a1, be.copy(&s[j][1])?)
+                    let bj = match &s[j][1] {
+                        Slot::Full(b) => be.copy(b)?,
+                        Slot::Packed(h) => be.unpack16(h)?,
+                    };
+                    (a1.into_buf(be)?, bj)
                 }
                 Kept::AllFixed(s) => {
                     let st = s
@@ -1462,6 +1552,16 @@ impl<B: Backend> Engine<B> {
         }
         Ok(())
     }
+}
+
+/// Packs the states of a kept trajectory still in full precision (the forward's last window).
+fn pack_window<B: Backend>(be: &B, kept: &mut Kept<B>, storage: Storage) -> Result<()> {
+    if let Kept::All(states) = kept {
+        for slot in states.iter_mut().flatten() {
+            slot.pack(be, storage)?;
+        }
+    }
+    Ok(())
 }
 
 fn upload_params<B: Backend>(be: &B, layout: &Layout, params: &ParamSet) -> Result<Vec<B::Buf>> {

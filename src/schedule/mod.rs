@@ -6,6 +6,7 @@ pub mod plan;
 
 pub use engine::{Engine, GradOutput};
 
+use crate::backend::Storage;
 use crate::error::{Error, Result};
 
 /// What the backward pass keeps of the forward pass.
@@ -35,14 +36,17 @@ impl Policy {
             Policy::Store => Schedule {
                 keep_all: true,
                 fixed_point: None,
+                storage: Storage::F32,
             },
             Policy::Reversible => Schedule {
                 keep_all: false,
                 fixed_point: None,
+                storage: Storage::F32,
             },
             Policy::Exact => Schedule {
                 keep_all: false,
                 fixed_point: Some(DEFAULT_FIXED_SHIFT),
+                storage: Storage::F32,
             },
         }
     }
@@ -69,4 +73,14 @@ pub struct Schedule {
     pub keep_all: bool,
     /// Run invertible units in fixed point with this shift.
     pub fixed_point: Option<u32>,
+    /// The format of kept float trajectories (every state under `store`, recomputed units under
+    /// `reversible`): 16-bit formats halve their memory; the backward pass reads them rounded.
+    pub storage: Storage,
+}
+
+impl Schedule {
+    /// This schedule with its kept trajectories in `storage`.
+    pub fn with_storage(self, storage: Storage) -> Self {
+        Schedule { storage, ..self }
+    }
 }

@@ -2,7 +2,7 @@
 //! that every buffer of a forward + backward pass is known, with its lifetime, before any
 //! arithmetic runs. The peak of live bytes is the planned peak.
 
-use crate::backend::{Activation, Backend, BnStats, Norm, Scratch, ScratchOp, SymGrads};
+use crate::backend::{Activation, Backend, BnStats, Norm, Scratch, ScratchOp, Storage, SymGrads};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::network::Layout;
@@ -46,18 +46,18 @@ impl<B: Backend> DeviceMem for B {
 #[derive(Debug)]
 pub struct PlanBuf {
     len: usize,
+    bytes: usize,
     counter: Arc<Counter>,
 }
 
 impl Drop for PlanBuf {
     fn drop(&mut self) {
-        self.counter
-            .live
-            .fetch_sub(self.len * ELEM_BYTES, Ordering::Relaxed);
+        self.counter.live.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
-/// Bytes per element on the executing devices (f32 and i32 storage).
+/// Bytes per element on the executing devices (f32 and i32 storage; packed states declare their
+/// own, [`Storage::bytes`]).
 const ELEM_BYTES: usize = 4;
 
 /// The planning backend.
@@ -91,16 +91,17 @@ impl Planner {
         }
     }
     fn buf(&self, len: usize) -> PlanBuf {
-        let live = self
-            .counter
-            .live
-            .fetch_add(len * ELEM_BYTES, Ordering::Relaxed)
-            + len * ELEM_BYTES;
+        self.buf_of(len, ELEM_BYTES)
+    }
+    fn buf_of(&self, len: usize, elem_bytes: usize) -> PlanBuf {
+        let bytes = len * elem_bytes;
+        let live = self.counter.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.counter
             .peak
             .fetch_max(live + self.counter.pool_bytes(), Ordering::Relaxed);
         PlanBuf {
             len,
+            bytes,
             counter: self.counter.clone(),
         }
     }
@@ -144,6 +145,7 @@ impl Planner {
 impl Backend for Planner {
     type Buf = PlanBuf;
     type IBuf = PlanBuf;
+    type HBuf = PlanBuf;
 
     fn name(&self) -> &'static str {
         "plan"
@@ -171,6 +173,16 @@ impl Backend for Planner {
     }
     fn idownload(&self, buf: &PlanBuf) -> Result<Vec<i32>> {
         Ok(vec![0; buf.len])
+    }
+    fn pack16(&self, x: &PlanBuf, format: Storage) -> Result<PlanBuf> {
+        ensure_shape!(
+            format != Storage::F32,
+            "pack16 needs a 16-bit storage format"
+        );
+        Ok(self.buf_of(x.len, format.bytes()))
+    }
+    fn unpack16(&self, h: &PlanBuf) -> Result<PlanBuf> {
+        Ok(self.buf(h.len))
     }
     fn lincomb(&self, terms: &[(f64, &PlanBuf)]) -> Result<PlanBuf> {
         ensure_shape!(!terms.is_empty(), "lincomb needs at least one term");

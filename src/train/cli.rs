@@ -3,7 +3,7 @@
 //! The network is built by a caller-supplied [`BuildModel`] (the engine), so that this file
 //! depends only on the [`Model`] trait.
 
-use crate::backend::DeviceChoice;
+use crate::backend::{DeviceChoice, Storage};
 use crate::config::{Config, Kind};
 use crate::error::{Error, Result};
 use crate::params::read_safetensors;
@@ -22,6 +22,8 @@ pub struct ModelSpec {
     /// Seeds the initial weights (as `pdenet init --seed`).
     pub seed: u64,
     pub policy: Policy,
+    /// Format of the states the backward pass keeps.
+    pub storage: Storage,
     pub device: DeviceChoice,
     /// The training batch size (for memory planning).
     pub batch: usize,
@@ -60,6 +62,9 @@ pub struct TrainArgs {
     /// Memory policy of the backward pass.
     #[arg(long, default_value = "store")]
     pub policy: Policy,
+    /// Format of the kept states: f32, bf16 or f16 (16 bits halve the memory `store` grows by).
+    #[arg(long, default_value = "f32")]
+    pub storage: Storage,
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
@@ -80,6 +85,7 @@ impl Default for TrainArgs {
             lr: None,
             optimizer: OptimizerKind::Sgd,
             policy: Policy::Store,
+            storage: Storage::F32,
             device: DeviceChoice::Auto,
             resume: false,
         }
@@ -158,6 +164,7 @@ pub fn run_train(args: &TrainArgs, build: BuildModel<'_>) -> Result<TrainReport>
     let spec = ModelSpec {
         seed: args.seed,
         policy: args.policy,
+        storage: args.storage,
         device: args.device,
         batch,
     };
@@ -197,6 +204,7 @@ pub fn run_eval(args: &EvalArgs, build: BuildModel<'_>) -> Result<(f64, f64)> {
     let spec = ModelSpec {
         seed: 0,
         policy: Policy::Store,
+        storage: Storage::F32,
         device: DeviceChoice::Auto,
         batch: 500,
     };

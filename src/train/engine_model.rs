@@ -38,7 +38,7 @@ pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Mode
     let layout = Layout::new(cfg)?;
     let params = layout.init(spec.seed);
     let device = Device::select(spec.device)?;
-    let schedule = spec.policy.schedule();
+    let schedule = spec.policy.schedule().with_storage(spec.storage);
     crate::with_device!(device, |b| {
         let engine = Engine::new(b, layout, &params)?;
         Ok(Box::new(EngineModel { engine, schedule }) as Box<dyn Model>)

@@ -11,9 +11,11 @@ mod section7;
 
 use rayon::prelude::*;
 
+use super::half16::{self, Packed16};
 use super::reference::round_to_i32;
 use super::{
-    Activation, Backend, BnStats, Norm, Scratch, ScratchOp, SymGrads, BN_EPS, BN_MOMENTUM, TV_EPS,
+    Activation, Backend, BnStats, Norm, Scratch, ScratchOp, Storage, SymGrads, BN_EPS, BN_MOMENTUM,
+    TV_EPS,
 };
 use crate::ensure_shape;
 use crate::error::Result;
@@ -147,6 +149,7 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
 impl Backend for Cpu {
     type Buf = Vec<f32>;
     type IBuf = Vec<i32>;
+    type HBuf = Packed16;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -226,6 +229,12 @@ impl Backend for Cpu {
     }
     fn idownload(&self, buf: &Vec<i32>) -> Result<Vec<i32>> {
         Ok(buf.clone())
+    }
+    fn pack16(&self, x: &Vec<f32>, format: Storage) -> Result<Packed16> {
+        half16::pack_f32(x, format)
+    }
+    fn unpack16(&self, h: &Packed16) -> Result<Vec<f32>> {
+        Ok(h.to_f32())
     }
 
     fn lincomb(&self, terms: &[(f64, &Vec<f32>)]) -> Result<Vec<f32>> {

@@ -12,6 +12,8 @@
 
 mod ops;
 
+pub use ops::PackedBuf;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -121,6 +123,8 @@ const KERNELS: &[(&str, &[&str])] = &[
             "dequantize",
             "fixed_update",
             "fixed_axpy",
+            "pack16",
+            "unpack16",
         ],
     ),
     (

@@ -5,7 +5,7 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use super::{cu, grid_1d, i32_of, Cuda, DeviceBuf};
 use crate::backend::{
     diffusion_solve_on_host, diffusion_solve_vjp_on_host, Activation, Backend, BnStats, Norm,
-    BN_MOMENTUM,
+    Storage, BN_MOMENTUM,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -13,6 +13,23 @@ use crate::tensor::Dims;
 
 type Buf = DeviceBuf<f32>;
 type IBuf = DeviceBuf<i32>;
+
+/// A kept state in 16 bits on the device (kernels/pointwise.cu `pack16`).
+pub struct PackedBuf {
+    bits: DeviceBuf<u16>,
+    format: Storage,
+}
+
+/// The `format` argument of the pack16 / unpack16 kernels (STORAGE_BF16 / STORAGE_F16).
+fn storage_code(format: Storage) -> Result<i32> {
+    match format {
+        Storage::Bf16 => Ok(1),
+        Storage::F16 => Ok(2),
+        Storage::F32 => Err(Error::Other(
+            "pack16 needs a 16-bit storage format (bf16 or f16)".into(),
+        )),
+    }
+}
 
 /// Launches kernel `$name` with `$cfg`; arguments are device slices or references to locals.
 macro_rules! launch {
@@ -353,6 +370,7 @@ impl Cuda {
 impl Backend for Cuda {
     type Buf = Buf;
     type IBuf = IBuf;
+    type HBuf = PackedBuf;
 
     fn name(&self) -> &'static str {
         "cuda"
@@ -393,6 +411,26 @@ impl Backend for Cuda {
     }
     fn idownload(&self, buf: &IBuf) -> Result<Vec<i32>> {
         self.download_slice(buf)
+    }
+    fn pack16(&self, x: &Buf, format: Storage) -> Result<PackedBuf> {
+        let code = storage_code(format)?;
+        let len = x.len();
+        let l = i32_of(len, "pack16 length")?;
+        let bits = self.alloc::<u16>(len)?;
+        if len > 0 {
+            launch!(self, "pack16", grid_1d(len); x.slice(), bits.slice(), &l, &code)?;
+        }
+        Ok(PackedBuf { bits, format })
+    }
+    fn unpack16(&self, h: &PackedBuf) -> Result<Buf> {
+        let code = storage_code(h.format)?;
+        let len = h.bits.len();
+        let l = i32_of(len, "unpack16 length")?;
+        let out = self.alloc::<f32>(len)?;
+        if len > 0 {
+            launch!(self, "unpack16", grid_1d(len); h.bits.slice(), out.slice(), &l, &code)?;
+        }
+        Ok(out)
     }
 
     fn lincomb(&self, terms: &[(f64, &Buf)]) -> Result<Buf> {
