@@ -36,6 +36,9 @@ if has depth; then
   stamp "memory vs depth (batch 256, bf16): store, reversible, exact"
   timeout 150 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 2,8,32 --precision bf16 \
     --policies store,reversible,exact --repeats 1 --json "$OUTDIR/bench-depth.json" || echo "depth bench failed: $?"
+  stamp "memory vs depth, store with bf16 kept states (--storage bf16; PyTorch autocast keeps bf16)"
+  timeout 90 "$P" bench --device cuda --config ref-cifar --batch 256 --steps 2,8,32 --precision bf16 \
+    --policies store --storage bf16 --repeats 1 --json "$OUTDIR/bench-depth-bf16.json" || echo "bf16 depth bench failed: $?"
 fi
 
 if has deep; then
