@@ -324,6 +324,7 @@ pub fn run(
                                     )?
                                 }
                                 Device::Cuda(b) => {
+                                    b.reserve(plan.peak_bytes)?;
                                     // The driver's pool high-water mark where the device
                                     // has a pool, else the backend's own count.
                                     let base = std::cell::Cell::new((0usize, None));

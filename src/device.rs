@@ -4,6 +4,9 @@
 use crate::backend::cuda::Cuda;
 use crate::backend::{DeviceChoice, Precision};
 use crate::error::{Error, Result};
+use crate::network::Layout;
+use crate::schedule::plan::plan_step;
+use crate::schedule::Schedule;
 
 /// A resolved backend.
 pub enum Device {
@@ -38,6 +41,16 @@ impl Device {
             DeviceChoice::Cuda | DeviceChoice::Auto => {
                 Ok(Device::Cuda(Cuda::try_new_with(precision)?))
             }
+        }
+    }
+
+    /// On CUDA, checks that a training step of `layout` on inputs shaped `shape` under
+    /// `schedule` fits the device and reserves its planned peak ([`Cuda::reserve`]); nothing on
+    /// the CPU.
+    pub fn reserve_for(&self, layout: &Layout, shape: &[usize], schedule: Schedule) -> Result<()> {
+        match self {
+            Device::Cpu(_) => Ok(()),
+            Device::Cuda(c) => c.reserve(plan_step(layout, shape, schedule)?.peak_bytes),
         }
     }
 

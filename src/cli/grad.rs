@@ -61,11 +61,12 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     params.load_from(read_safetensors(&a.weights)?)?;
     let batch = read_batch(&a.input)?;
     let device = Device::select(a.device)?;
+    let schedule = a.policy.schedule().with_storage(a.storage);
+    device.reserve_for(&layout, &batch.x.shape, schedule)?;
     let out = with_device!(device, |b| {
         let mut eng = Engine::new(b, layout.clone(), &params)?;
         // The engine holds its own copy: free the host one before the pass (peak memory).
         drop(params);
-        let schedule = a.policy.schedule().with_storage(a.storage);
         eng.grad(&batch.x, &batch.labels, schedule, false)?
     });
     let n = batch.labels.len();

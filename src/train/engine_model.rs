@@ -39,6 +39,9 @@ pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Mode
     let params = layout.init(spec.seed);
     let device = Device::select(spec.device)?;
     let schedule = spec.policy.schedule().with_storage(spec.storage);
+    let mut shape = vec![spec.batch];
+    shape.extend(crate::bench::sample_shape(cfg));
+    device.reserve_for(&layout, &shape, schedule)?;
     crate::with_device!(device, |b| {
         let engine = Engine::new(b, layout, &params)?;
         Ok(Box::new(EngineModel { engine, schedule }) as Box<dyn Model>)

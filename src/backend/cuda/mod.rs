@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUmemPool_attribute;
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, ValidAsZeroBits,
 };
@@ -201,6 +202,27 @@ impl<T: DeviceRepr> Drop for DeviceBuf<T> {
     }
 }
 
+/// Whether a run planned at `needed` bytes fits the `available` bytes of a device (free memory
+/// plus what its pool already holds), or the error that says what to change.
+pub(crate) fn fits_on_device(
+    needed: usize,
+    available: usize,
+    total: usize,
+    device: &str,
+) -> Result<()> {
+    if needed <= available {
+        return Ok(());
+    }
+    let gb = |b: usize| b as f64 / 1e9;
+    Err(Error::Input(format!(
+        "this run is planned at {:.2} GB of device memory, but {device} has {:.2} GB available \
+         (of {:.2} GB): lower --batch, or keep less with --policy reversible or --storage bf16",
+        gb(needed),
+        gb(available),
+        gb(total)
+    )))
+}
+
 /// The CUDA device, its stream and its loaded kernels.
 pub struct Cuda {
     ctx: Arc<CudaContext>,
@@ -373,16 +395,45 @@ impl Cuda {
     /// [`Cuda::reset_driver_peak`], after the stream drains. `None` where the device has no pool
     /// or the driver does not answer; [`Cuda::peak_bytes`] is the backend's own count.
     pub fn driver_peak_bytes(&self) -> Option<usize> {
-        let pool = self.default_pool()?;
         self.synchronize().ok()?;
+        self.pool_attribute(CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+    }
+
+    /// Prepares the device for a run whose memory plan peaks at `bytes`: a clear error when the
+    /// device cannot hold it (instead of an out-of-memory failure mid-step), then the default
+    /// pool is told to keep that much (its release threshold) and filled once, so that every
+    /// step reuses the same memory instead of returning it to the driver at each synchronisation.
+    pub fn reserve(&self, bytes: usize) -> Result<()> {
+        cu(self.ctx.bind_to_thread())?;
+        let (free, total) = cu(cudarc::driver::result::mem_get_info())?;
+        let held = self
+            .pool_attribute(CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
+            .unwrap_or(0);
+        fits_on_device(bytes, free + held, total, &self.device_name)?;
+        if let Some(pool) = self.default_pool() {
+            let mut threshold = bytes as u64;
+            // SAFETY: `pool` is this device's default pool; the driver reads a u64.
+            unsafe {
+                cudarc::driver::sys::cuMemPoolSetAttribute(
+                    pool,
+                    CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                    (&mut threshold as *mut u64).cast(),
+                )
+            }
+            .result()
+            .map_err(|e| Error::Cuda(format!("setting the memory pool's threshold: {e:?}")))?;
+            drop(self.alloc::<u8>(bytes)?);
+        }
+        self.synchronize()
+    }
+
+    /// A u64 attribute of the device's default memory pool (`None` without one).
+    fn pool_attribute(&self, attr: CUmemPool_attribute) -> Option<usize> {
+        let pool = self.default_pool()?;
         let mut v: u64 = 0;
         // SAFETY: `pool` is the device's default pool; the attribute is a u64 written by the driver.
         unsafe {
-            cudarc::driver::sys::cuMemPoolGetAttribute(
-                pool,
-                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut v as *mut u64).cast(),
-            )
+            cudarc::driver::sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast())
         }
         .result()
         .ok()?;
@@ -403,7 +454,7 @@ impl Cuda {
         let _ = unsafe {
             cudarc::driver::sys::cuMemPoolSetAttribute(
                 pool,
-                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
                 (&mut zero as *mut u64).cast(),
             )
         };
@@ -527,6 +578,32 @@ pub fn check_nvrtc_sources() -> Result<usize> {
                 compile_nvrtc(module, src, 8, 0)?;
             }
             Ok(embedded::MODULES.len())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fits_on_device;
+
+    #[test]
+    fn a_plan_larger_than_the_device_is_a_clear_error() {
+        assert!(fits_on_device(10, 10, 80, "GPU").is_ok());
+        let e = fits_on_device(
+            85_300_000_000,
+            79_100_000_000,
+            80_000_000_000,
+            "NVIDIA H100",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "85.30 GB",
+            "NVIDIA H100 has 79.10 GB available",
+            "--batch",
+            "--storage",
+        ] {
+            assert!(e.contains(needle), "{e}");
         }
     }
 }
