@@ -1,6 +1,6 @@
 //! Op throughput of the CUDA backend at `ref-cifar` sizes (batch 256; 32 channels at 32x32,
 //! 64 at 16x16, 112 at 8x8), timed with CUDA events (criterion's `iter_custom`), for every
-//! convolution precision (f32, tf32, bf16 tensor cores). Convolutions report FLOP/s as
+//! convolution precision (f32, tf32, bf16, f16 tensor cores). Convolutions report FLOP/s as
 //! criterion's elements/s; the rest report values/s.
 //!
 //! `cargo bench --bench cuda_ops` (filter with e.g. `-- bf16/conv/32x32`). Without a usable GPU
@@ -31,7 +31,7 @@ fn main() {
         .measurement_time(Duration::from_secs(1))
         .sample_size(20)
         .configure_from_args();
-    for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+    for p in Precision::ALL {
         let cuda = Cuda::try_new_with(p).unwrap_or_else(|e| fail(e));
         convolutions(&mut cr, &cuda);
         if p == Precision::F32 {

@@ -6,7 +6,9 @@
 // staged in shared memory (the input patches are gathered on the fly, never materialised).
 //
 // MATH selects the tile's arithmetic: MATH_F32 (CUDA-core FMA, exact f32), or the tensor cores
-// with operands rounded to tf32 (mma m16n8k8) or bf16 (mma m16n8k16), accumulating in f32.
+// with operands rounded to tf32 (mma m16n8k8), bf16 or f16 (mma m16n8k16), accumulating in f32.
+// f16 has tf32's 10 mantissa bits but a narrow range: an operand above 65504 in magnitude becomes
+// inf and one below 2^-14 loses bits as a subnormal; nothing here scales the operands.
 // Storage stays f32 in every case; the tensor-core tiles round while reading shared memory.
 #pragma once
 #include "common.cuh"
@@ -18,12 +20,19 @@
 #define MATH_F32 0
 #define MATH_TF32 1
 #define MATH_BF16 2
+#define MATH_F16 3
+
+// The two 16-bit maths share the m16n8k16 fragment layout and differ only in pack and mma.
+template <int MATH>
+struct IsHalf16 {
+    static constexpr bool v = MATH == MATH_BF16 || MATH == MATH_F16;
+};
 
 // Shared-memory row padding (floats) that makes each mode's fragment reads conflict-free:
-// bf16 reads rows 2t, 2t+1 (stride = 4 mod 32 banks), tf32 rows t, t+4 (stride = 8 mod 32).
+// bf16 / f16 read rows 2t, 2t+1 (stride = 4 mod 32 banks), tf32 rows t, t+4 (stride = 8 mod 32).
 template <int MATH>
 struct SmemPad {
-    static constexpr int v = MATH == MATH_BF16 ? 4 : (MATH == MATH_TF32 ? 8 : 0);
+    static constexpr int v = IsHalf16<MATH>::v ? 4 : (MATH == MATH_TF32 ? 8 : 0);
 };
 
 #ifndef PDENET_EMU
@@ -31,6 +40,12 @@ struct SmemPad {
 __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     unsigned r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+// Two floats to an f16x2 register, round to nearest even (overflow to inf); lo in the low half.
+__device__ __forceinline__ unsigned pack_f16x2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
 __device__ __forceinline__ unsigned to_tf32(float x) {
@@ -47,6 +62,15 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const unsigned (&a
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
+// The same with f16 operands.
+__device__ __forceinline__ void mma_f16_16816(float (&d)[4], const unsigned (&a)[4],
+                                              const unsigned (&b)[2]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
 // d += A (16x8, row) * B (8x8, col), tf32 operands, f32 accumulators.
 __device__ __forceinline__ void mma_tf32_1688(float (&d)[4], const unsigned (&a)[4],
                                               const unsigned (&b)[2]) {
@@ -56,7 +80,24 @@ __device__ __forceinline__ void mma_tf32_1688(float (&d)[4], const unsigned (&a)
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-#endif  // the CPU emulator (.ci/emu/cuda_shim.h) defines the same four functions
+#endif  // the CPU emulator (.ci/emu/cuda_shim.h) defines the same six functions
+
+// The 16-bit maths' pack and m16n8k16 mma, picked by MATH (MATH_BF16 or MATH_F16).
+template <int MATH>
+__device__ __forceinline__ unsigned pack_half2(float lo, float hi) {
+    if constexpr (MATH == MATH_F16)
+        return pack_f16x2(lo, hi);
+    else
+        return pack_bf16x2(lo, hi);
+}
+template <int MATH>
+__device__ __forceinline__ void mma_half_16816(float (&d)[4], const unsigned (&a)[4],
+                                               const unsigned (&b)[2]) {
+    if constexpr (MATH == MATH_F16)
+        mma_f16_16816(d, a, b);
+    else
+        mma_bf16_16816(d, a, b);
+}
 
 // Tensor-core accumulation of one BK-deep stage: As[k][m] (lda), Bs[k][n] (ldb) -> the warp's
 // fragments. 8 warps as 2 (m) x 4 (n); a warp owns (8 * TM) x 16 outputs: TM / 2 m16 tiles
@@ -68,24 +109,24 @@ __device__ __forceinline__ void tc_stage(const float* As, int lda, const float* 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int g = lane / 4, t = lane % 4;
     const int mb = (warp / 4) * 8 * TM, nb = (warp % 4) * 16;
-    if constexpr (MATH == MATH_BF16) {
+    if constexpr (IsHalf16<MATH>::v) {
         unsigned bf[2][2];
 #pragma unroll
         for (int ni = 0; ni < 2; ni++) {
             const float* b = Bs + nb + ni * 8 + g;
-            bf[ni][0] = pack_bf16x2(b[(2 * t) * ldb], b[(2 * t + 1) * ldb]);
-            bf[ni][1] = pack_bf16x2(b[(2 * t + 8) * ldb], b[(2 * t + 9) * ldb]);
+            bf[ni][0] = pack_half2<MATH>(b[(2 * t) * ldb], b[(2 * t + 1) * ldb]);
+            bf[ni][1] = pack_half2<MATH>(b[(2 * t + 8) * ldb], b[(2 * t + 9) * ldb]);
         }
 #pragma unroll
         for (int mi = 0; mi < TM / 2; mi++) {
             const float* a = As + mb + mi * 16 + g;
             unsigned af[4];
-            af[0] = pack_bf16x2(a[(2 * t) * lda], a[(2 * t + 1) * lda]);
-            af[1] = pack_bf16x2(a[(2 * t) * lda + 8], a[(2 * t + 1) * lda + 8]);
-            af[2] = pack_bf16x2(a[(2 * t + 8) * lda], a[(2 * t + 9) * lda]);
-            af[3] = pack_bf16x2(a[(2 * t + 8) * lda + 8], a[(2 * t + 9) * lda + 8]);
+            af[0] = pack_half2<MATH>(a[(2 * t) * lda], a[(2 * t + 1) * lda]);
+            af[1] = pack_half2<MATH>(a[(2 * t) * lda + 8], a[(2 * t + 1) * lda + 8]);
+            af[2] = pack_half2<MATH>(a[(2 * t + 8) * lda], a[(2 * t + 9) * lda]);
+            af[3] = pack_half2<MATH>(a[(2 * t + 8) * lda + 8], a[(2 * t + 9) * lda + 8]);
 #pragma unroll
-            for (int ni = 0; ni < 2; ni++) mma_bf16_16816(c[mi][ni], af, bf[ni]);
+            for (int ni = 0; ni < 2; ni++) mma_half_16816<MATH>(c[mi][ni], af, bf[ni]);
         }
     } else {
 #pragma unroll
@@ -537,8 +578,8 @@ __device__ __forceinline__ void reduce_splits_body(const float* __restrict__ par
     WGRAD_KERNEL_P(fam##_wgrad_m32##msuf, 2, TAPS, MATH, true, 2)             \
     WGRAD_KERNEL_P(fam##_wgrad_m32##msuf##_np, 2, TAPS, MATH, false, 1)
 
-// Every forward / transpose / weight-gradient entry point of one family, in the three maths
-// (suffixes "", _tf32, _bf16).
+// Every forward / transpose / weight-gradient entry point of one family, in the four maths
+// (suffixes "", _tf32, _bf16, _f16).
 #define CONV_FAMILY(fam, TAPS)                                        \
     IGEMM_FWD_KERNEL(fam##_fwd_m32, 2, TAPS, false, MATH_F32)         \
     IGEMM_FWD_KERNEL(fam##_fwd_m64, 4, TAPS, false, MATH_F32)         \
@@ -554,4 +595,9 @@ __device__ __forceinline__ void reduce_splits_body(const float* __restrict__ par
     IGEMM_FWD_KERNEL(fam##_fwd_m64_bf16, 4, TAPS, false, MATH_BF16)   \
     IGEMM_FWD_KERNEL(fam##_t_m32_bf16, 2, TAPS, true, MATH_BF16)      \
     IGEMM_FWD_KERNEL(fam##_t_m64_bf16, 4, TAPS, true, MATH_BF16)      \
-    WGRAD_KERNEL(fam, TAPS, MATH_BF16, _bf16)
+    WGRAD_KERNEL(fam, TAPS, MATH_BF16, _bf16)                         \
+    IGEMM_FWD_KERNEL(fam##_fwd_m32_f16, 2, TAPS, false, MATH_F16)     \
+    IGEMM_FWD_KERNEL(fam##_fwd_m64_f16, 4, TAPS, false, MATH_F16)     \
+    IGEMM_FWD_KERNEL(fam##_t_m32_f16, 2, TAPS, true, MATH_F16)        \
+    IGEMM_FWD_KERNEL(fam##_t_m64_f16, 4, TAPS, true, MATH_F16)        \
+    WGRAD_KERNEL(fam, TAPS, MATH_F16, _f16)

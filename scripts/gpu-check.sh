@@ -34,6 +34,9 @@ for src in $(grep -L -i cuda tests/*.rs); do
 done
 # Our runner: all test executables at once, then the extras (the pack's own runs them in turn).
 cp scripts/gpu-run.sh .gpu/run.sh
+# Compressed for the carry (the embedded PTX shrinks about 4x; 66 MiB uncompressed with the f16
+# kernels): run.sh unpacks them on the GPU machine.
+gzip -6 .gpu/bin/* .gpu/tests/*
 grep -q 'KernelFormat::Ptx' target/release/build/pdenet-*/out/kernels.rs \
   || { echo "gpu-check: release build did not embed PTX (nvcc not used)" >&2; exit 1; }
 size=$(du -sm .gpu | cut -f1)

@@ -28,7 +28,8 @@ impl Device {
         }
     }
 
-    /// As [`Device::select`], with the convolution arithmetic; `tf32` and `bf16` need CUDA.
+    /// As [`Device::select`], with the convolution arithmetic; `tf32`, `bf16` and `f16` need
+    /// CUDA.
     pub fn select_with(choice: DeviceChoice, precision: Precision) -> Result<Device> {
         if precision == Precision::F32 {
             return Self::select(choice);

@@ -183,18 +183,22 @@ fn conv1x1_family() {
     }
 }
 
-/// `v` as the tensor cores read it: tf32 rounds to nearest with ties away (cvt.rna), bf16 to
-/// nearest even.
+/// `v` as the tensor cores read it: tf32 rounds to nearest with ties away (cvt.rna), bf16 and
+/// f16 to nearest even (cvt.rn).
 fn round_for(p: Precision, v: &[f64]) -> Vec<f64> {
     v.iter()
         .map(|&x| {
-            let u = (x as f32).to_bits();
+            let f = x as f32;
+            let u = f.to_bits();
             let r = match p {
-                Precision::F32 => u,
-                Precision::Tf32 => u.wrapping_add(0x1000) & 0xffff_e000,
-                Precision::Bf16 => (u.wrapping_add(0x7fff + ((u >> 16) & 1))) & 0xffff_0000,
+                Precision::F32 => f,
+                Precision::Tf32 => f32::from_bits(u.wrapping_add(0x1000) & 0xffff_e000),
+                Precision::Bf16 => {
+                    f32::from_bits((u.wrapping_add(0x7fff + ((u >> 16) & 1))) & 0xffff_0000)
+                }
+                Precision::F16 => half::f16::from_f32(f).to_f32(),
             };
-            f32::from_bits(r) as f64
+            r as f64
         })
         .collect()
 }
@@ -208,7 +212,7 @@ fn tensor_core_convolutions() {
     }
     let r = Reference;
     // Every precision, pipelined and unpipelined tiles (f32: exact reference, no rounding).
-    let runs = [Precision::F32, Precision::Tf32, Precision::Bf16]
+    let runs = Precision::ALL
         .into_iter()
         .flat_map(|p| [(p, true), (p, false)]);
     for (p, pipelined) in runs {
@@ -266,16 +270,21 @@ fn tensor_core_convolutions() {
     }
 }
 
-/// The fused step in tf32 / bf16 against the f64 composition, within the operands' rounding.
+/// The fused step in tf32 / bf16 / f16 against the f64 composition, within the operands'
+/// rounding (f16's is tf32's).
 #[test]
 fn tensor_core_fused_step() {
     if cuda().is_none() {
         return;
     }
     let r = Reference;
-    let runs = [(Precision::Tf32, 3e-3), (Precision::Bf16, 2e-2)]
-        .into_iter()
-        .flat_map(|(p, tol)| [(p, tol, true), (p, tol, false)]);
+    let runs = [
+        (Precision::Tf32, 3e-3),
+        (Precision::Bf16, 2e-2),
+        (Precision::F16, 3e-3),
+    ]
+    .into_iter()
+    .flat_map(|(p, tol)| [(p, tol, true), (p, tol, false)]);
     for (p, tol, pipelined) in runs {
         let c = Cuda::try_new_with(p).unwrap().with_pipelined(pipelined);
         let mut g = rng(22);

@@ -59,11 +59,15 @@ static std::vector<double> wgrad_ref(const std::vector<float>& x, const std::vec
         }
     return dk;
 }
-// Inputs as the tensor cores see them (math 1: tf32, 2: bf16).
+// The maths: 0 f32, 1 tf32, 2 bf16, 3 f16 (conv_gemm.cuh's MATH_*).
+static const char* const math_name[4] = {"f32", "tf32", "bf16", "f16"};
+// Inputs as the tensor cores see them (math 1: tf32, 2: bf16, 3: f16).
 static std::vector<float> rounded(const std::vector<float>& v, int math) {
     std::vector<float> r(v.size());
     for (size_t i = 0; i < v.size(); i++)
-        r[i] = math == 1 ? emu_bits_float(to_tf32(v[i]) & 0xffffe000u) : emu_bf16_lo(emu_bf16(v[i]));
+        r[i] = math == 1   ? emu_bits_float(to_tf32(v[i]) & 0xffffe000u)
+               : math == 2 ? emu_bf16_lo(emu_bf16(v[i]))
+                           : emu_f16_lo(emu_f16(v[i]));
     return r;
 }
 // pack16 / unpack16 (kept states in 16 bits): every 16-bit pattern survives unpack -> pack, and
@@ -121,9 +125,64 @@ static void check_pack16() {
     }
 }
 
+// Entry points by [math][tm == 4] from the 32- and 64-row names and a trailing suffix (np).
+#define BY_TM(m32, m64, suf) {m32##suf, m64##suf}
+#define BY_MATH_TM(m32, m64, np)                                                          \
+    {BY_TM(m32, m64, np), BY_TM(m32, m64, _tf32##np), BY_TM(m32, m64, _bf16##np),        \
+     BY_TM(m32, m64, _f16##np)}
+using ConvK = decltype(&conv3x3_fwd_m32);
+using WgradK = decltype(&conv3x3_wgrad);
+using StepSsK = decltype(&step_conv_ss_m32);
+using StepCtK = decltype(&step_convt_m32);
+// [taps == 1][math][tm == 4]
+static const ConvK tc_fwd[2][4][2] = {BY_MATH_TM(conv3x3_fwd_m32, conv3x3_fwd_m64, ),
+                                      BY_MATH_TM(conv1x1_fwd_m32, conv1x1_fwd_m64, )};
+static const ConvK tc_tr[2][4][2] = {BY_MATH_TM(conv3x3_t_m32, conv3x3_t_m64, ),
+                                     BY_MATH_TM(conv1x1_t_m32, conv1x1_t_m64, )};
+static const WgradK tc_wgrad[2][4][2] = {BY_MATH_TM(conv3x3_wgrad_m32, conv3x3_wgrad, ),
+                                         BY_MATH_TM(conv1x1_wgrad_m32, conv1x1_wgrad, )};
+// [np][math][tm == 4]
+static const StepSsK step_ss[2][4][2] = {BY_MATH_TM(step_conv_ss_m32, step_conv_ss_m64, ),
+                                         BY_MATH_TM(step_conv_ss_m32, step_conv_ss_m64, _np)};
+static const StepCtK step_ct[2][4][2] = {BY_MATH_TM(step_convt_m32, step_convt_m64, ),
+                                         BY_MATH_TM(step_convt_m32, step_convt_m64, _np)};
 static dim3 d3(unsigned x, unsigned y = 1, unsigned z = 1) { dim3 d; d.x = x; d.y = y; d.z = z; return d; }
 
+// The f16 rounding of the shim against the compiler's _Float16 (round to nearest even) at every
+// half, the midpoints between neighbours and one float ulp either side, plus random floats.
+static void check_f16_rounding() {
+#ifdef __FLT16_MAX__
+    std::vector<float> probe;
+    for (uint32_t h = 0; h < 0x7c00u; h++) {
+        float v = emu_f16_float(h), next = h + 1 < 0x7c00u ? emu_f16_float(h + 1) : 65520.0f;
+        float mid = (float)(((double)v + next) / 2);
+        for (float f : {v, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f), std::nextafter(v, 1e9f)})
+            probe.insert(probe.end(), {f, -f});
+    }
+    std::mt19937 own(7);  // not the kernels' generator: their inputs stay as they were
+    std::uniform_int_distribution<uint32_t> bits;
+    for (int i = 0; i < 1000000; i++) probe.push_back(emu_bits_float(bits(own)));
+    probe.insert(probe.end(), {INFINITY, -INFINITY, NAN, 1e30f, -1e-30f, 65504.0f, 65519.99f, 65520.0f});
+    long bad = 0;
+    for (float f : probe) {
+        _Float16 h = (_Float16)f;
+        uint16_t want;
+        std::memcpy(&want, &h, 2);
+        uint32_t got = emu_f16(f);
+        bool same = std::isnan(f) ? (got & 0x7c00u) == 0x7c00u && (got & 0x3ffu) : got == want;
+        float back = emu_f16_float(want), ref = (float)h;
+        bool decode = std::isnan(f) || std::memcmp(&back, &ref, 4) == 0;
+        bad += !same || !decode;
+    }
+    if (bad) fails++;
+    printf("%-48s %ld of %zu differ %s\n", "f16 rounding / decoding vs _Float16", bad, probe.size(), bad ? "FAIL" : "ok");
+#else
+    printf("%-48s skipped (no _Float16)\n", "f16 rounding / decoding vs _Float16");
+#endif
+}
+
 int main() {
+    check_f16_rounding();
     struct S { int n, cg, mo, h, w; };
     for (S s : {S{1, 1, 1, 1, 1}, S{2, 3, 5, 7, 5}, S{1, 33, 40, 6, 7}, S{2, 16, 70, 5, 3}, S{3, 7, 9, 1, 1}}) {
         int nq = s.n * s.h * s.w;
@@ -148,21 +207,14 @@ int main() {
                 cmp(buf, xt, conv_ref(z, k, s.n, s.mo, s.cg, s.h, s.w, taps, true));
             }
             // Tensor-core tiles: exact on the rounded operands up to f32 accumulation.
-            for (int math : {1, 2}) {
-                const char* mn = math == 1 ? "tf32" : "bf16";
+            for (int math : {1, 2, 3}) {
+                const char* mn = math_name[math];
                 auto xr = rounded(x, math), kr = rounded(k, math), zr = rounded(z, math);
                 for (int tm : {2, 4}) {
                     int bm = 16 * tm;
                     std::vector<float> y((size_t)s.n * s.mo * s.h * s.w), xt(x.size());
                     dim3 g = d3((nq + 63) / 64, (s.mo + bm - 1) / bm), gt = d3((nq + 63) / 64, (s.cg + bm - 1) / bm);
-                    auto pick = [&](auto a32, auto a64, auto b32, auto b64, auto c32, auto c64, auto d32, auto d64) {
-                        if (taps == 9) return math == 1 ? (tm == 2 ? a32 : a64) : (tm == 2 ? b32 : b64);
-                        return math == 1 ? (tm == 2 ? c32 : c64) : (tm == 2 ? d32 : d64);
-                    };
-                    auto fwd = pick(conv3x3_fwd_m32_tf32, conv3x3_fwd_m64_tf32, conv3x3_fwd_m32_bf16, conv3x3_fwd_m64_bf16,
-                                    conv1x1_fwd_m32_tf32, conv1x1_fwd_m64_tf32, conv1x1_fwd_m32_bf16, conv1x1_fwd_m64_bf16);
-                    auto tr = pick(conv3x3_t_m32_tf32, conv3x3_t_m64_tf32, conv3x3_t_m32_bf16, conv3x3_t_m64_bf16,
-                                   conv1x1_t_m32_tf32, conv1x1_t_m64_tf32, conv1x1_t_m32_bf16, conv1x1_t_m64_bf16);
+                    ConvK fwd = tc_fwd[taps == 1][math][tm == 4], tr = tc_tr[taps == 1][math][tm == 4];
                     launch(g, d3(256), [&] { fwd(x.data(), k.data(), y.data(), s.n, s.cg, s.mo, s.h, s.w, 1); });
                     launch(gt, d3(256), [&] { tr(z.data(), k.data(), xt.data(), s.n, s.mo, s.cg, s.h, s.w, 1); });
                     snprintf(buf, sizeof buf, "conv %s taps=%d tm=%d fwd", mn, taps, tm);
@@ -173,10 +225,7 @@ int main() {
                 int ncol = s.cg * taps, chunk = 32, splits = (nq + chunk - 1) / chunk;
                 for (int tm : {2, 4}) {
                     std::vector<float> part((size_t)splits * s.mo * ncol), dk((size_t)s.mo * ncol);
-                    auto wg = taps == 9 ? (math == 1 ? (tm == 2 ? conv3x3_wgrad_m32_tf32 : conv3x3_wgrad_tf32)
-                                                     : (tm == 2 ? conv3x3_wgrad_m32_bf16 : conv3x3_wgrad_bf16))
-                                        : (math == 1 ? (tm == 2 ? conv1x1_wgrad_m32_tf32 : conv1x1_wgrad_tf32)
-                                                     : (tm == 2 ? conv1x1_wgrad_m32_bf16 : conv1x1_wgrad_bf16));
+                    auto wg = tc_wgrad[taps == 1][math][tm == 4];
                     int bm = 16 * tm;
                     launch(d3((ncol + 63) / 64, (s.mo + bm - 1) / bm, splits), d3(256),
                            [&] { wg(x.data(), z.data(), part.data(), s.n, s.cg, s.mo, s.h, s.w, 1, chunk); });
@@ -207,15 +256,11 @@ int main() {
         int c = s.cg, nq = s.n * s.h * s.w, hw = s.h * s.w;
         auto y = rnd((size_t)s.n * c * hw), yp = rnd(y.size()), k = rnd((size_t)c * c * 9, 0.3f);
         auto sc = rnd(c, 1.5f), sh = rnd(c, 0.3f);
-        for (int math : {0, 1, 2})
+        for (int math : {0, 1, 2, 3})
         for (int tm : {2, 4}) for (int np : {0, 1}) {
             int bm = 16 * tm, parts = (c + bm - 1) / bm;
-            auto ss_k = math == 0 ? (tm == 2 ? (np ? step_conv_ss_m32_np : step_conv_ss_m32) : (np ? step_conv_ss_m64_np : step_conv_ss_m64))
-                      : math == 1 ? (tm == 2 ? (np ? step_conv_ss_m32_tf32_np : step_conv_ss_m32_tf32) : (np ? step_conv_ss_m64_tf32_np : step_conv_ss_m64_tf32))
-                                  : (tm == 2 ? (np ? step_conv_ss_m32_bf16_np : step_conv_ss_m32_bf16) : (np ? step_conv_ss_m64_bf16_np : step_conv_ss_m64_bf16));
-            auto ct_k = math == 0 ? (tm == 2 ? (np ? step_convt_m32_np : step_convt_m32) : (np ? step_convt_m64_np : step_convt_m64))
-                      : math == 1 ? (tm == 2 ? (np ? step_convt_m32_tf32_np : step_convt_m32_tf32) : (np ? step_convt_m64_tf32_np : step_convt_m64_tf32))
-                                  : (tm == 2 ? (np ? step_convt_m32_bf16_np : step_convt_m32_bf16) : (np ? step_convt_m64_bf16_np : step_convt_m64_bf16));
+            StepSsK ss_k = step_ss[np][math][tm == 4];
+            StepCtK ct_k = step_ct[np][math][tm == 4];
             std::vector<float> z(y.size()), ss((size_t)parts * nq), out(y.size());
             dim3 g = d3((nq + 63) / 64, parts);
             launch(g, d3(256), [&] { ss_k(y.data(), k.data(), z.data(), ss.data(), s.n, c, s.h, s.w); });
@@ -237,9 +282,9 @@ int main() {
             std::vector<double> want(y.size());
             for (size_t i = 0; i < y.size(); i++) want[i] = 2.0 * y[i] - yp[i] - 0.25 * kt[i];
             char buf[128];
-            snprintf(buf, sizeof buf, "fused step %s tm=%d np=%d c=%d %dx%d", math == 0 ? "f32" : math == 1 ? "tf32" : "bf16", tm, np, c, s.h, s.w);
-            // Rounding the operands costs ~2^-11 (tf32) / 2^-8 (bf16) relative per product.
-            cmp(buf, out, want, math == 0 ? 1e-5 : math == 1 ? 2e-3 : 1.5e-2);
+            snprintf(buf, sizeof buf, "fused step %s tm=%d np=%d c=%d %dx%d", math_name[math], tm, np, c, s.h, s.w);
+            // Rounding the operands costs ~2^-11 (tf32, f16) / 2^-8 (bf16) relative per product.
+            cmp(buf, out, want, math == 2 ? 1.5e-2 : math == 0 ? 1e-5 : 2e-3);
         }
         // Channel reductions and the tvNorm VJP.
         auto dy = rnd(y.size());

@@ -531,21 +531,36 @@ impl std::str::FromStr for DeviceChoice {
 }
 
 /// The arithmetic of the convolution GEMMs. Storage and accumulation stay f32 in every mode;
-/// `tf32` and `bf16` round the GEMM operands for the tensor cores (CUDA only).
+/// `tf32`, `bf16` and `f16` round the GEMM operands for the tensor cores (CUDA only).
+///
+/// `f16` keeps tf32's 10 mantissa bits (operand rounding 2^-11) but not f32's range: an operand
+/// above 65504 in magnitude becomes infinite, and one below 2^-14 loses bits as a subnormal.
+/// PyTorch's f16 autocast pairs it with loss scaling; pdenet scales nothing, so weights,
+/// activations and gradients must stay within that range (`bf16` keeps f32's range instead).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Precision {
     #[default]
     F32,
     Tf32,
     Bf16,
+    F16,
 }
 
 impl Precision {
+    /// Every precision, f32 first.
+    pub const ALL: [Precision; 4] = [
+        Precision::F32,
+        Precision::Tf32,
+        Precision::Bf16,
+        Precision::F16,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",
             Precision::Tf32 => "tf32",
             Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
         }
     }
 }
@@ -557,8 +572,9 @@ impl std::str::FromStr for Precision {
             "f32" => Ok(Precision::F32),
             "tf32" => Ok(Precision::Tf32),
             "bf16" => Ok(Precision::Bf16),
+            "f16" => Ok(Precision::F16),
             other => Err(crate::error::Error::Input(format!(
-                "unknown precision `{other}` (expected f32, tf32 or bf16)"
+                "unknown precision `{other}` (expected f32, tf32, bf16 or f16)"
             ))),
         }
     }
@@ -612,4 +628,18 @@ impl std::str::FromStr for Storage {
 /// Whether a CUDA device can be used in this process (driver, device and kernels load).
 pub fn cuda_is_usable() -> bool {
     cuda::Cuda::try_new().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Precision;
+
+    #[test]
+    fn precision_names_parse_back() {
+        for p in Precision::ALL {
+            assert_eq!(p.name().parse::<Precision>().unwrap(), p);
+        }
+        let e = "fp16".parse::<Precision>().unwrap_err().to_string();
+        assert!(e.contains("bf16 or f16"), "{e}");
+    }
 }

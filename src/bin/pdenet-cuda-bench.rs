@@ -1,6 +1,6 @@
 //! Micro-benchmark of the CUDA kernels at the ref-cifar sizes (batch 256): conv3x3 forward,
-//! transpose, weight gradient and the fused step in f32, tf32 and bf16, with the pipelined and
-//! the unpipelined convolution tiles, timed with CUDA events
+//! transpose, weight gradient and the fused step in f32, tf32, bf16 and f16, with the pipelined
+//! and the unpipelined convolution tiles, timed with CUDA events
 //! (median of repeats after warm-up). Usage: `pdenet-cuda-bench [--batch N] [--reps N]`. Exits 0 with a SKIP
 //! line when no GPU is usable.
 
@@ -27,7 +27,7 @@ fn main() {
         }
     }
     // Each precision with the pipelined tiles, then the unpipelined ones (an A/B in one run).
-    for p in [Precision::F32, Precision::Tf32, Precision::Bf16] {
+    for p in Precision::ALL {
         for pipelined in [true, false] {
             let cuda = match Cuda::try_new_with(p) {
                 Ok(c) => c.with_pipelined(pipelined),

@@ -42,11 +42,12 @@ fn math_suffix(p: Precision) -> &'static str {
         Precision::F32 => "",
         Precision::Tf32 => "_tf32",
         Precision::Bf16 => "_bf16",
+        Precision::F16 => "_f16",
     }
 }
 
-/// Entry points that also exist with the `_tf32` and `_bf16` suffixes, each of the three also
-/// unpipelined (`_np`, conv_gemm.cuh's PIPE).
+/// Entry points that also exist with the `_tf32`, `_bf16` and `_f16` suffixes, each of the four
+/// also unpipelined (`_np`, conv_gemm.cuh's PIPE).
 const TENSOR_CORE_KERNELS: &[&str] = &[
     "conv3x3_fwd_m32",
     "conv3x3_fwd_m64",
@@ -306,7 +307,7 @@ impl Cuda {
                 .map_err(|e| unavailable(&format!("cannot load kernel module `{module}`"), &e))?;
             for &base in *names {
                 let variants = if TENSOR_CORE_KERNELS.contains(&base) {
-                    &[Precision::F32, Precision::Tf32, Precision::Bf16][..]
+                    &Precision::ALL[..]
                 } else {
                     &[Precision::F32][..]
                 };
