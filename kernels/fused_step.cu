@@ -99,3 +99,73 @@ STEP_KERNELS(2, MATH_BF16, m32_bf16)
 STEP_KERNELS(4, MATH_BF16, m64_bf16)
 STEP_KERNELS(2, MATH_F16, m32_f16)
 STEP_KERNELS(4, MATH_F16, m64_f16)
+
+// ---- the step's VJP ---------------------------------------------------------------------------
+// For f(y) = -K^T sigma(N(K y)) and a cotangent g, the pointwise middle of the VJP between its
+// convolutions, one thread per pixel. From Z = K y (step_conv_ss: Z and the per-tile sums of
+// squares of tvNorm) and G = K g it writes
+//   sneg = -sigma(A), A = N(Z):  wgrad(g -> sneg) is K's first gradient term;
+//   dz   = N's VJP of da = -sigma'(A) G, the cotangent of A:  K^T dz is the layer's dy and
+//          wgrad(y -> dz) K's second term;
+//   part_scale / part_shift [block][c]: the block's sums of da Z / r and da (tvNorm's scale and
+//          shift gradients once channel_finish adds the blocks in order: deterministic).
+// This replaces the composition's norm, activation, activation VJP, norm VJP, two channel
+// reductions and four negations: one pass over Z and G instead of eleven.
+#define SYM_THREADS 256
+
+extern "C" __global__ void __launch_bounds__(SYM_THREADS)
+    sym_vjp_mid(const float* __restrict__ z, const float* __restrict__ ss_part, int n_parts,
+                const float* __restrict__ gk, const float* __restrict__ s,
+                const float* __restrict__ b, int tv, int act, int nb, int nc, int hw,
+                float* __restrict__ sneg, float* __restrict__ dz, double* __restrict__ part_scale,
+                double* __restrict__ part_shift) {
+    __shared__ double red_s[SYM_THREADS], red_b[SYM_THREADS];
+    const int nq = nb * hw, t = threadIdx.x;
+    const int q = blockIdx.x * SYM_THREADS + t;
+    const bool live = q < nq;
+    const int n = live ? q / hw : 0, p = live ? q - n * hw : 0;
+    const size_t base = (size_t)n * nc * hw + p;
+    float r = 1.0f;
+    if (tv && live) {
+        NormAct na = {ss_part, n_parts, s, b, tv, act};
+        r = tv_norm_at(na, q, nq);
+    }
+    const double ird = 1.0 / (double)r;
+    double dot = 0.0, ssd = 0.0;  // sum_c s_c da_c Z_c, sum_c Z_c^2
+    for (int c = 0; c < nc; c++) {
+        double da = 0.0, zc = 0.0;
+        if (live) {
+            const size_t i = base + (size_t)c * hw;
+            zc = z[i];
+            const float a = tv ? s[c] * z[i] / r + b[c] : z[i] + b[c];
+            sneg[i] = -act_fwd(act, a);
+            da = -(double)act_grad(act, a) * gk[i];
+            dot = fma((double)(tv ? s[c] : 1.0f) * da, zc, dot);
+            ssd = fma(zc, zc, ssd);
+            dz[i] = (float)da;  // shift: N's VJP is the identity; tv: finished below
+        }
+        red_s[t] = da * zc * ird;
+        red_b[t] = da;
+        __syncthreads();
+        for (int off = SYM_THREADS / 2; off > 0; off >>= 1) {
+            if (t < off) {
+                red_s[t] += red_s[t + off];
+                red_b[t] += red_b[t + off];
+            }
+            __syncthreads();
+        }
+        if (t == 0) {
+            part_scale[(size_t)blockIdx.x * nc + c] = red_s[0];
+            part_shift[(size_t)blockIdx.x * nc + c] = red_b[0];
+        }
+        __syncthreads();
+    }
+    if (!tv || !live) return;
+    // dz_c = s_c da_c / r - Z_c (sum_c' s_c' da_c' Z_c') / r^3 with r from the sums of squares
+    // in double, as tvnorm_vjp_dx: with few channels the two terms cancel to s_c da_c eps / r^3.
+    const double irs = 1.0 / sqrt(ssd + TV_EPS_D), k3 = dot * irs * irs * irs;
+    for (int c = 0; c < nc; c++) {
+        const size_t i = base + (size_t)c * hw;
+        dz[i] = (float)((double)s[c] * (double)dz[i] * irs - (double)z[i] * k3);
+    }
+}

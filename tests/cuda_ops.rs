@@ -664,56 +664,60 @@ fn fused_step_matches_composition() {
     }
 }
 
+/// The fused VJP of the symmetric layer (kernels/fused_step.cu `sym_vjp_mid` between four
+/// convolutions) against the f64 composition: tvNorm and shift-only, tanh and relu, one
+/// channel (where tvNorm's VJP cancels), 64-row tiles split over two parts and several blocks.
 #[test]
 fn symmetric_layer_vjp() {
     let Some(c) = cuda() else { return };
     let r = Reference;
     let mut g = rng(11);
-    for d in [Dims::new(2, 3, 7, 5), Dims::new(2, 33, 6, 6)] {
-        let y = both(&c, rand_vec(&mut g, d.len(), 1.0));
-        let gr = both(&c, rand_vec(&mut g, d.len(), 1.0));
-        let k = both(
-            &c,
-            rand_vec(&mut g, d.c * d.c * 9, 1.0 / (d.c as f64 * 9.0).sqrt()),
-        );
-        let s = both(&c, rand_vec(&mut g, d.c, 1.5));
-        let b = both(&c, rand_vec(&mut g, d.c, 0.3));
-        let act = Activation::Tanh;
-        let gc = c
-            .sym_full3x3_vjp(
-                &y.dev,
-                d,
-                &k.dev,
-                Norm::Tv {
-                    s: &s.dev,
-                    b: &b.dev,
-                },
-                act,
-                &gr.dev,
-            )
-            .unwrap();
-        let gw = r
-            .sym_full3x3_vjp(
-                &y.host,
-                d,
-                &k.host,
-                Norm::Tv {
-                    s: &s.host,
-                    b: &b.host,
-                },
-                act,
-                &gr.host,
-            )
-            .unwrap();
-        check(&c, "sym dy", &gc.dy, &gw.dy);
-        check(&c, "sym dk", &gc.dk, &gw.dk);
-        check(
-            &c,
-            "sym dscale",
-            gc.dscale.as_ref().unwrap(),
-            gw.dscale.as_ref().unwrap(),
-        );
-        check(&c, "sym dshift", &gc.dshift, &gw.dshift);
+    let shapes = [
+        Dims::new(2, 3, 7, 5),
+        Dims::new(2, 33, 6, 6),
+        Dims::new(1, 1, 4, 4),
+        Dims::new(3, 70, 12, 11),
+    ];
+    for d in shapes {
+        for tv in [true, false] {
+            for act in [Activation::Tanh, Activation::Relu] {
+                let y = both(&c, rand_vec(&mut g, d.len(), 1.0));
+                let gr = both(&c, rand_vec(&mut g, d.len(), 1.0));
+                let k = both(
+                    &c,
+                    rand_vec(&mut g, d.c * d.c * 9, 1.0 / (d.c as f64 * 9.0).sqrt()),
+                );
+                let s = both(&c, rand_vec(&mut g, d.c, 1.5));
+                let b = both(&c, rand_vec(&mut g, d.c, 0.3));
+                let (nc, nr) = if tv {
+                    (
+                        Norm::Tv {
+                            s: &s.dev,
+                            b: &b.dev,
+                        },
+                        Norm::Tv {
+                            s: &s.host,
+                            b: &b.host,
+                        },
+                    )
+                } else {
+                    (Norm::Shift { b: &b.dev }, Norm::Shift { b: &b.host })
+                };
+                let gc = c
+                    .sym_full3x3_vjp(&y.dev, d, &k.dev, nc, act, &gr.dev)
+                    .unwrap();
+                let gw = r
+                    .sym_full3x3_vjp(&y.host, d, &k.host, nr, act, &gr.host)
+                    .unwrap();
+                check(&c, "sym dy", &gc.dy, &gw.dy);
+                check(&c, "sym dk", &gc.dk, &gw.dk);
+                assert_eq!(gc.dscale.is_some(), tv);
+                if let (Some(a), Some(w)) = (&gc.dscale, &gw.dscale) {
+                    check(&c, "sym dscale", a, w);
+                }
+                check(&c, "sym dshift", &gc.dshift, &gw.dshift);
+            }
+        }
     }
 }
 

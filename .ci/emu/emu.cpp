@@ -181,6 +181,66 @@ static void check_f16_rounding() {
 #endif
 }
 
+// sym_vjp_mid (the pointwise middle of the step's VJP) against its formulas in double, with the
+// sums of squares split over two tiles, tvNorm and shift-only, tanh and relu, a partial last block.
+static void check_sym_vjp_mid() {
+    struct S { int n, c, hw; };
+    for (S s : {S{1, 1, 1}, S{2, 3, 35}, S{3, 40, 100}, S{1, 5, 513}})
+        for (int tv : {1, 0})
+            for (int act : {ACT_TANH, ACT_RELU}) {
+                const int nq = s.n * s.hw, blocks = (nq + 255) / 256;
+                auto z = rnd((size_t)s.n * s.c * s.hw), gk = rnd(z.size());
+                auto sc = rnd(s.c, 1.5f), sh = rnd(s.c, 0.3f);
+                std::vector<float> ss(2 * (size_t)nq, 0.0f), sneg(z.size()), dz(z.size());
+                for (int q = 0; q < nq; q++) {
+                    int n = q / s.hw, p = q % s.hw;
+                    for (int c = 0; c < s.c; c++) {
+                        float v = z[((size_t)n * s.c + c) * s.hw + p];
+                        ss[(size_t)(c % 2) * nq + q] += v * v;
+                    }
+                }
+                std::vector<double> ps((size_t)blocks * s.c), pb(ps.size());
+                launch(d3(blocks), d3(256), [&] {
+                    sym_vjp_mid(z.data(), ss.data(), 2, gk.data(), sc.data(), sh.data(), tv, act, s.n,
+                                s.c, s.hw, sneg.data(), dz.data(), ps.data(), pb.data());
+                });
+                std::vector<double> want_s(z.size()), want_dz(z.size()), want_ds(s.c), want_db(s.c);
+                std::vector<float> got_ds(s.c), got_db(s.c);
+                for (int q = 0; q < nq; q++) {
+                    int n = q / s.hw, p = q % s.hw;
+                    auto at = [&](int c) { return ((size_t)n * s.c + c) * s.hw + p; };
+                    double sq = 0, dot = 0;
+                    for (int c = 0; c < s.c; c++) sq += (double)z[at(c)] * z[at(c)];
+                    double r = tv ? std::sqrt(sq + 1e-4) : 1.0;
+                    std::vector<double> da(s.c);
+                    for (int c = 0; c < s.c; c++) {
+                        double zc = z[at(c)], a = tv ? sc[c] * zc / r + sh[c] : zc + sh[c];
+                        double f = act == ACT_TANH ? std::tanh(a) : std::max(a, 0.0);
+                        double fp = act == ACT_TANH ? 1 - std::tanh(a) * std::tanh(a) : (a > 0 ? 1.0 : 0.0);
+                        want_s[at(c)] = -f;
+                        da[c] = -fp * gk[at(c)];
+                        dot += (tv ? sc[c] : 1.0) * da[c] * zc;
+                        want_ds[c] += da[c] * zc / r;
+                        want_db[c] += da[c];
+                    }
+                    for (int c = 0; c < s.c; c++)
+                        want_dz[at(c)] = tv ? sc[c] * da[c] / r - z[at(c)] * dot / (r * r * r) : da[c];
+                }
+                for (int c = 0; c < s.c; c++)
+                    for (int blk = 0; blk < blocks; blk++) {
+                        got_ds[c] += (float)ps[(size_t)blk * s.c + c];
+                        got_db[c] += (float)pb[(size_t)blk * s.c + c];
+                    }
+                char buf[96];
+                snprintf(buf, sizeof buf, "sym_vjp_mid %s %s c=%d px=%d", tv ? "tv" : "shift",
+                         act == ACT_TANH ? "tanh" : "relu", s.c, nq);
+                cmp(buf, sneg, want_s);
+                cmp("  dz", dz, want_dz);
+                if (tv) cmp("  dscale", got_ds, want_ds);
+                cmp("  dshift", got_db, want_db);
+            }
+}
+
 int main() {
     check_f16_rounding();
     struct S { int n, cg, mo, h, w; };
@@ -440,6 +500,7 @@ int main() {
         cmp("diffusion solve: (I + h a L) y = x", back, xd);
         cmp("diffusion coefficient gradient", dd, want_dd);
     }
+    check_sym_vjp_mid();
     check_pack16();
     printf("%s (%d failures)\n", fails ? "FAILED" : "all ok", fails);
     return fails ? 1 : 0;

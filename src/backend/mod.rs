@@ -417,19 +417,32 @@ pub trait Backend: Send + Sync + Sized {
         act: Activation,
         g: &Self::Buf,
     ) -> Result<SymGrads<Self::Buf>> {
-        let g = crate::operators::sym_vjp(self, OpRef::Full3x3(k), y, d, norm, act, g)?;
-        let dk = g
-            .dop
-            .into_iter()
-            .next()
-            .expect("the full operator has one weight");
-        Ok(SymGrads {
-            dy: g.dy,
-            dk,
-            dscale: g.dscale,
-            dshift: g.dshift,
-        })
+        sym_full3x3_vjp_composed(self, y, d, k, norm, act, g)
     }
+}
+
+/// [`Backend::sym_full3x3_vjp`] composed of the primitives (the trait's default, and the
+/// fused backends' path for shapes their kernels do not take).
+pub(crate) fn sym_full3x3_vjp_composed<B: Backend>(
+    be: &B,
+    y: &B::Buf,
+    d: Dims,
+    k: &B::Buf,
+    norm: Norm<'_, B::Buf>,
+    act: Activation,
+    g: &B::Buf,
+) -> Result<SymGrads<B::Buf>> {
+    let g = crate::operators::sym_vjp(be, OpRef::Full3x3(k), y, d, norm, act, g)?;
+    let mut dop = g.dop.into_iter();
+    let dk = dop
+        .next()
+        .ok_or_else(|| crate::error::Error::Other("the full operator has one weight".into()))?;
+    Ok(SymGrads {
+        dy: g.dy,
+        dk,
+        dscale: g.dscale,
+        dshift: g.dshift,
+    })
 }
 
 /// An op whose working memory a backend may declare ([`Backend::scratch_bytes`]); `d` is the

@@ -99,6 +99,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "step_conv_ss_m64",
             "step_convt_m32",
             "step_convt_m64",
+            "sym_vjp_mid",
         ],
     ),
     (

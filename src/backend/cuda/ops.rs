@@ -4,8 +4,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{cu, grid_1d, i32_of, Cuda, DeviceBuf};
 use crate::backend::{
-    diffusion_solve_on_host, diffusion_solve_vjp_on_host, Activation, Backend, BnStats, Norm,
-    Storage, BN_MOMENTUM,
+    diffusion_solve_on_host, diffusion_solve_vjp_on_host, sym_full3x3_vjp_composed, Activation,
+    Backend, BnStats, Norm, Storage, SymGrads, BN_MOMENTUM,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -937,6 +937,98 @@ impl Backend for Cuda {
             launch!(self, "fixed_axpy", grid_1d(len); out.slice(), qi.slice(), ci, &l)?;
         }
         Ok(out)
+    }
+
+    /// Four convolutions around one pointwise kernel (kernels/fused_step.cu `sym_vjp_mid`):
+    /// `Z = K y` with tvNorm's sums of squares (the forward step's first launch), `G = K g`,
+    /// the middle, then `K^T dz` and the two weight gradients.
+    fn sym_full3x3_vjp(
+        &self,
+        y: &Buf,
+        d: Dims,
+        k: &Buf,
+        norm: Norm<'_, Buf>,
+        act: Activation,
+        g: &Buf,
+    ) -> Result<SymGrads<Buf>> {
+        check_len(y, d.len(), "step VJP input")?;
+        check_len(g, d.len(), "step VJP cotangent")?;
+        check_len(k, d.c * d.c * 9, "step VJP weight")?;
+        let (s, b, tv) = match norm {
+            Norm::Tv { s, b } => {
+                check_len(s, d.c, "step VJP norm scale")?;
+                (s, b, 1i32)
+            }
+            Norm::Shift { b } => (b, b, 0i32),
+        };
+        check_len(b, d.c, "step VJP shift")?;
+        self.check_dims(d)?;
+        if d.is_empty() || d.c == 0 {
+            return sym_full3x3_vjp_composed(self, y, d, k, norm, act, g);
+        }
+        let (bm, suffix) = m_tile(d.c);
+        let nq = d.n * d.hw();
+        let cfg = gemm_grid(nq, d.c, bm)?;
+        let parts = d.c.div_ceil(bm);
+        let (nb, c, h, w) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
+        let z = self.alloc::<f32>(d.len())?;
+        let ss = if tv == 1 {
+            let ss = self.alloc::<f32>(parts * nq)?;
+            launch!(self, self.tc_name(&format!("step_conv_ss_{suffix}")).as_str(), cfg; y.slice(),
+                    k.slice(), z.slice(), ss.slice(), &nb, &c, &h, &w)?;
+            Some(ss)
+        } else {
+            launch!(self, self.tc_name(&format!("conv3x3_fwd_{suffix}")).as_str(), cfg; y.slice(),
+                    k.slice(), z.slice(), &nb, &c, &c, &h, &w, &1i32)?;
+            None
+        };
+        let gk = self.conv3x3(g, d, k, d.c)?;
+        const SYM_THREADS: usize = 256;
+        let blocks = nq.div_ceil(SYM_THREADS);
+        let sneg = self.alloc::<f32>(d.len())?;
+        let dz = self.alloc::<f32>(d.len())?;
+        let part_scale = self.alloc::<f64>(blocks * d.c)?;
+        let part_shift = self.alloc::<f64>(blocks * d.c)?;
+        let mid = LaunchConfig {
+            grid_dim: (
+                u32::try_from(blocks).map_err(|_| Error::Shape("too many pixels".into()))?,
+                1,
+                1,
+            ),
+            block_dim: (SYM_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n_parts, a, hw) = (parts as i32, act_code(act), d.hw() as i32);
+        let ss_slice = ss.as_ref().map_or(z.slice(), |v| v.slice());
+        launch!(self, "sym_vjp_mid", mid; z.slice(), ss_slice, &n_parts, gk.slice(), s.slice(),
+                b.slice(), &tv, &a, &nb, &c, &hw, sneg.slice(), dz.slice(), part_scale.slice(),
+                part_shift.slice())?;
+        drop((z, ss, gk));
+        let finish = |part: &DeviceBuf<f64>| -> Result<Buf> {
+            let out = self.alloc::<f32>(d.c)?;
+            let ns = blocks as i32;
+            launch!(self, "channel_finish", grid_1d(d.c); part.slice(), &ns, &c, &1.0f64,
+                    out.slice())?;
+            Ok(out)
+        };
+        let dscale = if tv == 1 {
+            Some(finish(&part_scale)?)
+        } else {
+            None
+        };
+        let dshift = finish(&part_shift)?;
+        drop((part_scale, part_shift));
+        let dy = self.conv3x3_t(&dz, d, k, d.c)?;
+        let mut dk = self.conv3x3_wgrad(g, d, &sneg, d.c)?;
+        drop(sneg);
+        let dk_y = self.conv3x3_wgrad(y, d, &dz, d.c)?;
+        self.axpy(1.0, &dk_y, &mut dk)?;
+        Ok(SymGrads {
+            dy,
+            dk,
+            dscale,
+            dshift,
+        })
     }
 
     fn step_full3x3(
