@@ -235,6 +235,17 @@ fn section7(cr: &mut Criterion) {
         grp.bench_function("diffusion_solve", |bn| {
             bn.iter(|| b.diffusion_solve(black_box(&x), d, &diff, 0.5).unwrap())
         });
+        // The host fallback it replaced (f64 rustfft, one plane at a time), for the ratio.
+        let (x64, diff64): (Vec<f64>, Vec<f64>) = (
+            x.iter().map(|&v| f64::from(v)).collect(),
+            diff.iter().map(|&v| f64::from(v)).collect(),
+        );
+        grp.bench_function("diffusion_solve_host_f64", |bn| {
+            bn.iter(|| {
+                pdenet::backend::host::diffusion_solve_fft(black_box(&x64), d, &diff64, 0.5)
+                    .unwrap()
+            })
+        });
         grp.bench_function("haar", |bn| bn.iter(|| b.haar(black_box(&x), d).unwrap()));
         grp.finish();
     }

@@ -216,7 +216,7 @@ pub fn grouped_conv_wgrad(
 }
 
 /// Eigenvalue of the periodic 5-point negative Laplacian at frequency `(p, q)` on `h x w`.
-fn laplace_eigen(p: usize, q: usize, h: usize, w: usize) -> f64 {
+pub fn laplace_eigen(p: usize, q: usize, h: usize, w: usize) -> f64 {
     let s = |k: usize, n: usize| (std::f64::consts::PI * k as f64 / n as f64).sin().powi(2);
     4.0 * s(p, h) + 4.0 * s(q, w)
 }
@@ -240,11 +240,16 @@ pub fn neg_laplacian(u: &[f64], d: Dims) -> Vec<f64> {
     out
 }
 
-fn check_diffusion(x: &[f64], d: Dims, diff: &[f64], h: f64) -> Result<()> {
-    check_len(x.len(), d.len(), "diffusion solve input")?;
-    check_len(diff.len(), d.c, "diffusion coefficients")?;
+/// The shape checks of the diffusion solve: input length `len`, `ndiff` coefficients, step `h`.
+pub fn check_diffusion_shape(len: usize, d: Dims, ndiff: usize, h: f64) -> Result<()> {
+    check_len(len, d.len(), "diffusion solve input")?;
+    check_len(ndiff, d.c, "diffusion coefficients")?;
     ensure_shape!(h.is_finite() && h >= 0.0, "diffusion step {h} is not >= 0");
     Ok(())
+}
+
+fn check_diffusion(x: &[f64], d: Dims, diff: &[f64], h: f64) -> Result<()> {
+    check_diffusion_shape(x.len(), d, diff.len(), h)
 }
 
 /// A 1-D DFT of `v` (length `n`) by the definition: `sign` -1 forward, +1 inverse (unscaled).

@@ -12,6 +12,7 @@ mod section7;
 use rayon::prelude::*;
 
 use super::half16::{self, Packed16};
+use super::host;
 use super::reference::round_to_i32;
 use super::{
     Activation, Backend, BnStats, Norm, Scratch, ScratchOp, Storage, SymGrads, BN_EPS, BN_MOMENTUM,
@@ -397,6 +398,25 @@ impl Backend for Cpu {
         check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
         let (taps, _, _, w) = section7::CONV1;
         Ok(section7::wgrad(x, d, dz, cout, groups, taps, w))
+    }
+    fn diffusion_solve(&self, x: &Vec<f32>, d: Dims, diff: &Vec<f32>, h: f64) -> Result<Vec<f32>> {
+        host::check_diffusion_shape(x.len(), d, diff.len(), h)?;
+        Ok(section7::diffusion_solve(x, d, diff, h))
+    }
+    fn diffusion_solve_vjp(
+        &self,
+        y: &Vec<f32>,
+        d: Dims,
+        diff: &Vec<f32>,
+        h: f64,
+        g: &Vec<f32>,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        host::check_diffusion_shape(y.len(), d, diff.len(), h)?;
+        check_len(g, d.len(), "diffusion solve cotangent")?;
+        // The solve is symmetric: dx = S g.
+        let dx = section7::diffusion_solve(g, d, diff, h);
+        let dd = section7::diffusion_diff_grad(y, &dx, d, diff, h);
+        Ok((dx, dd))
     }
 
     fn add_channel_bias(&self, x: &Vec<f32>, d: Dims, b: &Vec<f32>) -> Result<Vec<f32>> {
