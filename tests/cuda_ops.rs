@@ -52,6 +52,29 @@ fn assert_close(what: &str, got: &[f64], want: &[f64]) {
     assert!(e <= TOL, "{what}: relative error {e:.3e} > {TOL:.0e}");
 }
 
+/// tvNorm (scale `s`, shift `b`) or shift-only, on the device and on the reference.
+fn norms<'a, B: Backend>(
+    tv: bool,
+    s: &'a Both<B>,
+    b: &'a Both<B>,
+) -> (Norm<'a, B::Buf>, Norm<'a, Vec<f64>>) {
+    if tv {
+        let dev = Norm::Tv {
+            s: &s.dev,
+            b: &b.dev,
+        };
+        (
+            dev,
+            Norm::Tv {
+                s: &s.host,
+                b: &b.host,
+            },
+        )
+    } else {
+        (Norm::Shift { b: &b.dev }, Norm::Shift { b: &b.host })
+    }
+}
+
 /// A test input held on the backend under test and on the reference.
 struct Both<B: Backend> {
     dev: B::Buf,
@@ -615,20 +638,7 @@ fn fused_step_matches_composition() {
         let b = both(&c, rand_vec(&mut g, d.c, 0.3));
         for act in [Activation::Relu, Activation::Tanh, Activation::Logcosh] {
             for tv in [true, false] {
-                let (nc, nr) = if tv {
-                    (
-                        Norm::Tv {
-                            s: &s.dev,
-                            b: &b.dev,
-                        },
-                        Norm::Tv {
-                            s: &s.host,
-                            b: &b.host,
-                        },
-                    )
-                } else {
-                    (Norm::Shift { b: &b.dev }, Norm::Shift { b: &b.host })
-                };
+                let (nc, nr) = norms(tv, &s, &b);
                 let cases: Vec<(Vec<f64>, f64)> = vec![
                     (vec![1.0], 0.5),
                     (vec![2.0, -1.0], 0.25),
@@ -689,20 +699,7 @@ fn symmetric_layer_vjp() {
                 );
                 let s = both(&c, rand_vec(&mut g, d.c, 1.5));
                 let b = both(&c, rand_vec(&mut g, d.c, 0.3));
-                let (nc, nr) = if tv {
-                    (
-                        Norm::Tv {
-                            s: &s.dev,
-                            b: &b.dev,
-                        },
-                        Norm::Tv {
-                            s: &s.host,
-                            b: &b.host,
-                        },
-                    )
-                } else {
-                    (Norm::Shift { b: &b.dev }, Norm::Shift { b: &b.host })
-                };
+                let (nc, nr) = norms(tv, &s, &b);
                 let gc = c
                     .sym_full3x3_vjp(&y.dev, d, &k.dev, nc, act, &gr.dev)
                     .unwrap();

@@ -966,22 +966,9 @@ impl Backend for Cuda {
         if d.is_empty() || d.c == 0 {
             return sym_full3x3_vjp_composed(self, y, d, k, norm, act, g);
         }
-        let (bm, suffix) = m_tile(d.c);
         let nq = d.n * d.hw();
-        let cfg = gemm_grid(nq, d.c, bm)?;
-        let parts = d.c.div_ceil(bm);
-        let (nb, c, h, w) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
-        let z = self.alloc::<f32>(d.len())?;
-        let ss = if tv == 1 {
-            let ss = self.alloc::<f32>(parts * nq)?;
-            launch!(self, self.tc_name(&format!("step_conv_ss_{suffix}")).as_str(), cfg; y.slice(),
-                    k.slice(), z.slice(), ss.slice(), &nb, &c, &h, &w)?;
-            Some(ss)
-        } else {
-            launch!(self, self.tc_name(&format!("conv3x3_fwd_{suffix}")).as_str(), cfg; y.slice(),
-                    k.slice(), z.slice(), &nb, &c, &c, &h, &w, &1i32)?;
-            None
-        };
+        let (nb, c) = (d.n as i32, d.c as i32);
+        let (z, ss, parts) = self.step_conv_first(y, d, k, tv == 1)?;
         let gk = self.conv3x3(g, d, k, d.c)?;
         const SYM_THREADS: usize = 256;
         let blocks = nq.div_ceil(SYM_THREADS);
@@ -1068,25 +1055,14 @@ impl Backend for Cuda {
             all.push((-coef, &zero));
             return self.lincomb(&all);
         }
-        let (bm, suffix) = m_tile(d.c);
-        let nq = d.n * d.hw();
-        let cfg = gemm_grid(nq, d.c, bm)?;
-        let parts = d.c.div_ceil(bm);
-        let (nb, c, h, w) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
-        let z = self.alloc::<f32>(d.len())?;
-        let (ss, s, b, tv) = match norm {
-            Norm::Tv { s, b } => {
-                let ss = self.alloc::<f32>(parts * nq)?;
-                launch!(self, self.tc_name(&format!("step_conv_ss_{suffix}")).as_str(), cfg; y.slice(), k.slice(),
-                        z.slice(), ss.slice(), &nb, &c, &h, &w)?;
-                (Some(ss), s, b, 1i32)
-            }
-            Norm::Shift { b } => {
-                launch!(self, self.tc_name(&format!("conv3x3_fwd_{suffix}")).as_str(), cfg; y.slice(), k.slice(),
-                        z.slice(), &nb, &c, &c, &h, &w, &1i32)?;
-                (None, b, b, 0i32)
-            }
+        let (s, b, tv) = match norm {
+            Norm::Tv { s, b } => (s, b, 1i32),
+            Norm::Shift { b } => (b, b, 0i32),
         };
+        let (z, ss, parts) = self.step_conv_first(y, d, k, tv == 1)?;
+        let (bm, suffix) = m_tile(d.c);
+        let cfg = gemm_grid(d.n * d.hw(), d.c, bm)?;
+        let (nb, c, h, w) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
         let out = self.alloc::<f32>(d.len())?;
         let n_parts = parts as i32;
         let a = act_code(act);
@@ -1106,6 +1082,33 @@ impl Backend for Cuda {
 }
 
 impl Cuda {
+    /// The first launch of the fused step and of its VJP: `Z = K y` (square `K`) and, with
+    /// tvNorm, the per-tile sums of squares `[parts][pixels]` its prologues read. Returns `Z`,
+    /// the sums and the number of tiles.
+    fn step_conv_first(
+        &self,
+        y: &Buf,
+        d: Dims,
+        k: &Buf,
+        tv: bool,
+    ) -> Result<(Buf, Option<Buf>, usize)> {
+        let (bm, suffix) = m_tile(d.c);
+        let nq = d.n * d.hw();
+        let cfg = gemm_grid(nq, d.c, bm)?;
+        let parts = d.c.div_ceil(bm);
+        let (nb, c, h, w) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
+        let z = self.alloc::<f32>(d.len())?;
+        if !tv {
+            launch!(self, self.tc_name(&format!("conv3x3_fwd_{suffix}")).as_str(), cfg; y.slice(),
+                    k.slice(), z.slice(), &nb, &c, &c, &h, &w, &1i32)?;
+            return Ok((z, None, parts));
+        }
+        let ss = self.alloc::<f32>(parts * nq)?;
+        launch!(self, self.tc_name(&format!("step_conv_ss_{suffix}")).as_str(), cfg; y.slice(),
+                k.slice(), z.slice(), ss.slice(), &nb, &c, &h, &w)?;
+        Ok((z, Some(ss), parts))
+    }
+
     /// A new `[n, cc, hw]` buffer holding channels `[off, off + cc)` of `src` (`c_src` channels).
     #[allow(clippy::too_many_arguments)]
     fn copy_channels(
