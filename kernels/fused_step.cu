@@ -139,10 +139,12 @@ extern "C" __global__ void __launch_bounds__(SYM_THREADS)
             zc = z[i];
             const float a = tv ? s[c] * z[i] / r + b[c] : z[i] + b[c];
             sneg[i] = -act_fwd(act, a);
-            da = -(double)act_grad(act, a) * gk[i];
+            // Rounded to f32 once, here: the second pass reads it back, and with few channels
+            // its two terms cancel, so both must see the same da.
+            dz[i] = -act_grad(act, a) * gk[i];  // shift: N's VJP is the identity; tv: below
+            da = dz[i];
             dot = fma((double)(tv ? s[c] : 1.0f) * da, zc, dot);
             ssd = fma(zc, zc, ssd);
-            dz[i] = (float)da;  // shift: N's VJP is the identity; tv: finished below
         }
         red_s[t] = da * zc * ird;
         red_b[t] = da;
