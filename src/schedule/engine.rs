@@ -67,16 +67,22 @@ impl<B: Backend> std::ops::Deref for Held<'_, B> {
 impl<B: Backend> Slot<B> {
     /// `x` as a kept state in `storage`.
     fn keep(be: &B, x: B::Buf, storage: Storage) -> Result<Self> {
-        Ok(match storage {
-            Storage::F32 => Slot::Full(x),
-            _ => Slot::Packed(be.pack16(&x, storage)?),
-        })
+        let mut slot = Slot::Full(x);
+        slot.pack(be, storage)?;
+        Ok(slot)
     }
     fn get<'a>(&'a self, be: &B) -> Result<Held<'a, B>> {
         Ok(match self {
             Slot::Full(b) => Held::Borrowed(b),
             Slot::Packed(h) => Held::Unpacked(be.unpack16(h)?),
         })
+    }
+    /// The values as a buffer of the caller's: a copy, or the unpacked state.
+    fn to_buf(&self, be: &B) -> Result<B::Buf> {
+        match self {
+            Slot::Full(b) => be.copy(b),
+            Slot::Packed(h) => be.unpack16(h),
+        }
     }
     fn into_buf(self, be: &B) -> Result<B::Buf> {
         match self {
@@ -1457,11 +1463,7 @@ impl<B: Backend> Engine<B> {
                 Kept::All(s) => {
                     let a1 = s.pop().map(|mut v| v.swap_remove(0));
                     let a1 = a1.ok_or_else(|| Error::Other("missing state".into()))?;
-                    let bj = match &s[j][1] {
-                        Slot::Full(b) => be.copy(b)?,
-                        Slot::Packed(h) => be.unpack16(h)?,
-                    };
-                    (a1.into_buf(be)?, bj)
+                    (a1.into_buf(be)?, s[j][1].to_buf(be)?)
                 }
                 Kept::AllFixed(s) => {
                     let st = s
