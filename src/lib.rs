@@ -11,6 +11,7 @@ pub mod network;
 pub mod operators;
 pub mod params;
 pub mod schedule;
+pub mod solvers;
 pub mod tensor;
 pub mod train;
 
