@@ -1,3 +1,5 @@
-//! Solvers built on the engine: networks that solve PDEs (DL -> PDE, SPEC sections 11-12) and
-//! PDE image restoration (SPEC section 13). Each lives in its own submodule; none is used by the
-//! engine itself.
+//! Solvers built on the engine's ops: the ODE solvers of continuous-time units (SPEC section 10),
+//! networks that solve PDEs (DL -> PDE, SPEC sections 11-12) and PDE image restoration (SPEC
+//! section 13), each in its own submodule.
+
+pub mod ode;

@@ -1,0 +1,136 @@
+//! Continuous-time units (SPEC section 10): explicit Runge-Kutta solvers (euler, rk4, dopri5 with
+//! torchdiffeq's step-size controller), the discretize-optimize gradient through the accepted
+//! steps and the continuous adjoint. Generic over the space the state lives in ([`Space`]: a
+//! backend's buffers, or the adjoint's augmented state) and the right-hand side ([`Rhs`]), so the
+//! same solver runs a unit's fused step ops on any backend and the analytic test problems.
+
+mod adjoint;
+mod backprop;
+mod integrate;
+mod space;
+pub mod tableau;
+
+pub use adjoint::{adjoint, Aug, AugSpace};
+pub use backprop::{backprop, IntervalGrad};
+pub use integrate::{solve, Solution, Step};
+pub use space::{scaled_sq_host, BackendSpace, Rhs, RhsVjp, Space, Tol};
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tableau::{Tableau, DOPRI5, EULER, RK4};
+
+/// The `solver` key of an `ode` unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Solver {
+    Euler,
+    Rk4,
+    #[default]
+    Dopri5,
+}
+
+impl Solver {
+    pub fn tableau(self) -> &'static Tableau {
+        match self {
+            Solver::Euler => &EULER,
+            Solver::Rk4 => &RK4,
+            Solver::Dopri5 => &DOPRI5,
+        }
+    }
+    pub fn adaptive(self) -> bool {
+        self.tableau().error.is_some()
+    }
+}
+
+/// The `gradient` key of an `ode` unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gradient {
+    /// Discretize-optimize: the exact gradient of the computed output.
+    #[default]
+    Discretize,
+    /// Optimize-discretize: the continuous adjoint, solved backwards.
+    Adjoint,
+}
+
+/// How one interval is solved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OdeOptions {
+    pub solver: Solver,
+    /// Equal steps per interval of the fixed-step solvers.
+    pub substeps: usize,
+    pub rtol: f64,
+    pub atol: f64,
+    /// Steps (accepted and rejected) an adaptive solve may take per interval before it stops
+    /// with an error instead of running on.
+    pub max_steps: usize,
+}
+
+impl Default for OdeOptions {
+    fn default() -> Self {
+        OdeOptions {
+            solver: Solver::Dopri5,
+            substeps: 1,
+            rtol: 1e-3,
+            atol: 1e-4,
+            max_steps: 10_000,
+        }
+    }
+}
+
+impl OdeOptions {
+    pub fn tol(&self) -> Tol {
+        Tol {
+            atol: self.atol,
+            rtol: self.rtol,
+        }
+    }
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.substeps == 0 {
+            return bad("`substeps` must be at least 1".into());
+        }
+        if !(self.rtol > 0.0 && self.rtol.is_finite()) {
+            return bad(format!(
+                "`rtol` must be a positive number, got {}",
+                self.rtol
+            ));
+        }
+        if !(self.atol > 0.0 && self.atol.is_finite()) {
+            return bad(format!(
+                "`atol` must be a positive number, got {}",
+                self.atol
+            ));
+        }
+        if self.max_steps == 0 {
+            return bad("`max_steps` must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a solve stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OdeError {
+    StepBudget { steps: usize, t: f64 },
+    StepUnderflow { dt: f64, t: f64 },
+    NonFinite { t: f64 },
+}
+
+impl std::fmt::Display for OdeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OdeError::StepBudget { steps, t } => {
+                write!(f, "the solver used its budget of {steps} steps and reached only t = {t} (loosen rtol/atol or raise max_steps)")
+            }
+            OdeError::StepUnderflow { dt, t } => write!(f, "the step size fell to {dt} at t = {t}"),
+            OdeError::NonFinite { t } => write!(f, "the state became non-finite at t = {t}"),
+        }
+    }
+}
+
+impl From<OdeError> for Error {
+    fn from(e: OdeError) -> Self {
+        Error::Input(format!("ode solve: {e}"))
+    }
+}
