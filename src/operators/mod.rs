@@ -290,12 +290,24 @@ pub fn explicit_step<B: Backend>(
     norm: Norm<'_, B::Buf>,
     act: Activation,
 ) -> Result<B::Buf> {
+    let s = explicit_f(be, op, antisym, y, d, norm, act)?;
+    be.lincomb(&[(1.0, y), (h, &s)])
+}
+
+/// `sigma(N(A y))` alone: the right-hand side of the explicit step.
+pub fn explicit_f<B: Backend>(
+    be: &B,
+    op: OpRef<'_, B>,
+    antisym: Option<f64>,
+    y: &B::Buf,
+    d: Dims,
+    norm: Norm<'_, B::Buf>,
+    act: Activation,
+) -> Result<B::Buf> {
     let z = explicit_apply(be, op, antisym, y, d)?;
     let a = norm_forward(be, &z, d, norm)?;
     drop(z);
-    let s = be.activation(act, &a)?;
-    drop(a);
-    be.lincomb(&[(1.0, y), (h, &s)])
+    be.activation(act, &a)
 }
 
 /// VJP of `sigma(N(A y))` (without the identity and the factor h).

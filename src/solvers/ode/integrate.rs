@@ -18,6 +18,8 @@ pub struct Step<V> {
 pub struct Solution<V> {
     pub y: V,
     pub steps: Vec<Step<V>>,
+    /// `(t, dt)` of every accepted step, recorded or not: enough to [`replay`] the solve.
+    pub grid: Vec<(f64, f64)>,
     /// Right-hand-side evaluations.
     pub nfe: usize,
     pub accepted: usize,
@@ -74,6 +76,7 @@ fn fixed<S: Space, R: Rhs<S>>(
     Ok(Solution {
         y,
         steps,
+        grid: (0..n).map(|m| (t0 + m as f64 * dt, dt)).collect(),
         nfe,
         accepted: n,
         rejected: 0,
@@ -113,13 +116,9 @@ fn fixed_step<S: Space, R: Rhs<S>>(
             .filter(|(b, _)| **b != 0.0)
             .map(|(b, k)| (dt * b, k)),
     );
-    let y1 = rhs.step(
-        s,
-        &terms,
-        dt * tab.b[last],
-        t + tab.c[last] * dt,
-        &stages[last],
-    )?;
+    // With one stage (euler) pass `y` itself, so that the right-hand side sees `y + c F(y)`.
+    let y_last = if last == 0 { y } else { &stages[last] };
+    let y1 = rhs.step(s, &terms, dt * tab.b[last], t + tab.c[last] * dt, y_last)?;
     Ok((y1, stages))
 }
 
@@ -185,6 +184,7 @@ fn adaptive<S: Space, R: Rhs<S>>(
     let mut nfe = 2;
     let (mut t, mut accepted, mut rejected) = (t0, 0usize, 0usize);
     let mut steps = Vec::new();
+    let mut grid = Vec::new();
     let n = tab.stages();
     while t < t1 {
         if accepted + rejected >= opts.max_steps {
@@ -203,13 +203,7 @@ fn adaptive<S: Space, R: Rhs<S>>(
         let mut stages: Vec<S::V> = Vec::with_capacity(n);
         let mut ks: Vec<S::V> = Vec::with_capacity(n - 1);
         for i in 1..n {
-            let mut terms = vec![(1.0, &y)];
-            for (j, a) in tab.a[i].iter().enumerate() {
-                if *a != 0.0 {
-                    terms.push((h * a, if j == 0 { &f } else { &ks[j - 1] }));
-                }
-            }
-            let yi = s.lincomb(&terms)?;
+            let yi = stage_input(s, tab.a[i], h, &y, &f, &ks)?;
             ks.push(rhs.eval(s, t + tab.c[i] * h, &yi)?);
             stages.push(yi);
         }
@@ -241,6 +235,7 @@ fn adaptive<S: Space, R: Rhs<S>>(
                 stages.insert(0, s.copy(&y)?);
                 steps.push(Step { t, dt: h, stages });
             }
+            grid.push((t, h));
             t = if last { t1 } else { t + h };
             y = y1;
             f = f1;
@@ -253,8 +248,81 @@ fn adaptive<S: Space, R: Rhs<S>>(
     Ok(Solution {
         y,
         steps,
+        grid,
         nfe,
         accepted,
         rejected,
+    })
+}
+
+/// `y + h sum_j a_j k_j` over the nonzero `a_j`, with `k_0 = f` and `k_j = ks[j - 1]`: one
+/// function, so that a replayed step adds the same terms in the same order as the solve did.
+fn stage_input<S: Space>(
+    s: &S,
+    a: &[f64],
+    h: f64,
+    y: &S::V,
+    f: &S::V,
+    ks: &[S::V],
+) -> Result<S::V> {
+    let mut terms = vec![(1.0, y)];
+    for (j, a) in a.iter().enumerate() {
+        if *a != 0.0 {
+            terms.push((h * a, if j == 0 { f } else { &ks[j - 1] }));
+        }
+    }
+    s.lincomb(&terms)
+}
+
+/// Re-runs an adaptive solve's accepted steps `grid` (from [`Solution::grid`]) without error
+/// control: the same end state bit for bit, at one evaluation per stage that the solution reads
+/// (the reversible policy's recomputation, and the map whose exact gradient `backprop` is).
+pub fn replay<S: Space, R: Rhs<S>>(
+    s: &S,
+    rhs: &mut R,
+    tab: &Tableau,
+    y0: &S::V,
+    grid: &[(f64, f64)],
+    record: bool,
+) -> Result<Solution<S::V>> {
+    // With FSAL the solution's weights are the last row of `a`: that stage is not evaluated.
+    let n = tab.stages() - usize::from(tab.fsal);
+    let mut y = s.copy(y0)?;
+    let mut steps = Vec::new();
+    let mut nfe = 0;
+    for &(t, h) in grid {
+        if !tab.fsal {
+            let (y1, stages) = fixed_step(s, rhs, tab, &y, t, h)?;
+            nfe += tab.stages();
+            if record {
+                steps.push(Step { t, dt: h, stages });
+            }
+            y = y1;
+            continue;
+        }
+        let f = rhs.eval(s, t, &y)?;
+        let mut stages: Vec<S::V> = Vec::with_capacity(n);
+        let mut ks: Vec<S::V> = Vec::with_capacity(n);
+        for i in 1..n {
+            let yi = stage_input(s, tab.a[i], h, &y, &f, &ks)?;
+            ks.push(rhs.eval(s, t + tab.c[i] * h, &yi)?);
+            stages.push(yi);
+        }
+        nfe += n;
+        let y1 = stage_input(s, tab.a[n], h, &y, &f, &ks)?;
+        if record {
+            stages.insert(0, std::mem::replace(&mut y, y1));
+            steps.push(Step { t, dt: h, stages });
+        } else {
+            y = y1;
+        }
+    }
+    Ok(Solution {
+        y,
+        steps,
+        grid: grid.to_vec(),
+        nfe,
+        accepted: grid.len(),
+        rejected: 0,
     })
 }

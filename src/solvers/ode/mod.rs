@@ -9,11 +9,13 @@ mod backprop;
 mod integrate;
 mod space;
 pub mod tableau;
+mod unit;
 
 pub use adjoint::{adjoint, Aug, AugSpace};
 pub use backprop::{backprop, IntervalGrad};
-pub use integrate::{solve, Solution, Step};
-pub use space::{scaled_sq_host, BackendSpace, Rhs, RhsVjp, Space, Tol};
+pub use integrate::{replay, solve, Solution, Step};
+pub use space::{scaled_sq_host, BackendSpace, EvalVjp, Rhs, RhsVjp, Space, Tol};
+pub use unit::UnitRhs;
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
