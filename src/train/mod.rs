@@ -8,6 +8,7 @@ pub mod cli;
 pub mod data;
 pub mod engine_model;
 pub mod log;
+pub mod multilevel;
 pub mod optim;
 pub mod plot;
 
