@@ -217,7 +217,7 @@ static void check_sym_vjp_mid() {
                     std::vector<double> da(s.c);
                     for (int c = 0; c < s.c; c++) {
                         double zc = z[at(c)], a = tv ? sc[c] * zc / r + sh[c] : zc + sh[c];
-                        double f = act == ACT_TANH ? std::tanh(a) : std::max(a, 0.0);
+                        double f = act == ACT_TANH ? std::tanh(a) : (a < 0 ? 0.0 : a);
                         double fp = act == ACT_TANH ? 1 - std::tanh(a) * std::tanh(a) : (a > 0 ? 1.0 : 0.0);
                         want_s[at(c)] = -f;
                         da[c] = -fp * gk[at(c)];
