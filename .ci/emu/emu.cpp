@@ -243,7 +243,17 @@ static void check_sym_vjp_mid() {
             }
 }
 
+// relu(NaN) is NaN, as PyTorch's (x > 0 ? x : 0 would map it to 0); its derivative there is 0.
+static void check_relu_nan() {
+    float n = std::nanf("");
+    bool ok = std::isnan(act_fwd(ACT_RELU, n)) && act_fwd(ACT_RELU, -2.0f) == 0.0f &&
+              act_fwd(ACT_RELU, 3.0f) == 3.0f && act_grad(ACT_RELU, n) == 0.0f;
+    if (!ok) fails++;
+    printf("%-48s %s\n", "relu propagates NaN", ok ? "ok" : "FAIL");
+}
+
 int main() {
+    check_relu_nan();
     check_f16_rounding();
     struct S { int n, cg, mo, h, w; };
     for (S s : {S{1, 1, 1, 1, 1}, S{2, 3, 5, 7, 5}, S{1, 33, 40, 6, 7}, S{2, 16, 70, 5, 3}, S{3, 7, 9, 1, 1}}) {
