@@ -252,8 +252,25 @@ static void check_relu_nan() {
     printf("%-48s %s\n", "relu propagates NaN", ok ? "ok" : "FAIL");
 }
 
+// The fixed-point policy's quantize flags a non-finite state instead of writing 0 or INT_MAX.
+static void check_quantize_flags_non_finite() {
+    std::vector<float> x = {1.5f, -0.25f, 3.0f, std::nanf(""), INFINITY};
+    std::vector<int> q(x.size());
+    int clean = 0, dirty = 0;
+    launch(d3(1), d3(256), [&] { quantize(x.data(), q.data(), 65536.0f, 3, &clean); });
+    bool ok = clean == 0 && q[0] == 98304 && q[1] == -16384 && q[2] == 196608;
+    launch(d3(1), d3(256), [&] { quantize(x.data(), q.data(), 65536.0f, 4, &dirty); });
+    ok = ok && dirty == 1;
+    dirty = 0;
+    launch(d3(1), d3(256), [&] { quantize(x.data() + 4, q.data(), 65536.0f, 1, &dirty); });
+    ok = ok && dirty == 1;
+    if (!ok) fails++;
+    printf("%-48s %s\n", "quantize flags NaN and infinities", ok ? "ok" : "FAIL");
+}
+
 int main() {
     check_relu_nan();
+    check_quantize_flags_non_finite();
     check_f16_rounding();
     struct S { int n, cg, mo, h, w; };
     for (S s : {S{1, 1, 1, 1, 1}, S{2, 3, 5, 7, 5}, S{1, 33, 40, 6, 7}, S{2, 16, 70, 5, 3}, S{3, 7, 9, 1, 1}}) {
