@@ -12,7 +12,8 @@
 #define ACT_LOGCOSH 2
 
 __device__ __forceinline__ float act_fwd(int act, float x) {
-    if (act == ACT_RELU) return x > 0.0f ? x : 0.0f;
+    // x < 0 ? 0 : x, not x > 0 ? x : 0: relu(NaN) is NaN, as in PyTorch.
+    if (act == ACT_RELU) return x < 0.0f ? 0.0f : x;
     if (act == ACT_TANH) return tanhf(x);
     // log(e^x + e^-x) = |x| + log1p(e^{-2|x|}), without overflow.
     float ax = fabsf(x);

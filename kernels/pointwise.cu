@@ -32,9 +32,15 @@ extern "C" __global__ void act_vjp_kernel(const float* __restrict__ x, const flo
 }
 
 // round(x * 2^shift), half away from zero, saturating (the conversion saturates, NaN -> 0).
+// A non-finite x sets *bad (every writer writes 1: no atomic needed), which the host turns into
+// an error instead of a silent 0 or i32 limit.
 extern "C" __global__ void quantize(const float* __restrict__ x, int* __restrict__ q, float scale,
-                                   int len) {
-    FOR_EACH(i, len) q[i] = __float2int_rz(roundf(x[i] * scale));
+                                   int len, int* __restrict__ bad) {
+    FOR_EACH(i, len) {
+        float v = x[i];
+        if (!isfinite(v)) *bad = 1;
+        q[i] = __float2int_rz(roundf(v * scale));
+    }
 }
 
 extern "C" __global__ void dequantize(const int* __restrict__ q, float* __restrict__ x,

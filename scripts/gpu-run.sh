@@ -7,6 +7,8 @@ log="${OUT:-/tmp}/gpu.log"; : > "$log"
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
 export PDENET="$PWD/.gpu/bin/pdenet"
+# A GPU runner: every SKIP of a CUDA test is a failure (PDENET_REQUIRE_CUDA=0 to allow them).
+export PDENET_REQUIRE_CUDA="${PDENET_REQUIRE_CUDA:-1}"
 # scripts/gpu-check.sh gzips the executables to fit the carry limit.
 for z in .gpu/bin/*.gz .gpu/tests/*.gz; do [ -f "$z" ] && gunzip -f "$z"; done
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader; } 2>&1 | tee -a "$log"

@@ -164,7 +164,16 @@ impl Config {
             return Ok(c);
         }
         let path = Path::new(path_or_name);
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Config(format!(
+                    "`{path_or_name}` is neither a config file nor a reference name ({})",
+                    REFERENCE_NAMES.join(", ")
+                ))
+            } else {
+                Error::io(path, e)
+            }
+        })?;
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let cfg = Config::parse(&text, ext == "toml")
             .map_err(|e| Error::Config(format!("{}: {}", path.display(), strip_config(e))))?;
@@ -197,6 +206,45 @@ impl Config {
         }
         if self.widths.contains(&0) {
             return err("every width must be positive".into());
+        }
+        // Sane bounds first, so that no count derived from the config can overflow.
+        use crate::limits::{MAX_CLASSES, MAX_DENSE_INPUT, MAX_TOTAL_STEPS, MAX_WIDTH};
+        if let Some((k, w)) = self.widths.iter().enumerate().find(|(_, &w)| w > MAX_WIDTH) {
+            return err(format!(
+                "widths[{k}] = {w} exceeds the limit of {MAX_WIDTH}"
+            ));
+        }
+        if let Some((k, s)) = self
+            .steps
+            .iter()
+            .enumerate()
+            .find(|(_, &s)| s > MAX_TOTAL_STEPS)
+        {
+            return err(format!(
+                "steps[{k}] = {s} exceeds the limit of {MAX_TOTAL_STEPS} steps"
+            ));
+        }
+        if self.total_steps() > MAX_TOTAL_STEPS {
+            return err(format!(
+                "{} steps in all exceed the limit of {MAX_TOTAL_STEPS}",
+                self.total_steps()
+            ));
+        }
+        if self.classes > MAX_CLASSES {
+            return err(format!(
+                "classes = {} exceeds the limit of {MAX_CLASSES}",
+                self.classes
+            ));
+        }
+        if let Some(c) = self.in_channels.filter(|&c| c > MAX_WIDTH) {
+            return err(format!(
+                "in_channels = {c} exceeds the limit of {MAX_WIDTH}"
+            ));
+        }
+        if let Some(d) = self.dense_input.filter(|&d| d > MAX_DENSE_INPUT) {
+            return err(format!(
+                "dense_input = {d} exceeds the limit of {MAX_DENSE_INPUT}"
+            ));
         }
         if self.h.is_nan() || self.h <= 0.0 || self.h.is_infinite() {
             return err(format!("h must be positive and finite, got {}", self.h));
@@ -256,7 +304,7 @@ impl Config {
 
     /// Total number of steps over all units.
     pub fn total_steps(&self) -> usize {
-        self.steps.iter().sum()
+        self.steps.iter().fold(0, |a, &s| a.saturating_add(s))
     }
 }
 

@@ -5,7 +5,7 @@ use crate::backend::cuda::Cuda;
 use crate::backend::{DeviceChoice, Precision};
 use crate::error::{Error, Result};
 use crate::network::Layout;
-use crate::schedule::plan::plan_step;
+use crate::schedule::plan::{plan_step, plan_step_on, Planner};
 use crate::schedule::Schedule;
 
 /// A resolved backend.
@@ -23,7 +23,10 @@ impl Device {
             DeviceChoice::Cuda => Ok(Device::Cuda(Cuda::try_new()?)),
             DeviceChoice::Auto => Ok(match Cuda::try_new() {
                 Ok(c) => Device::Cuda(c),
-                Err(_) => Device::Cpu(crate::backend::cpu::Cpu::new()),
+                Err(e) => {
+                    note_cpu_fallback(&e);
+                    Device::Cpu(crate::backend::cpu::Cpu::new())
+                }
             }),
         }
     }
@@ -48,9 +51,35 @@ impl Device {
     /// On CUDA, checks that a training step of `layout` on inputs shaped `shape` under
     /// `schedule` fits the device and reserves its planned peak ([`Cuda::reserve`]); nothing on
     /// the CPU.
+    /// On the CPU, checks the planned peak (workspaces included) against the memory the
+    /// machine has available, plus `host_copies` host copies of the parameters.
     pub fn reserve_for(&self, layout: &Layout, shape: &[usize], schedule: Schedule) -> Result<()> {
+        self.reserve_with_host(layout, shape, schedule, 0)
+    }
+
+    /// As [`Device::reserve_for`], counting `host_copies` parameter-sized host buffers that
+    /// live beside the run (the host parameters of a training loop, their gradients).
+    pub fn reserve_with_host(
+        &self,
+        layout: &Layout,
+        shape: &[usize],
+        schedule: Schedule,
+        host_copies: usize,
+    ) -> Result<()> {
         match self {
-            Device::Cpu(_) => Ok(()),
+            Device::Cpu(b) => {
+                let plan = plan_step_on(Planner::for_device(b), layout, shape, schedule)?;
+                let host = layout.param_bytes().saturating_mul(host_copies);
+                crate::limits::check_host_memory(
+                    plan.peak_bytes.saturating_add(host),
+                    &format!(
+                        "a CPU training step at batch {} (planned peak {} bytes, parameters and gradients included)",
+                        shape.first().copied().unwrap_or(0),
+                        plan.peak_bytes
+                    ),
+                    "shrink it with a smaller --batch, --policy reversible or --storage bf16",
+                )
+            }
             Device::Cuda(c) => c.reserve(plan_step(layout, shape, schedule)?.peak_bytes),
         }
     }
@@ -72,4 +101,11 @@ macro_rules! with_device {
             $crate::device::Device::Cuda($b) => $body,
         }
     };
+}
+
+/// Says once per process, on stderr, that `--device auto` runs on the CPU and why (a missing
+/// driver, no device, or a kernel that failed to compile).
+fn note_cpu_fallback(why: &Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| eprintln!("pdenet: note: --device auto runs on the CPU ({why})"));
 }

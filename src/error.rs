@@ -21,7 +21,7 @@ pub enum Error {
     CudaUnavailable(String),
     #[error("CUDA error: {0}")]
     Cuda(String),
-    #[error("non-finite loss: {0}")]
+    #[error("non-finite value: {0}")]
     NonFinite(String),
     #[error("{path}: {source}")]
     Io {

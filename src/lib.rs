@@ -7,6 +7,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod layers;
+pub mod limits;
 pub mod network;
 pub mod operators;
 pub mod params;

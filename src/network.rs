@@ -99,12 +99,8 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, name: String, shape: Vec<usize>, role: ParamRole) -> usize {
-        // Variances, scales and diffusion coefficients start at one; everything else at zero.
-        let ones = (role == ParamRole::Buffer && name.ends_with("running_var"))
-            || (role == ParamRole::Affine
-                && (name.ends_with(".weight") || name.ends_with("diffusion")));
-        let fill = if ones { 1.0 } else { 0.0 };
-        self.set.push(name, role, HostTensor::filled(shape, fill));
+        // Shapes only: a layout allocates no parameter memory (`info` plans huge networks).
+        self.set.push(name, role, HostTensor::shape_only(shape));
         self.set.len() - 1
     }
 
@@ -297,7 +293,7 @@ impl Layout {
     /// ones and zeros for normalisation. Deterministic in `seed`.
     pub fn init(&self, seed: u64) -> ParamSet {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let mut set = self.template.clone();
+        let mut set = self.zeros();
         let linear_weights: Vec<usize> = [Some(self.classifier_weight), self.dense_linear()]
             .into_iter()
             .flatten()
@@ -328,6 +324,33 @@ impl Layout {
             }
         }
         set
+    }
+
+    /// Host parameters at their starting constants: variances, scales and diffusion
+    /// coefficients one, everything else zero. Call [`Layout::check_host_memory`] first.
+    pub fn zeros(&self) -> ParamSet {
+        let mut set = self.template.clone();
+        for (name, role, t) in set.iter_mut() {
+            let ones = (role == ParamRole::Buffer && name.ends_with("running_var"))
+                || (role == ParamRole::Affine
+                    && (name.ends_with(".weight") || name.ends_with("diffusion")));
+            *t = HostTensor::filled(t.shape.clone(), if ones { 1.0 } else { 0.0 });
+        }
+        set
+    }
+
+    /// Bytes of one f32 copy of every parameter and buffer.
+    pub fn param_bytes(&self) -> usize {
+        self.template.total_count().saturating_mul(4)
+    }
+
+    /// Checks that `copies` host copies of the parameters fit the machine's memory.
+    pub fn check_host_memory(&self, copies: usize, what: &str) -> Result<()> {
+        crate::limits::check_host_memory(
+            self.param_bytes().saturating_mul(copies),
+            &format!("{what} ({} parameters)", self.parameter_count()),
+            "use smaller `widths`, fewer `steps` or `operator: lean`/`mgic`",
+        )
     }
 
     fn dense_linear(&self) -> Option<usize> {

@@ -59,10 +59,32 @@ impl ParamSet {
     }
     /// Number of trainable scalars (buffers excluded).
     pub fn trainable_count(&self) -> usize {
+        // From the shapes: the layout's template holds no data. Saturating: a config's bounds
+        // keep it far below `usize::MAX`, and a saturated count fails every memory check.
         self.iter()
             .filter(|(_, r, _)| *r != ParamRole::Buffer)
-            .map(|(_, _, t)| t.len())
-            .sum()
+            .fold(0usize, |a, (_, _, t)| a.saturating_add(t.numel()))
+    }
+
+    /// Scalars of every tensor, buffers included (saturating, as [`ParamSet::trainable_count`]).
+    pub fn total_count(&self) -> usize {
+        self.iter()
+            .fold(0usize, |a, (_, _, t)| a.saturating_add(t.numel()))
+    }
+
+    /// As [`ParamSet::load_from`], with every error naming the file the tensors came from.
+    pub fn load_from_file(
+        &mut self,
+        tensors: HashMap<String, HostTensor>,
+        file: &Path,
+    ) -> Result<()> {
+        self.load_from(tensors).map_err(|e| match e {
+            Error::MissingTensor(n) => {
+                Error::Weights(format!("{}: missing tensor `{n}`", file.display()))
+            }
+            Error::Weights(m) => Error::Weights(format!("{}: {m}", file.display())),
+            other => other,
+        })
     }
 
     /// Replaces every tensor by the one of the same name in `tensors`, checking shapes.
@@ -109,11 +131,30 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            continue;
+            return Err(Error::Weights(format!(
+                "{}: tensor `{name}` is {:?}; pdenet reads F32 weights (convert it to float32)",
+                path.display(),
+                view.dtype()
+            )));
         }
-        out.insert(name.clone(), f32_tensor(&view));
+        let t = f32_tensor(&view);
+        check_finite(&t.data, &format!("{}: tensor `{name}`", path.display()))
+            .map_err(Error::Weights)?;
+        out.insert(name.clone(), t);
     }
     Ok(out)
+}
+
+/// `Err` with `what`, the first non-finite value and its flat index, unless every value is
+/// finite.
+pub fn check_finite(data: &[f32], what: &str) -> std::result::Result<(), String> {
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "{what} holds {} at index {i} (non-finite values are refused)",
+            data[i]
+        )),
+    }
 }
 
 fn f32_tensor(view: &TensorView<'_>) -> HostTensor {
@@ -148,7 +189,8 @@ pub fn read_batch(path: &Path) -> Result<Batch> {
         .map_err(|_| Error::MissingTensor(format!("x in {}", path.display())))?;
     if xv.dtype() != Dtype::F32 {
         return Err(Error::Input(format!(
-            "`x` must be f32, found {:?}",
+            "{}: `x` must be F32, found {:?}",
+            path.display(),
             xv.dtype()
         )));
     }
@@ -168,15 +210,21 @@ pub fn read_batch(path: &Path) -> Result<Batch> {
             .collect(),
         other => {
             return Err(Error::Input(format!(
-                "`labels` must be i64, found {other:?}"
+                "{}: `labels` must be I64, found {other:?}",
+                path.display()
             )));
         }
     };
     if let Some(bad) = labels.iter().find(|&&l| l < 0) {
-        return Err(Error::Input(format!("label {bad} is negative")));
+        return Err(Error::Input(format!(
+            "{}: label {bad} is negative",
+            path.display()
+        )));
     }
+    let x = f32_tensor(&xv);
+    check_finite(&x.data, &format!("{}: input `x`", path.display())).map_err(Error::Input)?;
     Ok(Batch {
-        x: f32_tensor(&xv),
+        x,
         labels: labels.into_iter().map(|l| l as usize).collect(),
     })
 }
@@ -228,6 +276,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Syncs a folder's entries to disk (a no-op where folders cannot be opened, as on Windows).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(dir) {
+        Ok(f) => match f.sync_all() {
+            // Some file systems refuse to sync a folder: nothing more can be done there.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+            other => other,
+        },
+        Err(_) if cfg!(windows) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the temporary files (`.NAME.PID.tmp`, `.NAME.PID.tmp.png`) that killed runs left in
+/// `dir`; those of this process are kept. Best effort.
+pub fn remove_stale_temps(dir: &Path) {
+    let own = format!(".{}.tmp", std::process::id());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let n = e.file_name().to_string_lossy().to_string();
+        let temp = n.starts_with('.') && (n.ends_with(".tmp") || n.ends_with(".tmp.png"));
+        if temp && !n.contains(&own) && e.path().is_file() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Runs `write` on a temporary path beside `path`, then renames it over `path`; on failure the
 /// temporary file is removed and `path` is untouched.
 fn with_temp_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>) -> Result<()> {
@@ -243,7 +320,11 @@ fn with_temp_file(path: &Path, write: impl FnOnce(&Path) -> std::io::Result<()>)
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    let result = write(&tmp).and_then(|()| std::fs::rename(&tmp, path));
+    // The data reach the disk before the name does, and the rename before we return.
+    let result = write(&tmp)
+        .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .and_then(|()| sync_dir(dir));
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)

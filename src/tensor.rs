@@ -65,7 +65,7 @@ pub struct HostTensor {
 
 impl HostTensor {
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = crate::limits::checked_product(&shape, "tensor")?;
         if n != data.len() {
             return Err(Error::Shape(format!(
                 "shape {:?} holds {} values, data has {}",
@@ -95,7 +95,18 @@ impl HostTensor {
     }
     /// Number of elements the shape describes (also for a shape-only tensor with no data).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        // Saturating: a wrapped product would read as a small tensor.
+        self.shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX)
+    }
+    /// A tensor of `shape` with no data (a shape for planning: nothing is allocated).
+    pub fn shape_only(shape: Vec<usize>) -> Self {
+        HostTensor {
+            shape,
+            data: Vec::new(),
+        }
     }
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()

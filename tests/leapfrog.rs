@@ -63,6 +63,6 @@ fn leapfrog_1000_steps_cuda() {
             "1000-step f32 leapfrog rebuild drift on CUDA: {:.3e}",
             leapfrog_rebuild(c)
         ),
-        Err(e) => println!("SKIP: {e}"),
+        Err(e) => pdenet::backend::cuda::report_skip(e),
     }
 }

@@ -288,7 +288,7 @@ fn cuda() -> Option<pdenet::backend::cuda::Cuda> {
     match pdenet::backend::cuda::Cuda::try_new() {
         Ok(c) => Some(c),
         Err(e) => {
-            println!("SKIP: {e}");
+            pdenet::backend::cuda::report_skip(e);
             None
         }
     }
@@ -498,7 +498,7 @@ fn mgic_has_far_fewer_parameters_than_full() {
             .template
             .iter()
             .filter(|(n, r, _)| n.contains(".steps.") && *r == pdenet::params::ParamRole::Weight)
-            .map(|(_, _, t)| t.len())
+            .map(|(_, _, t)| t.numel())
             .sum()
     };
     // Full: 9 w^2. Mgic: 9 g w + g w / 2 per level, a geometric sum (about 19 g w): the ratio

@@ -6,6 +6,6 @@ common::backend_op_tests!(cpu, Some(pdenet::backend::cpu::Cpu::new()));
 common::backend_op_tests!(
     cuda,
     pdenet::backend::cuda::Cuda::try_new()
-        .map_err(|e| println!("SKIP: {e}"))
+        .map_err(pdenet::backend::cuda::report_skip)
         .ok()
 );

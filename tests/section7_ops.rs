@@ -315,7 +315,7 @@ fn cpu_matches_reference_on_section7_primitives() {
 fn cuda_matches_reference_on_section7_primitives() {
     match pdenet::backend::cuda::Cuda::try_new() {
         Ok(c) => fast_matches_reference(&c),
-        Err(e) => println!("SKIP: {e}"),
+        Err(e) => pdenet::backend::cuda::report_skip(e),
     }
 }
 

@@ -10,6 +10,8 @@
 #include <thread>
 #include <vector>
 #include <algorithm>
+// CUDA device code calls isfinite unqualified.
+using std::isfinite;
 using std::min;
 using std::max;
 struct dim3 { unsigned x = 1, y = 1, z = 1; };

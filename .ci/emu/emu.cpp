@@ -217,7 +217,7 @@ static void check_sym_vjp_mid() {
                     std::vector<double> da(s.c);
                     for (int c = 0; c < s.c; c++) {
                         double zc = z[at(c)], a = tv ? sc[c] * zc / r + sh[c] : zc + sh[c];
-                        double f = act == ACT_TANH ? std::tanh(a) : std::max(a, 0.0);
+                        double f = act == ACT_TANH ? std::tanh(a) : (a < 0 ? 0.0 : a);
                         double fp = act == ACT_TANH ? 1 - std::tanh(a) * std::tanh(a) : (a > 0 ? 1.0 : 0.0);
                         want_s[at(c)] = -f;
                         da[c] = -fp * gk[at(c)];
@@ -243,7 +243,34 @@ static void check_sym_vjp_mid() {
             }
 }
 
+// relu(NaN) is NaN, as PyTorch's (x > 0 ? x : 0 would map it to 0); its derivative there is 0.
+static void check_relu_nan() {
+    float n = std::nanf("");
+    bool ok = std::isnan(act_fwd(ACT_RELU, n)) && act_fwd(ACT_RELU, -2.0f) == 0.0f &&
+              act_fwd(ACT_RELU, 3.0f) == 3.0f && act_grad(ACT_RELU, n) == 0.0f;
+    if (!ok) fails++;
+    printf("%-48s %s\n", "relu propagates NaN", ok ? "ok" : "FAIL");
+}
+
+// The fixed-point policy's quantize flags a non-finite state instead of writing 0 or INT_MAX.
+static void check_quantize_flags_non_finite() {
+    std::vector<float> x = {1.5f, -0.25f, 3.0f, std::nanf(""), INFINITY};
+    std::vector<int> q(x.size());
+    int clean = 0, dirty = 0;
+    launch(d3(1), d3(256), [&] { quantize(x.data(), q.data(), 65536.0f, 3, &clean); });
+    bool ok = clean == 0 && q[0] == 98304 && q[1] == -16384 && q[2] == 196608;
+    launch(d3(1), d3(256), [&] { quantize(x.data(), q.data(), 65536.0f, 4, &dirty); });
+    ok = ok && dirty == 1;
+    dirty = 0;
+    launch(d3(1), d3(256), [&] { quantize(x.data() + 4, q.data(), 65536.0f, 1, &dirty); });
+    ok = ok && dirty == 1;
+    if (!ok) fails++;
+    printf("%-48s %s\n", "quantize flags NaN and infinities", ok ? "ok" : "FAIL");
+}
+
 int main() {
+    check_relu_nan();
+    check_quantize_flags_non_finite();
     check_f16_rounding();
     struct S { int n, cg, mo, h, w; };
     for (S s : {S{1, 1, 1, 1, 1}, S{2, 3, 5, 7, 5}, S{1, 33, 40, 6, 7}, S{2, 16, 70, 5, 3}, S{3, 7, 9, 1, 1}}) {

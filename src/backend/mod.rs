@@ -33,7 +33,14 @@ impl Activation {
     /// Scalar forward in f64 (the reference definition).
     pub fn apply(self, x: f64) -> f64 {
         match self {
-            Activation::Relu => x.max(0.0),
+            // Not `x.max(0.0)`, which maps NaN to 0: relu(NaN) is NaN, as in PyTorch.
+            Activation::Relu => {
+                if x < 0.0 {
+                    0.0
+                } else {
+                    x
+                }
+            }
             Activation::Tanh => x.tanh(),
             // log(2 cosh x) computed without overflow.
             Activation::Logcosh => x.abs() + (-2.0 * x.abs()).exp().ln_1p(),
@@ -101,6 +108,17 @@ pub trait Backend: Send + Sync + Sized {
     fn upload_f32(&self, data: &[f32]) -> Result<Self::Buf> {
         let v: Vec<f64> = data.iter().map(|&x| x as f64).collect();
         self.upload(&v)
+    }
+    /// Uploads a host tensor, checking that its data fill its shape. The memory planner
+    /// overrides it to read the shape alone, so that a plan needs no host buffers.
+    fn upload_host(&self, t: &crate::tensor::HostTensor) -> Result<Self::Buf> {
+        crate::ensure_shape!(
+            t.data.len() == t.numel(),
+            "a tensor of shape {:?} holds {} values",
+            t.shape,
+            t.data.len()
+        );
+        self.upload_f32(&t.data)
     }
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f64>>;
     fn download_f32(&self, buf: &Self::Buf) -> Result<Vec<f32>> {

@@ -531,6 +531,13 @@ impl Backend for Reference {
     }
 
     fn quantize(&self, x: &Vec<f64>, shift: u32) -> Result<Vec<i32>> {
+        // A cast would quantise NaN to 0 and infinities to the i32 limits, silently.
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(crate::error::Error::NonFinite(format!(
+                "the fixed-point policy cannot quantise {} (state value {i})",
+                x[i]
+            )));
+        }
         let scale = (1u64 << shift) as f64;
         Ok(x.iter().map(|&v| (v * scale).round() as i32).collect())
     }

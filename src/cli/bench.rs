@@ -70,6 +70,11 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     if steps.is_empty() || a.batch == 0 {
         return Err(Error::Input("--steps and --batch must be positive".into()));
     }
+    if a.repeats == 0 {
+        return Err(Error::Input(
+            "--repeats must be at least 1 (no timed step, no throughput)".into(),
+        ));
+    }
     let opts = BenchOptions {
         layers: match &a.layers {
             Some(s) => list::<LayerType>(s)?,

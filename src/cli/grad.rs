@@ -15,7 +15,7 @@ pub struct InitArgs {
     /// Config file (JSON or TOML) or a reference name (ref-cifar, ref-mnist, ref-2d).
     #[arg(long)]
     pub config: String,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = pdenet::train::cli::parse_seed)]
     pub seed: u64,
     #[arg(long)]
     pub out: PathBuf,
@@ -45,6 +45,8 @@ pub struct GradArgs {
 pub fn run_init(a: InitArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
     let layout = Layout::new(&cfg)?;
+    // The parameters and their serialised copy.
+    layout.check_host_memory(2, "init")?;
     save_params(&a.out, &layout.init(a.seed))?;
     eprintln!(
         "wrote {} ({} parameters)",
@@ -57,8 +59,9 @@ pub fn run_init(a: InitArgs) -> Result<()> {
 pub fn run_grad(a: GradArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
     let layout = Layout::new(&cfg)?;
+    layout.check_host_memory(1, "the weights")?;
     let mut params = layout.template.clone();
-    params.load_from(read_safetensors(&a.weights)?)?;
+    params.load_from_file(read_safetensors(&a.weights)?, &a.weights)?;
     let batch = read_batch(&a.input)?;
     let device = Device::select(a.device)?;
     let schedule = a.policy.schedule().with_storage(a.storage);
@@ -88,6 +91,14 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
         .collect();
     for (name, shape, data) in &named {
         tensors.push((name.clone(), OutTensor::F32(shape, data)));
+    }
+    // Nothing non-finite is written: a NaN gradient is an error, not a result.
+    for (name, t) in &tensors {
+        if let OutTensor::F32(_, data) = t {
+            pdenet::params::check_finite(data, &format!("the output `{name}`")).map_err(|m| {
+                pdenet::Error::NonFinite(format!("{m}; {} not written", a.out.display()))
+            })?;
+        }
     }
     write_safetensors(&a.out, &tensors)?;
     eprintln!("loss {:.6}; wrote {}", out.loss, a.out.display());

@@ -5,7 +5,7 @@ use pdenet::backend::Storage;
 use pdenet::bench::sample_shape;
 use pdenet::config::Config;
 use pdenet::network::Layout;
-use pdenet::schedule::plan::{count_flops, plan_step};
+use pdenet::schedule::plan::{check_sizes, count_flops, plan_step};
 use pdenet::schedule::Policy;
 use pdenet::Result;
 
@@ -26,6 +26,8 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
     let flops = count_flops(&layout, &sample)?;
     let mut shape = vec![a.batch.max(1)];
     shape.extend_from_slice(&sample);
+    // Before anything is printed: a batch too large to describe is an error, not half a table.
+    check_sizes(&layout, &shape)?;
     println!("config      {}", a.config);
     println!(
         "network     {:?} {} x {:?} steps {:?} widths, operator {:?}, h {}",

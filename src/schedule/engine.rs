@@ -673,7 +673,7 @@ impl<B: Backend> Engine<B> {
             Kind::Image => Dims::new(x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
             Kind::Dense => Dims::dense(x.shape[0], x.shape[1]),
         };
-        let xb = be.upload_f32(&x.data)?;
+        let xb = be.upload_host(x)?;
         let (mut y, open) = self.open_forward(&xb, xd, train)?;
         let mut units = Vec::new();
         let mut connects = Vec::new();
@@ -1578,7 +1578,7 @@ fn upload_params<B: Backend>(be: &B, layout: &Layout, params: &ParamSet) -> Resu
                 p.shape, t.shape
             )));
         }
-        out.push(be.upload_f32(&p.data)?);
+        out.push(be.upload_host(p)?);
     }
     Ok(out)
 }

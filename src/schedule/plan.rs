@@ -119,7 +119,13 @@ impl Planner {
         self.device.as_ref().is_some_and(|d| d.fused())
     }
     fn flop(&self, n: usize) {
-        self.counter.flops.fetch_add(n, Ordering::Relaxed);
+        // Saturating: the sizes are bounded per op (`limits::MAX_ELEMENTS`), not their sum.
+        let _ = self
+            .counter
+            .flops
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+                Some(f.saturating_add(n))
+            });
     }
     /// Floating-point operations counted so far (multiply-adds count two; elementwise work is
     /// counted one per output element and op).
@@ -159,8 +165,16 @@ impl Backend for Planner {
     fn upload_f32(&self, data: &[f32]) -> Result<PlanBuf> {
         Ok(self.buf(data.len()))
     }
-    fn download(&self, buf: &PlanBuf) -> Result<Vec<f64>> {
-        Ok(vec![0.0; buf.len])
+    fn upload_host(&self, t: &HostTensor) -> Result<PlanBuf> {
+        Ok(self.buf(t.numel()))
+    }
+    /// Nothing: the values of a plan are never read, and a download-sized host vector would
+    /// make planning allocate what the run would.
+    fn download(&self, _buf: &PlanBuf) -> Result<Vec<f64>> {
+        Ok(Vec::new())
+    }
+    fn download_f32(&self, _buf: &PlanBuf) -> Result<Vec<f32>> {
+        Ok(Vec::new())
     }
     fn buf_len(&self, buf: &PlanBuf) -> usize {
         buf.len
@@ -171,8 +185,8 @@ impl Backend for Planner {
     fn iupload(&self, data: &[i32]) -> Result<PlanBuf> {
         Ok(self.buf(data.len()))
     }
-    fn idownload(&self, buf: &PlanBuf) -> Result<Vec<i32>> {
-        Ok(vec![0; buf.len])
+    fn idownload(&self, _buf: &PlanBuf) -> Result<Vec<i32>> {
+        Ok(Vec::new())
     }
     fn pack16(&self, x: &PlanBuf, format: Storage) -> Result<PlanBuf> {
         ensure_shape!(
@@ -568,18 +582,45 @@ pub fn plan_step_on(
     input_shape: &[usize],
     sched: Schedule,
 ) -> Result<MemoryPlan> {
+    check_sizes(layout, input_shape)?;
+    // Shapes only: the template holds no data, and neither does the input.
     let params: ParamSet = layout.template.clone();
     let mut eng = Engine::new(planner.clone(), layout.clone(), &params)?;
     let param_bytes = planner.live_bytes();
-    let x = HostTensor::zeros(input_shape.to_vec());
+    let x = HostTensor::shape_only(input_shape.to_vec());
     let labels = vec![0; input_shape.first().copied().unwrap_or(0)];
     eng.grad(&x, &labels, sched, false)?;
-    let grad_bytes = layout.parameter_count() * ELEM_BYTES;
+    let grad_bytes = layout.parameter_count().saturating_mul(ELEM_BYTES);
     Ok(MemoryPlan {
         param_bytes,
         grad_bytes,
         peak_bytes: planner.peak_bytes(),
     })
+}
+
+/// Checks that every activation of a pass of `layout` on inputs shaped `input_shape` has a
+/// size within [`crate::limits::MAX_ELEMENTS`] (the batch times the widest of the input and the
+/// units at the input's resolution bounds them all), so that no size or flop count overflows.
+pub fn check_sizes(layout: &Layout, input_shape: &[usize]) -> Result<()> {
+    let widest = layout
+        .config
+        .widths
+        .iter()
+        .copied()
+        .chain([layout.config.input_width(), layout.config.classes])
+        .max()
+        .unwrap_or(1);
+    let mut dims = input_shape.to_vec();
+    if let Some(c) = dims.get_mut(1) {
+        *c = (*c).max(widest);
+    }
+    crate::limits::checked_product(&dims, "a batch of inputs")
+        .map_err(|_| {
+            crate::error::Error::Input(format!(
+                "a batch of inputs shaped {input_shape:?} makes activations of more than 2^40 values at width {widest}; use a smaller --batch"
+            ))
+        })
+        .map(|_| ())
 }
 
 /// Forward and training-step flops of one input of `sample_shape` (e.g. `[3, 32, 32]`).
@@ -594,7 +635,8 @@ pub struct FlopCount {
 pub fn count_flops(layout: &Layout, sample_shape: &[usize]) -> Result<FlopCount> {
     let mut shape = vec![1];
     shape.extend_from_slice(sample_shape);
-    let x = HostTensor::zeros(shape);
+    check_sizes(layout, &shape)?;
+    let x = HostTensor::shape_only(shape);
     let planner = Planner::new();
     let mut eng = Engine::new(planner.clone(), layout.clone(), &layout.template)?;
     eng.logits(&x)?;

@@ -44,12 +44,20 @@ pub struct Checkpoint {
     pub state: CheckpointState,
     pub params: HashMap<String, HostTensor>,
     pub optimizer: HashMap<String, HostTensor>,
+    /// The folder it was read from (for messages).
+    pub dir: PathBuf,
 }
 
 impl Checkpoint {
     /// The optimizer, checked against the parameters it will update.
     pub fn optimizer_for(&self, params: &ParamSet) -> Result<Optimizer> {
-        Optimizer::restore(&self.state.optimizer, &self.optimizer, params)
+        Optimizer::restore(&self.state.optimizer, &self.optimizer, params).map_err(|e| match e {
+            Error::Weights(m) => Error::Weights(format!(
+                "{}: {m}",
+                self.dir.join("optimizer.safetensors").display()
+            )),
+            other => other,
+        })
     }
 }
 
@@ -92,6 +100,8 @@ pub fn save(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    // Every file is synced by its writer; the folder's entries now, before it becomes visible.
+    sync_dir(&tmp).map_err(io(&tmp))?;
     let dst = root.join(&name);
     // A folder of the same epoch can only be left over from a run that died before pointing
     // `LATEST` at it, or be the latest itself (re-saving the same epoch); move it aside first.
@@ -101,8 +111,11 @@ pub fn save(
         std::fs::rename(&dst, &aside).map_err(io(&dst))?;
     }
     std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+    sync_dir(&root).map_err(io(&root))?;
+    // `LATEST` moves only once the new folder is durable, and the previous checkpoint is
+    // removed only once `LATEST` is: a power loss at any point leaves one complete checkpoint.
     write_atomic(&root.join(LATEST), name.as_bytes())?;
-    sync_dir(&root);
+    sync_dir(&root).map_err(io(&root))?;
     // Best-effort cleanup: everything but the latest folder.
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
@@ -115,11 +128,9 @@ pub fn save(
     Ok(())
 }
 
-/// Makes the renames durable where the platform allows it.
-fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
-    }
+/// Makes a folder's entries (its renames) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    crate::params::sync_dir(dir)
 }
 
 /// The folder of the latest checkpoint, or `None` when `out` holds none.
@@ -172,6 +183,7 @@ pub fn load(out: &Path) -> Result<Option<Checkpoint>> {
         params: read_safetensors(&dir.join("model.safetensors"))?,
         optimizer: read_safetensors(&dir.join("optimizer.safetensors"))?,
         state,
+        dir,
     }))
 }
 

@@ -8,6 +8,7 @@ use crate::config::{Config, Kind};
 use crate::error::{Error, Result};
 use crate::params::read_safetensors;
 use crate::schedule::Policy;
+use crate::train::checkpoint;
 use crate::train::data::{self, Split};
 use crate::train::optim::{OptimConfig, OptimizerKind, Schedule};
 use crate::train::{evaluate, train, Model, TrainOptions, TrainReport};
@@ -46,7 +47,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     /// Seeds the weights, the shuffling and the built-in data sets.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = parse_seed)]
     pub seed: u64,
     /// Output folder: model.safetensors, log.csv, checkpoint/, *.png.
     #[arg(long, default_value = "runs/default")]
@@ -55,7 +56,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub batch: Option<usize>,
     /// Base learning rate, cosine-decayed over the epochs [default: 0.1 sgd, 0.001 adam].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<f64>,
     #[arg(long, value_enum, default_value_t = OptimizerKind::Sgd)]
     pub optimizer: OptimizerKind,
@@ -71,6 +72,26 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Overwrite a run already in --out (without it, `train` refuses to).
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+}
+
+/// `--seed`: an integer in [0, 2^64), with a range error for negative numbers (which clap would
+/// otherwise read as an unknown flag).
+pub fn parse_seed(s: &str) -> std::result::Result<u64, String> {
+    match s.trim().parse::<i128>() {
+        Ok(v) if (0..=u64::MAX as i128).contains(&v) => Ok(v as u64),
+        Ok(v) => Err(format!("the seed must lie in [0, 2^64), got {v}")),
+        Err(_) => Err(format!("the seed must be an integer, got `{s}`")),
+    }
+}
+
+/// Whether `out` holds (part of) a training run.
+fn holds_run(out: &Path) -> bool {
+    ["model.safetensors", "log.csv", checkpoint::CHECKPOINT_DIR]
+        .iter()
+        .any(|n| out.join(n).exists())
 }
 
 impl Default for TrainArgs {
@@ -88,6 +109,7 @@ impl Default for TrainArgs {
             storage: Storage::F32,
             device: DeviceChoice::Auto,
             resume: false,
+            force: false,
         }
     }
 }
@@ -103,7 +125,7 @@ pub struct EvalArgs {
     #[arg(long, default_value = DEFAULT_DATA)]
     pub data: String,
     /// Seed of a built-in data set (its test split depends on it): use the training seed.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = parse_seed)]
     pub seed: u64,
 }
 
@@ -154,12 +176,34 @@ pub fn run_train(args: &TrainArgs, build: BuildModel<'_>) -> Result<TrainReport>
     if args.epochs == 0 {
         return Err(Error::Input("--epochs must be at least 1".into()));
     }
+    if !args.resume && holds_run(&args.out) {
+        if !args.force {
+            return Err(Error::Input(format!(
+                "{} already holds a run; pass --resume to continue it or --force to overwrite it",
+                args.out.display()
+            )));
+        }
+        // A fresh run: the old checkpoints must not be resumed from or mixed with the new.
+        let ck = args.out.join(checkpoint::CHECKPOINT_DIR);
+        if ck.exists() {
+            std::fs::remove_dir_all(&ck).map_err(|e| Error::io(&ck, e))?;
+        }
+    }
     let data_spec = resolve_data(&args.data);
     let split = data::load(&data_spec, args.seed)?;
     check_data(&cfg, &split)?;
     let batch = args.batch.unwrap_or(64);
-    if batch == 0 {
-        return Err(Error::Input("--batch must be at least 1".into()));
+    if batch < 2 {
+        return Err(Error::Input(format!(
+            "--batch {batch}: a training minibatch needs at least 2 samples (batch norm statistics); use --batch 2 or more"
+        )));
+    }
+    if let Some(lr) = args.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::Input(format!(
+                "--lr must be positive and finite, got {lr}"
+            )));
+        }
     }
     let spec = ModelSpec {
         seed: args.seed,
@@ -210,8 +254,7 @@ pub fn run_eval(args: &EvalArgs, build: BuildModel<'_>) -> Result<(f64, f64)> {
     };
     let mut model = build(&cfg, &spec)?;
     let mut p = model.params()?;
-    p.load_from(weights)
-        .map_err(|e| Error::Weights(format!("{}: {e}", args.weights.display())))?;
+    p.load_from_file(weights, &args.weights)?;
     model.set_params(&p)?;
     let (acc, loss) = evaluate(&mut model, &split.test, 500)?;
     println!("accuracy {acc:.4} loss {loss:.4}");

@@ -36,12 +36,15 @@ impl<B: Backend> Model for EngineModel<B> {
 /// Builds the network of `cfg` with weights initialised from `spec.seed` (as `pdenet init`).
 pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Model>> {
     let layout = Layout::new(cfg)?;
-    let params = layout.init(spec.seed);
     let device = Device::select(spec.device)?;
     let schedule = spec.policy.schedule().with_storage(spec.storage);
     let mut shape = vec![spec.batch];
     shape.extend(crate::bench::sample_shape(cfg));
-    device.reserve_for(&layout, &shape, schedule)?;
+    // Checked before anything is allocated: the training loop keeps about three host copies of
+    // the parameters (weights, gradients, optimizer state) beside the engine's.
+    layout.check_host_memory(3, "the host copies of the parameters")?;
+    device.reserve_with_host(&layout, &shape, schedule, 3)?;
+    let params = layout.init(spec.seed);
     crate::with_device!(device, |b| {
         let engine = Engine::new(b, layout, &params)?;
         Ok(Box::new(EngineModel { engine, schedule }) as Box<dyn Model>)

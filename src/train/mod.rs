@@ -123,6 +123,13 @@ impl TrainOptions {
         if self.batch == 0 || self.eval_batch == 0 {
             return Err(Error::Input("batch size must be at least 1".into()));
         }
+        // One-sample minibatches are dropped (batch norm needs two): a batch of 1 would train
+        // nothing at all.
+        if self.batch == 1 {
+            return Err(Error::Input(
+                "--batch 1: a training minibatch needs at least 2 samples (batch norm statistics); use --batch 2 or more".into(),
+            ));
+        }
         Ok(())
     }
 }
@@ -190,6 +197,14 @@ pub fn evaluate<M: Model + ?Sized>(
     for idx in order.chunks(batch.max(1)) {
         let (x, labels) = ds.batch(idx)?;
         let logits = model.logits(&x)?;
+        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+            let k = logits.len() / idx.len().max(1);
+            return Err(Error::NonFinite(format!(
+                "the logits of evaluation sample {} are not finite ({})",
+                idx[i / k.max(1)],
+                logits[i]
+            )));
+        }
         let (l, c) = loss_and_correct(&logits, &labels)?;
         loss += l * idx.len() as f64;
         correct += c;
@@ -257,8 +272,33 @@ pub fn train<M: Model + ?Sized>(
         )));
     }
     let out = opts.out.as_path();
+    let created = !out.exists();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let result = train_in(model, split, opts);
+    if result.is_err() && created {
+        // A refused or failed run leaves no empty folder behind (`remove_dir` keeps a
+        // non-empty one: its checkpoints stay).
+        let _ = std::fs::remove_dir(out);
+    }
+    result
+}
+
+fn train_in<M: Model + ?Sized>(
+    model: &mut M,
+    split: &Split,
+    opts: &TrainOptions,
+) -> Result<TrainReport> {
+    let train_set = &split.train;
+    let out = opts.out.as_path();
+    crate::params::remove_stale_temps(out);
     let run = opts.run_json();
+    if opts.batch > train_set.len() && opts.progress {
+        eprintln!(
+            "note: --batch {} exceeds the {} training samples: one step of all of them per epoch",
+            opts.batch,
+            train_set.len()
+        );
+    }
 
     let resumed = if opts.resume {
         checkpoint::load(out)?
@@ -267,6 +307,14 @@ pub fn train<M: Model + ?Sized>(
     };
     let (start, mut rng, mut opt, mut history) = match resumed {
         Some(ck) => {
+            if ck.state.epoch > opts.epochs {
+                return Err(Error::Input(format!(
+                    "cannot resume: the checkpoint in {} has {} epochs, more than --epochs {}",
+                    ck.dir.display(),
+                    ck.state.epoch,
+                    opts.epochs
+                )));
+            }
             check_same("network config", &ck.state.config, &opts.config)?;
             check_same("run settings", &ck.state.run, &run)?;
             let mut p = model.params()?;
@@ -342,6 +390,12 @@ pub fn train<M: Model + ?Sized>(
                 correct as f64 / seen as f64,
                 seen as f64 / secs
             ));
+        }
+        if seen == 0 {
+            return Err(Error::Data(format!(
+                "epoch {e1}: no minibatch of at least 2 samples in {} training samples",
+                train_set.len()
+            )));
         }
         let train_secs = t0.elapsed().as_secs_f64().max(1e-9);
         pb.finish_and_clear();

@@ -292,6 +292,24 @@ impl Optimizer {
             }
             map.insert(pname.to_string(), t.data.clone());
         }
+        // Strict: after a step every trained parameter has its state (Adam: both moments); a
+        // missing one would silently restart it at zero and change the result.
+        if opt.steps > 0 {
+            for (name, role, _) in params.iter() {
+                if role == ParamRole::Buffer {
+                    continue;
+                }
+                let adam = opt.config.kind == OptimizerKind::Adam;
+                for (prefix, map) in [("opt.m.", &opt.m), ("opt.v.", &opt.v)] {
+                    if (prefix == "opt.m." || adam) && !map.contains_key(name) {
+                        return Err(Error::Weights(format!(
+                            "missing optimizer tensor `{prefix}{name}` ({} steps taken)",
+                            opt.steps
+                        )));
+                    }
+                }
+            }
+        }
         Ok(opt)
     }
 }

@@ -28,7 +28,12 @@ struct Logcosh;
 impl Act for Relu {
     #[inline(always)]
     fn f(x: f32) -> f32 {
-        x.max(0.0)
+        // NaN stays NaN (PyTorch's relu); `max` would map it to 0.
+        if x < 0.0 {
+            0.0
+        } else {
+            x
+        }
     }
     #[inline(always)]
     fn df(x: f32) -> f32 {

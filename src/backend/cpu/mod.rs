@@ -104,7 +104,14 @@ fn map2(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
 
 fn act_f32(act: Activation, x: f32) -> f32 {
     match act {
-        Activation::Relu => x.max(0.0),
+        // NaN stays NaN (PyTorch's relu); `max` would map it to 0.
+        Activation::Relu => {
+            if x < 0.0 {
+                0.0
+            } else {
+                x
+            }
+        }
         Activation::Tanh => x.tanh(),
         Activation::Logcosh => x.abs() + (-2.0 * x.abs()).exp().ln_1p(),
     }
@@ -858,6 +865,13 @@ impl Backend for Cpu {
 
     fn quantize(&self, x: &Vec<f32>, shift: u32) -> Result<Vec<i32>> {
         ensure_shape!(shift < 64, "fixed-point shift {shift} is too large");
+        // A cast would quantise NaN to 0 and infinities to the i32 limits, silently.
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(crate::error::Error::NonFinite(format!(
+                "the fixed-point policy cannot quantise {} (state value {i})",
+                x[i]
+            )));
+        }
         let scale = (1u64 << shift) as f64;
         let mut q = vec![0i32; x.len()];
         q.par_chunks_mut(ELEM_CHUNK)

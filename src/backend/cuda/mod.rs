@@ -525,8 +525,17 @@ impl Cuda {
 }
 
 fn compile_nvrtc(module: &str, src: &str, major: i32, minor: i32) -> Result<cudarc::nvrtc::Ptx> {
-    // SAFETY: only probes whether the shared library can be opened.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    compile_nvrtc_with(module, src, major, minor, Vec::new())
+}
+
+fn compile_nvrtc_with(
+    module: &str,
+    src: &str,
+    major: i32,
+    minor: i32,
+    include_paths: Vec<String>,
+) -> Result<cudarc::nvrtc::Ptx> {
+    if !nvrtc_present() {
         return Err(Error::CudaUnavailable(
             "this build embeds CUDA sources (no nvcc at build time) and NVRTC (libnvrtc) was not \
              found at run time; rebuild with nvcc on PATH or install NVRTC"
@@ -542,11 +551,60 @@ fn compile_nvrtc(module: &str, src: &str, major: i32, minor: i32) -> Result<cuda
     let opts = cudarc::nvrtc::CompileOptions {
         arch: Some(arch),
         options: vec!["-std=c++17".into()],
+        include_paths,
         ..Default::default()
     };
-    cudarc::nvrtc::compile_ptx_with_opts(src, opts).map_err(|e| {
-        Error::CudaUnavailable(format!("NVRTC failed on kernel module `{module}`: {e:?}"))
-    })
+    // A compile failure is a defect of the kernels, not a missing GPU: `Error::Cuda`, which
+    // `--device auto` reports when it falls back and the NVRTC test fails on.
+    cudarc::nvrtc::compile_ptx_with_opts(src, opts)
+        .map_err(|e| Error::Cuda(format!("NVRTC failed on kernel module `{module}`: {e:?}")))
+}
+
+/// Whether the NVRTC shared library can be opened (a probe that never panics).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only probes whether the shared library can be opened.
+    std::panic::catch_unwind(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// Compiles every `*.cu` of `dir` (the repository's `kernels/`) with NVRTC for compute_80,
+/// resolving includes in `dir`: the check of [`check_nvrtc_sources`] for builds that embed PTX.
+pub fn check_nvrtc_dir(dir: &std::path::Path) -> Result<usize> {
+    let mut n = 0;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+        .collect();
+    files.sort();
+    for f in files {
+        let src = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
+        let module = f.file_stem().map(|s| s.to_string_lossy().to_string());
+        let inc = vec![dir.to_string_lossy().to_string()];
+        compile_nvrtc_with(module.as_deref().unwrap_or("?"), &src, 8, 0, inc)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Whether this build embeds kernel sources (compiled by NVRTC at run time) rather than PTX.
+pub fn embeds_sources() -> bool {
+    matches!(embedded::FORMAT, embedded::KernelFormat::Source)
+}
+
+/// Reports a skipped GPU test where `cargo test` shows it without `--nocapture` (written to the
+/// process's stderr, which the test harness does not capture), naming the test (its thread).
+/// With `PDENET_REQUIRE_CUDA=1` (a GPU runner) a skip is a failure instead.
+pub fn report_skip(reason: impl std::fmt::Display) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    if std::env::var("PDENET_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+        panic!("PDENET_REQUIRE_CUDA=1 but {test} would be skipped: {reason}");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
 }
 
 /// One 256-thread block per 256 elements, capped (the kernels loop over the rest).

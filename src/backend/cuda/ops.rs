@@ -896,7 +896,15 @@ impl Backend for Cuda {
             return Ok(out);
         }
         let scale = (1u64 << shift) as f32;
-        launch!(self, "quantize", grid_1d(len); x.slice(), out.slice(), &scale, &l)?;
+        let bad = self.alloc_zeros::<i32>(1)?;
+        launch!(self, "quantize", grid_1d(len); x.slice(), out.slice(), &scale, &l, bad.slice())?;
+        // One flag read per quantised state: the fixed-point policy refuses NaN and infinities
+        // (which the conversion would make 0 and the i32 limits) instead of carrying them on.
+        if self.download_slice(&bad)?[0] != 0 {
+            return Err(Error::NonFinite(
+                "the fixed-point policy cannot quantise a non-finite state value".into(),
+            ));
+        }
         Ok(out)
     }
     fn dequantize(&self, q: &IBuf, shift: u32) -> Result<Buf> {
