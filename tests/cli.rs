@@ -327,3 +327,77 @@ fn killed_training_resumes_bit_identically() {
     let b = std::fs::read(cut.join("model.safetensors")).unwrap();
     assert!(a == b, "resumed weights differ from the uninterrupted run");
 }
+
+/// `train --multilevel 2`: three levels of ref-2d (16, 32, 64 steps), each its own run, the
+/// finest network's weights and config in --out, loadable by `eval`.
+#[test]
+fn multilevel_training_doubles_the_steps_each_level() {
+    let d = tmpdir("multilevel");
+    let out = d.join("run");
+    let o = pdenet(&[
+        "train",
+        "--config",
+        "ref-2d",
+        "--data",
+        "swissroll",
+        "--epochs",
+        "10",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--multilevel",
+        "2",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for l in 0..3 {
+        assert!(
+            out.join(format!("level{l}/model.safetensors")).exists(),
+            "level {l}"
+        );
+    }
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["steps"], serde_json::json!([64]));
+    assert_eq!(cfg["h"], serde_json::json!(0.025));
+    let w = read_safetensors(&out.join("model.safetensors")).unwrap();
+    assert!(w.contains_key("units.0.steps.63.K"));
+    let e = pdenet(&[
+        "eval",
+        "--config",
+        s(&out.join("config.json")),
+        "--weights",
+        s(&out.join("model.safetensors")),
+        "--data",
+        "swissroll",
+        "--seed",
+        "1",
+    ]);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let last = String::from_utf8_lossy(&e.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let acc: f64 = last.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(acc > 0.8, "{last}");
+    // A second run into the same folder is refused without --force.
+    let again = pdenet(&[
+        "train",
+        "--config",
+        "ref-2d",
+        "--data",
+        "swissroll",
+        "--multilevel",
+        "1",
+        "--out",
+        s(&out),
+    ]);
+    assert_clean_error(&again, "already holds a multilevel run");
+}

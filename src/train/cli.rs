@@ -6,7 +6,7 @@
 use crate::backend::{DeviceChoice, Storage};
 use crate::config::{Config, Kind};
 use crate::error::{Error, Result};
-use crate::params::read_safetensors;
+use crate::params::{read_safetensors, ParamSet};
 use crate::schedule::Policy;
 use crate::train::checkpoint;
 use crate::train::data::{self, Split};
@@ -75,6 +75,11 @@ pub struct TrainArgs {
     /// Overwrite a run already in --out (without it, `train` refuses to).
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
+    /// Multilevel training in depth: after the epochs, double the steps, halve h, interpolate
+    /// the weights in time and train again, this many times (each level in --out/level{l}/,
+    /// the finest network's weights and config in --out).
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    pub multilevel: usize,
 }
 
 /// `--seed`: an integer in [0, 2^64), with a range error for negative numbers (which clap would
@@ -110,6 +115,7 @@ impl Default for TrainArgs {
             device: DeviceChoice::Auto,
             resume: false,
             force: false,
+            multilevel: 0,
         }
     }
 }
@@ -173,6 +179,57 @@ pub fn check_data(cfg: &Config, split: &Split) -> Result<()> {
 /// Runs `pdenet train`; returns the report after printing a summary line.
 pub fn run_train(args: &TrainArgs, build: BuildModel<'_>) -> Result<TrainReport> {
     let cfg = Config::load(&args.config)?;
+    if args.multilevel == 0 {
+        return train_level(args, build, &cfg, None).map(|(r, _)| r);
+    }
+    if !args.force && holds_run(&args.out.join("level0")) {
+        return Err(Error::Input(format!(
+            "{} already holds a multilevel run; pass --force to overwrite it",
+            args.out.display()
+        )));
+    }
+    let (mut cfg, mut init) = (cfg, None);
+    let mut report = None;
+    for level in 0..=args.multilevel {
+        let level_args = TrainArgs {
+            out: args.out.join(format!("level{level}")),
+            multilevel: 0,
+            ..args.clone()
+        };
+        eprintln!("level {level}: steps {:?}, h {}", cfg.steps, cfg.h);
+        let (r, trained) = train_level(&level_args, build, &cfg, init.as_ref())?;
+        report = Some(r);
+        if level < args.multilevel {
+            let (fine_cfg, fine) = crate::train::multilevel::prolongate(&cfg, &trained)?;
+            cfg = fine_cfg;
+            init = Some(fine);
+        }
+    }
+    let last = args.out.join(format!("level{}", args.multilevel));
+    let model = std::fs::read(last.join("model.safetensors")).map_err(|e| Error::io(&last, e))?;
+    crate::params::write_atomic(&args.out.join("model.safetensors"), &model)?;
+    let json = serde_json::to_string_pretty(&cfg)
+        .map_err(|e| Error::Other(format!("serialising the config: {e}")))?;
+    crate::params::write_atomic(&args.out.join("config.json"), json.as_bytes())?;
+    println!(
+        "finest network: steps {:?}, h {} -> {} (config {})",
+        cfg.steps,
+        cfg.h,
+        args.out.join("model.safetensors").display(),
+        args.out.join("config.json").display()
+    );
+    Ok(report.expect("at least one level"))
+}
+
+/// Trains one network: `cfg` from scratch, or from the weights `init` (a prolongated network).
+/// Returns the report and the trained parameters.
+fn train_level(
+    args: &TrainArgs,
+    build: BuildModel<'_>,
+    cfg: &Config,
+    init: Option<&ParamSet>,
+) -> Result<(TrainReport, ParamSet)> {
+    let cfg = cfg.clone();
     if args.epochs == 0 {
         return Err(Error::Input("--epochs must be at least 1".into()));
     }
@@ -213,6 +270,9 @@ pub fn run_train(args: &TrainArgs, build: BuildModel<'_>) -> Result<TrainReport>
         batch,
     };
     let mut model = build(&cfg, &spec)?;
+    if let Some(p) = init {
+        model.set_params(p)?;
+    }
     let mut opts = TrainOptions::new(&args.out, args.epochs, args.seed);
     opts.batch = batch;
     opts.optim = OptimConfig::default_for(args.optimizer, args.lr);
@@ -236,7 +296,7 @@ pub fn run_train(args: &TrainArgs, build: BuildModel<'_>) -> Result<TrainReport>
         report.test_loss,
         args.out.join("model.safetensors").display()
     );
-    Ok(report)
+    Ok((report, model.params()?))
 }
 
 /// Runs `pdenet eval`: prints `accuracy A loss L` and returns `(accuracy, loss)`.
