@@ -1354,6 +1354,12 @@ impl<B: Backend> Engine<B> {
                 (Src::Window(c, _), None) => c,
                 _ => return Err(Error::Other("leapfrog state source mismatch".into())),
             };
+            // The first step reads the kept input, not its rebuild: where a pre-activation is
+            // exactly zero (relu's kink), the rebuild's rounding could take the other branch.
+            let y = match (&src, &tape.input) {
+                (Src::Window(..), Some(input)) if j == 0 => input,
+                _ => y,
+            };
             let v = layers::sym_grad(be, l, y, d, kind.act, &g_next)?;
             let g_j = match &p_cur {
                 Some((c, p)) => be.lincomb(&[(2.0, &g_next), (h2, &v.dy), (*c, p)])?,
@@ -1479,9 +1485,18 @@ impl<B: Backend> Engine<B> {
                         .pop()
                         .ok_or_else(|| Error::Other("missing state".into()))?;
                     let (a, b) = layers::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
-                    let bj = be.copy(&b)?;
+                    let pair = match &tape.input {
+                        // The first step reads the kept input (as the leapfrog's does) and
+                        // A_1 = A_0 + h f(B_0) recomputed from it, not their rebuilds.
+                        Some(input) if j == 0 => {
+                            let (a0, b0) = be.split_channels(input, d, half)?;
+                            let f1 = layers::f_only(be, l1, &b0, hd, kind.act)?;
+                            (be.lincomb(&[(1.0, &a0), (h, &f1)])?, b0)
+                        }
+                        _ => (be.copy(&st[0])?, be.copy(&b)?),
+                    };
                     s.push(vec![a, b]);
-                    (be.copy(&st[0])?, bj)
+                    pair
                 }
                 Kept::LastFixed(s) => {
                     let st = s
