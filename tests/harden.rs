@@ -765,3 +765,52 @@ fn require_cuda_turns_a_skip_into_a_failure() {
     }
     assert!(r.is_err(), "a skip under PDENET_REQUIRE_CUDA=1 must fail");
 }
+
+// ---- 3. the drift guard of reversible ---------------------------------------------------
+
+/// A leapfrog unit at h = 2 over 30 steps: its rebuild drifts past the default --drift-tol, so
+/// `grad --policy reversible` recomputes it (and says so) and writes `store`'s gradients;
+/// `--strict` refuses and writes nothing; a negative tolerance is refused.
+#[test]
+fn reversible_drift_is_recomputed_or_refused() {
+    let d = tmpdir("drift-guard");
+    let cfg = d.join("net.json");
+    std::fs::write(
+        &cfg,
+        r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[30],"layer":"hyperbolic","h":2.0,"activation":"relu","norm":"tv"}"#,
+    )
+    .unwrap();
+    let w = d.join("w.safetensors");
+    assert_ok(&pdenet(&[
+        "init",
+        "--config",
+        s(&cfg),
+        "--seed",
+        "7",
+        "--out",
+        s(&w),
+    ]));
+    let b = d.join("b.safetensors");
+    write_batch(&b, None);
+    let (gs, gr) = (d.join("store.safetensors"), d.join("rev.safetensors"));
+    assert_ok(&pdenet(&grad_args(&cfg, &w, &b, &gs, "store")));
+    let o = pdenet(&grad_args(&cfg, &w, &b, &gr, "reversible"));
+    assert_ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("recomputed") && err.contains("drift"), "{err}");
+    let (a, c) = (
+        read_safetensors(&gs).unwrap(),
+        read_safetensors(&gr).unwrap(),
+    );
+    for (name, t) in a.iter() {
+        assert_eq!(t.data, c.get(name).unwrap().data, "{name}");
+    }
+    let gx = d.join("strict.safetensors");
+    let mut args = grad_args(&cfg, &w, &b, &gx, "reversible");
+    args.push("--strict");
+    assert_clean_error(&pdenet(&args), &["--drift-tol", "unit 0"]);
+    assert!(!gx.exists());
+    let mut args = grad_args(&cfg, &w, &b, &gx, "reversible");
+    args.extend(["--drift-tol", "-1"]);
+    assert_clean_error(&pdenet(&args), &["--drift-tol"]);
+}

@@ -74,3 +74,83 @@ fn reversible_matches_store_reference() {
 fn reversible_matches_store_cpu() {
     matrix(pdenet::backend::cpu::Cpu::new);
 }
+
+/// The drift guard: a leapfrog unit at h = 2 (30 steps) rebuilds its input far from the kept
+/// one; unguarded `reversible` is then off `store` past the 1e-5 bound above, guarded it recomputes the unit and equals
+/// `store`, and `--strict` refuses. On a well-posed unit the guard changes no bit.
+#[test]
+fn drift_guard_recomputes_or_refuses() {
+    use pdenet::schedule::DriftGuard;
+    let json = r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[30],
+        "layer":"hyperbolic","h":2.0,"activation":"relu","norm":"tv"}"#;
+    let cfg = Config::parse(json, false).unwrap();
+    let layout = Layout::new(&cfg).unwrap();
+    let params = layout.init(7);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let x = HostTensor::new(
+        vec![2, 1, 6, 6],
+        (0..72).map(|_| rng.random_range(0.0..1.0)).collect(),
+    )
+    .unwrap();
+    let labels = vec![0, 1];
+    let mut eng = Engine::new(pdenet::backend::cpu::Cpu::new(), layout, &params).unwrap();
+    let store = eng
+        .grad(&x, &labels, Policy::Store.schedule(), false)
+        .unwrap();
+    let flat = |g: &pdenet::schedule::GradOutput| -> Vec<f32> {
+        let mut v = g.grad_x.clone();
+        g.grads
+            .iter()
+            .for_each(|(_, _, t)| v.extend_from_slice(&t.data));
+        v
+    };
+    let rev = Policy::Reversible.schedule();
+    let plain = eng.grad(&x, &labels, rev, false).unwrap();
+    let off = rel(&flat(&plain), &flat(&store));
+    let guard = DriftGuard {
+        tol: 1e-5,
+        strict: false,
+    };
+    let guarded = eng
+        .grad(&x, &labels, rev.with_drift_guard(Some(guard)), false)
+        .unwrap();
+    let fixed = rel(&flat(&guarded), &flat(&store));
+    println!(
+        "h 2, 30 steps: drift {:.2e}; unguarded {off:.2e} off store, guarded {fixed:.2e}",
+        guarded.drift
+    );
+    assert!(guarded.drift > 1e-5, "the test case must drift");
+    // Measured: drift 1.6e-4, unguarded 3.6e-5 off store (past the matrix's 1e-5), guarded 0.
+    assert!(off > 1e-5, "unguarded reversible should be off: {off:.2e}");
+    assert!(fixed <= 1e-6, "guarded reversible vs store: {fixed:.2e}");
+    let strict = DriftGuard {
+        strict: true,
+        ..guard
+    };
+    let err = eng
+        .grad(&x, &labels, rev.with_drift_guard(Some(strict)), false)
+        .err()
+        .expect("--strict refuses a drifting unit")
+        .to_string();
+    assert!(err.contains("--drift-tol") && !err.contains('\n'), "{err}");
+
+    // Well posed: the guard passes and changes no bit.
+    let cfg = config(LayerType::Hamiltonian, "full", &[8, 16]);
+    let layout = Layout::new(&cfg).unwrap();
+    let params = layout.init(7);
+    let x = HostTensor::new(
+        vec![2, 1, 6, 6],
+        (0..72).map(|_| rng.random_range(0.0..1.0)).collect(),
+    )
+    .unwrap();
+    let mut eng = Engine::new(pdenet::backend::cpu::Cpu::new(), layout, &params).unwrap();
+    let a = eng.grad(&x, &labels, rev, false).unwrap();
+    let b = eng
+        .grad(&x, &labels, rev.with_drift_guard(Some(guard)), false)
+        .unwrap();
+    let bits = |g: &pdenet::schedule::GradOutput| -> Vec<u32> {
+        flat(g).iter().map(|v| v.to_bits()).collect()
+    };
+    assert_eq!(bits(&a), bits(&b));
+    assert!(b.drift < 1e-5);
+}

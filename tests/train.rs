@@ -838,6 +838,7 @@ fn engine_trains_and_resumes_bit_identically() {
     use pdenet::schedule::Policy;
     use pdenet::train::engine_model::build_engine_model;
     let spec = ModelSpec {
+        drift_guard: None,
         seed: 3,
         policy: Policy::Store,
         storage: pdenet::backend::Storage::F32,
@@ -878,6 +879,7 @@ fn engine_trains_and_resumes_bit_identically() {
     o.config = serde_json::to_value(&img).unwrap();
     o.data_name = "mnist-small".into();
     let spec = ModelSpec {
+        drift_guard: None,
         policy: Policy::Reversible,
         ..spec
     };

@@ -55,7 +55,12 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
     );
     // Each policy, and `store` with its states kept in 16 bits (`--storage bf16`; f16 plans the same).
     let rows = Policy::ALL
-        .map(|p| (p.name().to_string(), p.schedule()))
+        .map(|p| {
+            (
+                p.name().to_string(),
+                p.schedule().with_drift_guard(default_guard(p)),
+            )
+        })
         .into_iter()
         .chain([(
             "store bf16".to_string(),
@@ -74,4 +79,12 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The plan of `reversible` includes the drift guard that `grad` and `train` run by default.
+fn default_guard(p: Policy) -> Option<pdenet::schedule::DriftGuard> {
+    (p == Policy::Reversible).then_some(pdenet::schedule::DriftGuard {
+        tol: pdenet::schedule::DEFAULT_DRIFT_TOL,
+        strict: false,
+    })
 }

@@ -1,7 +1,7 @@
 //! The executor: one forward + backward pass of a whole network on any backend, under a
 //! [`Schedule`]. The same code runs on the planning backend to give the planned peak memory.
 
-use super::Schedule;
+use super::{DriftGuard, Schedule};
 use crate::backend::{Activation, Backend, BnStats, Norm, Storage};
 use crate::config::{Connect, Kind, LayerType, OperatorKind};
 use crate::error::{Error, Result};
@@ -18,6 +18,8 @@ pub struct Engine<B: Backend> {
     params: Vec<B::Buf>,
     /// Measure the reconstruction drift of rebuilt unit inputs (costs a download per unit).
     pub measure_drift: bool,
+    /// Whether a drift-guard recomputation has been reported (it is said once per engine).
+    recompute_said: std::sync::atomic::AtomicBool,
 }
 
 /// The result of [`Engine::grad`].
@@ -169,6 +171,15 @@ struct Grads<B: Backend> {
 }
 
 impl<B: Backend> Grads<B> {
+    /// Adds every buffer held here into `into`.
+    fn add_into(self, be: &B, into: &mut Grads<B>) -> Result<()> {
+        for (i, v) in self.g.into_iter().enumerate() {
+            if let Some(v) = v {
+                into.add(be, i, 1.0, v)?;
+            }
+        }
+        Ok(())
+    }
     fn add(&mut self, be: &B, idx: usize, scale: f64, v: B::Buf) -> Result<()> {
         match &mut self.g[idx] {
             Some(acc) => be.axpy(scale, &v, acc),
@@ -214,6 +225,7 @@ impl<B: Backend> Engine<B> {
             layout,
             params,
             measure_drift: false,
+            recompute_said: Default::default(),
         })
     }
 
@@ -794,6 +806,7 @@ impl<B: Backend> Engine<B> {
             keep_all: false,
             fixed_point: None,
             storage: Storage::F32,
+            drift_guard: None,
         };
         let (tape, geo) = self.forward(x, sched, false)?;
         let logits = self.classify(&tape.features, geo.feature_dims)?;
@@ -806,6 +819,7 @@ impl<B: Backend> Engine<B> {
             keep_all: false,
             fixed_point: None,
             storage: Storage::F32,
+            drift_guard: None,
         };
         let (tape, geo) = self.forward(x, sched, true)?;
         let logits = self.classify(&tape.features, geo.feature_dims)?;
@@ -884,6 +898,7 @@ impl<B: Backend> Engine<B> {
             keep_all: true,
             fixed_point: None,
             storage: Storage::F32,
+            drift_guard: None,
         };
         let (tape, geo) = self.forward(x, sched, true)?;
         if bad(&tape.x)? {
@@ -1213,12 +1228,17 @@ impl<B: Backend> Engine<B> {
         }
         let shift = self.unit_shift(k, sched);
         match self.layout.config.layer {
-            LayerType::Hyperbolic => {
-                self.hyperbolic_backward(u, tape, d, g_out, g_pre, want_pair, shift, grads)
-            }
-            LayerType::Hamiltonian => {
-                let (g, drift) = self.hamiltonian_backward(u, tape, d, g_out, shift, grads)?;
-                Ok(UnitGrad { drift, ..plain(g) })
+            LayerType::Hyperbolic | LayerType::Hamiltonian => {
+                let guard = match (sched.drift_guard, &tape.kept, &tape.input) {
+                    (Some(guard), Kept::Last(_), Some(_)) if g_pre.is_none() && !want_pair => guard,
+                    _ => {
+                        let measure = self.measure_drift;
+                        return self.invertible_backward(
+                            k, tape, d, g_out, g_pre, want_pair, shift, measure, grads,
+                        );
+                    }
+                };
+                self.guarded_backward(k, tape, d, g_out, sched, guard, grads)
             }
             _ => {
                 let states = match (tape.kept, &tape.input) {
@@ -1230,6 +1250,118 @@ impl<B: Backend> Engine<B> {
                 Ok(plain(self.explicit_backward(u, states, d, g_out, grads)?))
             }
         }
+    }
+
+    /// Backward through an invertible unit, its drift measured when `measure`.
+    #[allow(clippy::too_many_arguments)]
+    fn invertible_backward(
+        &self,
+        k: usize,
+        tape: UnitTape<B>,
+        d: Dims,
+        g_out: B::Buf,
+        g_pre: Option<B::Buf>,
+        want_pair: bool,
+        shift: Option<u32>,
+        measure: bool,
+        grads: &mut Grads<B>,
+    ) -> Result<UnitGrad<B>> {
+        let u = &self.layout.units[k];
+        if self.layout.config.layer == LayerType::Hyperbolic {
+            return self
+                .hyperbolic_backward(u, tape, d, g_out, g_pre, want_pair, shift, measure, grads);
+        }
+        let (g, drift) = self.hamiltonian_backward(u, tape, d, g_out, shift, measure, grads)?;
+        Ok(UnitGrad {
+            g,
+            g_pre: None,
+            pair: None,
+            drift,
+        })
+    }
+
+    /// [`DriftGuard`]: the rebuild's parameter gradients are held apart until its drift passes;
+    /// above the tolerance the unit is recomputed from its kept input and run on stored states.
+    #[allow(clippy::too_many_arguments)]
+    fn guarded_backward(
+        &self,
+        k: usize,
+        tape: UnitTape<B>,
+        d: Dims,
+        g_out: B::Buf,
+        sched: Schedule,
+        guard: DriftGuard,
+        grads: &mut Grads<B>,
+    ) -> Result<UnitGrad<B>> {
+        let be = &self.backend;
+        let input = match &tape.input {
+            Some(x) => be.copy(x)?,
+            None => return Err(Error::Other(format!("unit {k} kept no input"))),
+        };
+        let g_again = be.copy(&g_out)?;
+        let shift = self.unit_shift(k, sched);
+        let mut held = self.unit_grads(k)?;
+        let r = self.invertible_backward(k, tape, d, g_out, None, false, shift, true, &mut held)?;
+        if r.drift <= guard.tol {
+            held.add_into(be, grads)?;
+            return Ok(r);
+        }
+        let drift = r.drift;
+        if guard.strict {
+            return Err(Error::Other(format!(
+                "unit {k}: the reversible rebuild of its input drifted {drift:.2e} (relative), above --drift-tol {:.1e}; without --strict the unit is recomputed from its input",
+                guard.tol
+            )));
+        }
+        drop((held, r));
+        if !self
+            .recompute_said
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            eprintln!(
+                "note: unit {k}: the reversible rebuild drifted {drift:.2e} from the kept input (above --drift-tol {:.1e}); such units are recomputed from their input",
+                guard.tol
+            );
+        }
+        let store = Schedule {
+            keep_all: true,
+            ..sched
+        };
+        let (_, kept) = self.unit_forward(k, &input, None, d, store)?;
+        let tape = UnitTape {
+            input: Some(input),
+            output: None,
+            kept,
+        };
+        let r = self.invertible_backward(k, tape, d, g_again, None, false, shift, false, grads)?;
+        Ok(UnitGrad { drift, ..r })
+    }
+
+    /// Zeroed gradient buffers for the parameters of unit `k` only.
+    fn unit_grads(&self, k: usize) -> Result<Grads<B>> {
+        let numels: Vec<usize> = self
+            .layout
+            .template
+            .iter()
+            .map(|(_, _, t)| t.numel())
+            .collect();
+        let mut g: Vec<Option<B::Buf>> = numels.iter().map(|_| None).collect();
+        for l in self.layout.units[k]
+            .steps
+            .iter()
+            .flat_map(|s| s.layers.iter())
+        {
+            let norm = match l.norm {
+                NormIdx::Tv { scale, shift } => vec![scale, shift],
+                NormIdx::Shift { shift } => vec![shift],
+            };
+            for i in l.op.weights.iter().copied().chain(norm) {
+                if g[i].is_none() {
+                    g[i] = Some(self.backend.zeros(numels[i])?);
+                }
+            }
+        }
+        Ok(Grads { g })
     }
 
     fn explicit_backward(
@@ -1273,6 +1405,7 @@ impl<B: Backend> Engine<B> {
         g_pre: Option<B::Buf>,
         want_pair: bool,
         fixed: Option<u32>,
+        measure: bool,
         grads: &mut Grads<B>,
     ) -> Result<UnitGrad<B>> {
         let be = &self.backend;
@@ -1386,7 +1519,7 @@ impl<B: Backend> Engine<B> {
                 }
             } else {
                 let rebuilt = match &src {
-                    _ if !self.measure_drift => None,
+                    _ if !measure => None,
                     Src::Window(c, _) => Some(be.copy(c)?),
                     Src::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
                     _ => None,
@@ -1439,6 +1572,7 @@ impl<B: Backend> Engine<B> {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn hamiltonian_backward(
         &self,
         u: &UnitIdx,
@@ -1446,6 +1580,7 @@ impl<B: Backend> Engine<B> {
         d: Dims,
         g_out: B::Buf,
         fixed: Option<u32>,
+        measure: bool,
         grads: &mut Grads<B>,
     ) -> Result<(B::Buf, f64)> {
         let be = &self.backend;
@@ -1525,7 +1660,7 @@ impl<B: Backend> Engine<B> {
         }
         // The state left is the rebuilt input (when rebuilt).
         let rebuilt = match &kept {
-            _ if !self.measure_drift => None,
+            _ if !measure => None,
             Kept::Last(s) => Some(be.concat_channels(&s[0][0], &s[0][1], d, half)?),
             Kept::LastFixed(s) => {
                 let (a, b) = (

@@ -37,16 +37,19 @@ impl Policy {
                 keep_all: true,
                 fixed_point: None,
                 storage: Storage::F32,
+                drift_guard: None,
             },
             Policy::Reversible => Schedule {
                 keep_all: false,
                 fixed_point: None,
                 storage: Storage::F32,
+                drift_guard: None,
             },
             Policy::Exact => Schedule {
                 keep_all: false,
                 fixed_point: Some(DEFAULT_FIXED_SHIFT),
                 storage: Storage::F32,
+                drift_guard: None,
             },
         }
     }
@@ -67,7 +70,7 @@ pub const DEFAULT_FIXED_SHIFT: u32 = 16;
 
 /// How a forward + backward pass runs: a policy, made of two independent choices so that
 /// `store` can also run the fixed-point forward (its gradients must equal `exact`'s bit for bit).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Schedule {
     /// Keep every state (`store`), or only what SPEC section 5 allows (`reversible`, `exact`).
     pub keep_all: bool,
@@ -76,9 +79,35 @@ pub struct Schedule {
     /// The format of kept float trajectories (every state under `store`, recomputed units under
     /// `reversible`): 16-bit formats halve their memory; the backward pass reads them rounded.
     pub storage: Storage,
+    /// Under `reversible`: check each rebuilt unit input against the kept one (see
+    /// [`DriftGuard`]); `None` trusts the rebuild.
+    pub drift_guard: Option<DriftGuard>,
 }
 
+/// The drift guard of `reversible`: a unit whose rebuilt input is further than `tol`
+/// (relative max-norm) from the kept input is recomputed from that input and its backward pass
+/// run again on stored states, or, when `strict`, the pass fails. A unit's parameter gradients
+/// are held apart until its check passes (one unit's parameters of memory, and a copy of its
+/// input and output gradient); a recomputed unit needs `store`'s memory for that unit, which the
+/// plan does not include.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DriftGuard {
+    pub tol: f64,
+    pub strict: bool,
+}
+
+/// The CLI's default `--drift-tol`: well above f32 rebuilds of well-posed units (~1e-7 to 1e-4
+/// at 1000 steps), well below the rebuilds that change a gradient visibly.
+pub const DEFAULT_DRIFT_TOL: f64 = 1e-5;
+
 impl Schedule {
+    /// This schedule with the drift guard `guard` (it acts only where a float unit is rebuilt).
+    pub fn with_drift_guard(self, guard: Option<DriftGuard>) -> Self {
+        Schedule {
+            drift_guard: guard,
+            ..self
+        }
+    }
     /// This schedule with its kept trajectories in `storage`.
     pub fn with_storage(self, storage: Storage) -> Self {
         Schedule { storage, ..self }

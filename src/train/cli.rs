@@ -18,11 +18,13 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_DATA: &str = "data/mnist-small";
 
 /// What the engine needs to build a network besides its config.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ModelSpec {
     /// Seeds the initial weights (as `pdenet init --seed`).
     pub seed: u64,
     pub policy: Policy,
+    /// The drift guard of `reversible` (`--drift-tol`, `--strict`).
+    pub drift_guard: Option<crate::schedule::DriftGuard>,
     /// Format of the states the backward pass keeps.
     pub storage: Storage,
     pub device: DeviceChoice,
@@ -63,6 +65,8 @@ pub struct TrainArgs {
     /// Memory policy of the backward pass.
     #[arg(long, default_value = "store")]
     pub policy: Policy,
+    #[command(flatten)]
+    pub drift: DriftArgs,
     /// Format of the kept states: f32, bf16 or f16 (16 bits halve the memory `store` grows by).
     #[arg(long, default_value = "f32")]
     pub storage: Storage,
@@ -80,6 +84,45 @@ pub struct TrainArgs {
     /// the finest network's weights and config in --out).
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     pub multilevel: usize,
+}
+
+/// The drift guard of `reversible` on the command line (`grad`, `train`).
+#[derive(clap::Args, Debug, Clone, PartialEq)]
+pub struct DriftArgs {
+    /// Under reversible: a unit whose rebuilt input is further than this (relative max-norm)
+    /// from the kept input is recomputed from that input; `inf` trusts every rebuild.
+    #[arg(long, default_value_t = crate::schedule::DEFAULT_DRIFT_TOL, allow_negative_numbers = true)]
+    pub drift_tol: f64,
+    /// Fail instead of recomputing a unit whose rebuild drifted past --drift-tol.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+impl Default for DriftArgs {
+    fn default() -> Self {
+        DriftArgs {
+            drift_tol: crate::schedule::DEFAULT_DRIFT_TOL,
+            strict: false,
+        }
+    }
+}
+
+impl DriftArgs {
+    /// The guard these flags ask for (`None` for `--drift-tol inf`).
+    pub fn guard(&self) -> Result<Option<crate::schedule::DriftGuard>> {
+        let tol = self.drift_tol;
+        if tol.is_nan() || tol < 0.0 {
+            return Err(Error::Input(format!(
+                "--drift-tol must be 0 or more (or inf), got {tol}"
+            )));
+        }
+        Ok(
+            (tol.is_finite() || self.strict).then_some(crate::schedule::DriftGuard {
+                tol,
+                strict: self.strict,
+            }),
+        )
+    }
 }
 
 /// `--seed`: an integer in [0, 2^64), with a range error for negative numbers (which clap would
@@ -111,6 +154,7 @@ impl Default for TrainArgs {
             lr: None,
             optimizer: OptimizerKind::Sgd,
             policy: Policy::Store,
+            drift: DriftArgs::default(),
             storage: Storage::F32,
             device: DeviceChoice::Auto,
             resume: false,
@@ -265,6 +309,7 @@ fn train_level(
     let spec = ModelSpec {
         seed: args.seed,
         policy: args.policy,
+        drift_guard: args.drift.guard()?,
         storage: args.storage,
         device: args.device,
         batch,
@@ -308,6 +353,7 @@ pub fn run_eval(args: &EvalArgs, build: BuildModel<'_>) -> Result<(f64, f64)> {
     let spec = ModelSpec {
         seed: 0,
         policy: Policy::Store,
+        drift_guard: None,
         storage: Storage::F32,
         device: DeviceChoice::Auto,
         batch: 500,

@@ -37,7 +37,11 @@ impl<B: Backend> Model for EngineModel<B> {
 pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Model>> {
     let layout = Layout::new(cfg)?;
     let device = Device::select(spec.device)?;
-    let schedule = spec.policy.schedule().with_storage(spec.storage);
+    let schedule = spec
+        .policy
+        .schedule()
+        .with_storage(spec.storage)
+        .with_drift_guard(spec.drift_guard);
     let mut shape = vec![spec.batch];
     shape.extend(crate::bench::sample_shape(cfg));
     // Checked before anything is allocated: the training loop keeps about three host copies of
