@@ -271,19 +271,24 @@ fn the_planned_peak_is_checked_against_the_machine_memory() {
 // ---- 2. non-finite values ---------------------------------------------------------------
 
 fn net_files(d: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let cfg = d.join("net.json");
-    std::fs::write(
-        &cfg,
+    net_files_of(
+        d,
         r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4,8],"steps":[2,1],"layer":"hyperbolic","h":0.5}"#,
+        "3",
     )
-    .unwrap();
+}
+
+/// The config `json`, weights from `init --seed seed` and a batch ([`write_batch`]) in `d`.
+fn net_files_of(d: &Path, json: &str, seed: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let cfg = d.join("net.json");
+    std::fs::write(&cfg, json).unwrap();
     let w = d.join("w.safetensors");
     assert_ok(&pdenet(&[
         "init",
         "--config",
         s(&cfg),
         "--seed",
-        "3",
+        seed,
         "--out",
         s(&w),
     ]));
@@ -774,24 +779,11 @@ fn require_cuda_turns_a_skip_into_a_failure() {
 #[test]
 fn reversible_drift_is_recomputed_or_refused() {
     let d = tmpdir("drift-guard");
-    let cfg = d.join("net.json");
-    std::fs::write(
-        &cfg,
+    let (cfg, w, b) = net_files_of(
+        &d,
         r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[30],"layer":"hyperbolic","h":2.0,"activation":"relu","norm":"tv"}"#,
-    )
-    .unwrap();
-    let w = d.join("w.safetensors");
-    assert_ok(&pdenet(&[
-        "init",
-        "--config",
-        s(&cfg),
-        "--seed",
         "7",
-        "--out",
-        s(&w),
-    ]));
-    let b = d.join("b.safetensors");
-    write_batch(&b, None);
+    );
     let (gs, gr) = (d.join("store.safetensors"), d.join("rev.safetensors"));
     assert_ok(&pdenet(&grad_args(&cfg, &w, &b, &gs, "store")));
     let o = pdenet(&grad_args(&cfg, &w, &b, &gr, "reversible"));
