@@ -6,7 +6,7 @@ use pdenet::bench::sample_shape;
 use pdenet::config::Config;
 use pdenet::network::Layout;
 use pdenet::schedule::plan::{check_sizes, count_flops, plan_step};
-use pdenet::schedule::Policy;
+use pdenet::schedule::{DriftGuard, Policy};
 use pdenet::Result;
 
 #[derive(Args, Debug)]
@@ -58,7 +58,9 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
         .map(|p| {
             (
                 p.name().to_string(),
-                p.schedule().with_drift_guard(default_guard(p)),
+                // `reversible` is planned with the guard `grad` and `train` run by default.
+                p.schedule()
+                    .with_drift_guard((p == Policy::Reversible).then(DriftGuard::default)),
             )
         })
         .into_iter()
@@ -79,12 +81,4 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The plan of `reversible` includes the drift guard that `grad` and `train` run by default.
-fn default_guard(p: Policy) -> Option<pdenet::schedule::DriftGuard> {
-    (p == Policy::Reversible).then_some(pdenet::schedule::DriftGuard {
-        tol: pdenet::schedule::DEFAULT_DRIFT_TOL,
-        strict: false,
-    })
 }

@@ -171,15 +171,6 @@ struct Grads<B: Backend> {
 }
 
 impl<B: Backend> Grads<B> {
-    /// Adds every buffer held here into `into`.
-    fn add_into(self, be: &B, into: &mut Grads<B>) -> Result<()> {
-        for (i, v) in self.g.into_iter().enumerate() {
-            if let Some(v) = v {
-                into.add(be, i, 1.0, v)?;
-            }
-        }
-        Ok(())
-    }
     fn add(&mut self, be: &B, idx: usize, scale: f64, v: B::Buf) -> Result<()> {
         match &mut self.g[idx] {
             Some(acc) => be.axpy(scale, &v, acc),
@@ -1280,8 +1271,8 @@ impl<B: Backend> Engine<B> {
         })
     }
 
-    /// [`DriftGuard`]: the rebuild's parameter gradients are held apart until its drift passes;
-    /// above the tolerance the unit is recomputed from its kept input and run on stored states.
+    /// [`DriftGuard`]: above the tolerance, the rebuild's parameter gradients are zeroed and the
+    /// unit is recomputed from its kept input and run on stored states.
     #[allow(clippy::too_many_arguments)]
     fn guarded_backward(
         &self,
@@ -1300,10 +1291,8 @@ impl<B: Backend> Engine<B> {
         };
         let g_again = be.copy(&g_out)?;
         let shift = self.unit_shift(k, sched);
-        let mut held = self.unit_grads(k)?;
-        let r = self.invertible_backward(k, tape, d, g_out, None, false, shift, true, &mut held)?;
+        let r = self.invertible_backward(k, tape, d, g_out, None, false, shift, true, grads)?;
         if r.drift <= guard.tol {
-            held.add_into(be, grads)?;
             return Ok(r);
         }
         let drift = r.drift;
@@ -1313,7 +1302,8 @@ impl<B: Backend> Engine<B> {
                 guard.tol
             )));
         }
-        drop((held, r));
+        drop(r);
+        self.zero_unit_grads(k, grads)?;
         if !self
             .recompute_said
             .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -1337,15 +1327,9 @@ impl<B: Backend> Engine<B> {
         Ok(UnitGrad { drift, ..r })
     }
 
-    /// Zeroed gradient buffers for the parameters of unit `k` only.
-    fn unit_grads(&self, k: usize) -> Result<Grads<B>> {
-        let numels: Vec<usize> = self
-            .layout
-            .template
-            .iter()
-            .map(|(_, _, t)| t.numel())
-            .collect();
-        let mut g: Vec<Option<B::Buf>> = numels.iter().map(|_| None).collect();
+    /// Zeroes the gradients of unit `k`'s parameters, discarding what a rejected rebuild added:
+    /// each parameter belongs to one unit, so nothing else had added to them yet.
+    fn zero_unit_grads(&self, k: usize, grads: &mut Grads<B>) -> Result<()> {
         for l in self.layout.units[k]
             .steps
             .iter()
@@ -1356,12 +1340,12 @@ impl<B: Backend> Engine<B> {
                 NormIdx::Shift { shift } => vec![shift],
             };
             for i in l.op.weights.iter().copied().chain(norm) {
-                if g[i].is_none() {
-                    g[i] = Some(self.backend.zeros(numels[i])?);
+                if let Some(g) = grads.g[i].as_mut() {
+                    *g = self.backend.zeros(self.backend.buf_len(g))?;
                 }
             }
         }
-        Ok(Grads { g })
+        Ok(())
     }
 
     fn explicit_backward(
@@ -1503,6 +1487,9 @@ impl<B: Backend> Engine<B> {
             if j > 0 {
                 // Rebuild Y_{j-1} = 2 Y_j - Y_{j+1} + h^2 f(Y_j), in floats or bit-exactly in integers.
                 match &mut src {
+                    // Y_0 is kept: its rebuild serves only the drift and Y_{-1} of a chain.
+                    Src::Window(..) if j == 1 && tape.input.is_some() && !measure && !want_pair => {
+                    }
                     Src::Window(c, n) => {
                         let prev = layers::leapfrog_inverse(be, kind, l, c, n, d)?;
                         *n = std::mem::replace(c, prev);
@@ -1619,19 +1606,28 @@ impl<B: Backend> Engine<B> {
                     let st = s
                         .pop()
                         .ok_or_else(|| Error::Other("missing state".into()))?;
-                    let (a, b) = layers::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
-                    let pair = match &tape.input {
+                    match &tape.input {
                         // The first step reads the kept input (as the leapfrog's does) and
-                        // A_1 = A_0 + h f(B_0) recomputed from it, not their rebuilds.
+                        // A_1 = A_0 + h f(B_0) recomputed from it, not their rebuilds; the
+                        // rebuilt input serves only the drift.
                         Some(input) if j == 0 => {
+                            if measure {
+                                let (a, b) =
+                                    layers::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
+                                s.push(vec![a, b]);
+                            }
                             let (a0, b0) = be.split_channels(input, d, half)?;
                             let f1 = layers::f_only(be, l1, &b0, hd, kind.act)?;
                             (be.lincomb(&[(1.0, &a0), (h, &f1)])?, b0)
                         }
-                        _ => (be.copy(&st[0])?, be.copy(&b)?),
-                    };
-                    s.push(vec![a, b]);
-                    pair
+                        _ => {
+                            let (a, b) =
+                                layers::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
+                            let pair = (be.copy(&st[0])?, be.copy(&b)?);
+                            s.push(vec![a, b]);
+                            pair
+                        }
+                    }
                 }
                 Kept::LastFixed(s) => {
                     let st = s

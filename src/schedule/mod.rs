@@ -86,14 +86,23 @@ pub struct Schedule {
 
 /// The drift guard of `reversible`: a unit whose rebuilt input is further than `tol`
 /// (relative max-norm) from the kept input is recomputed from that input and its backward pass
-/// run again on stored states, or, when `strict`, the pass fails. A unit's parameter gradients
-/// are held apart until its check passes (one unit's parameters of memory, and a copy of its
-/// input and output gradient); a recomputed unit needs `store`'s memory for that unit, which the
-/// plan does not include.
+/// run again on stored states (the rebuild's parameter gradients zeroed first), or, when
+/// `strict`, the pass fails. It keeps a copy of each checked unit's input and output gradient;
+/// a recomputed unit needs `store`'s memory for that unit, which the plan does not include.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DriftGuard {
     pub tol: f64,
     pub strict: bool,
+}
+
+/// The guard `grad` and `train` run by default.
+impl Default for DriftGuard {
+    fn default() -> Self {
+        DriftGuard {
+            tol: DEFAULT_DRIFT_TOL,
+            strict: false,
+        }
+    }
 }
 
 /// The CLI's default `--drift-tol`: well above f32 rebuilds of well-posed units (~1e-7 to 1e-4

@@ -100,9 +100,10 @@ pub struct DriftArgs {
 
 impl Default for DriftArgs {
     fn default() -> Self {
+        let guard = crate::schedule::DriftGuard::default();
         DriftArgs {
-            drift_tol: crate::schedule::DEFAULT_DRIFT_TOL,
-            strict: false,
+            drift_tol: guard.tol,
+            strict: guard.strict,
         }
     }
 }
