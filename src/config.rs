@@ -22,6 +22,8 @@ pub enum LayerType {
     Hyperbolic,
     Hamiltonian,
     Imex,
+    /// A continuous-time unit (SPEC section 10): `dY/dt = F_j(Y)`, `F` named by `rhs`.
+    Ode,
 }
 
 impl LayerType {
@@ -44,6 +46,7 @@ impl LayerType {
             LayerType::Hyperbolic => "hyperbolic",
             LayerType::Hamiltonian => "hamiltonian",
             LayerType::Imex => "imex",
+            LayerType::Ode => "ode",
         }
     }
 }
@@ -54,6 +57,41 @@ impl std::str::FromStr for LayerType {
         serde_json::from_value(serde_json::Value::String(s.to_string()))
             .map_err(|_| Error::Config(format!("unknown layer `{s}`")))
     }
+}
+
+/// The `solver` key of an `ode` unit (SPEC section 10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Solver {
+    Euler,
+    Rk4,
+    #[default]
+    Dopri5,
+}
+
+/// The `gradient` key of an `ode` unit (SPEC section 10).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gradient {
+    /// Discretize-optimize: the exact gradient of the computed output.
+    #[default]
+    Discretize,
+    /// Optimize-discretize: the continuous adjoint, solved backwards.
+    Adjoint,
+}
+
+/// The keys of an `ode` unit, defaults filled in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OdeKeys {
+    /// The step type whose `F` is the right-hand side: parabolic, resnet or antisymmetric.
+    pub rhs: LayerType,
+    pub solver: Solver,
+    pub substeps: usize,
+    pub rtol: f64,
+    pub atol: f64,
+    pub gradient: Gradient,
+    /// Steps (accepted and rejected) an adaptive solve may take per interval.
+    pub max_steps: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -102,6 +140,21 @@ pub struct Config {
     pub gamma: f64,
     #[serde(default = "default_connect")]
     pub connect: Connect,
+    /// The keys of `layer: ode` (SPEC section 10); errors with any other layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rhs: Option<LayerType>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub solver: Option<Solver>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substeps: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtol: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atol: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<Gradient>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<usize>,
 }
 
 fn default_operator() -> OperatorKind {
@@ -127,6 +180,24 @@ impl Config {
             Kind::Image => NormKind::Tv,
             Kind::Dense => NormKind::None,
         })
+    }
+
+    /// The keys of an `ode` network with their defaults, `None` for other layers.
+    pub fn ode(&self) -> Option<OdeKeys> {
+        (self.layer == LayerType::Ode).then(|| OdeKeys {
+            rhs: self.rhs.unwrap_or(LayerType::Parabolic),
+            solver: self.solver.unwrap_or_default(),
+            substeps: self.substeps.unwrap_or(1),
+            rtol: self.rtol.unwrap_or(1e-3),
+            atol: self.atol.unwrap_or(1e-4),
+            gradient: self.gradient.unwrap_or_default(),
+            max_steps: self.max_steps.unwrap_or(crate::limits::MAX_ODE_STEPS),
+        })
+    }
+
+    /// The step type that fixes each step's parameters: `rhs` for `ode` units.
+    pub fn step_layer(&self) -> LayerType {
+        self.ode().map_or(self.layer, |o| o.rhs)
     }
 
     /// Input channels (image) or input dimension (dense).
@@ -282,6 +353,7 @@ impl Config {
                 }
             }
         }
+        self.validate_ode()?;
         if self.layer == LayerType::Hamiltonian {
             if let Some(w) = self.widths.iter().find(|w| *w % 2 == 1) {
                 return err(format!("hamiltonian layers need even widths, got {w}"));
@@ -298,6 +370,54 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The keys of section 10: only with `layer: ode`, each in its range.
+    fn validate_ode(&self) -> Result<()> {
+        let err = |m: String| Err(Error::Config(m));
+        let Some(o) = self.ode() else {
+            let given = [
+                ("rhs", self.rhs.is_some()),
+                ("solver", self.solver.is_some()),
+                ("substeps", self.substeps.is_some()),
+                ("rtol", self.rtol.is_some()),
+                ("atol", self.atol.is_some()),
+                ("gradient", self.gradient.is_some()),
+                ("max_steps", self.max_steps.is_some()),
+            ];
+            if let Some((key, _)) = given.iter().find(|(_, g)| *g) {
+                return err(format!(
+                    "`{key}` is a key of `layer: ode`, not of `layer: {}`",
+                    self.layer.name()
+                ));
+            }
+            return Ok(());
+        };
+        if !matches!(
+            o.rhs,
+            LayerType::Parabolic | LayerType::Resnet | LayerType::Antisymmetric
+        ) {
+            return err(format!(
+                "`rhs` must be parabolic, resnet or antisymmetric, not {}",
+                o.rhs.name()
+            ));
+        }
+        if o.substeps == 0 || o.substeps > crate::limits::MAX_ODE_STEPS {
+            return err(format!(
+                "`substeps` must be in 1..={}, got {}",
+                crate::limits::MAX_ODE_STEPS,
+                o.substeps
+            ));
+        }
+        for (key, v) in [("rtol", o.rtol), ("atol", o.atol)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return err(format!("`{key}` must be a positive number, got {v}"));
+            }
+        }
+        if o.max_steps == 0 {
+            return err("`max_steps` must be at least 1".into());
         }
         Ok(())
     }

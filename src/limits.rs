@@ -12,6 +12,10 @@ pub const MAX_DENSE_INPUT: usize = 1 << 24;
 pub const MAX_CLASSES: usize = 1 << 20;
 /// Largest number of steps over all units (each step is a few named tensors in the layout).
 pub const MAX_TOTAL_STEPS: usize = 100_000;
+/// Solver steps (accepted and rejected) of one `ode` weight interval, and its substeps: a solve
+/// that needs more stops with an error naming the unit and the time reached, instead of hanging.
+pub const MAX_ODE_STEPS: usize = 10_000;
+
 /// Largest number of values of one activation (`N * C * H * W`): 2^40 f32 are 4 TiB, beyond
 /// any machine, and keep every flop count of a pass within 64 bits.
 pub const MAX_ELEMENTS: usize = 1 << 40;

@@ -99,6 +99,14 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     for (name, shape, data) in &named {
         tensors.push((name.clone(), OutTensor::F32(shape, data)));
     }
+    // SPEC section 9: with `ode` units, the right-hand-side evaluations per unit.
+    let units_shape = [out.nfe_forward.len()];
+    let as_i64 = |v: &[usize]| v.iter().map(|&n| n as i64).collect::<Vec<i64>>();
+    let (nfe_f, nfe_b) = (as_i64(&out.nfe_forward), as_i64(&out.nfe_backward));
+    if cfg.ode().is_some() {
+        tensors.push(("nfe.forward".into(), OutTensor::I64(&units_shape, &nfe_f)));
+        tensors.push(("nfe.backward".into(), OutTensor::I64(&units_shape, &nfe_b)));
+    }
     // Nothing non-finite is written: a NaN gradient is an error, not a result.
     for (name, t) in &tensors {
         if let OutTensor::F32(_, data) = t {
@@ -111,6 +119,14 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     if a.policy == Policy::Reversible {
         // The largest relative drift of a rebuilt unit input (0 when nothing was rebuilt).
         eprintln!("drift {:.3e}", out.drift);
+    }
+    if cfg.ode().is_some() {
+        let total = |v: &[usize]| v.iter().sum::<usize>();
+        eprintln!(
+            "nfe forward {} backward {}",
+            total(&out.nfe_forward),
+            total(&out.nfe_backward)
+        );
     }
     eprintln!("loss {:.6}; wrote {}", out.loss, a.out.display());
     Ok(())

@@ -91,10 +91,9 @@ pub fn forward_single<B: Backend>(
             let p = prev.unwrap_or(y);
             sym(be, l, &[(2.0, y), (-1.0, p)], h * h, y, d, kind.act)
         }
-        LayerType::Hamiltonian | LayerType::Imex => Err(crate::Error::Config(format!(
-            "{} steps are not single-state steps",
-            kind.layer.name()
-        ))),
+        LayerType::Hamiltonian | LayerType::Imex | LayerType::Ode => Err(crate::Error::Config(
+            format!("{} steps are not single-state steps", kind.layer.name()),
+        )),
     }
 }
 

@@ -11,6 +11,9 @@ use crate::operators::{LayerGrads, OpRef, MGIC_GROUP};
 use crate::params::{ParamRole, ParamSet};
 use crate::tensor::{Dims, HostTensor};
 
+mod ode;
+use ode::OdeKept;
+
 /// A network's parameters resident on a backend, ready to run.
 pub struct Engine<B: Backend> {
     pub backend: B,
@@ -20,6 +23,11 @@ pub struct Engine<B: Backend> {
     pub measure_drift: bool,
     /// Whether a drift-guard recomputation has been reported (it is said once per engine).
     recompute_said: std::sync::atomic::AtomicBool,
+    /// Set on a planning backend (no values to control a step size on): adaptive `ode` solves
+    /// take this many equal steps per weight interval instead.
+    pub plan_ode_steps: Option<usize>,
+    /// Right-hand-side evaluations per unit, `[forward, backward]`, since the last `grad`.
+    nfe: std::sync::Mutex<Vec<[usize; 2]>>,
 }
 
 /// The result of [`Engine::grad`].
@@ -35,6 +43,10 @@ pub struct GradOutput {
     /// inverse steps (0 when nothing was rebuilt, the rebuild was exact, or
     /// [`Engine::measure_drift`] is off).
     pub drift: f64,
+    /// Right-hand-side evaluations per unit in the forward and the backward pass (0 for units
+    /// that are not `ode`), as `pdenet grad` writes them (`nfe.forward`, `nfe.backward`).
+    pub nfe_forward: Vec<usize>,
+    pub nfe_backward: Vec<usize>,
 }
 
 /// The states of a step: one tensor, or the halves `[A, B]` of a hamiltonian state.
@@ -113,6 +125,8 @@ enum Kept<B: Backend> {
     /// The last state (hamiltonian) or the last two (hyperbolic), oldest first.
     Last(Vec<State<B::Buf>>),
     LastFixed(Vec<State<B::IBuf>>),
+    /// An `ode` unit's intervals.
+    Ode(OdeKept<B>),
 }
 
 struct UnitTape<B: Backend> {
@@ -217,6 +231,8 @@ impl<B: Backend> Engine<B> {
             params,
             measure_drift: false,
             recompute_said: Default::default(),
+            plan_ode_steps: None,
+            nfe: Default::default(),
         })
     }
 
@@ -238,7 +254,7 @@ impl<B: Backend> Engine<B> {
     fn kind(&self) -> StepKind {
         let c = &self.layout.config;
         StepKind {
-            layer: c.layer,
+            layer: c.step_layer(),
             h: c.h,
             act: c.activation,
             gamma: c.gamma,
@@ -465,6 +481,9 @@ impl<B: Backend> Engine<B> {
         let nt = u.steps.len();
         if nt == 0 {
             return Ok((be.copy(input)?, Kept::Nothing));
+        }
+        if self.layout.config.layer == LayerType::Ode {
+            return self.ode_forward(k, input, d, sched);
         }
         let fixed = self.unit_shift(k, sched);
         if pre.is_some() && kind.layer != LayerType::Hyperbolic {
@@ -752,7 +771,7 @@ impl<B: Backend> Engine<B> {
                 let qm1 = be.haar_fixed(&s[i][0], d)?;
                 (be.dequantize(&q0, next_shift)?, Pre::Fixed(q0, qm1))
             }
-            Kept::Nothing => return Err(missing()),
+            Kept::Nothing | Kept::Ode(_) => return Err(missing()),
         };
         if matches!(kept, Kept::Last(_) | Kept::LastFixed(_)) {
             *kept = Kept::Nothing;
@@ -917,6 +936,11 @@ impl<B: Backend> Engine<B> {
                     }
                 }
             }
+            if let Some(out) = &u.output {
+                if bad(out)? {
+                    return Ok(Some(format!("units.{k}")));
+                }
+            }
             if let Some(t) = c {
                 if bad(&t.z)? {
                     return Ok(Some(format!("units.{k}.connect")));
@@ -933,6 +957,14 @@ impl<B: Backend> Engine<B> {
         Ok(bad(&logits)?.then(|| "classifier".into()))
     }
 
+    /// The forward (`pass` 0) or backward (1) right-hand-side evaluations per unit.
+    fn nfe_counts(&self, pass: usize) -> Vec<usize> {
+        let nfe = self.nfe.lock().unwrap_or_else(|e| e.into_inner());
+        (0..self.layout.units.len())
+            .map(|k| nfe.get(k).map_or(0, |c| c[pass]))
+            .collect()
+    }
+
     #[allow(clippy::type_complexity)]
     fn grad_inner(
         &self,
@@ -942,6 +974,8 @@ impl<B: Backend> Engine<B> {
     ) -> Result<(GradOutput, Vec<RunningUpdate<B::Buf>>)> {
         let be = &self.backend;
         let n = x.shape[0];
+        let units_n = self.layout.units.len();
+        *self.nfe.lock().unwrap_or_else(|e| e.into_inner()) = vec![[0, 0]; units_n];
         let mut grads = Grads::<B> {
             g: Vec::with_capacity(self.params.len()),
         };
@@ -1086,6 +1120,8 @@ impl<B: Backend> Engine<B> {
                 grad_x,
                 grads: out,
                 drift,
+                nfe_forward: self.nfe_counts(0),
+                nfe_backward: self.nfe_counts(1),
             },
             running,
         ))
@@ -1231,6 +1267,10 @@ impl<B: Backend> Engine<B> {
                 };
                 self.guarded_backward(k, tape, d, g_out, sched, guard, grads)
             }
+            LayerType::Ode => match tape.kept {
+                Kept::Ode(kept) => Ok(plain(self.ode_backward(k, kept, d, g_out, grads)?)),
+                _ => Err(Error::Other(format!("ode unit {k} kept no intervals"))),
+            },
             _ => {
                 let states = match (tape.kept, &tape.input) {
                     (Kept::All(s), _) => s,
@@ -1433,7 +1473,9 @@ impl<B: Backend> Engine<B> {
                     }
                 }
             }
-            Kept::Nothing => return Err(Error::Other("leapfrog unit kept no states".into())),
+            Kept::Nothing | Kept::Ode(_) => {
+                return Err(Error::Other("leapfrog unit kept no states".into()))
+            }
         };
         let mut g_next = g_out;
         // The gradient Y_j receives from step j + 1 (the `- Y_j` term of Y_{j+2}); at the end of a
@@ -1643,7 +1685,7 @@ impl<B: Backend> Engine<B> {
                     s.push(vec![qa, qb]);
                     (a1, bj)
                 }
-                Kept::Nothing => {
+                Kept::Nothing | Kept::Ode(_) => {
                     return Err(Error::Other("hamiltonian unit kept no states".into()))
                 }
             };

@@ -568,6 +568,10 @@ impl MemoryPlan {
     }
 }
 
+/// Accepted steps per weight interval that an adaptive `ode` solve is planned (and its FLOPs
+/// counted) with: the true number depends on the values and the tolerances.
+pub const PLAN_ODE_STEPS: usize = 4;
+
 /// Plans a training step of `layout` on inputs of `input_shape` (e.g. `[32, 3, 32, 32]`):
 /// the engine's buffers, on no device in particular.
 pub fn plan_step(layout: &Layout, input_shape: &[usize], sched: Schedule) -> Result<MemoryPlan> {
@@ -586,6 +590,7 @@ pub fn plan_step_on(
     // Shapes only: the template holds no data, and neither does the input.
     let params: ParamSet = layout.template.clone();
     let mut eng = Engine::new(planner.clone(), layout.clone(), &params)?;
+    eng.plan_ode_steps = Some(PLAN_ODE_STEPS);
     let param_bytes = planner.live_bytes();
     let x = HostTensor::shape_only(input_shape.to_vec());
     let labels = vec![0; input_shape.first().copied().unwrap_or(0)];
@@ -639,6 +644,7 @@ pub fn count_flops(layout: &Layout, sample_shape: &[usize]) -> Result<FlopCount>
     let x = HostTensor::shape_only(shape);
     let planner = Planner::new();
     let mut eng = Engine::new(planner.clone(), layout.clone(), &layout.template)?;
+    eng.plan_ode_steps = Some(PLAN_ODE_STEPS);
     eng.logits(&x)?;
     let forward = planner.flops();
     eng.grad(&x, &[0], crate::schedule::Policy::Store.schedule(), false)?;

@@ -38,6 +38,11 @@ pub fn solve<S: Space, R: Rhs<S>>(
     record: bool,
 ) -> Result<Solution<S::V>> {
     opts.validate()?;
+    if let Some(n) = opts.plan_steps.filter(|_| opts.solver.adaptive()) {
+        let dt = (t1 - t0) / n as f64;
+        let grid: Vec<(f64, f64)> = (0..n).map(|i| (t0 + i as f64 * dt, dt)).collect();
+        return replay(s, rhs, opts.solver.tableau(), y0, &grid, record);
+    }
     match opts.solver {
         Solver::Euler | Solver::Rk4 => fixed(s, rhs, y0, t0, t1, opts, record),
         Solver::Dopri5 => adaptive(s, rhs, y0, t0, t1, opts, record),

@@ -18,18 +18,9 @@ pub use space::{scaled_sq_host, BackendSpace, EvalVjp, Rhs, RhsVjp, Space, Tol};
 pub use unit::UnitRhs;
 
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
 use tableau::{Tableau, DOPRI5, EULER, RK4};
 
-/// The `solver` key of an `ode` unit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Solver {
-    Euler,
-    Rk4,
-    #[default]
-    Dopri5,
-}
+pub use crate::config::{Gradient, Solver};
 
 impl Solver {
     pub fn tableau(self) -> &'static Tableau {
@@ -44,17 +35,6 @@ impl Solver {
     }
 }
 
-/// The `gradient` key of an `ode` unit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Gradient {
-    /// Discretize-optimize: the exact gradient of the computed output.
-    #[default]
-    Discretize,
-    /// Optimize-discretize: the continuous adjoint, solved backwards.
-    Adjoint,
-}
-
 /// How one interval is solved.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OdeOptions {
@@ -66,6 +46,9 @@ pub struct OdeOptions {
     /// Steps (accepted and rejected) an adaptive solve may take per interval before it stops
     /// with an error instead of running on.
     pub max_steps: usize,
+    /// Planning only (a backend without values, no error to control a step by): an adaptive
+    /// solve takes this many equal steps instead, allocating what as many accepted steps would.
+    pub plan_steps: Option<usize>,
 }
 
 impl Default for OdeOptions {
@@ -75,12 +58,24 @@ impl Default for OdeOptions {
             substeps: 1,
             rtol: 1e-3,
             atol: 1e-4,
-            max_steps: 10_000,
+            max_steps: crate::limits::MAX_ODE_STEPS,
+            plan_steps: None,
         }
     }
 }
 
 impl OdeOptions {
+    /// The options of a config's `ode` keys.
+    pub fn of(keys: &crate::config::OdeKeys) -> Self {
+        OdeOptions {
+            solver: keys.solver,
+            substeps: keys.substeps,
+            rtol: keys.rtol,
+            atol: keys.atol,
+            max_steps: keys.max_steps,
+            plan_steps: None,
+        }
+    }
     pub fn tol(&self) -> Tol {
         Tol {
             atol: self.atol,
@@ -106,6 +101,9 @@ impl OdeOptions {
         }
         if self.max_steps == 0 {
             return bad("`max_steps` must be at least 1".into());
+        }
+        if self.plan_steps == Some(0) {
+            return bad("`plan_steps` must be at least 1".into());
         }
         Ok(())
     }

@@ -1,0 +1,226 @@
+//! `ode` units in the executor (SPEC section 10): each weight interval solved by
+//! [`crate::solvers::ode`] on the step ops of `rhs`, and its backward pass under the memory
+//! policies (`discretize`) or by the continuous adjoint (`adjoint`).
+
+use super::{Engine, Grads, Kept};
+use crate::backend::Backend;
+use crate::config::{Gradient, OdeKeys};
+use crate::error::{Error, Result};
+use crate::network::{LayerIdx, NormIdx};
+use crate::schedule::Schedule;
+use crate::solvers::ode::{
+    adjoint, backprop, replay, solve, BackendSpace, OdeOptions, Solution, Step, UnitRhs,
+};
+use crate::tensor::Dims;
+
+/// The accepted steps `(t, dt)` of one interval's solve.
+type Grid = Vec<(f64, f64)>;
+
+/// What the backward pass has of an `ode` unit.
+pub(super) enum OdeKept<B: Backend> {
+    /// `store` + `discretize`: every interval's accepted steps with their stage inputs.
+    Steps(Vec<Vec<Step<B::Buf>>>),
+    /// `reversible` / `exact` + `discretize`: each interval's input and its accepted step grid;
+    /// the backward pass replays the interval one step at a time.
+    Inputs(Vec<(B::Buf, Grid)>),
+    /// `adjoint`: the unit's output, from which the adjoint solve rebuilds `Y(t)` backwards.
+    Output(B::Buf),
+}
+
+impl<B: Backend> Engine<B> {
+    fn ode_keys(&self) -> Result<OdeKeys> {
+        self.layout
+            .config
+            .ode()
+            .ok_or_else(|| Error::Other("an ode unit in a network that is not `ode`".into()))
+    }
+
+    /// The unit's solver options (on a planning backend with [`Engine::plan_ode_steps`]).
+    fn ode_options(&self, keys: &OdeKeys) -> OdeOptions {
+        OdeOptions {
+            plan_steps: self.plan_ode_steps,
+            ..OdeOptions::of(keys)
+        }
+    }
+
+    /// Solves interval `j` of unit `k` from `y0`.
+    fn ode_interval(
+        &self,
+        (k, j): (usize, usize),
+        rhs: &mut UnitRhs<'_, B>,
+        y0: &B::Buf,
+        opts: &OdeOptions,
+        record: bool,
+    ) -> Result<Solution<B::Buf>> {
+        let s = BackendSpace(&self.backend);
+        let h = self.layout.config.h;
+        let (t0, t1) = (j as f64 * h, (j + 1) as f64 * h);
+        solve(&s, rhs, y0, t0, t1, opts, record).map_err(|e| at_interval(k, j, e))
+    }
+
+    /// Runs `ode` unit `k` forward from `input`, keeping what `sched` and the unit's gradient
+    /// mode need.
+    pub(super) fn ode_forward(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        d: Dims,
+        sched: Schedule,
+    ) -> Result<(B::Buf, Kept<B>)> {
+        let be = &self.backend;
+        let keys = self.ode_keys()?;
+        let opts = self.ode_options(&keys);
+        let kind = self.kind();
+        let record = sched.keep_all && keys.gradient == Gradient::Discretize;
+        let mut y = be.copy(input)?;
+        let (mut steps, mut inputs) = (Vec::new(), Vec::new());
+        let mut nfe = 0;
+        for (j, st) in self.layout.units[k].steps.iter().enumerate() {
+            let mut rhs = UnitRhs::new(kind, self.layer(&st.layers[0]), d)?;
+            let sol = self.ode_interval((k, j), &mut rhs, &y, &opts, record)?;
+            nfe += sol.nfe;
+            let y0 = std::mem::replace(&mut y, sol.y);
+            match (keys.gradient, record) {
+                (Gradient::Discretize, true) => steps.push(sol.steps),
+                (Gradient::Discretize, false) => inputs.push((y0, sol.grid)),
+                (Gradient::Adjoint, _) => {}
+            }
+        }
+        self.count_nfe(k, nfe, 0);
+        let kept = match (keys.gradient, record) {
+            (Gradient::Discretize, true) => OdeKept::Steps(steps),
+            (Gradient::Discretize, false) => OdeKept::Inputs(inputs),
+            (Gradient::Adjoint, _) => OdeKept::Output(be.copy(&y)?),
+        };
+        Ok((y, Kept::Ode(kept)))
+    }
+
+    /// Backward through `ode` unit `k` from the gradient of its output; the parameter
+    /// gradients go into `grads`, the input's gradient is returned.
+    pub(super) fn ode_backward(
+        &self,
+        k: usize,
+        kept: OdeKept<B>,
+        d: Dims,
+        g_out: B::Buf,
+        grads: &mut Grads<B>,
+    ) -> Result<B::Buf> {
+        let be = &self.backend;
+        let s = BackendSpace(be);
+        let keys = self.ode_keys()?;
+        let opts = self.ode_options(&keys);
+        let tab = opts.solver.tableau();
+        let kind = self.kind();
+        let h = self.layout.config.h;
+        let unit = &self.layout.units[k];
+        let mut g = g_out;
+        let mut nfe = 0;
+        match kept {
+            OdeKept::Steps(mut all) => {
+                for (j, st) in unit.steps.iter().enumerate().rev() {
+                    let steps = all.pop().ok_or_else(|| missing(k, j))?;
+                    let mut rhs = UnitRhs::new(kind, self.layer(&st.layers[0]), d)?;
+                    let r =
+                        backprop(&s, &mut rhs, tab, &steps, g).map_err(|e| at_interval(k, j, e))?;
+                    nfe += r.nfe;
+                    grads.add_flat(be, &st.layers[0], r.dparams)?;
+                    g = r.dy0;
+                }
+            }
+            OdeKept::Inputs(mut all) => {
+                for (j, st) in unit.steps.iter().enumerate().rev() {
+                    let (y0, grid) = all.pop().ok_or_else(|| missing(k, j))?;
+                    let mut rhs = UnitRhs::new(kind, self.layer(&st.layers[0]), d)?;
+                    // Step i's input is replayed from the interval's input, so that one step's
+                    // stages are held at a time: memory flat in the number of solver steps, at
+                    // i replayed steps for step i.
+                    for i in (0..grid.len()).rev() {
+                        let yi = replay(&s, &mut rhs, tab, &y0, &grid[..i], false)?;
+                        let one = replay(&s, &mut rhs, tab, &yi.y, &grid[i..=i], true)?;
+                        let r = backprop(&s, &mut rhs, tab, &one.steps, g)
+                            .map_err(|e| at_interval(k, j, e))?;
+                        nfe += yi.nfe + one.nfe + r.nfe;
+                        grads.add_flat(be, &st.layers[0], r.dparams)?;
+                        g = r.dy0;
+                    }
+                }
+            }
+            OdeKept::Output(mut y1) => {
+                for (j, st) in unit.steps.iter().enumerate().rev() {
+                    let l = &st.layers[0];
+                    let mut rhs = UnitRhs::new(kind, self.layer(l), d)?;
+                    let zeros = self.zero_grads_of(l)?;
+                    let (t0, t1) = (j as f64 * h, (j + 1) as f64 * h);
+                    let (r, y0) = adjoint(&s, &mut rhs, &y1, &g, zeros, t0, t1, &opts)
+                        .map_err(|e| at_interval(k, j, e))?;
+                    nfe += r.nfe;
+                    grads.add_flat(be, l, r.dparams)?;
+                    g = r.dy0;
+                    y1 = y0;
+                }
+            }
+        }
+        self.count_nfe(k, 0, nfe);
+        Ok(g)
+    }
+
+    /// Zero buffers shaped as one layer's parameters, in [`UnitRhs`]'s order.
+    fn zero_grads_of(&self, l: &LayerIdx) -> Result<Vec<B::Buf>> {
+        let be = &self.backend;
+        flat_indices(l)
+            .into_iter()
+            .map(|i| be.zeros(be.buf_len(&self.params[i])))
+            .collect()
+    }
+
+    fn count_nfe(&self, k: usize, forward: usize, backward: usize) {
+        let mut nfe = self.nfe.lock().unwrap_or_else(|e| e.into_inner());
+        if nfe.len() <= k {
+            nfe.resize(k + 1, [0, 0]);
+        }
+        nfe[k][0] += forward;
+        nfe[k][1] += backward;
+    }
+}
+
+impl<B: Backend> Grads<B> {
+    /// Adds one layer's gradients in [`UnitRhs`]'s order: operator weights, then the norm's
+    /// scale (tvNorm) and shift.
+    pub(super) fn add_flat(&mut self, be: &B, l: &LayerIdx, g: Vec<B::Buf>) -> Result<()> {
+        let idx = flat_indices(l);
+        if g.len() != idx.len() {
+            return Err(Error::Other(format!(
+                "{} parameter gradients for a layer of {} tensors",
+                g.len(),
+                idx.len()
+            )));
+        }
+        for (i, v) in idx.into_iter().zip(g) {
+            self.add(be, i, 1.0, v)?;
+        }
+        Ok(())
+    }
+}
+
+/// A layer's parameter indices in [`UnitRhs`]'s gradient order.
+fn flat_indices(l: &LayerIdx) -> Vec<usize> {
+    let mut idx = l.op.weights.clone();
+    match l.norm {
+        NormIdx::Tv { scale, shift } => idx.extend([scale, shift]),
+        NormIdx::Shift { shift } => idx.push(shift),
+    }
+    idx
+}
+
+/// Names the unit and interval of a failed solve (SPEC names: `units.{k}.steps.{j}`).
+fn at_interval(k: usize, j: usize, e: Error) -> Error {
+    match e {
+        Error::Input(m) => Error::Input(format!("units.{k}.steps.{j}: {m}")),
+        Error::NonFinite(m) => Error::NonFinite(format!("units.{k}.steps.{j}: {m}")),
+        other => other,
+    }
+}
+
+fn missing(k: usize, j: usize) -> Error {
+    Error::Other(format!("ode unit {k} kept nothing for interval {j}"))
+}
