@@ -132,3 +132,26 @@ extern "C" __global__ void bn_update_running(float* __restrict__ rm, float* __re
         rv[c] = (float)((1.0 - momentum) * rv[c] + momentum * var[c] * unbias);
     }
 }
+
+// The ODE controller's scaled squares (SPEC section 10): block z sums
+// (x / (atol + rtol max(|a|, |b|)))^2 over [z chunk, (z + 1) chunk) in double into partial[z];
+// the host adds the blocks in order, so the total does not depend on the launch.
+extern "C" __global__ void __launch_bounds__(RED_THREADS)
+    scaled_sq_partial(const float* __restrict__ x, const float* __restrict__ a,
+                      const float* __restrict__ b, int len, int chunk, double atol, double rtol,
+                      double* __restrict__ partial) {
+    __shared__ double red[RED_THREADS];
+    const int beg = blockIdx.x * chunk, end = min(len, beg + chunk);
+    double s = 0.0;
+    for (int e = beg + threadIdx.x; e < end; e += RED_THREADS) {
+        double q = (double)x[e] / (atol + rtol * fmax(fabs((double)a[e]), fabs((double)b[e])));
+        s += q * q;
+    }
+    red[threadIdx.x] = s;
+    __syncthreads();
+    for (int off = RED_THREADS / 2; off > 0; off >>= 1) {
+        if (threadIdx.x < off) red[threadIdx.x] += red[threadIdx.x + off];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
+}

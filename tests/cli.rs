@@ -401,3 +401,58 @@ fn multilevel_training_doubles_the_steps_each_level() {
     ]);
     assert_clean_error(&again, "already holds a multilevel run");
 }
+
+/// SPEC section 9: with `ode` units `grad` writes `nfe.forward` and `nfe.backward` (i64, one
+/// per unit); an unknown solver is a one-line error naming the key's value.
+#[test]
+fn grad_of_an_ode_network_writes_evaluation_counts() {
+    let d = tmpdir("ode");
+    let cfg = d.join("ode.json");
+    std::fs::write(
+        &cfg,
+        r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4,4],"steps":[2,1],
+        "layer":"ode","h":0.5,"solver":"rk4","substeps":2}"#,
+    )
+    .unwrap();
+    let w = d.join("w.safetensors");
+    let o = pdenet(&["init", "--config", s(&cfg), "--seed", "3", "--out", s(&w)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = d.join("b.safetensors");
+    write_batch(&b, &[2, 1, 6, 6], &[0, 2]);
+    let g = d.join("g.safetensors");
+    let args = [
+        "grad",
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&w),
+        "--input",
+        s(&b),
+        "--out",
+        s(&g),
+    ];
+    let o = pdenet(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&g).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let counts = |name: &str| -> Vec<i64> {
+        let t = st.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::I64, "{name}");
+        assert_eq!(t.shape(), &[2], "{name}");
+        t.data()
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    // rk4: 4 evaluations per substep, 2 substeps per interval; the backward pass the same.
+    assert_eq!(counts("nfe.forward"), vec![16, 8]);
+    assert_eq!(counts("nfe.backward"), vec![16, 8]);
+    std::fs::write(
+        &cfg,
+        r#"{"kind":"image","in_channels":1,"classes":3,"widths":[4],"steps":[1],
+        "layer":"ode","h":0.5,"solver":"rk45"}"#,
+    )
+    .unwrap();
+    let o = pdenet(&args);
+    assert_clean_error(&o, "rk45");
+}

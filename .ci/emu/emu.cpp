@@ -268,7 +268,28 @@ static void check_quantize_flags_non_finite() {
     printf("%-48s %s\n", "quantize flags NaN and infinities", ok ? "ok" : "FAIL");
 }
 
+// The ODE controller's scaled squares: per-block partials in double, added in order.
+static void check_scaled_sq() {
+    for (int len : {1, 255, 8192, 20001}) {
+        auto x = rnd(len), a = rnd(len, 3.0f), b = rnd(len, 3.0f);
+        const int chunk = len < 8192 ? len : 8192, blocks = (len + chunk - 1) / chunk;
+        std::vector<double> part(blocks);
+        const double atol = 1e-4, rtol = 1e-3;
+        launch(d3(blocks), d3(256), [&] { scaled_sq_partial(x.data(), a.data(), b.data(), len, chunk, atol, rtol, part.data()); });
+        double got = 0, want = 0;
+        for (double p : part) got += p;
+        for (int i = 0; i < len; i++) {
+            double q = x[i] / (atol + rtol * std::max(std::fabs((double)a[i]), std::fabs((double)b[i])));
+            want += q * q;
+        }
+        char buf[96];
+        snprintf(buf, sizeof buf, "scaled_sq_partial len %d", len);
+        cmp(buf, {(float)got}, {want}, 1e-6);
+    }
+}
+
 int main() {
+    check_scaled_sq();
     check_relu_nan();
     check_quantize_flags_non_finite();
     check_f16_rounding();

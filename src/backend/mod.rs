@@ -19,6 +19,36 @@ use crate::error::Result;
 use crate::operators::OpRef;
 use crate::tensor::Dims;
 
+/// [`Backend::scaled_sq`] over host values, summed in index order.
+pub fn scaled_sq_host<T: Copy + Into<f64>>(
+    x: &[T],
+    a: &[T],
+    b: &[T],
+    atol: f64,
+    rtol: f64,
+) -> Result<f64> {
+    if x.len() != a.len() || x.len() != b.len() {
+        return Err(crate::Error::Shape(format!(
+            "scaled norm: lengths {} / {} / {} differ",
+            x.len(),
+            a.len(),
+            b.len()
+        )));
+    }
+    Ok(x.iter()
+        .zip(a)
+        .zip(b)
+        .map(|((&x, &a), &b)| scaled_term(x.into(), a.into(), b.into(), atol, rtol))
+        .sum())
+}
+
+/// One term of [`Backend::scaled_sq`] (the CUDA kernel computes the same in double).
+#[inline]
+pub fn scaled_term(x: f64, a: f64, b: f64, atol: f64, rtol: f64) -> f64 {
+    let e = x / (atol + rtol * a.abs().max(b.abs()));
+    e * e
+}
+
 /// Pointwise nonlinearity `sigma`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -139,6 +169,20 @@ pub trait Backend: Send + Sync + Sized {
     fn lincomb(&self, terms: &[(f64, &Self::Buf)]) -> Result<Self::Buf>;
     /// `y += a x`.
     fn axpy(&self, a: f64, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
+    /// `sum_i (x_i / (atol + rtol max(|a_i|, |b_i|)))^2` in f64: the ODE controller's scaled
+    /// norm (SPEC section 10) before the mean and root. Deterministic whatever the thread count;
+    /// the default reads the host ([`scaled_sq_host`], index order), backends sum on the device.
+    fn scaled_sq(
+        &self,
+        x: &Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        atol: f64,
+        rtol: f64,
+    ) -> Result<f64> {
+        let (x, a, b) = (self.download(x)?, self.download(a)?, self.download(b)?);
+        scaled_sq_host(&x, &a, &b, atol, rtol)
+    }
 
     // ---- 3x3 convolution, zero padding 1, stride 1, no bias ------------------------------
     /// `conv(x, K)`: x `[n, cin, h, w]` (`d`), K `[cout, cin, 3, 3]` -> `[n, cout, h, w]`.

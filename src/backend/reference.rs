@@ -87,6 +87,16 @@ impl Backend for Reference {
         }
         Ok(out)
     }
+    fn scaled_sq(
+        &self,
+        x: &Vec<f64>,
+        a: &Vec<f64>,
+        b: &Vec<f64>,
+        atol: f64,
+        rtol: f64,
+    ) -> Result<f64> {
+        crate::backend::scaled_sq_host(x, a, b, atol, rtol)
+    }
     fn axpy(&self, a: f64, x: &Vec<f64>, y: &mut Vec<f64>) -> Result<()> {
         check_len(x, y.len(), "axpy")?;
         for (yv, xv) in y.iter_mut().zip(x) {

@@ -203,6 +203,25 @@ impl Backend for Planner {
         self.flop(2 * terms.len() * terms[0].1.len);
         Ok(self.buf(terms[0].1.len))
     }
+    /// No values: a planned solve takes fixed steps ([`crate::solvers::ode::OdeOptions::plan_steps`]).
+    fn scaled_sq(
+        &self,
+        x: &PlanBuf,
+        a: &PlanBuf,
+        b: &PlanBuf,
+        _atol: f64,
+        _rtol: f64,
+    ) -> Result<f64> {
+        ensure_shape!(
+            x.len == a.len && x.len == b.len,
+            "scaled norm: {} / {} / {}",
+            x.len,
+            a.len,
+            b.len
+        );
+        self.flop(5 * x.len);
+        Ok(0.0)
+    }
     fn axpy(&self, _a: f64, x: &PlanBuf, y: &mut PlanBuf) -> Result<()> {
         ensure_shape!(x.len == y.len, "axpy: {} vs {}", x.len, y.len);
         Ok(())

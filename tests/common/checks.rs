@@ -41,6 +41,36 @@ pub fn lincomb<B: Backend>(b: &B, c: &Case) -> R {
     Ok(())
 }
 
+/// The ODE controller's scaled squares against the reference, and the same bits on 1 and 3
+/// threads (inputs long enough to span several chunks).
+pub fn scaled_sq<B: Backend>(b: &B, c: &Case) -> R {
+    let mut rng = c.rng();
+    let len = c.d.len() * 997;
+    let (x, y0, y1) = (
+        rand_vec(&mut rng, len, 1.0),
+        rand_vec(&mut rng, len, 3.0),
+        rand_vec(&mut rng, len, 3.0),
+    );
+    let (fx, f0, f1) = (up(b, &x), up(b, &y0), up(b, &y1));
+    let (atol, rtol) = (1e-4, 1e-3);
+    let want = Reference.scaled_sq(&x, &y0, &y1, atol, rtol).unwrap();
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| b.scaled_sq(&fx, &f0, &f1, atol, rtol).unwrap())
+    };
+    let got = on(1);
+    close("scaled_sq", &[got], &[want])?;
+    prop_assert_eq!(
+        got.to_bits(),
+        on(3).to_bits(),
+        "scaled_sq differs across threads"
+    );
+    Ok(())
+}
+
 pub fn axpy<B: Backend>(b: &B, c: &Case) -> R {
     let mut rng = c.rng();
     let len = c.d.len();

@@ -270,6 +270,27 @@ impl Backend for Cpu {
             });
         Ok(out)
     }
+    fn scaled_sq(
+        &self,
+        x: &Vec<f32>,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        atol: f64,
+        rtol: f64,
+    ) -> Result<f64> {
+        check_len(a, x.len(), "scaled norm `a`")?;
+        check_len(b, x.len(), "scaled norm `b`")?;
+        // Fixed chunks summed in order: the same total whatever the thread count.
+        let parts: Vec<f64> = x
+            .par_chunks(ELEM_CHUNK)
+            .zip(a.par_chunks(ELEM_CHUNK))
+            .zip(b.par_chunks(ELEM_CHUNK))
+            .map(|((x, a), b)| {
+                crate::backend::scaled_sq_host(x, a, b, atol, rtol).unwrap_or(f64::NAN)
+            })
+            .collect();
+        Ok(parts.iter().sum())
+    }
     fn axpy(&self, a: f64, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
         check_len(x, y.len(), "axpy")?;
         let a = a as f32;

@@ -113,6 +113,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "bn_apply",
             "bn_vjp_dx",
             "bn_update_running",
+            "scaled_sq_partial",
         ],
     ),
     (

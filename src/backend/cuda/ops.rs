@@ -109,6 +109,9 @@ fn group_sizes(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize)>
 /// solved on the host.
 const DIFF_MAX: usize = 32;
 
+/// Elements per block of `scaled_sq_partial`: a multiple of its 256 threads.
+const SCALED_SQ_CHUNK: usize = 8192;
+
 /// Channel-reduction modes of `channel_partial` (see kernels/norm.cu).
 const RED_A: i32 = 0;
 const RED_A_B_P: i32 = 1;
@@ -433,6 +436,28 @@ impl Backend for Cuda {
         Ok(out)
     }
 
+    fn scaled_sq(&self, x: &Buf, a: &Buf, b: &Buf, atol: f64, rtol: f64) -> Result<f64> {
+        let len = x.len();
+        check_len(a, len, "scaled norm `a`")?;
+        check_len(b, len, "scaled norm `b`")?;
+        if len == 0 {
+            return Ok(0.0);
+        }
+        let l = i32_of(len, "scaled norm length")?;
+        // Fixed chunks (not tied to the device's size): the same sum on every GPU.
+        let chunk = SCALED_SQ_CHUNK.min(len);
+        let blocks = len.div_ceil(chunk);
+        let partial = self.alloc::<f64>(blocks)?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ch = chunk as i32;
+        launch!(self, "scaled_sq_partial", cfg; x.slice(), a.slice(), b.slice(), &l, &ch, &atol,
+                &rtol, partial.slice())?;
+        Ok(self.download_slice(&partial)?.iter().sum())
+    }
     fn lincomb(&self, terms: &[(f64, &Buf)]) -> Result<Buf> {
         ensure_shape!(!terms.is_empty(), "lincomb needs at least one term");
         let len = terms[0].1.len();

@@ -14,7 +14,7 @@ mod unit;
 pub use adjoint::{adjoint, Aug, AugSpace};
 pub use backprop::{backprop, IntervalGrad};
 pub use integrate::{replay, solve, Solution, Step};
-pub use space::{scaled_sq_host, BackendSpace, EvalVjp, Rhs, RhsVjp, Space, Tol};
+pub use space::{BackendSpace, EvalVjp, Rhs, RhsVjp, Space, Tol};
 pub use unit::UnitRhs;
 
 use crate::error::{Error, Result};

@@ -1,7 +1,7 @@
 //! The vector spaces the solvers run in, and the right-hand sides they integrate.
 
 use crate::backend::Backend;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The operations a solver needs of its state: linear combinations (the stages) and the scaled
 /// norm that the step-size controller reads.
@@ -37,28 +37,8 @@ pub struct Tol {
     pub rtol: f64,
 }
 
-/// `sum_i (x_i / (atol + rtol max(|a_i|, |b_i|)))^2` over host values, summed in index order
-/// (deterministic whatever the thread count).
-pub fn scaled_sq_host<T: Copy + Into<f64>>(x: &[T], a: &[T], b: &[T], tol: Tol) -> Result<f64> {
-    if x.len() != a.len() || x.len() != b.len() {
-        return Err(Error::Shape(format!(
-            "scaled norm: lengths {} / {} / {} differ",
-            x.len(),
-            a.len(),
-            b.len()
-        )));
-    }
-    let mut s = 0.0f64;
-    for ((&x, &a), &b) in x.iter().zip(a).zip(b) {
-        let (x, a, b): (f64, f64, f64) = (x.into(), a.into(), b.into());
-        let q = x / (tol.atol + tol.rtol * a.abs().max(b.abs()));
-        s += q * q;
-    }
-    Ok(s)
-}
-
 /// A backend's buffers as a solver space: the stage combinations run as the backend's
-/// `lincomb`; the norm reads the values on the host (one download of three buffers per step).
+/// `lincomb` and the controller's norm as its `scaled_sq`, so the state stays on the device.
 pub struct BackendSpace<'a, B: Backend>(pub &'a B);
 
 impl<B: Backend> Space for BackendSpace<'_, B> {
@@ -67,12 +47,8 @@ impl<B: Backend> Space for BackendSpace<'_, B> {
         self.0.lincomb(terms)
     }
     fn scaled_sq(&self, x: &B::Buf, a: &B::Buf, b: &B::Buf, tol: Tol) -> Result<(f64, usize)> {
-        let (x, a, b) = (
-            self.0.download(x)?,
-            self.0.download(a)?,
-            self.0.download(b)?,
-        );
-        Ok((scaled_sq_host(&x, &a, &b, tol)?, x.len()))
+        let sum = self.0.scaled_sq(x, a, b, tol.atol, tol.rtol)?;
+        Ok((sum, self.0.buf_len(x)))
     }
 }
 
