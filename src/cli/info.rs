@@ -38,6 +38,24 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
         cfg.operator,
         cfg.h
     );
+    if let Some(o) = cfg.ode() {
+        let steps = if o.solver.adaptive() {
+            format!(
+                "planned at {} accepted steps per interval (the run's count depends on the values)",
+                pdenet::schedule::plan::PLAN_ODE_STEPS
+            )
+        } else {
+            format!("{} substeps per interval", o.substeps)
+        };
+        println!(
+            "ode         rhs {}, {:?} rtol {:e} atol {:e}, {:?} gradient; {steps}",
+            o.rhs.name(),
+            o.solver,
+            o.rtol,
+            o.atol,
+            o.gradient
+        );
+    }
     println!("parameters  {}", layout.parameter_count());
     println!("input       {sample:?}");
     println!(
