@@ -15,6 +15,8 @@ use crate::train::cli::ModelSpec;
 pub struct EngineModel<B: Backend> {
     pub engine: Engine<B>,
     pub schedule: Schedule,
+    /// Right-hand-side evaluations of the last `grad`.
+    nfe: [usize; 2],
 }
 
 impl<B: Backend> Model for EngineModel<B> {
@@ -26,10 +28,14 @@ impl<B: Backend> Model for EngineModel<B> {
     }
     fn grad(&mut self, x: &HostTensor, labels: &[usize]) -> Result<(f64, Vec<f32>, ParamSet)> {
         let out = self.engine.grad(x, labels, self.schedule, true)?;
+        self.nfe = [out.nfe_forward.iter().sum(), out.nfe_backward.iter().sum()];
         Ok((out.loss, out.logits, out.grads))
     }
     fn logits(&mut self, x: &HostTensor) -> Result<Vec<f32>> {
         self.engine.logits(x)
+    }
+    fn last_nfe(&self) -> [usize; 2] {
+        self.nfe
     }
 }
 
@@ -51,6 +57,10 @@ pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Mode
     let params = layout.init(spec.seed);
     crate::with_device!(device, |b| {
         let engine = Engine::new(b, layout, &params)?;
-        Ok(Box::new(EngineModel { engine, schedule }) as Box<dyn Model>)
+        Ok(Box::new(EngineModel {
+            engine,
+            schedule,
+            nfe: [0, 0],
+        }) as Box<dyn Model>)
     })
 }

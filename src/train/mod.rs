@@ -34,6 +34,11 @@ pub trait Model {
     fn grad(&mut self, x: &HostTensor, labels: &[usize]) -> Result<(f64, Vec<f32>, ParamSet)>;
     /// Evaluation-mode logits [n, classes].
     fn logits(&mut self, x: &HostTensor) -> Result<Vec<f32>>;
+    /// Right-hand-side evaluations `[forward, backward]` of the last `grad` (`ode` units; 0
+    /// for other networks).
+    fn last_nfe(&self) -> [usize; 2] {
+        [0, 0]
+    }
 }
 
 impl<M: Model + ?Sized> Model for Box<M> {
@@ -48,6 +53,9 @@ impl<M: Model + ?Sized> Model for Box<M> {
     }
     fn logits(&mut self, x: &HostTensor) -> Result<Vec<f32>> {
         (**self).logits(x)
+    }
+    fn last_nfe(&self) -> [usize; 2] {
+        (**self).last_nfe()
     }
 }
 
@@ -352,6 +360,7 @@ fn train_in<M: Model + ?Sized>(
         let batches = data::batches(&order, opts.batch);
         let pb = progress_bar(opts, batches.len(), e1);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut nfe_sum = [0usize; 2];
         for (step, idx) in batches.iter().enumerate() {
             let s1 = step + 1;
             let (mut x, labels) = train_set.batch(idx)?;
@@ -371,6 +380,9 @@ fn train_in<M: Model + ?Sized>(
                 )));
             }
             let (_, c) = loss_and_correct(&logits, &labels)?;
+            let nfe = model.last_nfe();
+            nfe_sum[0] += nfe[0];
+            nfe_sum[1] += nfe[1];
             let mut p = model.params()?;
             opt.step(&mut p, &grads, lr)?;
             if let Some(name) = first_non_finite(&p) {
@@ -410,8 +422,13 @@ fn train_in<M: Model + ?Sized>(
             seconds: t0.elapsed().as_secs_f64(),
         };
         if opts.progress {
+            let nfe = if nfe_sum == [0, 0] {
+                String::new()
+            } else {
+                format!(" nfe {} + {}", nfe_sum[0], nfe_sum[1])
+            };
             eprintln!(
-                "epoch {e1}/{}: loss {:.4} train {:.4} test {:.4} (loss {:.4}) {:.0} img/s {:.1} s",
+                "epoch {e1}/{}: loss {:.4} train {:.4} test {:.4} (loss {:.4}) {:.0} img/s {:.1} s{nfe}",
                 opts.epochs,
                 row.loss,
                 row.train_acc,
