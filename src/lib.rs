@@ -13,6 +13,7 @@ pub mod operators;
 pub mod params;
 pub mod schedule;
 pub mod solvers;
+pub mod stability;
 pub mod tensor;
 pub mod train;
 

@@ -3,6 +3,7 @@
 mod bench;
 mod grad;
 mod info;
+mod stability;
 
 use clap::{Parser, Subcommand};
 use pdenet::train::cli::{run_eval, run_train, EvalArgs, TrainArgs};
@@ -34,6 +35,9 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Sweeps depth, layer, operator, policy, precision and device: throughput and memory.
     Bench(bench::BenchArgs),
+    /// Per unit: growth of forward perturbations (random and adversarial) and the spectral
+    /// radius of each step's Jacobian (Haber & Ruthotto 2017).
+    Stability(stability::StabilityArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -44,5 +48,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(a) => run_train(&a, &build_engine_model).map(|_| ()),
         Command::Eval(a) => run_eval(&a, &build_engine_model).map(|_| ()),
         Command::Info(a) => info::run_info(a),
+        Command::Stability(a) => stability::run_stability(a),
     }
 }

@@ -12,6 +12,7 @@ use crate::params::{ParamRole, ParamSet};
 use crate::tensor::{Dims, HostTensor};
 
 mod ode;
+mod probe;
 use ode::OdeKept;
 
 /// A network's parameters resident on a backend, ready to run.

@@ -1,0 +1,94 @@
+//! Unit and step maps of a network as functions of one state, for the stability analysis
+//! ([`crate::stability`]): the units' inputs on a batch, one unit's forward map, one step's map.
+
+use super::Engine;
+use crate::backend::Backend;
+use crate::config::LayerType;
+use crate::error::{Error, Result};
+use crate::layers;
+use crate::schedule::Policy;
+use crate::solvers::ode::{solve, BackendSpace, OdeOptions, UnitRhs};
+use crate::tensor::{Dims, HostTensor};
+
+impl<B: Backend> Engine<B> {
+    /// Each unit's input on the batch `x` (evaluation mode: running batch-norm statistics) and
+    /// its shape.
+    pub fn unit_inputs(&self, x: &HostTensor) -> Result<Vec<(B::Buf, Dims)>> {
+        if self.haar_chain() {
+            return Err(Error::Input(
+                "the units of a Haar leapfrog chain share their states: analyse them without `connect: haar`".into(),
+            ));
+        }
+        let (tape, geo) = self.forward(x, Policy::Reversible.schedule(), false)?;
+        tape.units
+            .into_iter()
+            .zip(geo.unit_dims)
+            .map(|(u, d)| {
+                u.input
+                    .map(|y| (y, d))
+                    .ok_or_else(|| Error::Other("a unit kept no input".into()))
+            })
+            .collect()
+    }
+
+    /// Unit `k`'s forward map `Y_0 -> Y_nt` (a leapfrog unit starts from `Y_-1 = Y_0`).
+    pub fn unit_map(&self, k: usize, y: &B::Buf, d: Dims) -> Result<B::Buf> {
+        let sched = Policy::Reversible.schedule();
+        Ok(self.unit_forward(k, y, None, d, sched)?.0)
+    }
+
+    /// The width of step `j`'s state in unit `k` of width `c`: two states for leapfrog steps.
+    pub fn step_state_channels(&self, c: usize) -> usize {
+        match self.layout.config.layer {
+            LayerType::Hyperbolic => 2 * c,
+            _ => c,
+        }
+    }
+
+    /// Step `j` of unit `k` as a map of one state of [`Engine::step_state_channels`] channels:
+    /// `Y_j -> Y_{j+1}`; `[Y_{j-1}; Y_j] -> [Y_j; Y_{j+1}]` (leapfrog); `[A_j; B_j] ->
+    /// [A_{j+1}; B_{j+1}]` (Verlet); one weight interval of an `ode` unit.
+    pub fn step_map(&self, k: usize, j: usize, y: &B::Buf, d: Dims) -> Result<B::Buf> {
+        let be = &self.backend;
+        let unit = &self.layout.units[k];
+        let step = unit
+            .steps
+            .get(j)
+            .ok_or_else(|| Error::Input(format!("unit {k} has no step {j}")))?;
+        let kind = self.kind();
+        let l = self.layer(&step.layers[0]);
+        match self.layout.config.layer {
+            LayerType::Hyperbolic => {
+                let (prev, cur) = be.split_channels(y, d.with_c(2 * d.c), d.c)?;
+                let next = layers::forward_single(be, kind, l, &cur, Some(&prev), d)?;
+                be.concat_channels(&cur, &next, d.with_c(2 * d.c), d.c)
+            }
+            LayerType::Hamiltonian => {
+                let hd = d.with_c(d.c / 2);
+                let (a, b) = be.split_channels(y, d, d.c / 2)?;
+                let l2 = self.layer(&step.layers[1]);
+                let (a1, b1) = layers::verlet_forward(be, kind, l, l2, &a, &b, hd)?;
+                be.concat_channels(&a1, &b1, d, d.c / 2)
+            }
+            LayerType::Imex => {
+                let di = step
+                    .diffusion
+                    .ok_or_else(|| Error::Other("an imex step without diffusion".into()))?;
+                layers::imex_forward(be, kind, l, &self.params[di], y, d)
+            }
+            LayerType::Ode => {
+                let keys = self
+                    .layout
+                    .config
+                    .ode()
+                    .ok_or_else(|| Error::Other("ode keys missing".into()))?;
+                let mut rhs = UnitRhs::new(kind, l, d)?;
+                let h = self.layout.config.h;
+                let s = BackendSpace(be);
+                let (t0, t1) = (j as f64 * h, (j + 1) as f64 * h);
+                Ok(solve(&s, &mut rhs, y, t0, t1, &OdeOptions::of(&keys), false)?.y)
+            }
+            _ => layers::forward_single(be, kind, l, y, None, d),
+        }
+    }
+}
