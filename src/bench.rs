@@ -40,6 +40,8 @@ pub struct Roofline {
     pub gemm_gflops: f64,
     /// A large copy, bytes read plus bytes written.
     pub bandwidth_gbs: f64,
+    /// The FMA ceilings measured in registers (CPU only; `None` elsewhere).
+    pub fma_peak: Option<crate::backend::cpu::FmaPeak>,
 }
 
 /// One measured point.
@@ -59,6 +61,8 @@ pub struct BenchPoint {
     pub gflops: f64,
     /// Fraction of the measured GEMM rate.
     pub gemm_fraction: f64,
+    /// Fraction of the measured f32 FMA ceiling (CPU), `None` where it was not measured.
+    pub fma_fraction: Option<f64>,
     pub planned_peak_bytes: usize,
     pub planned_activation_bytes: usize,
     /// Device high-water mark (GPU: the driver's memory-pool high-water mark, or the backend's
@@ -127,6 +131,7 @@ pub fn cpu_roofline() -> Roofline {
         device: "cpu".into(),
         gemm_gflops,
         bandwidth_gbs,
+        fma_peak: Some(crate::backend::cpu::peak::measure()),
     }
 }
 
@@ -251,6 +256,7 @@ pub fn cuda_roofline(be: &crate::backend::cuda::Cuda) -> Result<Roofline> {
         device: format!("cuda ({}, {})", be.device_name(), be.precision().name()),
         gemm_gflops,
         bandwidth_gbs,
+        fma_peak: None,
     })
 }
 
@@ -371,6 +377,10 @@ pub fn run(
                                 images_per_s: opts.batch as f64 / m.seconds,
                                 gflops,
                                 gemm_fraction: gflops / roof.gemm_gflops,
+                                fma_fraction: roof
+                                    .fma_peak
+                                    .and_then(|p| p.f32_best())
+                                    .map(|peak| gflops / peak),
                                 planned_peak_bytes: plan.peak_bytes,
                                 planned_activation_bytes: plan.activation_bytes(),
                                 measured_peak_bytes: m.peak,
@@ -403,18 +413,29 @@ pub fn table(roofs: &[Roofline], points: &[BenchPoint]) -> String {
     let mut s = String::new();
     for r in roofs {
         s += &format!(
-            "roofline {}: GEMM {:.1} GFLOP/s, copy {:.1} GB/s\n",
+            "roofline {}: GEMM {:.1} GFLOP/s, copy {:.1} GB/s",
             r.device, r.gemm_gflops, r.bandwidth_gbs
         );
+        if let Some(p) = &r.fma_peak {
+            let show = |v: Option<f64>| v.map_or_else(|| "-".into(), |g| format!("{g:.1}"));
+            s += &format!(
+                "; FMA peak f32 AVX-512 {} / AVX2 {}, bf16 {} GFLOP/s (GEMM at {:.0}% of f32)",
+                show(p.avx512_f32),
+                show(p.avx2_f32),
+                show(p.avx512_bf16),
+                p.f32_best().map_or(0.0, |g| 100.0 * r.gemm_gflops / g)
+            );
+        }
+        s += "\n";
     }
     s += &format!(
-        "{:<5} {:<4} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9} {:>8} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
-        "dev", "prec", "layer", "operator", "policy", "kept", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "plan MB", "meas MB", "act MB", "MB/step", "drift"
+        "{:<5} {:<4} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9} {:>8} {:>6} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
+        "dev", "prec", "layer", "operator", "policy", "kept", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "%FMA", "plan MB", "meas MB", "act MB", "MB/step", "drift"
     );
     let mb = |b: f64| b / 1e6;
     for p in points {
         s += &format!(
-            "{:<5} {:<4} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
+            "{:<5} {:<4} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>5} {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
             p.device,
             p.precision,
             p.layer,
@@ -426,6 +447,7 @@ pub fn table(roofs: &[Roofline], points: &[BenchPoint]) -> String {
             p.images_per_s,
             p.gflops,
             100.0 * p.gemm_fraction,
+            p.fma_fraction.map_or_else(|| "-".into(), |f| format!("{:.0}%", 100.0 * f)),
             mb(p.planned_peak_bytes as f64),
             p.measured_peak_bytes.map(|b| format!("{:.1}", mb(b as f64))).unwrap_or_else(|| "-".into()),
             mb(p.planned_activation_bytes as f64),

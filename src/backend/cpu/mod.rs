@@ -5,8 +5,10 @@
 //! whatever the thread count. Norm statistics and the loss accumulate in f64.
 
 mod conv;
+mod direct;
 mod fused;
 mod par;
+pub mod peak;
 mod section7;
 
 use rayon::prelude::*;
@@ -34,6 +36,13 @@ impl Cpu {
 }
 
 pub use par::{release_workspaces, warm_threads};
+pub use peak::FmaPeak;
+
+/// The 3x3 convolution kernels by instruction set, callable directly (tests and benchmarks run
+/// each path the CPU has), and the process-wide choice the backend's ops follow.
+pub mod kernels {
+    pub use super::direct::{conv3x3, conv3x3_t, conv3x3_wgrad, select, selected, Isa};
+}
 
 /// Threads that may run a parallel op over `tasks` tasks.
 fn threads(tasks: usize) -> usize {
@@ -169,18 +178,36 @@ impl Backend for Cpu {
         let parts = |d: Dims| d.n.div_ceil(par::chunk_size(d.n));
         let pools = |d: Dims, a: usize, b: usize| [threads(d.n) * f * a, threads(d.n) * g * b];
         match op {
-            ScratchOp::Conv3x3 { d, .. } => Scratch {
-                transient: 0,
-                pools: pools(d, conv::im2col_ws(d), 0),
+            ScratchOp::Conv3x3 { d, cout } => match direct::selected() {
+                direct::Isa::Gemm => Scratch {
+                    transient: 0,
+                    pools: pools(d, conv::im2col_ws(d), 0),
+                },
+                isa => Scratch {
+                    transient: f * direct::packed_len(isa, cout, d.c),
+                    pools: pools(d, direct::shifted_ws(d), 0),
+                },
             },
-            ScratchOp::Conv3x3T { d, cin } => Scratch {
-                transient: f * d.c * cin * 9,
-                pools: pools(d, conv::im2col_ws(d), 0),
+            ScratchOp::Conv3x3T { d, cin } => match direct::selected() {
+                direct::Isa::Gemm => Scratch {
+                    transient: f * d.c * cin * 9,
+                    pools: pools(d, conv::im2col_ws(d), 0),
+                },
+                isa => Scratch {
+                    transient: f * direct::packed_len(isa, cin, d.c),
+                    pools: pools(d, direct::shifted_ws(d), 0),
+                },
             },
-            ScratchOp::Conv3x3Wgrad { d, cout } => Scratch {
-                transient: f * parts(d) * cout * d.c * 9,
-                pools: [threads(parts(d)) * f * conv::im2col_ws(d), 0],
-            },
+            ScratchOp::Conv3x3Wgrad { d, cout } => {
+                let ws = match direct::selected() {
+                    direct::Isa::Gemm => conv::im2col_ws(d),
+                    _ => direct::shifted_ws(d),
+                };
+                Scratch {
+                    transient: f * parts(d) * cout * d.c * 9,
+                    pools: [threads(parts(d)) * f * ws, 0],
+                }
+            }
             ScratchOp::Conv1x1Wgrad { d, cout } if d.hw() > 1 => Scratch {
                 transient: f * parts(d) * cout * d.c,
                 pools: [0, 0],
@@ -307,17 +334,17 @@ impl Backend for Cpu {
     fn conv3x3(&self, x: &Vec<f32>, d: Dims, k: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
         check_len(x, d.len(), "conv3x3 input")?;
         check_len(k, cout * d.c * 9, "conv3x3 weight")?;
-        Ok(conv::conv3x3(x, d, k, cout))
+        direct::conv3x3(direct::selected(), x, d, k, cout)
     }
     fn conv3x3_t(&self, z: &Vec<f32>, d: Dims, k: &Vec<f32>, cin: usize) -> Result<Vec<f32>> {
         check_len(z, d.len(), "conv3x3_t input")?;
         check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
-        Ok(conv::conv3x3_t(z, d, k, cin))
+        direct::conv3x3_t(direct::selected(), z, d, k, cin)
     }
     fn conv3x3_wgrad(&self, x: &Vec<f32>, d: Dims, dz: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
         check_len(x, d.len(), "conv3x3_wgrad input")?;
         check_len(dz, d.with_c(cout).len(), "conv3x3_wgrad cotangent")?;
-        Ok(conv::conv3x3_wgrad(x, d, dz, cout))
+        direct::conv3x3_wgrad(direct::selected(), x, d, dz, cout)
     }
 
     fn conv1x1(&self, x: &Vec<f32>, d: Dims, k: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {

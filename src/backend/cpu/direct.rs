@@ -1,0 +1,737 @@
+//! Direct 3x3 convolutions (stride 1, padding 1) with `std::arch` micro-kernels: AVX-512 and
+//! AVX2+FMA, chosen at run time; the im2col + GEMM path of [`super::conv`] is the portable
+//! fallback.
+//!
+//! Layout. A sample's input `[c, h, w]` is copied once per op into three column-shifted,
+//! zero-extended planes per channel ([`Shifted`]): plane `b` holds `x[ci, i, j + b - 1]` (zero
+//! off the image) at flat index `off + i * w + j`, with `off >= w` zeros before and after. Tap
+//! `(a, b)` of output pixel `p` is then plane `b` at `off + p + (a - 1) * w`: a contiguous,
+//! unmasked vector load whatever the image width, so pixels are vectorised over the flattened
+//! image (an 8x8 image fills whole vectors too) and no im2col (9 copies) is written.
+//!
+//! Blocking (as oneDNN's and LIBXSMM's direct convolutions: output channels x pixels in
+//! registers, the weights of one output-channel block hot in L1). The forward kernel keeps
+//! `CO` output channels x `P <= 3` pixel vectors of accumulators (AVX-512: 8 x 3 = 24 zmm;
+//! AVX2: 4 x 3 = 12 ymm); per input channel and tap it loads `P` input vectors and broadcasts
+//! `CO` weights from a packed `[cout / CO][cin][9][CO]` copy. The weight gradient keeps
+//! `CO` output channels x the 3 horizontal taps of one `(ci, a)` and runs over the pixels.
+//! Every sum runs in an order fixed by the shapes alone, so results do not depend on the
+//! thread count.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::par::{map_chunks, sum_partials_f32, with_ws32};
+use crate::error::{Error, Result};
+use crate::tensor::Dims;
+
+/// Which convolution kernels run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Isa {
+    /// Direct kernels on zmm registers (`avx512f`).
+    Avx512,
+    /// Direct kernels on ymm registers (`avx2` and `fma`).
+    Avx2,
+    /// im2col + the `gemm` crate (every CPU).
+    Gemm,
+}
+
+impl Isa {
+    /// Whether this CPU runs the kernels.
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Gemm => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest kernels this CPU runs.
+    pub fn best() -> Isa {
+        [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|i| i.available())
+            .unwrap_or(Isa::Gemm)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Gemm => "gemm",
+        }
+    }
+
+    /// Output channels per register block (the packed weights' block).
+    fn co(self) -> usize {
+        match self {
+            Isa::Avx512 => 8,
+            _ => 4,
+        }
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "avx512" => Ok(Isa::Avx512),
+            "avx2" => Ok(Isa::Avx2),
+            "gemm" => Ok(Isa::Gemm),
+            _ => Err(Error::Input(format!(
+                "unknown CPU kernels `{s}` (avx512, avx2, gemm)"
+            ))),
+        }
+    }
+}
+
+/// 0: not chosen yet (the best available); otherwise `1 + Isa as u8`.
+static SELECTED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The kernels the CPU backend's 3x3 convolutions run (default: [`Isa::best`]).
+pub fn selected() -> Isa {
+    match SELECTED.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => Isa::Avx512,
+        2 => Isa::Avx2,
+        3 => Isa::Gemm,
+        _ => Isa::best(),
+    }
+}
+
+/// Chooses the kernels of the CPU backend's 3x3 convolutions for the whole process (the
+/// benchmarks compare them side by side); a kernel set this CPU lacks is refused.
+pub fn select(isa: Isa) -> Result<()> {
+    if !isa.available() {
+        return Err(Error::Input(format!(
+            "CPU kernels `{}`: this CPU lacks the instructions",
+            isa.name()
+        )));
+    }
+    let v = match isa {
+        Isa::Avx512 => 1,
+        Isa::Avx2 => 2,
+        Isa::Gemm => 3,
+    };
+    SELECTED.store(v, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// Geometry of the shifted planes of one sample `[c, h, w]`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Shifted {
+    pub c: usize,
+    pub w: usize,
+    pub hw: usize,
+    /// Zeros before the image (`>= w`, a multiple of 16).
+    pub off: usize,
+    /// Values per plane: `off`, the image, at least `w + 16` zeros (the last vector's overhang
+    /// plus the row below).
+    pub plane: usize,
+}
+
+impl Shifted {
+    pub fn new(c: usize, h: usize, w: usize) -> Self {
+        let hw = h * w;
+        let off = w.next_multiple_of(16);
+        Shifted {
+            c,
+            w,
+            hw,
+            off,
+            plane: (off + hw + off + 16).next_multiple_of(16),
+        }
+    }
+
+    /// Values of the three planes of every channel.
+    pub fn len(&self) -> usize {
+        3 * self.c * self.plane
+    }
+
+    /// Fills `xs` (`len()` values) from one sample `x [c, h, w]`.
+    pub fn fill(&self, x: &[f32], xs: &mut [f32]) {
+        let (w, hw, off) = (self.w, self.hw, self.off);
+        for ci in 0..self.c {
+            let src = &x[ci * hw..(ci + 1) * hw];
+            for b in 0..3 {
+                let dst = &mut xs[(b * self.c + ci) * self.plane..][..self.plane];
+                dst[..off].fill(0.0);
+                dst[off + hw..].fill(0.0);
+                let body = &mut dst[off..off + hw];
+                if w == 0 {
+                    continue;
+                }
+                match b {
+                    1 => body.copy_from_slice(src),
+                    0 => {
+                        for (r, s) in body.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
+                            r[0] = 0.0;
+                            r[1..].copy_from_slice(&s[..w - 1]);
+                        }
+                    }
+                    _ => {
+                        for (r, s) in body.chunks_exact_mut(w).zip(src.chunks_exact(w)) {
+                            r[..w - 1].copy_from_slice(&s[1..]);
+                            r[w - 1] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `K [cout, cin, 3, 3]` packed as `[cout / co][cin][9][co]` (output channels padded with zero
+/// weights to a multiple of `co`), the order in which the forward kernel broadcasts them.
+pub(super) fn pack_weights(isa: Isa, k: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    let co = isa.co();
+    let mut wp = vec![0.0f32; packed_len(isa, cout, cin)];
+    for o in 0..cout {
+        let (ob, j) = (o / co, o % co);
+        for ci in 0..cin {
+            for t in 0..9 {
+                wp[((ob * cin + ci) * 9 + t) * co + j] = k[(o * cin + ci) * 9 + t];
+            }
+        }
+    }
+    wp
+}
+
+/// Packed weights of the adjoint: the flipped, channel-transposed kernel
+/// `K'[ci, o, a, b] = K[o, ci, 2 - a, 2 - b]` as a forward kernel `cout -> cin`, packed as
+/// [`pack_weights`] packs (no flipped copy in between).
+pub(super) fn pack_weights_t(isa: Isa, k: &[f32], cout: usize, cin: usize) -> Vec<f32> {
+    let co = isa.co();
+    let mut wp = vec![0.0f32; packed_len(isa, cin, cout)];
+    for ci in 0..cin {
+        let (ob, j) = (ci / co, ci % co);
+        for o in 0..cout {
+            for t in 0..9 {
+                wp[((ob * cout + o) * 9 + t) * co + j] = k[(o * cin + ci) * 9 + (8 - t)];
+            }
+        }
+    }
+    wp
+}
+
+/// Values of the packed weights of a forward kernel `cin -> cout`.
+pub(super) fn packed_len(isa: Isa, cout: usize, cin: usize) -> usize {
+    cout.next_multiple_of(isa.co()) * cin * 9
+}
+
+/// Pixels `px` of `out[o, p] = beta * (K x)[o, p] (+ out[o, p])`, `o < cout`, from the shifted
+/// planes `xs` of one sample: `out[o * out_rs + (p - px.start)]`. `wp` from [`pack_weights`]
+/// with the same `isa` (not [`Isa::Gemm`]).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    isa: Isa,
+    g: &Shifted,
+    xs: &[f32],
+    wp: &[f32],
+    cout: usize,
+    px: Range<usize>,
+    out: &mut [f32],
+    out_rs: usize,
+    beta: f32,
+    accumulate: bool,
+) {
+    let len = px.len();
+    if len == 0 || cout == 0 {
+        return;
+    }
+    // The kernels' reads and writes stay inside these bounds.
+    assert!(px.end <= g.hw && xs.len() >= g.len(), "direct conv input");
+    assert!(wp.len() >= cout.div_ceil(isa.co()) * g.c * 9 * isa.co());
+    assert!(out.len() >= (cout - 1) * out_rs + len && out_rs >= len);
+    let a = Args {
+        xs: xs.as_ptr(),
+        plane: g.plane,
+        off: g.off,
+        c: g.c,
+        w: g.w,
+        start: px.start,
+        len,
+    };
+    // SAFETY: the features were detected (`Isa::available`, checked by the callers' choice)
+    // and the bounds above cover every access of the kernels.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::forward(
+                &a,
+                wp.as_ptr(),
+                cout,
+                out.as_mut_ptr(),
+                out_rs,
+                beta,
+                accumulate,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::forward(
+                &a,
+                wp.as_ptr(),
+                cout,
+                out.as_mut_ptr(),
+                out_rs,
+                beta,
+                accumulate,
+            ),
+            _ => unreachable!("direct kernels need avx2 or avx512"),
+        }
+    }
+}
+
+/// `dk[o, ci, a, b] += beta * sum_{p in px} dz[o, p] x_b[ci, p + (a - 1) w]` for `o < cout`,
+/// `dz[o * dz_rs + (p - px.start)]`; `dk [cout, c, 3, 3]`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wgrad(
+    isa: Isa,
+    g: &Shifted,
+    xs: &[f32],
+    dz: &[f32],
+    dz_rs: usize,
+    cout: usize,
+    px: Range<usize>,
+    dk: &mut [f32],
+    beta: f32,
+) {
+    let len = px.len();
+    if len == 0 || cout == 0 || g.c == 0 {
+        return;
+    }
+    assert!(px.end <= g.hw && xs.len() >= g.len(), "direct wgrad input");
+    assert!(dz.len() >= (cout - 1) * dz_rs + len && dz_rs >= len);
+    assert!(dk.len() >= cout * g.c * 9);
+    let a = Args {
+        xs: xs.as_ptr(),
+        plane: g.plane,
+        off: g.off,
+        c: g.c,
+        w: g.w,
+        start: px.start,
+        len,
+    };
+    // Output channels past `cout` in the last block read a zero row.
+    let zero = vec![0.0f32; if cout.is_multiple_of(isa.co()) { 0 } else { len }];
+    // SAFETY: as in `forward`.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::wgrad(
+                &a,
+                dz.as_ptr(),
+                dz_rs,
+                cout,
+                zero.as_ptr(),
+                dk.as_mut_ptr(),
+                beta,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::wgrad(
+                &a,
+                dz.as_ptr(),
+                dz_rs,
+                cout,
+                zero.as_ptr(),
+                dk.as_mut_ptr(),
+                beta,
+            ),
+            _ => unreachable!("direct kernels need avx2 or avx512"),
+        }
+    }
+}
+
+/// What a kernel reads: the shifted planes and the pixel range.
+struct Args {
+    xs: *const f32,
+    plane: usize,
+    off: usize,
+    c: usize,
+    w: usize,
+    start: usize,
+    len: usize,
+}
+
+/// The kernels, written once over a module's vector primitives (`V`, `M`, `VL`, `CO`,
+/// `zero`, `set1`, `load`, `fma`, `mask`, `load_m`, `store_m`, `hsum`) and compiled with its
+/// target features.
+#[cfg(target_arch = "x86_64")]
+macro_rules! direct_kernels {
+    ($feat:literal) => {
+        /// Pixel vectors per register block.
+        const PMAX: usize = 3;
+
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn forward(
+            a: &Args,
+            wp: *const f32,
+            cout: usize,
+            out: *mut f32,
+            out_rs: usize,
+            beta: f32,
+            accumulate: bool,
+        ) {
+            let nv = a.len.div_ceil(VL);
+            for ob in 0..cout.div_ceil(CO) {
+                let wpb = wp.add(ob * a.c * 9 * CO);
+                let mut v = 0;
+                while v < nv {
+                    let q = (nv - v).min(PMAX);
+                    let e = (ob, v, wpb, cout, out, out_rs, beta, accumulate);
+                    match q {
+                        3 => fwd_tile::<3>(a, e),
+                        2 => fwd_tile::<2>(a, e),
+                        _ => fwd_tile::<1>(a, e),
+                    }
+                    v += q;
+                }
+            }
+        }
+
+        type Tile = (usize, usize, *const f32, usize, *mut f32, usize, f32, bool);
+
+        /// `CO` output channels (block `ob`) x `P` vectors from vector `v0` of the range.
+        #[target_feature(enable = $feat)]
+        #[inline]
+        unsafe fn fwd_tile<const P: usize>(a: &Args, e: Tile) {
+            let (ob, v0, wpb, cout, out, out_rs, beta, accumulate) = e;
+            let base = a.xs.add(a.off + a.start + v0 * VL);
+            let w = a.w as isize;
+            let mut acc = [[zero(); P]; CO];
+            for ci in 0..a.c {
+                let wci = wpb.add(ci * 9 * CO);
+                for ta in 0..3 {
+                    let row = base.offset((ta as isize - 1) * w);
+                    for tb in 0..3 {
+                        let src = row.add((tb * a.c + ci) * a.plane);
+                        let mut xv = [zero(); P];
+                        for q in 0..P {
+                            xv[q] = load(src.add(q * VL));
+                        }
+                        let wt = wci.add((ta * 3 + tb) * CO);
+                        for o in 0..CO {
+                            let wv = set1(*wt.add(o));
+                            for q in 0..P {
+                                acc[o][q] = fma(wv, xv[q], acc[o][q]);
+                            }
+                        }
+                    }
+                }
+            }
+            let bv = set1(beta);
+            for o in 0..CO {
+                let oc = ob * CO + o;
+                if oc >= cout {
+                    break;
+                }
+                for q in 0..P {
+                    let pix = (v0 + q) * VL;
+                    let m = mask(a.len - pix);
+                    let dst = out.add(oc * out_rs + pix);
+                    let r = if accumulate {
+                        fma(bv, acc[o][q], load_m(dst, m))
+                    } else {
+                        mul(bv, acc[o][q])
+                    };
+                    store_m(dst, m, r);
+                }
+            }
+        }
+
+        #[target_feature(enable = $feat)]
+        pub(super) unsafe fn wgrad(
+            a: &Args,
+            dz: *const f32,
+            dz_rs: usize,
+            cout: usize,
+            zero_row: *const f32,
+            dk: *mut f32,
+            beta: f32,
+        ) {
+            let nv = a.len.div_ceil(VL);
+            let w = a.w as isize;
+            for ob in 0..cout.div_ceil(CO) {
+                let mut rows = [zero_row; CO];
+                for (o, r) in rows.iter_mut().enumerate() {
+                    if ob * CO + o < cout {
+                        *r = dz.add((ob * CO + o) * dz_rs);
+                    }
+                }
+                for ci in 0..a.c {
+                    for ta in 0..3 {
+                        let row = a.xs.add(a.off + a.start).offset((ta as isize - 1) * w);
+                        let src = [
+                            row.add(ci * a.plane),
+                            row.add((a.c + ci) * a.plane),
+                            row.add((2 * a.c + ci) * a.plane),
+                        ];
+                        let mut acc = [[zero(); 3]; CO];
+                        for v in 0..nv {
+                            let p = v * VL;
+                            let m = mask(a.len - p);
+                            let mut xv = [zero(); 3];
+                            let full = p + VL <= a.len;
+                            for tb in 0..3 {
+                                xv[tb] = if full {
+                                    load(src[tb].add(p))
+                                } else {
+                                    load_m(src[tb].add(p), m)
+                                };
+                            }
+                            for o in 0..CO {
+                                let d = if full {
+                                    load(rows[o].add(p))
+                                } else {
+                                    load_m(rows[o].add(p), m)
+                                };
+                                for tb in 0..3 {
+                                    acc[o][tb] = fma(d, xv[tb], acc[o][tb]);
+                                }
+                            }
+                        }
+                        for o in 0..CO {
+                            let oc = ob * CO + o;
+                            if oc >= cout {
+                                break;
+                            }
+                            for tb in 0..3 {
+                                let t = dk.add((oc * a.c + ci) * 9 + ta * 3 + tb);
+                                *t += beta * hsum(acc[o][tb]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::Args;
+    use std::arch::x86_64::*;
+
+    type V = __m512;
+    type M = __mmask16;
+    const VL: usize = 16;
+    const CO: usize = 8;
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn zero() -> V {
+        _mm512_setzero_ps()
+    }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn set1(v: f32) -> V {
+        _mm512_set1_ps(v)
+    }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load(p: *const f32) -> V {
+        _mm512_loadu_ps(p)
+    }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn fma(a: V, b: V, c: V) -> V {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn mul(a: V, b: V) -> V {
+        _mm512_mul_ps(a, b)
+    }
+    /// The first `min(n, 16)` lanes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn mask(n: usize) -> M {
+        if n >= VL {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as M
+        }
+    }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn load_m(p: *const f32, m: M) -> V {
+        _mm512_maskz_loadu_ps(m, p)
+    }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store_m(p: *mut f32, m: M, v: V) {
+        _mm512_mask_storeu_ps(p, m, v)
+    }
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn hsum(v: V) -> f32 {
+        _mm512_reduce_add_ps(v)
+    }
+
+    direct_kernels!("avx512f");
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::Args;
+    use std::arch::x86_64::*;
+
+    type V = __m256;
+    type M = __m256i;
+    const VL: usize = 8;
+    const CO: usize = 4;
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn zero() -> V {
+        _mm256_setzero_ps()
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn set1(v: f32) -> V {
+        _mm256_set1_ps(v)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load(p: *const f32) -> V {
+        _mm256_loadu_ps(p)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn fma(a: V, b: V, c: V) -> V {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn mul(a: V, b: V) -> V {
+        _mm256_mul_ps(a, b)
+    }
+    /// The first `min(n, 8)` lanes (all bits set in a lane's 32 bits).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn mask(n: usize) -> M {
+        let n = n.min(VL) as i32;
+        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_m(p: *const f32, m: M) -> V {
+        _mm256_maskload_ps(p, m)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn store_m(p: *mut f32, m: M, v: V) {
+        _mm256_maskstore_ps(p, m, v)
+    }
+    /// Lanes added as a fixed tree: (0+4, 1+5, 2+6, 3+7), then pairs.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn hsum(v: V) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    direct_kernels!("avx2,fma");
+}
+
+/// Refuses kernels this CPU lacks, and lengths that do not match (one line naming the tensor).
+fn check(isa: Isa, what: &str, x: usize, want_x: usize, k: usize, want_k: usize) -> Result<()> {
+    if !isa.available() {
+        return Err(Error::Input(format!(
+            "{what}: this CPU lacks the `{}` instructions",
+            isa.name()
+        )));
+    }
+    if x != want_x || k != want_k {
+        return Err(Error::Input(format!(
+            "{what}: expected {want_x} input and {want_k} weight values, got {x} and {k}"
+        )));
+    }
+    Ok(())
+}
+
+/// `conv(x, K)` for `K [cout, d.c, 3, 3]` with the kernels of `isa`.
+pub fn conv3x3(isa: Isa, x: &[f32], d: Dims, k: &[f32], cout: usize) -> Result<Vec<f32>> {
+    check(isa, "conv3x3", x.len(), d.len(), k.len(), cout * d.c * 9)?;
+    Ok(match isa {
+        Isa::Gemm => super::conv::conv3x3(x, d, k, cout),
+        _ => conv_packed(isa, x, d, &pack_weights(isa, k, cout, d.c), cout),
+    })
+}
+
+/// `convT(z, K)` for `K [d.c, cin, 3, 3]`: the forward kernels on the flipped weights.
+pub fn conv3x3_t(isa: Isa, z: &[f32], d: Dims, k: &[f32], cin: usize) -> Result<Vec<f32>> {
+    check(isa, "conv3x3_t", z.len(), d.len(), k.len(), cin * d.c * 9)?;
+    Ok(match isa {
+        Isa::Gemm => super::conv::conv3x3_t(z, d, k, cin),
+        _ => conv_packed(isa, z, d, &pack_weights_t(isa, k, d.c, cin), cin),
+    })
+}
+
+fn conv_packed(isa: Isa, x: &[f32], d: Dims, wp: &[f32], cout: usize) -> Vec<f32> {
+    let hw = d.hw();
+    let mut y = vec![0.0f32; d.n * cout * hw];
+    if hw == 0 || cout == 0 {
+        return y;
+    }
+    let g = Shifted::new(d.c, d.h, d.w);
+    y.par_chunks_mut(cout * hw)
+        .zip(x.par_chunks(d.c * hw.max(1)))
+        .for_each(|(ys, xs)| {
+            with_ws32(g.len(), |ws| {
+                g.fill(xs, ws);
+                forward(isa, &g, ws, wp, cout, 0..hw, ys, hw, 1.0, false);
+            })
+        });
+    y
+}
+
+/// `dK [cout, d.c, 3, 3] = sum_n dz_n x_n^T` with the kernels of `isa`.
+pub fn conv3x3_wgrad(isa: Isa, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Result<Vec<f32>> {
+    check(
+        isa,
+        "conv3x3_wgrad",
+        x.len(),
+        d.len(),
+        dz.len(),
+        d.with_c(cout).len(),
+    )?;
+    Ok(match isa {
+        Isa::Gemm => super::conv::conv3x3_wgrad(x, d, dz, cout),
+        _ => wgrad_direct(isa, x, d, dz, cout),
+    })
+}
+
+/// The direct weight gradient: one partial per fixed batch range, added in range order.
+fn wgrad_direct(isa: Isa, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f32> {
+    let hw = d.hw();
+    let len = cout * d.c * 9;
+    if hw == 0 || len == 0 {
+        return vec![0.0; len];
+    }
+    let g = Shifted::new(d.c, d.h, d.w);
+    let parts = map_chunks(d.n, |r| {
+        let mut part = vec![0.0f32; len];
+        for s in r {
+            let xs = &x[s * d.c * hw..(s + 1) * d.c * hw];
+            let dzs = &dz[s * cout * hw..(s + 1) * cout * hw];
+            with_ws32(g.len(), |ws| {
+                g.fill(xs, ws);
+                wgrad(isa, &g, ws, dzs, hw, cout, 0..hw, &mut part, 1.0);
+            });
+        }
+        part
+    });
+    sum_partials_f32(&parts, len)
+}
+
+/// Workspace values per thread of the direct convolutions of `d`'s samples.
+pub fn shifted_ws(d: Dims) -> usize {
+    Shifted::new(d.c, d.h, d.w).len()
+}
