@@ -316,7 +316,14 @@ pub(super) fn wgrad(
         len,
     };
     // Output channels past `cout` in the last block read a zero row.
-    let zero = vec![0.0f32; if cout.is_multiple_of(isa.co()) { 0 } else { len }];
+    let zero = vec![
+        0.0f32;
+        if cout.is_multiple_of(isa.co()) {
+            0
+        } else {
+            len
+        }
+    ];
     // SAFETY: as in `forward`.
     unsafe {
         match isa {
