@@ -377,8 +377,32 @@ fn vjp_direct<A: Act>(
                             &mut acc,
                         );
                         // dK = -(s g^T + dz y^T) against the planes still in cache.
-                        direct::wgrad(isa, &geo, xs_g, s_t, tw, c, px.clone(), &mut dk, -1.0);
-                        direct::wgrad(isa, &geo, xs_y, &dz_full[p0..], hw, c, px, &mut dk, -1.0);
+                        direct::wgrad(
+                            isa,
+                            &geo,
+                            xs_g,
+                            1,
+                            s_t,
+                            tw,
+                            sl,
+                            c,
+                            px.clone(),
+                            &mut dk,
+                            -1.0,
+                        );
+                        direct::wgrad(
+                            isa,
+                            &geo,
+                            xs_y,
+                            1,
+                            &dz_full[p0..],
+                            hw,
+                            sl,
+                            c,
+                            px,
+                            &mut dk,
+                            -1.0,
+                        );
                     }
                     // dy = -K^T dz.
                     geo.fill(dz_full, xs_y);

@@ -201,7 +201,7 @@ impl Backend for Cpu {
             ScratchOp::Conv3x3Wgrad { d, cout } => {
                 let ws = match direct::selected() {
                     direct::Isa::Gemm => conv::im2col_ws(d),
-                    _ => direct::shifted_ws(d),
+                    _ => direct::wgrad_ws(d),
                 };
                 Scratch {
                     transient: f * parts(d) * cout * d.c * 9,
