@@ -2,6 +2,7 @@
 //! sweep of depth, layer type, operator, policy, precision and device, beside the machine's
 //! roofline measured in the same run.
 
+use crate::backend::cpu::kernels::{self, Isa};
 use crate::backend::Backend;
 use crate::config::{Config, Kind, LayerType, OperatorKind};
 use crate::device::Device;
@@ -30,6 +31,9 @@ pub struct BenchOptions {
     pub devices: Vec<crate::backend::DeviceChoice>,
     /// Timed training steps per point (after one warm-up step).
     pub repeats: usize,
+    /// CPU 3x3 convolution kernels, each point measured under each in turn (side by side);
+    /// empty: the current choice ([`crate::backend::cpu::kernels::selected`]).
+    pub cpu_kernels: Vec<Isa>,
 }
 
 /// The machine's ceilings, measured in the same run.
@@ -54,6 +58,8 @@ pub struct BenchPoint {
     /// Format of the kept states.
     pub storage: String,
     pub precision: String,
+    /// The CPU's 3x3 convolution kernels (`-` on other devices).
+    pub kernels: String,
     pub steps: usize,
     pub batch: usize,
     pub seconds_per_step: f64,
@@ -284,9 +290,26 @@ pub fn run(
                         let kept = opts.storages.iter();
                         kept.map(move |&s| (p, p.schedule().with_storage(s)))
                     });
+                    let choices: Vec<Option<Isa>> = match &device {
+                        Device::Cpu(_) if !opts.cpu_kernels.is_empty() => {
+                            opts.cpu_kernels.iter().map(|&i| Some(i)).collect()
+                        }
+                        Device::Cpu(_) => vec![Some(kernels::selected())],
+                        Device::Cuda(_) => vec![None],
+                    };
                     for (policy, schedule) in schedules {
-                        let mut prev: Option<(usize, usize, Option<usize>)> = None;
-                        for &steps in &opts.steps {
+                        // Per kernel choice: the previous depth's (steps, planned, measured).
+                        type Prev = Option<(usize, usize, Option<usize>)>;
+                        let mut prevs: Vec<Prev> = vec![None; choices.len()];
+                        for (&steps, (ci, &choice)) in opts
+                            .steps
+                            .iter()
+                            .flat_map(|s| std::iter::repeat(s).zip(choices.iter().enumerate()))
+                        {
+                            if let Some(isa) = choice {
+                                kernels::select(isa)?;
+                            }
+                            let prev = prevs[ci];
                             let mut cfg = opts.config.clone();
                             cfg.layer = layer;
                             cfg.operator = operator;
@@ -371,6 +394,7 @@ pub fn run(
                                 policy: policy.name().into(),
                                 storage: schedule.storage.name().into(),
                                 precision: precision.name().into(),
+                                kernels: choice.map_or("-", Isa::name).into(),
                                 steps,
                                 batch: opts.batch,
                                 seconds_per_step: m.seconds,
@@ -395,7 +419,7 @@ pub fn run(
                                 },
                                 drift: m.drift,
                             };
-                            prev = Some((steps, plan.activation_bytes(), m.peak));
+                            prevs[ci] = Some((steps, plan.activation_bytes(), m.peak));
                             progress(&point);
                             points.push(point);
                         }
@@ -428,16 +452,20 @@ pub fn table(roofs: &[Roofline], points: &[BenchPoint]) -> String {
         }
         s += "\n";
     }
+    if points.is_empty() {
+        return s;
+    }
     s += &format!(
-        "{:<5} {:<4} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9} {:>8} {:>6} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
-        "dev", "prec", "layer", "operator", "policy", "kept", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "%FMA", "plan MB", "meas MB", "act MB", "MB/step", "drift"
+        "{:<5} {:<4} {:<6} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9} {:>8} {:>6} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
+        "dev", "prec", "kern", "layer", "operator", "policy", "kept", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "%FMA", "plan MB", "meas MB", "act MB", "MB/step", "drift"
     );
     let mb = |b: f64| b / 1e6;
     for p in points {
         s += &format!(
-            "{:<5} {:<4} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>5} {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
+            "{:<5} {:<4} {:<6} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>5} {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
             p.device,
             p.precision,
+            p.kernels,
             p.layer,
             p.operator,
             p.policy,
@@ -480,8 +508,8 @@ fn series(points: &[BenchPoint], y: impl Fn(&BenchPoint) -> f64) -> Vec<(String,
     let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for p in points {
         let key = format!(
-            "{} {} {} {} {} {}",
-            p.device, p.precision, p.layer, p.operator, p.policy, p.storage
+            "{} {} {} {} {} {} {}",
+            p.device, p.precision, p.kernels, p.layer, p.operator, p.policy, p.storage
         );
         match out.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => v.push((p.steps as f64, y(p))),
@@ -489,4 +517,114 @@ fn series(points: &[BenchPoint], y: impl Fn(&BenchPoint) -> f64) -> Vec<(String,
         }
     }
     out
+}
+
+/// One 3x3 convolution kernel timed at one of ref-cifar's shapes.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelPoint {
+    pub op: String,
+    pub kernels: String,
+    pub channels: usize,
+    pub size: usize,
+    pub batch: usize,
+    pub seconds: f64,
+    pub gflops: f64,
+    /// Of the FMA ceiling of the kernels' own instructions (GEMM: the best f32 ceiling).
+    pub fma_fraction: Option<f64>,
+    /// Speed-up over the im2col + GEMM path measured in the same round.
+    pub vs_gemm: f64,
+}
+
+/// ref-cifar's unit shapes: (channels, image size).
+pub const REF_CIFAR_SHAPES: [(usize, usize); 3] = [(32, 32), (64, 16), (112, 8)];
+
+/// Times the 3x3 convolution, its adjoint and its weight gradient (`c -> c`, batch `batch`)
+/// under every kernel set this CPU has, at ref-cifar's shapes: the sets alternate within each
+/// of `repeats` rounds (so that a neighbour's load hits them alike) and the best round counts.
+pub fn conv_kernel_points(
+    batch: usize,
+    repeats: usize,
+    peak: &crate::backend::cpu::FmaPeak,
+) -> Result<Vec<KernelPoint>> {
+    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Gemm]
+        .into_iter()
+        .filter(|i| i.available())
+        .collect();
+    let mut out = Vec::new();
+    for (c, size) in REF_CIFAR_SHAPES {
+        let d = crate::tensor::Dims::new(batch, c, size, size);
+        let (x, k) = (random_values(d.len(), 1), random_values(c * c * 9, 2));
+        let g = random_values(d.len(), 3);
+        let flops = 2.0 * (batch * c * c * 9 * size * size) as f64;
+        type Op<'a> = Box<dyn Fn(Isa) -> Result<Vec<f32>> + 'a>;
+        let ops: [(&str, Op); 3] = [
+            ("conv3x3", Box::new(|i| kernels::conv3x3(i, &x, d, &k, c))),
+            (
+                "conv3x3_t",
+                Box::new(|i| kernels::conv3x3_t(i, &g, d, &k, c)),
+            ),
+            (
+                "conv3x3_wgrad",
+                Box::new(|i| kernels::conv3x3_wgrad(i, &x, d, &g, c)),
+            ),
+        ];
+        for (name, op) in &ops {
+            let mut best = vec![f64::INFINITY; isas.len()];
+            for &i in &isas {
+                std::hint::black_box(op(i)?);
+            }
+            for _ in 0..repeats.max(1) {
+                for (b, &i) in best.iter_mut().zip(&isas) {
+                    let t = Instant::now();
+                    std::hint::black_box(op(i)?);
+                    *b = b.min(t.elapsed().as_secs_f64());
+                }
+            }
+            let gemm = best[isas.len() - 1];
+            for (&secs, &i) in best.iter().zip(&isas) {
+                let ceiling = match i {
+                    Isa::Avx512 => peak.avx512_f32,
+                    Isa::Avx2 => peak.avx2_f32,
+                    Isa::Gemm => peak.f32_best(),
+                };
+                let gflops = flops / secs / 1e9;
+                out.push(KernelPoint {
+                    op: (*name).into(),
+                    kernels: i.name().into(),
+                    channels: c,
+                    size,
+                    batch,
+                    seconds: secs,
+                    gflops,
+                    fma_fraction: ceiling.map(|p| gflops / p),
+                    vs_gemm: gemm / secs,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The kernel table.
+pub fn kernel_table(points: &[KernelPoint]) -> String {
+    let mut s = format!(
+        "{:<14} {:>4} {:>5} {:>5} {:<7} {:>9} {:>8} {:>5} {:>7}\n",
+        "op", "c", "size", "batch", "kern", "ms", "GFLOP/s", "%FMA", "x gemm"
+    );
+    for p in points {
+        s += &format!(
+            "{:<14} {:>4} {:>5} {:>5} {:<7} {:>9.2} {:>8.1} {:>5} {:>7.2}\n",
+            p.op,
+            p.channels,
+            format!("{}x{}", p.size, p.size),
+            p.batch,
+            p.kernels,
+            1e3 * p.seconds,
+            p.gflops,
+            p.fma_fraction
+                .map_or_else(|| "-".into(), |f| format!("{:.0}%", 100.0 * f)),
+            p.vs_gemm
+        );
+    }
+    s
 }

@@ -42,6 +42,14 @@ pub struct BenchArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// CPU 3x3 convolution kernels, comma-separated (avx512, avx2, gemm): every point is
+    /// measured under each in turn, side by side (default: the best this CPU has).
+    #[arg(long)]
+    pub cpu_kernels: Option<String>,
+    /// Only the roofline and the 3x3 convolution kernels at ref-cifar's shapes (batch
+    /// `--batch`, best of `--repeats` rounds), every kernel set this CPU has; no training step.
+    #[arg(long)]
+    pub kernels: bool,
     /// Also write PNG plots into this folder.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -75,7 +83,33 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
             "--repeats must be at least 1 (no timed step, no throughput)".into(),
         ));
     }
+    if a.kernels {
+        let roof = bench::cpu_roofline();
+        let peak = roof.fma_peak.unwrap_or_default();
+        let points = bench::conv_kernel_points(a.batch, a.repeats, &peak)?;
+        print!("{}", bench::table(std::slice::from_ref(&roof), &[]));
+        print!("{}", bench::kernel_table(&points));
+        if let Some(path) = &a.json {
+            let v = serde_json::json!({ "rooflines": [roof], "kernels": points });
+            let text = serde_json::to_string_pretty(&v).map_err(|e| Error::Other(e.to_string()))?;
+            write_atomic(path, text.as_bytes())?;
+        }
+        return Ok(());
+    }
+    let cpu_kernels = match &a.cpu_kernels {
+        Some(s) => list::<pdenet::backend::cpu::kernels::Isa>(s)?,
+        None => Vec::new(),
+    };
+    for isa in &cpu_kernels {
+        if !isa.available() {
+            return Err(Error::Input(format!(
+                "--cpu-kernels {}: this CPU lacks the instructions",
+                isa.name()
+            )));
+        }
+    }
     let opts = BenchOptions {
+        cpu_kernels,
         layers: match &a.layers {
             Some(s) => list::<LayerType>(s)?,
             None => vec![config.layer],

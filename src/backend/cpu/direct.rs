@@ -285,26 +285,35 @@ pub(super) fn forward(
     }
 }
 
-/// `dk[o, ci, a, b] += beta * sum_{p in px} dz[o, p] x_b[ci, p + (a - 1) w]` for `o < cout`,
-/// `dz[o * dz_rs + (p - px.start)]`; `dk [cout, c, 3, 3]`.
+/// `dk[o, ci, a, b] += beta * sum_s sum_{p in px} dz_s[o, p] x_{s,b}[ci, p + (a - 1) w]` for
+/// `o < cout` over `samples` samples: sample `s`'s planes at `xs[s * g.len()..]`, its
+/// cotangent at `dz[s * dz_stride + o * dz_rs + (p - px.start)]`; `dk [cout, c, 3, 3]`. The
+/// accumulators run over all the samples before their lanes are added, so small images do not
+/// pay a horizontal sum per pixel vector.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn wgrad(
     isa: Isa,
     g: &Shifted,
     xs: &[f32],
+    samples: usize,
     dz: &[f32],
     dz_rs: usize,
+    dz_stride: usize,
     cout: usize,
     px: Range<usize>,
     dk: &mut [f32],
     beta: f32,
 ) {
     let len = px.len();
-    if len == 0 || cout == 0 || g.c == 0 {
+    if len == 0 || cout == 0 || g.c == 0 || samples == 0 {
         return;
     }
-    assert!(px.end <= g.hw && xs.len() >= g.len(), "direct wgrad input");
-    assert!(dz.len() >= (cout - 1) * dz_rs + len && dz_rs >= len);
+    assert!(
+        px.end <= g.hw && xs.len() >= samples * g.len(),
+        "direct wgrad input"
+    );
+    assert!(dz_rs >= len && dz_stride >= (cout - 1) * dz_rs + len);
+    assert!(dz.len() >= (samples - 1) * dz_stride + (cout - 1) * dz_rs + len);
     assert!(dk.len() >= cout * g.c * 9);
     let a = Args {
         xs: xs.as_ptr(),
@@ -315,14 +324,23 @@ pub(super) fn wgrad(
         start: px.start,
         len,
     };
+    let strides = (samples, g.len(), dz_stride);
     // Output channels past `cout` in the last block read a zero row.
-    let zero = vec![0.0f32; if cout.is_multiple_of(isa.co()) { 0 } else { len }];
+    let zero = vec![
+        0.0f32;
+        if cout.is_multiple_of(isa.co()) {
+            0
+        } else {
+            len
+        }
+    ];
     // SAFETY: as in `forward`.
     unsafe {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => avx512::wgrad(
                 &a,
+                strides,
                 dz.as_ptr(),
                 dz_rs,
                 cout,
@@ -333,6 +351,7 @@ pub(super) fn wgrad(
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => avx2::wgrad(
                 &a,
+                strides,
                 dz.as_ptr(),
                 dz_rs,
                 cout,
@@ -443,8 +462,10 @@ macro_rules! direct_kernels {
         }
 
         #[target_feature(enable = $feat)]
+        #[allow(clippy::too_many_arguments)]
         pub(super) unsafe fn wgrad(
             a: &Args,
+            (samples, xs_stride, dz_stride): (usize, usize, usize),
             dz: *const f32,
             dz_rs: usize,
             cout: usize,
@@ -456,9 +477,12 @@ macro_rules! direct_kernels {
             let w = a.w as isize;
             for ob in 0..cout.div_ceil(CO) {
                 let mut rows = [zero_row; CO];
-                for (o, r) in rows.iter_mut().enumerate() {
+                // The zero row stays put from sample to sample.
+                let mut row_step = [0usize; CO];
+                for o in 0..CO {
                     if ob * CO + o < cout {
-                        *r = dz.add((ob * CO + o) * dz_rs);
+                        rows[o] = dz.add((ob * CO + o) * dz_rs);
+                        row_step[o] = dz_stride;
                     }
                 }
                 for ci in 0..a.c {
@@ -470,26 +494,33 @@ macro_rules! direct_kernels {
                             row.add((2 * a.c + ci) * a.plane),
                         ];
                         let mut acc = [[zero(); 3]; CO];
-                        for v in 0..nv {
-                            let p = v * VL;
-                            let m = mask(a.len - p);
-                            let mut xv = [zero(); 3];
-                            let full = p + VL <= a.len;
-                            for tb in 0..3 {
-                                xv[tb] = if full {
-                                    load(src[tb].add(p))
-                                } else {
-                                    load_m(src[tb].add(p), m)
-                                };
-                            }
+                        for smp in 0..samples {
+                            let src = src.map(|r| r.add(smp * xs_stride));
+                            let mut rs = rows;
                             for o in 0..CO {
-                                let d = if full {
-                                    load(rows[o].add(p))
-                                } else {
-                                    load_m(rows[o].add(p), m)
-                                };
+                                rs[o] = rs[o].add(smp * row_step[o]);
+                            }
+                            for v in 0..nv {
+                                let p = v * VL;
+                                let m = mask(a.len - p);
+                                let mut xv = [zero(); 3];
+                                let full = p + VL <= a.len;
                                 for tb in 0..3 {
-                                    acc[o][tb] = fma(d, xv[tb], acc[o][tb]);
+                                    xv[tb] = if full {
+                                        load(src[tb].add(p))
+                                    } else {
+                                        load_m(src[tb].add(p), m)
+                                    };
+                                }
+                                for o in 0..CO {
+                                    let d = if full {
+                                        load(rs[o].add(p))
+                                    } else {
+                                        load_m(rs[o].add(p), m)
+                                    };
+                                    for tb in 0..3 {
+                                        acc[o][tb] = fma(d, xv[tb], acc[o][tb]);
+                                    }
                                 }
                             }
                         }
@@ -708,7 +739,8 @@ pub fn conv3x3_wgrad(isa: Isa, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> R
     })
 }
 
-/// The direct weight gradient: one partial per fixed batch range, added in range order.
+/// The direct weight gradient: one partial per fixed batch range, added in range order;
+/// within a range, groups of [`wgrad_group`] samples share the accumulators.
 fn wgrad_direct(isa: Isa, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f32> {
     let hw = d.hw();
     let len = cout * d.c * 9;
@@ -716,22 +748,53 @@ fn wgrad_direct(isa: Isa, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f3
         return vec![0.0; len];
     }
     let g = Shifted::new(d.c, d.h, d.w);
+    let group = wgrad_group(d);
     let parts = map_chunks(d.n, |r| {
         let mut part = vec![0.0f32; len];
-        for s in r {
-            let xs = &x[s * d.c * hw..(s + 1) * d.c * hw];
-            let dzs = &dz[s * cout * hw..(s + 1) * cout * hw];
-            with_ws32(g.len(), |ws| {
-                g.fill(xs, ws);
-                wgrad(isa, &g, ws, dzs, hw, cout, 0..hw, &mut part, 1.0);
+        let mut s0 = r.start;
+        while s0 < r.end {
+            let m = group.min(r.end - s0);
+            with_ws32(m * g.len(), |ws| {
+                for (j, planes) in ws.chunks_exact_mut(g.len()).enumerate() {
+                    let s = s0 + j;
+                    g.fill(&x[s * d.c * hw..(s + 1) * d.c * hw], planes);
+                }
+                let dzs = &dz[s0 * cout * hw..(s0 + m) * cout * hw];
+                wgrad(
+                    isa,
+                    &g,
+                    ws,
+                    m,
+                    dzs,
+                    hw,
+                    cout * hw,
+                    cout,
+                    0..hw,
+                    &mut part,
+                    1.0,
+                );
             });
+            s0 += m;
         }
         part
     });
     sum_partials_f32(&parts, len)
 }
 
+/// Samples whose pixels one weight-gradient pass accumulates before the horizontal sums: at
+/// least 512 pixels (32 zmm vectors) where the batch range allows it.
+fn wgrad_group(d: Dims) -> usize {
+    512usize
+        .div_ceil(d.hw().max(1))
+        .min(super::par::chunk_size(d.n))
+}
+
 /// Workspace values per thread of the direct convolutions of `d`'s samples.
 pub fn shifted_ws(d: Dims) -> usize {
     Shifted::new(d.c, d.h, d.w).len()
+}
+
+/// Workspace values per thread of the direct weight gradient (a group of samples' planes).
+pub fn wgrad_ws(d: Dims) -> usize {
+    wgrad_group(d) * shifted_ws(d)
 }

@@ -10,6 +10,7 @@
 use rayon::prelude::*;
 
 use super::conv::{flip_kernel, im2col, matmul_scaled, row_tiles, Mat, TILE_VALUES};
+use super::direct::{self, Isa, Shifted};
 use super::par::{self, with_ws32, with_ws64};
 use crate::backend::{Activation, TV_EPS};
 use crate::tensor::Dims;
@@ -94,6 +95,10 @@ fn max_tile(d: Dims, row_values: usize) -> usize {
 /// f32 workspace values per thread of [`step`] for states of shape `d` (one sample's `s`, the
 /// tiles, one f32 row of norms).
 pub fn step_ws32(d: Dims) -> usize {
+    if direct::selected() != Isa::Gemm {
+        let tw = max_tile(d, DIRECT_ROW_VALUES * d.c);
+        return d.c * d.hw() + direct::shifted_ws(d) + d.c * tw + tw;
+    }
     let tw = max_tile(d, step_row_values(d));
     let tt = max_tile(d, d.c * 9);
     d.c * d.hw() + (step_row_values(d) * tw).max(d.c * 9 * tt) + tw
@@ -101,11 +106,18 @@ pub fn step_ws32(d: Dims) -> usize {
 
 /// f64 workspace values per thread of [`step`] (squared norms of a tile).
 pub fn step_ws64(d: Dims) -> usize {
+    if direct::selected() != Isa::Gemm {
+        return max_tile(d, DIRECT_ROW_VALUES * d.c);
+    }
     max_tile(d, step_row_values(d))
 }
 
 /// f32 workspace values per thread of [`sym_vjp`].
 pub fn vjp_ws32(d: Dims) -> usize {
+    if direct::selected() != Isa::Gemm {
+        let tw = max_tile(d, DIRECT_ROW_VALUES * d.c);
+        return d.c * d.hw() + 2 * direct::shifted_ws(d) + 3 * d.c * tw + tw;
+    }
     let tw = max_tile(d, vjp_row_values(d));
     let tt = max_tile(d, d.c * 9);
     d.c * d.hw() + (vjp_row_values(d) * tw).max(d.c * 9 * tt) + tw
@@ -113,7 +125,23 @@ pub fn vjp_ws32(d: Dims) -> usize {
 
 /// f64 workspace values per thread of [`sym_vjp`] (1/r and the dot product of a tile).
 pub fn vjp_ws64(d: Dims) -> usize {
+    if direct::selected() != Isa::Gemm {
+        return 2 * max_tile(d, DIRECT_ROW_VALUES * d.c);
+    }
     2 * max_tile(d, vjp_row_values(d))
+}
+
+/// Values per pixel and channel of the direct paths' tiles (`z`, `K g`, `s`): the shifted
+/// planes are whole-sample, the tiles only hold the pointwise stage.
+const DIRECT_ROW_VALUES: usize = 3;
+
+/// Transient bytes of the weight copies of [`step`] and [`sym_vjp`]: the flipped kernel on the
+/// GEMM path, the packed `K` and adjoint on the direct ones.
+pub fn weight_bytes(c: usize) -> usize {
+    match direct::selected() {
+        Isa::Gemm => 4 * c * c * 9,
+        isa => 4 * 2 * direct::packed_len(isa, c, c),
+    }
 }
 
 /// Per tile: `out[ch, p] = sigma(N(z)[ch, p])` with `z [c, tw]` contiguous and `out` of row
@@ -194,6 +222,10 @@ fn step_a<A: Act>(
     if sl == 0 {
         return out;
     }
+    if let isa @ (Isa::Avx512 | Isa::Avx2) = direct::selected() {
+        step_direct::<A>(isa, terms, coef, y, d, k, norm, &mut out);
+        return out;
+    }
     let kf = flip_kernel(k, c, c);
     let (ws32, ws64) = (step_ws32(d), step_ws64(d));
     out.par_chunks_mut(sl).enumerate().for_each(|(n, on)| {
@@ -222,22 +254,172 @@ fn step_a<A: Act>(
                     norm_act_tile::<A>(z, c, tw, norm, &mut r64[..tw], r32, &mut s_full[p0..], hw);
                 }
                 // out = sum_i a_i x_i, then out -= coef K^T s in the GEMM.
-                match terms.split_first() {
-                    Some(((a0, x0), more)) => {
-                        let x0 = &x0[n * sl..(n + 1) * sl];
-                        on.iter_mut().zip(x0).for_each(|(o, &v)| *o = a0 * v);
-                        for (a, x) in more {
-                            let x = &x[n * sl..(n + 1) * sl];
-                            on.iter_mut().zip(x).for_each(|(o, &v)| *o += a * v);
-                        }
-                    }
-                    None => on.fill(0.0),
-                }
+                lincomb_sample(terms, n, sl, on);
                 kt_tiles(&kf, s_full, c, d, rest, on, true, -coef);
             })
         })
     });
     out
+}
+
+/// `out = sum_i a_i x_i` over sample `n` (`sl` values a sample).
+fn lincomb_sample(terms: &[(f32, &[f32])], n: usize, sl: usize, on: &mut [f32]) {
+    match terms.split_first() {
+        Some(((a0, x0), more)) => {
+            let x0 = &x0[n * sl..(n + 1) * sl];
+            on.iter_mut().zip(x0).for_each(|(o, &v)| *o = a0 * v);
+            for (a, x) in more {
+                let x = &x[n * sl..(n + 1) * sl];
+                on.iter_mut().zip(x).for_each(|(o, &v)| *o += a * v);
+            }
+        }
+        None => on.fill(0.0),
+    }
+}
+
+/// [`step`] on the direct kernels: per sample, `y`'s shifted planes once, `K y` and the
+/// pointwise stage by row tiles into `s`, then `out = sum_i a_i x_i - coef K^T s` with the
+/// adjoint accumulated straight into `out` (no im2col, no GEMM output buffer).
+#[allow(clippy::too_many_arguments)]
+fn step_direct<A: Act>(
+    isa: Isa,
+    terms: &[(f32, &[f32])],
+    coef: f32,
+    y: &[f32],
+    d: Dims,
+    k: &[f32],
+    norm: NormP<'_>,
+    out: &mut [f32],
+) {
+    let (c, hw) = (d.c, d.hw());
+    let sl = c * hw;
+    let g = Shifted::new(c, d.h, d.w);
+    let (wp, wpt) = (
+        direct::pack_weights(isa, k, c, c),
+        direct::pack_weights_t(isa, k, c, c),
+    );
+    let (ws32, ws64) = (step_ws32(d), step_ws64(d));
+    out.par_chunks_mut(sl).enumerate().for_each(|(n, on)| {
+        let yn = &y[n * sl..(n + 1) * sl];
+        with_ws32(ws32, |ws| {
+            with_ws64(ws64, |r64| {
+                let (s_full, rest) = ws.split_at_mut(sl);
+                let (xs, rest) = rest.split_at_mut(g.len());
+                g.fill(yn, xs);
+                for rows in row_tiles(d.h, d.w, DIRECT_ROW_VALUES * c, TILE_VALUES) {
+                    let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+                    let (z, rest) = rest.split_at_mut(c * tw);
+                    direct::forward(isa, &g, xs, &wp, c, p0..p0 + tw, z, tw, 1.0, false);
+                    let r32 = &mut rest[..tw];
+                    norm_act_tile::<A>(z, c, tw, norm, &mut r64[..tw], r32, &mut s_full[p0..], hw);
+                }
+                lincomb_sample(terms, n, sl, on);
+                g.fill(s_full, xs);
+                direct::forward(isa, &g, xs, &wpt, c, 0..hw, on, hw, -coef, true);
+            })
+        })
+    });
+}
+
+/// [`sym_vjp`] on the direct kernels: per sample, the shifted planes of `y` and `g` once; per
+/// row tile `K y`, `K g`, the pointwise VJP and both weight-gradient terms against the planes;
+/// then `dy = -K^T dz`.
+fn vjp_direct<A: Act>(
+    isa: Isa,
+    y: &[f32],
+    d: Dims,
+    k: &[f32],
+    norm: NormP<'_>,
+    g: &[f32],
+) -> VjpOut {
+    let (c, hw, kk) = (d.c, d.hw(), d.c * 9);
+    let sl = c * hw;
+    let tv = norm.s.is_some();
+    let mut dy = vec![0.0f32; d.len()];
+    let geo = Shifted::new(c, d.h, d.w);
+    let (wp, wpt) = (
+        direct::pack_weights(isa, k, c, c),
+        direct::pack_weights_t(isa, k, c, c),
+    );
+    let (ws32, ws64) = (vjp_ws32(d), vjp_ws64(d));
+    let parts = par::map_chunks_mut(d.n, &mut dy, sl, |r, dys| {
+        let mut dk = vec![0.0f32; c * kk];
+        let mut acc = vec![0.0f64; 2 * c];
+        for (i, n) in r.enumerate() {
+            let (yn, gn) = (&y[n * sl..(n + 1) * sl], &g[n * sl..(n + 1) * sl]);
+            let dyn_ = &mut dys[i * sl..(i + 1) * sl];
+            with_ws32(ws32, |ws| {
+                with_ws64(ws64, |w64| {
+                    let (dz_full, rest) = ws.split_at_mut(sl);
+                    let (xs_y, rest) = rest.split_at_mut(geo.len());
+                    let (xs_g, rest) = rest.split_at_mut(geo.len());
+                    geo.fill(yn, xs_y);
+                    geo.fill(gn, xs_g);
+                    for rows in row_tiles(d.h, d.w, DIRECT_ROW_VALUES * c, TILE_VALUES) {
+                        let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
+                        let px = p0..p0 + tw;
+                        let (z, rest) = rest.split_at_mut(c * tw);
+                        let (kg, rest) = rest.split_at_mut(c * tw);
+                        let (s_t, rest) = rest.split_at_mut(c * tw);
+                        direct::forward(isa, &geo, xs_y, &wp, c, px.clone(), z, tw, 1.0, false);
+                        direct::forward(isa, &geo, xs_g, &wp, c, px.clone(), kg, tw, 1.0, false);
+                        vjp_tile::<A>(
+                            z,
+                            kg,
+                            s_t,
+                            &mut dz_full[p0..],
+                            hw,
+                            c,
+                            tw,
+                            norm,
+                            &mut rest[..tw],
+                            &mut w64[..2 * tw],
+                            &mut acc,
+                        );
+                        // dK = -(s g^T + dz y^T) against the planes still in cache.
+                        direct::wgrad(
+                            isa,
+                            &geo,
+                            xs_g,
+                            1,
+                            s_t,
+                            tw,
+                            sl,
+                            c,
+                            px.clone(),
+                            &mut dk,
+                            -1.0,
+                        );
+                        direct::wgrad(
+                            isa,
+                            &geo,
+                            xs_y,
+                            1,
+                            &dz_full[p0..],
+                            hw,
+                            sl,
+                            c,
+                            px,
+                            &mut dk,
+                            -1.0,
+                        );
+                    }
+                    // dy = -K^T dz.
+                    geo.fill(dz_full, xs_y);
+                    direct::forward(isa, &geo, xs_y, &wpt, c, 0..hw, dyn_, hw, -1.0, false);
+                })
+            });
+        }
+        (dk, acc)
+    });
+    let mut dk = vec![0.0f32; c * kk];
+    let mut acc = vec![0.0f64; 2 * c];
+    for (pk, pa) in &parts {
+        dk.iter_mut().zip(pk).for_each(|(o, v)| *o += v);
+        acc.iter_mut().zip(pa).for_each(|(o, v)| *o += v);
+    }
+    let neg = |v: &[f64]| v.iter().map(|&x| -x as f32).collect::<Vec<f32>>();
+    (dy, dk, tv.then(|| neg(&acc[..c])), neg(&acc[c..]))
 }
 
 /// `out (+)= beta K^T src` for one sample, row tile by row tile: `kf` is the flipped kernel laid
@@ -396,6 +578,9 @@ fn vjp_a<A: Act>(y: &[f32], d: Dims, k: &[f32], norm: NormP<'_>, g: &[f32]) -> V
     if sl == 0 {
         let z = vec![0.0f32; c];
         return (dy, vec![0.0; c * kk], tv.then(|| z.clone()), z);
+    }
+    if let isa @ (Isa::Avx512 | Isa::Avx2) = direct::selected() {
+        return vjp_direct::<A>(isa, y, d, k, norm, g);
     }
     let kf = flip_kernel(k, c, c);
     let (ws32, ws64) = (vjp_ws32(d), vjp_ws64(d));

@@ -201,7 +201,7 @@ impl Backend for Cpu {
             ScratchOp::Conv3x3Wgrad { d, cout } => {
                 let ws = match direct::selected() {
                     direct::Isa::Gemm => conv::im2col_ws(d),
-                    _ => direct::shifted_ws(d),
+                    _ => direct::wgrad_ws(d),
                 };
                 Scratch {
                     transient: f * parts(d) * cout * d.c * 9,
@@ -222,11 +222,11 @@ impl Backend for Cpu {
                 pools: [0, threads(parts(d)) * g * 2 * d.hw()],
             },
             ScratchOp::StepFull3x3 { d } => Scratch {
-                transient: f * d.c * d.c * 9,
+                transient: fused::weight_bytes(d.c),
                 pools: pools(d, fused::step_ws32(d), fused::step_ws64(d)),
             },
             ScratchOp::SymFull3x3Vjp { d } => Scratch {
-                transient: f * d.c * d.c * 9 + parts(d) * (f * d.c * d.c * 9 + g * 2 * d.c),
+                transient: fused::weight_bytes(d.c) + parts(d) * (f * d.c * d.c * 9 + g * 2 * d.c),
                 pools: [
                     threads(parts(d)) * f * fused::vjp_ws32(d),
                     threads(parts(d)) * g * fused::vjp_ws64(d),
