@@ -11,6 +11,7 @@ pub mod limits;
 pub mod network;
 pub mod operators;
 pub mod params;
+pub mod potential;
 pub mod schedule;
 pub mod solvers;
 pub mod stability;
