@@ -121,6 +121,9 @@ pub fn select(isa: Isa) -> Result<()> {
     Ok(())
 }
 
+/// Values a workspace carries beyond its planes so that they can start on a cache line.
+pub(super) const ALIGN_PAD: usize = 16;
+
 /// Geometry of the shifted planes of one sample `[c, h, w]`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Shifted {
@@ -150,6 +153,17 @@ impl Shifted {
     /// Values of the three planes of every channel.
     pub fn len(&self) -> usize {
         3 * self.c * self.plane
+    }
+
+    /// Splits `samples` samples' planes off the front of a workspace of at least
+    /// `samples * len() + ALIGN_PAD` values, starting on a 64-byte boundary (planes are
+    /// multiples of 16 values, so every plane, and every vector of a whole-image pass, is
+    /// cache-line aligned: no load splits a line); the rest comes back second.
+    pub fn carve<'a>(&self, ws: &'a mut [f32], samples: usize) -> (&'a mut [f32], &'a mut [f32]) {
+        let skip = ws.as_ptr().align_offset(64).min(ALIGN_PAD);
+        let (planes, rest) = ws[skip..].split_at_mut(samples * self.len());
+        let from = (ALIGN_PAD - skip).min(rest.len());
+        (planes, &mut rest[from..])
     }
 
     /// Fills `xs` (`len()` values) from one sample `x [c, h, w]`.
@@ -766,9 +780,10 @@ fn conv_packed(isa: Isa, x: &[f32], d: Dims, wp: &[f32], cout: usize) -> Vec<f32
     y.par_chunks_mut(cout * hw)
         .zip(x.par_chunks(d.c * hw.max(1)))
         .for_each(|(ys, xs)| {
-            with_ws32(g.len(), |ws| {
-                g.fill(xs, ws);
-                forward(isa, &g, ws, wp, cout, 0..hw, ys, hw, 1.0, false);
+            with_ws32(g.len() + ALIGN_PAD, |ws| {
+                let (planes, _) = g.carve(ws, 1);
+                g.fill(xs, planes);
+                forward(isa, &g, planes, wp, cout, 0..hw, ys, hw, 1.0, false);
             })
         });
     y
@@ -805,7 +820,8 @@ fn wgrad_direct(isa: Isa, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f3
         let mut s0 = r.start;
         while s0 < r.end {
             let m = group.min(r.end - s0);
-            with_ws32(m * g.len(), |ws| {
+            with_ws32(m * g.len() + ALIGN_PAD, |ws| {
+                let (ws, _) = g.carve(ws, m);
                 for (j, planes) in ws.chunks_exact_mut(g.len()).enumerate() {
                     let s = s0 + j;
                     g.fill(&x[s * d.c * hw..(s + 1) * d.c * hw], planes);
@@ -842,10 +858,10 @@ fn wgrad_group(d: Dims) -> usize {
 
 /// Workspace values per thread of the direct convolutions of `d`'s samples.
 pub fn shifted_ws(d: Dims) -> usize {
-    Shifted::new(d.c, d.h, d.w).len()
+    Shifted::new(d.c, d.h, d.w).len() + ALIGN_PAD
 }
 
 /// Workspace values per thread of the direct weight gradient (a group of samples' planes).
 pub fn wgrad_ws(d: Dims) -> usize {
-    wgrad_group(d) * shifted_ws(d)
+    wgrad_group(d) * Shifted::new(d.c, d.h, d.w).len() + ALIGN_PAD
 }
