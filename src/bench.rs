@@ -271,6 +271,8 @@ pub fn run(
     opts: &BenchOptions,
     mut progress: impl FnMut(&BenchPoint),
 ) -> Result<(Vec<Roofline>, Vec<BenchPoint>)> {
+    // The kernel choice is process-wide: the sweep puts back the one it found.
+    let kernels_before = kernels::selected();
     let mut rooflines = Vec::new();
     let mut points: Vec<BenchPoint> = Vec::new();
     for &dev_choice in &opts.devices {
@@ -429,6 +431,7 @@ pub fn run(
             rooflines.push(roof);
         }
     }
+    kernels::select(kernels_before)?;
     Ok((rooflines, points))
 }
 

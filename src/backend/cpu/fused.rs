@@ -116,7 +116,7 @@ pub fn step_ws64(d: Dims) -> usize {
 pub fn vjp_ws32(d: Dims) -> usize {
     if direct::selected() != Isa::Gemm {
         let tw = max_tile(d, DIRECT_ROW_VALUES * d.c);
-        return d.c * d.hw() + 2 * direct::shifted_ws(d) + 3 * d.c * tw + tw;
+        return d.c * d.hw() + 2 * direct::shifted_ws(d) - direct::ALIGN_PAD + 3 * d.c * tw + tw;
     }
     let tw = max_tile(d, vjp_row_values(d));
     let tt = max_tile(d, d.c * 9);
@@ -303,8 +303,8 @@ fn step_direct<A: Act>(
         let yn = &y[n * sl..(n + 1) * sl];
         with_ws32(ws32, |ws| {
             with_ws64(ws64, |r64| {
-                let (s_full, rest) = ws.split_at_mut(sl);
-                let (xs, rest) = rest.split_at_mut(g.len());
+                let (xs, rest) = g.carve(ws, 1);
+                let (s_full, rest) = rest.split_at_mut(sl);
                 g.fill(yn, xs);
                 for rows in row_tiles(d.h, d.w, DIRECT_ROW_VALUES * c, TILE_VALUES) {
                     let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
@@ -350,9 +350,10 @@ fn vjp_direct<A: Act>(
             let dyn_ = &mut dys[i * sl..(i + 1) * sl];
             with_ws32(ws32, |ws| {
                 with_ws64(ws64, |w64| {
-                    let (dz_full, rest) = ws.split_at_mut(sl);
-                    let (xs_y, rest) = rest.split_at_mut(geo.len());
-                    let (xs_g, rest) = rest.split_at_mut(geo.len());
+                    // Both planes from one aligned start (each a multiple of 16 values).
+                    let (planes, rest) = geo.carve(ws, 2);
+                    let (xs_y, xs_g) = planes.split_at_mut(geo.len());
+                    let (dz_full, rest) = rest.split_at_mut(sl);
                     geo.fill(yn, xs_y);
                     geo.fill(gn, xs_g);
                     for rows in row_tiles(d.h, d.w, DIRECT_ROW_VALUES * c, TILE_VALUES) {
