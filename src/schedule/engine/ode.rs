@@ -28,7 +28,7 @@ pub(super) enum OdeKept<B: Backend> {
 }
 
 impl<B: Backend> Engine<B> {
-    fn ode_keys(&self) -> Result<OdeKeys> {
+    pub(super) fn ode_keys(&self) -> Result<OdeKeys> {
         self.layout
             .config
             .ode()
@@ -36,7 +36,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// The unit's solver options (on a planning backend with [`Engine::plan_ode_steps`]).
-    fn ode_options(&self, keys: &OdeKeys) -> OdeOptions {
+    pub(super) fn ode_options(&self, keys: &OdeKeys) -> OdeOptions {
         OdeOptions {
             plan_steps: self.plan_ode_steps,
             ..OdeOptions::of(keys)
@@ -44,7 +44,7 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Solves interval `j` of unit `k` from `y0`.
-    fn ode_interval(
+    pub(super) fn ode_interval(
         &self,
         (k, j): (usize, usize),
         rhs: &mut UnitRhs<'_, B>,

@@ -7,7 +7,7 @@ use crate::config::LayerType;
 use crate::error::{Error, Result};
 use crate::layers;
 use crate::schedule::Policy;
-use crate::solvers::ode::{solve, BackendSpace, OdeOptions, UnitRhs};
+use crate::solvers::ode::UnitRhs;
 use crate::tensor::{Dims, HostTensor};
 
 impl<B: Backend> Engine<B> {
@@ -77,16 +77,9 @@ impl<B: Backend> Engine<B> {
                 layers::imex_forward(be, kind, l, &self.params[di], y, d)
             }
             LayerType::Ode => {
-                let keys = self
-                    .layout
-                    .config
-                    .ode()
-                    .ok_or_else(|| Error::Other("ode keys missing".into()))?;
+                let opts = self.ode_options(&self.ode_keys()?);
                 let mut rhs = UnitRhs::new(kind, l, d)?;
-                let h = self.layout.config.h;
-                let s = BackendSpace(be);
-                let (t0, t1) = (j as f64 * h, (j + 1) as f64 * h);
-                Ok(solve(&s, &mut rhs, y, t0, t1, &OdeOptions::of(&keys), false)?.y)
+                Ok(self.ode_interval((k, j), &mut rhs, y, &opts, false)?.y)
             }
             _ => layers::forward_single(be, kind, l, y, None, d),
         }
