@@ -3,6 +3,7 @@
 mod bench;
 mod grad;
 mod info;
+mod potential;
 mod stability;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,10 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Sweeps depth, layer, operator, policy, precision and device: throughput and memory.
     Bench(bench::BenchArgs),
+    /// Value, exact gradient and exact Laplacian of a potential network (SPEC section 11).
+    Potential(potential::PotentialArgs),
+    /// Deep Ritz or PINN for the Poisson problems of SPEC section 12; last line `rel_l2 E`.
+    Solve(potential::SolveArgs),
     /// Per unit: growth of forward perturbations (random and adversarial) and the spectral
     /// radius of each step's Jacobian (Haber & Ruthotto 2017).
     Stability(stability::StabilityArgs),
@@ -42,12 +47,17 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Init(a) if pdenet::potential::config::is_potential_file(a.config.as_ref()) => {
+            potential::init_potential(a.config.as_ref(), a.seed, &a.out)
+        }
         Command::Init(a) => grad::run_init(a),
         Command::Grad(a) => grad::run_grad(a),
         Command::Bench(a) => bench::run_bench(a),
         Command::Train(a) => run_train(&a, &build_engine_model).map(|_| ()),
         Command::Eval(a) => run_eval(&a, &build_engine_model).map(|_| ()),
         Command::Info(a) => info::run_info(a),
+        Command::Potential(a) => potential::run_potential(a),
+        Command::Solve(a) => potential::run_solve(a),
         Command::Stability(a) => stability::run_stability(a),
     }
 }

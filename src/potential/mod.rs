@@ -12,3 +12,7 @@ pub use config::{PotentialConfig, PotentialShape};
 pub use exact::{eval_sample, vjp_sample, Cotangent, Order, SampleOut, Workspace};
 pub use net::PotentialNet;
 pub use real::Real;
+pub mod problems;
+pub mod solve;
+pub use problems::Problem;
+pub use solve::{solve, Method, SolveOptions, SolveReport};
