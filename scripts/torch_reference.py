@@ -34,8 +34,61 @@ def act(name, x):
     raise ValueError(name)
 
 
+# Right-hand-side evaluations per `ode` unit of the last forward pass (SPEC section 10).
+NFE = []
+
+
+def ode_unit(cfg, rhs, y, nt, h):
+    """An `ode` unit (SPEC section 10): interval j integrates dY/dt = rhs(j, Y) over [0, h].
+
+    dopri5 is torchdiffeq's (its controller and initial step are the ones SPEC fixes), by
+    `odeint` (autograd through the steps: discretize) or `odeint_adjoint` (`gradient: adjoint`);
+    euler and rk4 (classical weights) are written out, since torchdiffeq's rk4 is the 3/8 rule.
+    """
+    solver = cfg.get("solver", "dopri5")
+    count = [0]
+
+    def F(j, z):
+        count[0] += 1
+        return rhs(j, z)
+
+    for j in range(nt):
+        if solver == "dopri5":
+            import torchdiffeq
+
+            rtol, atol = cfg.get("rtol", 1e-3), cfg.get("atol", 1e-4)
+            t = torch.tensor([0.0, h], dtype=y.dtype)
+            fn = lambda t, z, j=j: F(j, z)  # noqa: E731
+            # `step_t` makes the last step end on the interval's end (pdenet clips; torchdiffeq's
+            # default steps past it and interpolates, which SPEC also allows).
+            opts = dict(step_t=t[1:])
+            if cfg.get("gradient", "discretize") == "adjoint":
+                params = tuple(rhs.params(j))
+                y = torchdiffeq.odeint_adjoint(fn, y, t, rtol=rtol, atol=atol, method="dopri5", options=opts,
+                                               adjoint_options=dict(step_t=t[:1]), adjoint_params=params)[-1]
+            else:
+                y = torchdiffeq.odeint(fn, y, t, rtol=rtol, atol=atol, method="dopri5", options=opts)[-1]
+        else:
+            m = cfg.get("substeps", 1)
+            dt = h / m
+            for _ in range(m):
+                if solver == "euler":
+                    y = y + dt * F(j, y)
+                elif solver == "rk4":
+                    k1 = F(j, y)
+                    k2 = F(j, y + dt / 2 * k1)
+                    k3 = F(j, y + dt / 2 * k2)
+                    k4 = F(j, y + dt * k3)
+                    y = y + dt * (k1 + 2 * k2 + 2 * k3 + k4) / 6
+                else:
+                    raise ValueError(f"solver {solver}")
+    NFE.append(count)
+    return y
+
+
 def forward(cfg, W, x, labels):
     """Loss and logits of the SPEC network `cfg` with weights `W` (batch-norm in training mode)."""
+    NFE.clear()
     image = cfg["kind"] == "image"
     h = cfg["h"]
     layer = cfg["layer"]
@@ -67,10 +120,32 @@ def forward(cfg, W, x, labels):
         y = F.relu(bn("open.bn", F.conv2d(x, W["open.conv.weight"], padding=1)))
     else:
         y = torch.tanh(F.linear(x, W["open.weight"], W["open.bias"]))
+    class Rhs:
+        """F_j of an `ode` unit k: the right-hand side named by `rhs` with interval j's weights."""
+
+        def __init__(self, k):
+            self.k, self.kind = k, cfg.get("rhs", "parabolic")
+
+        def params(self, j):
+            p = f"units.{self.k}.steps.{j}."
+            return [t for n, t in W.items() if n.startswith(p)]
+
+        def __call__(self, j, z):
+            p = f"units.{self.k}.steps.{j}."
+            if self.kind == "parabolic":
+                return f(p, "K", "", z)
+            if self.kind == "resnet":
+                return act(a, N(p, "", K(p + "K", z)))
+            if self.kind == "antisymmetric":
+                return act(a, N(p, "", K(p + "K", z) - KT(p + "K", z) - gamma * z))
+            raise ValueError(f"rhs {self.kind}")
+
     widths, steps = cfg["widths"], cfg["steps"]
     for k, (w, nt) in enumerate(zip(widths, steps)):
         prev = y
-        for j in range(nt):
+        if layer == "ode":
+            y = ode_unit(cfg, Rhs(k), y, nt, h)
+        for j in range(nt if layer != "ode" else 0):
             p = f"units.{k}.steps.{j}."
             if layer == "resnet":
                 y = y + h * act(a, N(p, "", K(p + "K", y)))

@@ -42,6 +42,10 @@ pub struct GradArgs {
     pub storage: Storage,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Time this many passes on the loaded engine and print `seconds per grad: median ...`
+    /// (the written gradients are the first pass's; passes are deterministic).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
 }
 
 pub fn run_init(a: InitArgs) -> Result<()> {
@@ -77,7 +81,24 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
         let mut eng = Engine::new(b, layout.clone(), &params)?;
         // The engine holds its own copy: free the host one before the pass (peak memory).
         drop(params);
-        eng.grad(&batch.x, &batch.labels, schedule, false)?
+        let t0 = std::time::Instant::now();
+        let out = eng.grad(&batch.x, &batch.labels, schedule, false)?;
+        let mut times = vec![t0.elapsed().as_secs_f64()];
+        for _ in 1..a.repeats {
+            let t0 = std::time::Instant::now();
+            eng.grad(&batch.x, &batch.labels, schedule, false)?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        if a.repeats > 1 {
+            times.sort_by(f64::total_cmp);
+            eprintln!(
+                "seconds per grad: median {:.4} min {:.4} ({} runs)",
+                times[times.len() / 2],
+                times[0],
+                times.len()
+            );
+        }
+        out
     });
     let n = batch.labels.len();
     let loss = [out.loss as f32];

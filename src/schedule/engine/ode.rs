@@ -23,8 +23,11 @@ pub(super) enum OdeKept<B: Backend> {
     /// `reversible` / `exact` + `discretize`: each interval's input and its accepted step grid;
     /// the backward pass replays the interval one step at a time.
     Inputs(Vec<(B::Buf, Grid)>),
-    /// `adjoint`: the unit's output, from which the adjoint solve rebuilds `Y(t)` backwards.
-    Output(B::Buf),
+    /// `adjoint`: each interval's end state, from which that interval's adjoint solve rebuilds
+    /// `Y(t)` backwards. As torchdiffeq's `odeint_adjoint` on each interval (its own initial
+    /// value problem): a backwards rebuild of a dissipative flow is unstable, so carrying the
+    /// rebuilt start of one interval into the next would compound that error across intervals.
+    Outputs(Vec<B::Buf>),
 }
 
 impl<B: Backend> Engine<B> {
@@ -73,7 +76,7 @@ impl<B: Backend> Engine<B> {
         let kind = self.kind();
         let record = sched.keep_all && keys.gradient == Gradient::Discretize;
         let mut y = be.copy(input)?;
-        let (mut steps, mut inputs) = (Vec::new(), Vec::new());
+        let (mut steps, mut inputs, mut outputs) = (Vec::new(), Vec::new(), Vec::new());
         let mut nfe = 0;
         for (j, st) in self.layout.units[k].steps.iter().enumerate() {
             let mut rhs = UnitRhs::new(kind, self.layer(&st.layers[0]), d)?;
@@ -83,14 +86,14 @@ impl<B: Backend> Engine<B> {
             match (keys.gradient, record) {
                 (Gradient::Discretize, true) => steps.push(sol.steps),
                 (Gradient::Discretize, false) => inputs.push((y0, sol.grid)),
-                (Gradient::Adjoint, _) => {}
+                (Gradient::Adjoint, _) => outputs.push(be.copy(&y)?),
             }
         }
         self.count_nfe(k, nfe, 0);
         let kept = match (keys.gradient, record) {
             (Gradient::Discretize, true) => OdeKept::Steps(steps),
             (Gradient::Discretize, false) => OdeKept::Inputs(inputs),
-            (Gradient::Adjoint, _) => OdeKept::Output(be.copy(&y)?),
+            (Gradient::Adjoint, _) => OdeKept::Outputs(outputs),
         };
         Ok((y, Kept::Ode(kept)))
     }
@@ -145,18 +148,18 @@ impl<B: Backend> Engine<B> {
                     }
                 }
             }
-            OdeKept::Output(mut y1) => {
+            OdeKept::Outputs(mut all) => {
                 for (j, st) in unit.steps.iter().enumerate().rev() {
+                    let y1 = all.pop().ok_or_else(|| missing(k, j))?;
                     let l = &st.layers[0];
                     let mut rhs = UnitRhs::new(kind, self.layer(l), d)?;
                     let zeros = self.zero_grads_of(l)?;
                     let (t0, t1) = (j as f64 * h, (j + 1) as f64 * h);
-                    let (r, y0) = adjoint(&s, &mut rhs, &y1, &g, zeros, t0, t1, &opts)
+                    let (r, _) = adjoint(&s, &mut rhs, &y1, &g, zeros, t0, t1, &opts)
                         .map_err(|e| at_interval(k, j, e))?;
                     nfe += r.nfe;
                     grads.add_flat(be, l, r.dparams)?;
                     g = r.dy0;
-                    y1 = y0;
                 }
             }
         }

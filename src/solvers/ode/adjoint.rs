@@ -17,7 +17,8 @@ pub struct Aug<V> {
 }
 
 /// Augmented states over an inner space. The controller's norm is torchdiffeq's default for the
-/// adjoint: the largest of the RMS norms of `y`, of `a` and of all parameters together.
+/// adjoint (`_mixed_norm`): the largest of the RMS norms of `y`, of `a` and of each parameter
+/// tensor's gradient on its own.
 pub struct AugSpace<'a, S: Space>(pub &'a S);
 
 impl<S: Space> Space for AugSpace<'_, S> {
@@ -56,11 +57,12 @@ impl<S: Space> Space for AugSpace<'_, S> {
     fn norm(&self, x: &Aug<S::V>, a: &Aug<S::V>, b: &Aug<S::V>, tol: Tol) -> Result<f64> {
         let (sy, ny) = self.0.scaled_sq(&x.y, &a.y, &b.y, tol)?;
         let (sa, na) = self.0.scaled_sq(&x.a, &a.a, &b.a, tol)?;
-        let (sg, ng) = self
-            .params_sq(x, a, b, tol)?
+        let params = self.params_sq(x, a, b, tol)?;
+        Ok(params
             .into_iter()
-            .fold((0.0, 0), |(s, n), (u, v)| (s + u, n + v));
-        Ok(rms(sy, ny).max(rms(sa, na)).max(rms(sg, ng)))
+            .fold(rms(sy, ny).max(rms(sa, na)), |m, (sg, ng)| {
+                m.max(rms(sg, ng))
+            }))
     }
 }
 
