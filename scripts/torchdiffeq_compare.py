@@ -81,7 +81,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rtols", default="1e-2,1e-3,1e-4")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads of both (torch's and pdenet's rayon pool)")
     ap.add_argument("--stock-first-step", action="store_true",
                     help="keep torchdiffeq's autograd through the first step's selection (by default it is "
                          "detached: pdenet, like the SPEC's discretize, treats step sizes as constants)")
@@ -110,7 +110,8 @@ def main():
             gpath = os.path.join(tmp, "g.safetensors")
             r = subprocess.run(["/usr/bin/time", "-f", "maxrss %M", a.pdenet, "grad", "--config", cpath, "--weights", a.weights, "--input", batch_path,
                                 "--out", gpath, "--policy", policy, "--device", "cpu", "--repeats", str(a.repeats),
-                                "--drift-tol", "inf"], capture_output=True, text=True)
+                                "--drift-tol", "inf"], capture_output=True, text=True,
+                               env=dict(os.environ, RAYON_NUM_THREADS=str(a.threads)))
             if r.returncode != 0:
                 sys.exit(f"pdenet grad failed: {r.stderr.strip()}")
             t_pd = float(re.search(r"median ([0-9.e-]+)", r.stderr).group(1))
@@ -120,6 +121,7 @@ def main():
             loss64, g64, nf64, nb64, _ = torch_pass(cfg, params, x, labels, torch.float64)
             pd = {k: G[f"grad.{k}"] for k in g64}
             err = rel(pd, g64)
+            torch_pass(cfg, params, x, labels, torch.float32)  # warm-up, untimed
             times, saved = [], 0
             for _ in range(a.repeats):
                 t0 = time.perf_counter()
