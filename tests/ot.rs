@@ -103,17 +103,16 @@ fn rk4_backprop_matches_finite_differences() {
     let (_, g) = loss_grad(&net, &x, &LOSS);
     let eps = 1e-6;
     let mut worst: f64 = 0.0;
-    for k in 0..net.theta.len() {
+    for (k, &gk) in g.iter().enumerate() {
         let (mut p, mut q) = (net.clone(), net.clone());
         p.theta[k] += eps;
         q.theta[k] -= eps;
         let fd = (loss_of(&p, &x, &LOSS) - loss_of(&q, &x, &LOSS)) / (2.0 * eps);
-        let err = (fd - g[k]).abs() / (1.0 + fd.abs());
+        let err = (fd - gk).abs() / (1.0 + fd.abs());
         worst = worst.max(err);
         assert!(
             err <= 1e-6,
-            "parameter {k}: backprop {} vs finite differences {fd}",
-            g[k]
+            "parameter {k}: backprop {gk} vs finite differences {fd}"
         );
     }
     println!(
