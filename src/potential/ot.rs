@@ -14,7 +14,7 @@
 //! section 12.
 
 use super::config::PotentialConfig;
-use super::exact::{eval_sample, vjp_sample_with_input, Cotangent, Order, Workspace};
+use super::exact::{eval_sample, vjp_sample_with_input, Cotangent, Order, SampleOut, Workspace};
 use super::net::PotentialNet;
 use super::real::Real;
 use super::solve::{cosine_lr, Adam};
@@ -116,33 +116,44 @@ pub struct SampleFlow<T> {
     pub hjb: T,
 }
 
-/// Per-thread scratch: the network workspace, `s = [z; t]`, its cotangent and the stages.
+/// Per-thread scratch: per RK4 stage the network workspace and outputs (which the backward
+/// pass reuses instead of evaluating again), `s = [z; t]` of each stage, and the input
+/// cotangent.
 struct Scratch<T> {
-    ws: Workspace<T>,
+    ws: Vec<Workspace<T>>,
+    outs: Vec<SampleOut<T>>,
+    /// `[4 nt, n]`.
     s: Vec<T>,
     sbar: Vec<T>,
-    /// Stage inputs of every RK4 step, `[4 nt, d]`.
-    stages: Vec<T>,
 }
 
 impl<T: Real> Scratch<T> {
     fn new(net: &PotentialNet<T>, nt: usize) -> Self {
         let n = net.shape.n;
         Scratch {
-            ws: Workspace::new(&net.shape),
-            s: vec![T::default(); n],
+            ws: (0..4 * nt).map(|_| Workspace::new(&net.shape)).collect(),
+            outs: vec![SampleOut::default(); 4 * nt],
+            s: vec![T::default(); 4 * nt * n],
             sbar: vec![T::default(); n],
-            stages: vec![T::default(); 4 * nt * (n - 1)],
         }
     }
 }
 
-/// The right-hand side at `(z, t)`: `(dz, dl, dL, dR)`, with `dz` written to `dz`.
-fn rhs<T: Real>(net: &PotentialNet<T>, z: &[T], t: T, sc: &mut Scratch<T>, dz: &mut [T]) -> [T; 3] {
+/// The right-hand side at stage `at` with input `(z, t)`: `(dl, dL, dR)`, with `dz` written to
+/// `dz`.
+fn rhs<T: Real>(
+    net: &PotentialNet<T>,
+    at: usize,
+    z: &[T],
+    t: T,
+    sc: &mut Scratch<T>,
+    dz: &mut [T],
+) -> [T; 3] {
     let d = z.len();
-    sc.s[..d].copy_from_slice(z);
-    sc.s[d] = t;
-    let out = eval_sample(net, &sc.s, Order::Laplacian, &mut sc.ws);
+    let s = &mut sc.s[at * (d + 1)..(at + 1) * (d + 1)];
+    s[..d].copy_from_slice(z);
+    s[d] = t;
+    let out = eval_sample(net, s, Order::Laplacian, &mut sc.ws[at]);
     let half = T::from_f64(0.5);
     let mut g2 = T::default();
     for (dzi, &g) in dz.iter_mut().zip(&out.grad[..d]) {
@@ -151,24 +162,23 @@ fn rhs<T: Real>(net: &PotentialNet<T>, z: &[T], t: T, sc: &mut Scratch<T>, dz: &
     }
     let r = out.grad[d] - half * g2;
     let r_abs = if r < T::default() { -r } else { r };
-    [-out.laplacian, half * g2, r_abs]
+    let f = [-out.laplacian, half * g2, r_abs];
+    sc.outs[at] = out;
+    f
 }
 
-/// Adds the weight gradient of `fz . dz + fs . (dl, dL, dR)` at `(z, t)` to `gtheta` and
-/// returns its gradient with respect to `z` in `sc.sbar[..d]`.
+/// Adds the weight gradient of `fz . dz + fs . (dl, dL, dR)` at stage `at` (evaluated by
+/// [`rhs`]) to `gtheta` and returns its gradient with respect to `z` in `sc.sbar[..d]`.
 fn rhs_vjp<T: Real>(
     net: &PotentialNet<T>,
-    z: &[T],
-    t: T,
+    at: usize,
     fz: &[T],
     fs: [T; 3],
     sc: &mut Scratch<T>,
     gtheta: &mut [T],
 ) {
-    let d = z.len();
-    sc.s[..d].copy_from_slice(z);
-    sc.s[d] = t;
-    let out = eval_sample(net, &sc.s, Order::Laplacian, &mut sc.ws);
+    let d = fz.len();
+    let out = &sc.outs[at];
     let half = T::from_f64(0.5);
     let zero = T::default();
     let gx = &out.grad[..d];
@@ -182,25 +192,27 @@ fn rhs_vjp<T: Real>(
         zero
     };
     let [fl, f_l, f_r] = fs;
-    let mut grad = vec![zero; d + 1];
-    for i in 0..d {
-        grad[i] = -fz[i] + (f_l - f_r * sign) * gx[i];
-    }
-    grad[d] = f_r * sign;
+    let mut grad: Vec<T> = fz
+        .iter()
+        .zip(gx)
+        .map(|(&f, &g)| -f + (f_l - f_r * sign) * g)
+        .collect();
+    grad.push(f_r * sign);
     let cot = Cotangent {
         value: zero,
         grad,
         laplacian: -fl,
     };
     sc.sbar.fill(zero);
-    vjp_sample_with_input(net, &sc.s, &cot, &mut sc.ws, gtheta, Some(&mut sc.sbar));
+    let s = &sc.s[at * (d + 1)..(at + 1) * (d + 1)];
+    vjp_sample_with_input(net, s, &cot, &mut sc.ws[at], gtheta, Some(&mut sc.sbar));
 }
 
 /// RK4 weights of the four stages.
 const RK4_W: [f64; 4] = [1.0 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0];
 
-/// Integrates one sample from `x` at t = 0 to t = 1 in `nt` RK4 steps, keeping the stage
-/// inputs in `sc.stages`; `path`, when given, receives z at t = 0, 1/nt, .., 1.
+/// Integrates one sample from `x` at t = 0 to t = 1 in `nt` RK4 steps, keeping every stage's
+/// state in `sc`; `path`, when given, receives z at t = 0, 1/nt, .., 1.
 fn integrate<T: Real>(
     net: &PotentialNet<T>,
     x: &[T],
@@ -230,10 +242,15 @@ fn integrate<T: Real>(
                     z[i] + T::from_f64(c) * k[(st - 1) * d + i]
                 };
             }
-            let at = (step * 4 + st) * d;
-            sc.stages[at..at + d].copy_from_slice(&zs);
             let (_, kst) = k.split_at_mut(st * d);
-            ks[st] = rhs(net, &zs, T::from_f64(t0 + c), sc, &mut kst[..d]);
+            ks[st] = rhs(
+                net,
+                step * 4 + st,
+                &zs,
+                T::from_f64(t0 + c),
+                sc,
+                &mut kst[..d],
+            );
         }
         for st in 0..4 {
             let w = T::from_f64(RK4_W[st] * h);
@@ -258,7 +275,7 @@ fn integrate<T: Real>(
 
 /// Back-propagates the cotangents of the terminal state (`zbar` of z(1), `sbar` of
 /// `(l, L, R)`, constant in time because the right-hand side does not depend on them) through
-/// the RK4 steps that [`integrate`] left in `sc.stages`, adding the weight gradient to `gtheta`.
+/// the RK4 steps whose stages [`integrate`] left in `sc`, adding the weight gradient to `gtheta`.
 fn backprop<T: Real>(
     net: &PotentialNet<T>,
     nt: usize,
@@ -270,9 +287,7 @@ fn backprop<T: Real>(
     let d = zbar.len();
     let h = 1.0 / nt as f64;
     let mut kbar = vec![T::default(); d];
-    let mut zin = vec![T::default(); d];
     for step in (0..nt).rev() {
-        let t0 = step as f64 * h;
         // z_{k+1} = z_k + h sum_i w_i k_i; stage i's input is z_k + c_i h k_{i-1}.
         let mut zk_bar = zbar.clone();
         let mut carry = vec![T::default(); d];
@@ -283,9 +298,7 @@ fn backprop<T: Real>(
             }
             let fs = [w * sbar[0], w * sbar[1], w * sbar[2]];
             let c = [0.0, 0.5, 0.5, 1.0][st] * h;
-            let at = (step * 4 + st) * d;
-            zin.copy_from_slice(&sc.stages[at..at + d]);
-            rhs_vjp(net, &zin, T::from_f64(t0 + c), &kbar, fs, sc, gtheta);
+            rhs_vjp(net, step * 4 + st, &kbar, fs, sc, gtheta);
             for i in 0..d {
                 let zb = sc.sbar[i];
                 zk_bar[i] += zb;
