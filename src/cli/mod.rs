@@ -3,6 +3,7 @@
 mod bench;
 mod grad;
 mod info;
+mod ot;
 mod potential;
 mod stability;
 
@@ -40,6 +41,9 @@ pub enum Command {
     Potential(potential::PotentialArgs),
     /// Deep Ritz or PINN for the Poisson problems of SPEC section 12; last line `rel_l2 E`.
     Solve(potential::SolveArgs),
+    /// OT-Flow between N(0, I) and a Gaussian (SPEC section 12): learned transport cost
+    /// against W2^2; last line `cost C exact W gap G`.
+    Ot(ot::OtArgs),
     /// Per unit: growth of forward perturbations (random and adversarial) and the spectral
     /// radius of each step's Jacobian (Haber & Ruthotto 2017).
     Stability(stability::StabilityArgs),
@@ -58,6 +62,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run_info(a),
         Command::Potential(a) => potential::run_potential(a),
         Command::Solve(a) => potential::run_solve(a),
+        Command::Ot(a) => ot::run_ot(a),
         Command::Stability(a) => stability::run_stability(a),
     }
 }

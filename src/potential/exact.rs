@@ -286,6 +286,20 @@ pub fn vjp_sample<T: Real>(
     ws: &mut Workspace<T>,
     gtheta: &mut [T],
 ) {
+    vjp_sample_with_input(net, x, cot, ws, gtheta, None);
+}
+
+/// [`vjp_sample`] that also adds the cotangent of the input, `d/ds [cv Phi + cg . grad Phi +
+/// cl Lap Phi]` (length n), to `gx` when given: the Hessian-vector product `cv grad Phi + H cg`
+/// plus `cl grad_s Lap Phi`, which back-propagation through an ODE in `s` needs (OT-Flow).
+pub fn vjp_sample_with_input<T: Real>(
+    net: &PotentialNet<T>,
+    x: &[T],
+    cot: &Cotangent<T>,
+    ws: &mut Workspace<T>,
+    gtheta: &mut [T],
+    gx: Option<&mut [T]>,
+) {
     let s = net.shape;
     let v = View { s, t: &net.theta };
     let o = s.offsets();
@@ -453,5 +467,22 @@ pub fn vjp_sample<T: Real>(
             x,
             &mut gtheta[o.open_weight + j * n..o.open_weight + (j + 1) * n],
         );
+    }
+    if let Some(gx) = gx {
+        // s enters through a_0 = K_0 s + b_0, A s (value and A^T A s) and c . s; the
+        // Laplacian's |A E|^2 does not depend on s.
+        axpy(cv, v.cw(), gx);
+        for q in 0..s.rank {
+            let row = &amat[q * n..(q + 1) * n];
+            let acg = if has_grad {
+                dot(row, &cot.grad)
+            } else {
+                T::default()
+            };
+            axpy(cv * ws.as_[q] + acg, row, gx);
+        }
+        for j in 0..m {
+            axpy(ws.abar[j], &k0[j * n..(j + 1) * n], gx);
+        }
     }
 }

@@ -9,10 +9,14 @@ pub mod real;
 
 pub use batch::{eval_batch, loss_and_grad, BatchOut};
 pub use config::{PotentialConfig, PotentialShape};
-pub use exact::{eval_sample, vjp_sample, Cotangent, Order, SampleOut, Workspace};
+pub use exact::{
+    eval_sample, vjp_sample, vjp_sample_with_input, Cotangent, Order, SampleOut, Workspace,
+};
 pub use net::PotentialNet;
 pub use real::Real;
 pub mod problems;
 pub mod solve;
 pub use problems::Problem;
 pub use solve::{solve, Method, SolveOptions, SolveReport};
+pub mod ot;
+pub use ot::{train_ot, GaussianTarget, OtLoss, OtOptions, OtReport, OtTerms};

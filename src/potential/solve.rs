@@ -59,21 +59,21 @@ pub struct SolveReport {
 }
 
 /// Adam (PyTorch's update) on a flat parameter vector; moments in f64.
-struct Adam {
+pub(crate) struct Adam {
     m: Vec<f64>,
     v: Vec<f64>,
     t: i32,
 }
 
 impl Adam {
-    fn new(len: usize) -> Self {
+    pub(crate) fn new(len: usize) -> Self {
         Adam {
             m: vec![0.0; len],
             v: vec![0.0; len],
             t: 0,
         }
     }
-    fn step<T: Real>(&mut self, theta: &mut [T], g: &[T], lr: f64) {
+    pub(crate) fn step<T: Real>(&mut self, theta: &mut [T], g: &[T], lr: f64) {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         self.t += 1;
         let (bc1, bc2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
@@ -114,10 +114,15 @@ impl SolveOptions {
     }
 
     fn lr_at(&self, step: usize) -> f64 {
-        let p = step as f64 / self.steps.max(2).saturating_sub(1) as f64;
-        let c = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
-        self.lr * (self.lr_floor + (1.0 - self.lr_floor) * c)
+        cosine_lr(self.lr, self.lr_floor, step, self.steps)
     }
+}
+
+/// Cosine decay from `lr` at step 0 to `lr * floor` at step `steps - 1`.
+pub(crate) fn cosine_lr(lr: f64, floor: f64, step: usize, steps: usize) -> f64 {
+    let p = step as f64 / steps.max(2).saturating_sub(1) as f64;
+    let c = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+    lr * (floor + (1.0 - floor) * c)
 }
 
 /// The relative L2 error of `net` on the 10,000 points of SPEC section 12 for `seed`.

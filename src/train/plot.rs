@@ -395,3 +395,62 @@ pub fn heatmaps_png(
         Ok(())
     })
 }
+
+/// Paths in the plane (e.g. the characteristics of a transport flow): each a grey line from a
+/// blue start to a red end, with `extra` points (e.g. samples of the target) in green beneath.
+pub fn paths_png(
+    path: &Path,
+    title: &str,
+    paths: &[Vec<(f64, f64)>],
+    extra: &[(f64, f64)],
+) -> Result<()> {
+    let flat: Vec<f32> = paths
+        .iter()
+        .flatten()
+        .chain(extra)
+        .flat_map(|&(x, y)| [x as f32, y as f32])
+        .collect();
+    let [x0, x1, y0, y1] = bounds_of(&flat).map(f64::from);
+    render_atomic(path, (700, 700), |root| {
+        let e = perr(path);
+        let mut chart = ChartBuilder::on(root)
+            .caption(title, (FAMILY, 20))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(45)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|x| e(&x))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .label_style((FAMILY, 14))
+            .draw()
+            .map_err(|x| e(&x))?;
+        let green = RGBColor(44, 160, 44);
+        chart
+            .draw_series(
+                extra
+                    .iter()
+                    .map(|&p| Circle::new(p, 2, green.mix(0.5).filled())),
+            )
+            .map_err(|x| e(&x))?;
+        for p in paths {
+            chart
+                .draw_series(LineSeries::new(p.iter().copied(), BLACK.mix(0.25)))
+                .map_err(|x| e(&x))?;
+        }
+        let ends = |first: bool| {
+            paths
+                .iter()
+                .filter_map(move |p| if first { p.first() } else { p.last() })
+                .copied()
+        };
+        chart
+            .draw_series(ends(true).map(|p| Circle::new(p, 2, class_color(0).filled())))
+            .map_err(|x| e(&x))?;
+        chart
+            .draw_series(ends(false).map(|p| Circle::new(p, 2, class_color(1).filled())))
+            .map_err(|x| e(&x))?;
+        Ok(())
+    })
+}
