@@ -86,7 +86,7 @@ def ode_unit(cfg, rhs, y, nt, h):
     return y
 
 
-def forward(cfg, W, x, labels):
+def forward(cfg, W, x, labels, checkpoint_units=False):
     """Loss and logits of the SPEC network `cfg` with weights `W` (batch-norm in training mode)."""
     NFE.clear()
     image = cfg["kind"] == "image"
@@ -141,11 +141,12 @@ def forward(cfg, W, x, labels):
             raise ValueError(f"rhs {self.kind}")
 
     widths, steps = cfg["widths"], cfg["steps"]
-    for k, (w, nt) in enumerate(zip(widths, steps)):
+    def unit(k, w, nt, y, *unit_params):
+        """The steps of unit k (`unit_params` only names the weights for checkpointing)."""
         prev = y
         if layer == "ode":
-            y = ode_unit(cfg, Rhs(k), y, nt, h)
-        for j in range(nt if layer != "ode" else 0):
+            return ode_unit(cfg, Rhs(k), y, nt, h)
+        for j in range(nt):
             p = f"units.{k}.steps.{j}."
             if layer == "resnet":
                 y = y + h * act(a, N(p, "", K(p + "K", y)))
@@ -161,6 +162,17 @@ def forward(cfg, W, x, labels):
                 A = A + h * f(p, "K1", "1", Bh)
                 Bh = Bh - h * f(p, "K2", "2", A)
                 y = torch.cat([A, Bh], dim=1)
+        return y
+
+    for k, (w, nt) in enumerate(zip(widths, steps)):
+        if checkpoint_units:
+            # torch.utils.checkpoint per unit: the unit's states are recomputed in backward.
+            from torch.utils.checkpoint import checkpoint
+
+            ps = [t for n, t in W.items() if n.startswith(f"units.{k}.steps.")]
+            y = checkpoint(unit, k, w, nt, y, *ps, use_reentrant=False)
+        else:
+            y = unit(k, w, nt, y)
         last = k + 1 == len(widths)
         if image:
             c = f"units.{k}.connect."

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch training-step throughput of a SPEC network (same equations as pdenet), for the GPU
-comparison: f32 eager (TF32 convolutions, PyTorch's default, and strict f32) and bf16 autocast, forward + backward + SGD update.
+and CPU comparisons: f32 eager (on CUDA: TF32 convolutions, PyTorch's default, and strict f32), f32
+with torch.utils.checkpoint per unit, and bf16 autocast; forward + backward + SGD update.
 
-    python3 scripts/torch_train_bench.py [CONFIG_JSON] [--batch 256] [--steps 8]
+    python3 scripts/torch_train_bench.py [CONFIG_JSON] [--batch 256] [--steps 8] [--device cuda|cpu]
+        [--threads T] [--repeats R] [--rounds N]
 """
 import json
 import os
@@ -47,33 +49,45 @@ def main():
     cfg = json.load(open(sys.argv[1])) if len(sys.argv) > 1 and sys.argv[1].endswith(".json") else dict(REF_CIFAR)
     cfg["steps"] = [arg("--steps", cfg["steps"][0])] * len(cfg["widths"])
     batch = arg("--batch", 256)
-    dev = "cuda"
-    torch.backends.cudnn.benchmark = True
+    dev = arg("--device", "cuda")
+    reps = arg("--repeats", 10)
+    cuda = dev == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        # "f32" is PyTorch's default (cuDNN convolutions in TF32); "f32-strict" turns TF32 off.
+        modes = ["f32", "f32-strict", "bf16-autocast", "f32-checkpoint"]
+    else:
+        torch.set_num_threads(arg("--threads", torch.get_num_threads()))
+        modes = ["f32", "f32-checkpoint", "bf16-autocast"]
     W = params(cfg, dev)
     x = torch.randn(batch, cfg["in_channels"], 32, 32, device=dev)
     y = torch.randint(0, cfg["classes"], (batch,), device=dev)
     opt = torch.optim.SGD(W.values(), lr=1e-3)
-    # "f32" is PyTorch's default (cuDNN convolutions in TF32); "f32-strict" turns TF32 off.
-    for mode in ["f32", "f32-strict", "bf16-autocast"]:
-        torch.backends.cudnn.allow_tf32 = mode != "f32-strict"
-        def step():
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=mode != "f32"):
-                loss, _ = forward(cfg, W, x, y)
-            loss.backward()
-            opt.step()
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        reps = 10
-        t = time.perf_counter()
-        for _ in range(reps):
-            step()
-        torch.cuda.synchronize()
-        dt = (time.perf_counter() - t) / reps
-        print(f"torch {cfg['layer']} steps {cfg['steps'][0]} batch {batch} {mode}: "
-              f"{dt * 1e3:.2f} ms/step, {batch / dt:.1f} images/s "
-              f"(tf32 conv {torch.backends.cudnn.allow_tf32})")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for _ in range(arg("--rounds", 1)):
+        for mode in modes:
+            if cuda:
+                torch.backends.cudnn.allow_tf32 = mode != "f32-strict"
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(dev, dtype=torch.bfloat16, enabled=mode == "bf16-autocast"):
+                    loss, _ = forward(cfg, W, x, y, checkpoint_units=mode == "f32-checkpoint")
+                loss.backward()
+                opt.step()
+
+            for _ in range(2):
+                step()
+            sync()
+            t = time.perf_counter()
+            for _ in range(reps):
+                step()
+            sync()
+            dt = (time.perf_counter() - t) / reps
+            print(f"torch {dev} {cfg['layer']} steps {cfg['steps'][0]} batch {batch} {mode}: "
+                  f"{dt * 1e3:.2f} ms/step, {batch / dt:.1f} images/s"
+                  + (f" (tf32 conv {torch.backends.cudnn.allow_tf32})" if cuda else f" ({torch.get_num_threads()} threads)"),
+                  flush=True)
 
 
 if __name__ == "__main__":
