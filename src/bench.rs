@@ -293,6 +293,10 @@ pub fn run(
                         kept.map(move |&s| (p, p.schedule().with_storage(s)))
                     });
                     let choices: Vec<Option<Isa>> = match &device {
+                        // bf16 has one kernel set.
+                        Device::Cpu(b) if b.kernels() == Isa::Avx512Bf16 => {
+                            vec![Some(Isa::Avx512Bf16)]
+                        }
                         Device::Cpu(_) if !opts.cpu_kernels.is_empty() => {
                             opts.cpu_kernels.iter().map(|&i| Some(i)).collect()
                         }
@@ -308,7 +312,7 @@ pub fn run(
                             .iter()
                             .flat_map(|s| std::iter::repeat(s).zip(choices.iter().enumerate()))
                         {
-                            if let Some(isa) = choice {
+                            if let Some(isa) = choice.filter(|&i| i != Isa::Avx512Bf16) {
                                 kernels::select(isa)?;
                             }
                             let prev = prevs[ci];
@@ -549,7 +553,8 @@ pub fn conv_kernel_points(
     repeats: usize,
     peak: &crate::backend::cpu::FmaPeak,
 ) -> Result<Vec<KernelPoint>> {
-    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2, Isa::Gemm]
+    // The GEMM path last: the baseline of the `x gemm` column.
+    let isas: Vec<Isa> = [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Gemm]
         .into_iter()
         .filter(|i| i.available())
         .collect();
@@ -587,6 +592,7 @@ pub fn conv_kernel_points(
             for (&secs, &i) in best.iter().zip(&isas) {
                 let ceiling = match i {
                     Isa::Avx512 => peak.avx512_f32,
+                    Isa::Avx512Bf16 => peak.avx512_bf16,
                     Isa::Avx2 => peak.avx2_f32,
                     Isa::Gemm => peak.f32_best(),
                 };

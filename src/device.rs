@@ -31,20 +31,28 @@ impl Device {
         }
     }
 
-    /// As [`Device::select`], with the convolution arithmetic; `tf32`, `bf16` and `f16` need
-    /// CUDA.
+    /// As [`Device::select`], with the convolution arithmetic; `tf32` and `f16` need CUDA,
+    /// `bf16` runs on CUDA or on a CPU with `avx512_bf16`.
     pub fn select_with(choice: DeviceChoice, precision: Precision) -> Result<Device> {
         if precision == Precision::F32 {
             return Self::select(choice);
         }
         match choice {
-            DeviceChoice::Cpu => Err(Error::Input(format!(
-                "precision `{}` runs on the CUDA tensor cores; the CPU backend computes in f32",
-                precision.name()
-            ))),
-            DeviceChoice::Cuda | DeviceChoice::Auto => {
-                Ok(Device::Cuda(Cuda::try_new_with(precision)?))
-            }
+            DeviceChoice::Cpu => Ok(Device::Cpu(crate::backend::cpu::Cpu::with_precision(
+                precision,
+            )?)),
+            DeviceChoice::Cuda => Ok(Device::Cuda(Cuda::try_new_with(precision)?)),
+            // bf16 falls back to the CPU as f32 does; tf32 and f16 have no CPU path.
+            DeviceChoice::Auto => match Cuda::try_new_with(precision) {
+                Ok(c) => Ok(Device::Cuda(c)),
+                Err(e) if precision == Precision::Bf16 => {
+                    note_cpu_fallback(&e);
+                    Ok(Device::Cpu(crate::backend::cpu::Cpu::with_precision(
+                        precision,
+                    )?))
+                }
+                Err(e) => Err(e),
+            },
         }
     }
 

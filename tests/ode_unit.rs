@@ -86,7 +86,7 @@ fn euler_is_the_step<B: Backend>(be: &B) {
 #[test]
 fn euler_with_one_substep_is_the_step_type_bit_for_bit() {
     euler_is_the_step(&Reference);
-    euler_is_the_step(&Cpu);
+    euler_is_the_step(&Cpu::new());
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn replay_reproduces_the_adaptive_solve() {
     let (p, y0) = problem(7, d);
     for (name, (a, b, nfe, steps)) in [
         ("reference", replay_case(&Reference, &p, &y0, d)),
-        ("cpu", replay_case(&Cpu, &p, &y0, d)),
+        ("cpu", replay_case(&Cpu::new(), &p, &y0, d)),
     ] {
         assert!(
             a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),

@@ -1,12 +1,12 @@
 //! The CPU memory plan against the measured heap: a training step's planned peak
-//! (`Planner::for_device(&Cpu)`: buffers, declared workspaces, fused ops) equals the counting
+//! (`Planner::for_device(&cpu)`: buffers, declared workspaces, fused ops) equals the counting
 //! allocator's high-water mark during the same step: within 10 % (the bound; typically
 //! 0.1-0.2 %; the plan assumes that every pool thread grows its workspace, and on a busy machine
 //! one thread may run no sample of the largest op).
 
 use pdenet::alloc::{heap_live, heap_peak, reset_heap_peak, CountingAlloc};
 use pdenet::backend::cpu::{release_workspaces, warm_threads, Cpu};
-use pdenet::backend::Storage;
+use pdenet::backend::{Precision, Storage};
 use pdenet::config::{Config, LayerType};
 use pdenet::network::Layout;
 use pdenet::schedule::plan::{plan_step_on, Planner};
@@ -21,19 +21,20 @@ fn planned_and_measured(
     steps: usize,
     schedule: Schedule,
     batch: usize,
+    cpu: Cpu,
 ) -> (usize, usize) {
     let mut cfg = Config::reference("ref-cifar").unwrap();
     cfg.steps = vec![steps; cfg.widths.len()];
     cfg.layer = layer;
     let layout = Layout::new(&cfg).unwrap();
     let shape = [batch, 3, 32, 32];
-    let plan = plan_step_on(Planner::for_device(&Cpu), &layout, &shape, schedule).unwrap();
+    let plan = plan_step_on(Planner::for_device(&cpu), &layout, &shape, schedule).unwrap();
     let params = layout.init(1);
     let (x, labels) = pdenet::bench::random_batch(&cfg, batch, 2);
     release_workspaces();
     reset_heap_peak();
     let base = heap_live();
-    let mut eng = Engine::new(Cpu, layout.clone(), &params).unwrap();
+    let mut eng = Engine::new(cpu, layout.clone(), &params).unwrap();
     let out = eng.grad(&x, &labels, schedule, false).unwrap();
     let measured = heap_peak() - base;
     drop((out, eng));
@@ -58,14 +59,49 @@ fn planned_peak_matches_measured_heap() {
         (LayerType::Hyperbolic, 4, Policy::Store, bf16, 8),
         (LayerType::Parabolic, 2, Policy::Store, bf16, 4),
     ]);
-    for (layer, steps, policy, schedule, batch) in points {
-        let (plan, meas) = planned_and_measured(layer, steps, schedule, batch);
+    let points = points.map(|(l, s, p, sc, b)| (l, s, p, sc, b, Cpu::new()));
+    // bf16 compute (`--precision bf16`, where the CPU has it): paired planes, rounded copies.
+    let bf16_cpu = Cpu::with_precision(Precision::Bf16).ok();
+    if bf16_cpu.is_none() {
+        println!("SKIP bf16 compute points: this CPU lacks avx512_bf16");
+    }
+    let points = points.chain(bf16_cpu.into_iter().flat_map(|c| {
+        [
+            (
+                LayerType::Hyperbolic,
+                2,
+                Policy::Store,
+                Policy::Store.schedule(),
+                8,
+                c,
+            ),
+            (
+                LayerType::Hyperbolic,
+                2,
+                Policy::Reversible,
+                Policy::Reversible.schedule(),
+                8,
+                c,
+            ),
+            (
+                LayerType::Hamiltonian,
+                2,
+                Policy::Store,
+                Policy::Store.schedule(),
+                4,
+                c,
+            ),
+        ]
+    }));
+    for (layer, steps, policy, schedule, batch, cpu) in points {
+        let (plan, meas) = planned_and_measured(layer, steps, schedule, batch, cpu);
         let err = (plan as f64 - meas as f64).abs() / meas as f64;
         println!(
-            "{} {} ({} states) steps {steps} batch {batch}: planned {plan}, measured {meas} ({:.2} %)",
+            "{} {} ({} states, {} compute) steps {steps} batch {batch}: planned {plan}, measured {meas} ({:.2} %)",
             layer.name(),
             policy.name(),
             schedule.storage.name(),
+            cpu.precision().name(),
             100.0 * err
         );
         assert!(

@@ -843,6 +843,7 @@ fn engine_trains_and_resumes_bit_identically() {
         policy: Policy::Store,
         storage: pdenet::backend::Storage::F32,
         device: DeviceChoice::Cpu,
+        precision: Default::default(),
         batch: 32,
     };
     let cfg = Config::reference("ref-2d").unwrap();

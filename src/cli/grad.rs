@@ -42,6 +42,10 @@ pub struct GradArgs {
     pub storage: Storage,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Arithmetic of the convolutions: f32; bf16 (operands rounded to bf16, f32 accumulation)
+    /// on CUDA or on a CPU with avx512_bf16; tf32, f16 on CUDA.
+    #[arg(long, default_value = "f32")]
+    pub precision: pdenet::backend::Precision,
     /// Time this many passes on the loaded engine and print `seconds per grad: median ...`
     /// (the written gradients are the first pass's; passes are deterministic).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -70,7 +74,7 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     let mut params = layout.template.clone();
     params.load_from_file(read_safetensors(&a.weights)?, &a.weights)?;
     let batch = read_batch(&a.input)?;
-    let device = Device::select(a.device)?;
+    let device = Device::select_with(a.device, a.precision)?;
     let schedule = a
         .policy
         .schedule()

@@ -28,6 +28,9 @@ pub struct ModelSpec {
     /// Format of the states the backward pass keeps.
     pub storage: Storage,
     pub device: DeviceChoice,
+    /// Arithmetic of the convolutions (`f32`; `bf16` on CUDA or an `avx512_bf16` CPU; `tf32`,
+    /// `f16` on CUDA).
+    pub precision: crate::backend::Precision,
     /// The training batch size (for memory planning).
     pub batch: usize,
 }
@@ -73,6 +76,10 @@ pub struct TrainArgs {
     /// auto, cpu or cuda.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Arithmetic of the convolutions: f32; bf16 (operands rounded to bf16, f32 accumulation)
+    /// on CUDA or on a CPU with avx512_bf16; tf32, f16 on CUDA.
+    #[arg(long, default_value = "f32")]
+    pub precision: crate::backend::Precision,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long)]
     pub resume: bool,
@@ -158,6 +165,7 @@ impl Default for TrainArgs {
             drift: DriftArgs::default(),
             storage: Storage::F32,
             device: DeviceChoice::Auto,
+            precision: Default::default(),
             resume: false,
             force: false,
             multilevel: 0,
@@ -313,6 +321,7 @@ fn train_level(
         drift_guard: args.drift.guard()?,
         storage: args.storage,
         device: args.device,
+        precision: args.precision,
         batch,
     };
     let mut model = build(&cfg, &spec)?;
@@ -357,6 +366,7 @@ pub fn run_eval(args: &EvalArgs, build: BuildModel<'_>) -> Result<(f64, f64)> {
         drift_guard: None,
         storage: Storage::F32,
         device: DeviceChoice::Auto,
+        precision: Default::default(),
         batch: 500,
     };
     let mut model = build(&cfg, &spec)?;

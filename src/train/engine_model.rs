@@ -42,7 +42,7 @@ impl<B: Backend> Model for EngineModel<B> {
 /// Builds the network of `cfg` with weights initialised from `spec.seed` (as `pdenet init`).
 pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Model>> {
     let layout = Layout::new(cfg)?;
-    let device = Device::select(spec.device)?;
+    let device = Device::select_with(spec.device, spec.precision)?;
     let schedule = spec
         .policy
         .schedule()

@@ -94,10 +94,10 @@ fn max_tile(d: Dims, row_values: usize) -> usize {
 
 /// f32 workspace values per thread of [`step`] for states of shape `d` (one sample's `s`, the
 /// tiles, one f32 row of norms).
-pub fn step_ws32(d: Dims) -> usize {
-    if direct::selected() != Isa::Gemm {
+pub fn step_ws32(isa: Isa, d: Dims) -> usize {
+    if isa != Isa::Gemm {
         let tw = max_tile(d, DIRECT_ROW_VALUES * d.c);
-        return d.c * d.hw() + direct::shifted_ws(d) + d.c * tw + tw;
+        return d.c * d.hw() + direct::shifted_ws(isa, d) + d.c * tw + tw;
     }
     let tw = max_tile(d, step_row_values(d));
     let tt = max_tile(d, d.c * 9);
@@ -105,18 +105,25 @@ pub fn step_ws32(d: Dims) -> usize {
 }
 
 /// f64 workspace values per thread of [`step`] (squared norms of a tile).
-pub fn step_ws64(d: Dims) -> usize {
-    if direct::selected() != Isa::Gemm {
+pub fn step_ws64(isa: Isa, d: Dims) -> usize {
+    if isa != Isa::Gemm {
         return max_tile(d, DIRECT_ROW_VALUES * d.c);
     }
     max_tile(d, step_row_values(d))
 }
 
 /// f32 workspace values per thread of [`sym_vjp`].
-pub fn vjp_ws32(d: Dims) -> usize {
-    if direct::selected() != Isa::Gemm {
+pub fn vjp_ws32(isa: Isa, d: Dims) -> usize {
+    if isa != Isa::Gemm {
         let tw = max_tile(d, DIRECT_ROW_VALUES * d.c);
-        return d.c * d.hw() + 2 * direct::shifted_ws(d) - direct::ALIGN_PAD + 3 * d.c * tw + tw;
+        let planes = 2 * direct::shifted_ws(isa, d) - direct::ALIGN_PAD;
+        // bf16: the weight gradient's f32 planes of y and g beside the paired ones.
+        let wgrad_planes = if isa == Isa::Avx512Bf16 {
+            2 * Shifted::for_wgrad(isa, d.c, d.h, d.w).len() + direct::ALIGN_PAD
+        } else {
+            0
+        };
+        return d.c * d.hw() + planes + wgrad_planes + 3 * d.c * tw + tw;
     }
     let tw = max_tile(d, vjp_row_values(d));
     let tt = max_tile(d, d.c * 9);
@@ -124,8 +131,8 @@ pub fn vjp_ws32(d: Dims) -> usize {
 }
 
 /// f64 workspace values per thread of [`sym_vjp`] (1/r and the dot product of a tile).
-pub fn vjp_ws64(d: Dims) -> usize {
-    if direct::selected() != Isa::Gemm {
+pub fn vjp_ws64(isa: Isa, d: Dims) -> usize {
+    if isa != Isa::Gemm {
         return 2 * max_tile(d, DIRECT_ROW_VALUES * d.c);
     }
     2 * max_tile(d, vjp_row_values(d))
@@ -137,8 +144,8 @@ const DIRECT_ROW_VALUES: usize = 3;
 
 /// Transient bytes of the weight copies of [`step`] and [`sym_vjp`]: the flipped kernel on the
 /// GEMM path, the packed `K` and adjoint on the direct ones.
-pub fn weight_bytes(c: usize) -> usize {
-    match direct::selected() {
+pub fn weight_bytes(isa: Isa, c: usize) -> usize {
+    match isa {
         Isa::Gemm => 4 * c * c * 9,
         isa => 4 * 2 * direct::packed_len(isa, c, c),
     }
@@ -192,7 +199,9 @@ fn norm_act_tile<A: Act>(
 
 /// `sum_i a_i x_i - coef K^T sigma(N(K y))` (the backend's `step_full3x3`); lengths checked
 /// by the caller.
+#[allow(clippy::too_many_arguments)]
 pub fn step(
+    isa: Isa,
     terms: &[(f32, &[f32])],
     coef: f32,
     y: &[f32],
@@ -202,13 +211,14 @@ pub fn step(
     act: Activation,
 ) -> Vec<f32> {
     match act {
-        Activation::Relu => step_a::<Relu>(terms, coef, y, d, k, norm),
-        Activation::Tanh => step_a::<Tanh>(terms, coef, y, d, k, norm),
-        Activation::Logcosh => step_a::<Logcosh>(terms, coef, y, d, k, norm),
+        Activation::Relu => step_a::<Relu>(isa, terms, coef, y, d, k, norm),
+        Activation::Tanh => step_a::<Tanh>(isa, terms, coef, y, d, k, norm),
+        Activation::Logcosh => step_a::<Logcosh>(isa, terms, coef, y, d, k, norm),
     }
 }
 
 fn step_a<A: Act>(
+    isa: Isa,
     terms: &[(f32, &[f32])],
     coef: f32,
     y: &[f32],
@@ -222,12 +232,12 @@ fn step_a<A: Act>(
     if sl == 0 {
         return out;
     }
-    if let isa @ (Isa::Avx512 | Isa::Avx2) = direct::selected() {
+    if isa != Isa::Gemm {
         step_direct::<A>(isa, terms, coef, y, d, k, norm, &mut out);
         return out;
     }
     let kf = flip_kernel(k, c, c);
-    let (ws32, ws64) = (step_ws32(d), step_ws64(d));
+    let (ws32, ws64) = (step_ws32(isa, d), step_ws64(isa, d));
     out.par_chunks_mut(sl).enumerate().for_each(|(n, on)| {
         let yn = &y[n * sl..(n + 1) * sl];
         with_ws32(ws32, |ws| {
@@ -293,12 +303,12 @@ fn step_direct<A: Act>(
 ) {
     let (c, hw) = (d.c, d.hw());
     let sl = c * hw;
-    let g = Shifted::new(c, d.h, d.w);
+    let g = Shifted::for_forward(isa, c, d.h, d.w);
     let (wp, wpt) = (
         direct::pack_weights(isa, k, c, c),
         direct::pack_weights_t(isa, k, c, c),
     );
-    let (ws32, ws64) = (step_ws32(d), step_ws64(d));
+    let (ws32, ws64) = (step_ws32(isa, d), step_ws64(isa, d));
     out.par_chunks_mut(sl).enumerate().for_each(|(n, on)| {
         let yn = &y[n * sl..(n + 1) * sl];
         with_ws32(ws32, |ws| {
@@ -336,12 +346,15 @@ fn vjp_direct<A: Act>(
     let sl = c * hw;
     let tv = norm.s.is_some();
     let mut dy = vec![0.0f32; d.len()];
-    let geo = Shifted::new(c, d.h, d.w);
+    let geo = Shifted::for_forward(isa, c, d.h, d.w);
+    // The weight gradient reads f32 planes: under bf16 a rounded copy beside the paired ones.
+    let geo_w = Shifted::for_wgrad(isa, c, d.h, d.w);
+    let bf16 = isa == Isa::Avx512Bf16;
     let (wp, wpt) = (
         direct::pack_weights(isa, k, c, c),
         direct::pack_weights_t(isa, k, c, c),
     );
-    let (ws32, ws64) = (vjp_ws32(d), vjp_ws64(d));
+    let (ws32, ws64) = (vjp_ws32(isa, d), vjp_ws64(isa, d));
     let parts = par::map_chunks_mut(d.n, &mut dy, sl, |r, dys| {
         let mut dk = vec![0.0f32; c * kk];
         let mut acc = vec![0.0f64; 2 * c];
@@ -353,9 +366,22 @@ fn vjp_direct<A: Act>(
                     // Both planes from one aligned start (each a multiple of 16 values).
                     let (planes, rest) = geo.carve(ws, 2);
                     let (xs_y, xs_g) = planes.split_at_mut(geo.len());
+                    let (wplanes, rest) = if bf16 {
+                        geo_w.carve(rest, 2)
+                    } else {
+                        (&mut [][..], rest)
+                    };
                     let (dz_full, rest) = rest.split_at_mut(sl);
                     geo.fill(yn, xs_y);
                     geo.fill(gn, xs_g);
+                    let (wg, wy): (&[f32], &[f32]) = if bf16 {
+                        let (wy, wg) = wplanes.split_at_mut(geo_w.len());
+                        geo_w.fill(yn, wy);
+                        geo_w.fill(gn, wg);
+                        (wg, wy)
+                    } else {
+                        (xs_g, xs_y)
+                    };
                     for rows in row_tiles(d.h, d.w, DIRECT_ROW_VALUES * c, TILE_VALUES) {
                         let (p0, tw) = (rows.start * d.w, rows.len() * d.w);
                         let px = p0..p0 + tw;
@@ -377,11 +403,19 @@ fn vjp_direct<A: Act>(
                             &mut w64[..2 * tw],
                             &mut acc,
                         );
+                        if bf16 {
+                            // The weight gradient's other operands, rounded as the planes.
+                            s_t.iter_mut().for_each(|v| *v = direct::round_bf16(*v));
+                            for ch in 0..c {
+                                let row = &mut dz_full[ch * hw + p0..ch * hw + p0 + tw];
+                                row.iter_mut().for_each(|v| *v = direct::round_bf16(*v));
+                            }
+                        }
                         // dK = -(s g^T + dz y^T) against the planes still in cache.
                         direct::wgrad(
                             isa,
-                            &geo,
-                            xs_g,
+                            &geo_w,
+                            wg,
                             1,
                             s_t,
                             tw,
@@ -393,8 +427,8 @@ fn vjp_direct<A: Act>(
                         );
                         direct::wgrad(
                             isa,
-                            &geo,
-                            xs_y,
+                            &geo_w,
+                            wy,
                             1,
                             &dz_full[p0..],
                             hw,
@@ -462,6 +496,7 @@ pub type VjpOut = (Vec<f32>, Vec<f32>, Option<Vec<f32>>, Vec<f32>);
 /// `J_f(y)^T g` and the parameter gradients of `f(y) = -K^T sigma(N(K y))` (the backend's
 /// `sym_full3x3_vjp`); lengths checked by the caller.
 pub fn sym_vjp(
+    isa: Isa,
     y: &[f32],
     d: Dims,
     k: &[f32],
@@ -470,9 +505,9 @@ pub fn sym_vjp(
     g: &[f32],
 ) -> VjpOut {
     match act {
-        Activation::Relu => vjp_a::<Relu>(y, d, k, norm, g),
-        Activation::Tanh => vjp_a::<Tanh>(y, d, k, norm, g),
-        Activation::Logcosh => vjp_a::<Logcosh>(y, d, k, norm, g),
+        Activation::Relu => vjp_a::<Relu>(isa, y, d, k, norm, g),
+        Activation::Tanh => vjp_a::<Tanh>(isa, y, d, k, norm, g),
+        Activation::Logcosh => vjp_a::<Logcosh>(isa, y, d, k, norm, g),
     }
 }
 
@@ -571,7 +606,7 @@ fn vjp_tile<A: Act>(
     }
 }
 
-fn vjp_a<A: Act>(y: &[f32], d: Dims, k: &[f32], norm: NormP<'_>, g: &[f32]) -> VjpOut {
+fn vjp_a<A: Act>(isa: Isa, y: &[f32], d: Dims, k: &[f32], norm: NormP<'_>, g: &[f32]) -> VjpOut {
     let (c, hw, kk) = (d.c, d.hw(), d.c * 9);
     let sl = c * hw;
     let mut dy = vec![0.0f32; d.len()];
@@ -580,11 +615,11 @@ fn vjp_a<A: Act>(y: &[f32], d: Dims, k: &[f32], norm: NormP<'_>, g: &[f32]) -> V
         let z = vec![0.0f32; c];
         return (dy, vec![0.0; c * kk], tv.then(|| z.clone()), z);
     }
-    if let isa @ (Isa::Avx512 | Isa::Avx2) = direct::selected() {
+    if isa != Isa::Gemm {
         return vjp_direct::<A>(isa, y, d, k, norm, g);
     }
     let kf = flip_kernel(k, c, c);
-    let (ws32, ws64) = (vjp_ws32(d), vjp_ws64(d));
+    let (ws32, ws64) = (vjp_ws32(isa, d), vjp_ws64(isa, d));
     // Per batch range: the partial of dK and of (dscale, dshift).
     let parts = par::map_chunks_mut(d.n, &mut dy, sl, |r, dys| {
         let mut dk = vec![0.0f32; c * kk];

@@ -17,21 +17,55 @@ use super::half16::{self, Packed16};
 use super::host;
 use super::reference::round_to_i32;
 use super::{
-    Activation, Backend, BnStats, Norm, Scratch, ScratchOp, Storage, SymGrads, BN_EPS, BN_MOMENTUM,
-    TV_EPS,
+    Activation, Backend, BnStats, Norm, Precision, Scratch, ScratchOp, Storage, SymGrads, BN_EPS,
+    BN_MOMENTUM, TV_EPS,
 };
 use crate::ensure_shape;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tensor::Dims;
 use par::{map_chunks, map_chunks_mut, sum2_f64, sum_f64, sum_partials_f64, with_ws64, ELEM_CHUNK};
 
-/// The multi-threaded f32 CPU backend.
+/// The multi-threaded f32 CPU backend; with `bf16` precision its 3x3 convolutions take bf16
+/// operands (rounded to nearest even) and accumulate in f32.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
+pub struct Cpu {
+    precision: Precision,
+}
 
 impl Cpu {
     pub fn new() -> Self {
-        Cpu
+        Cpu::default()
+    }
+
+    /// A backend whose 3x3 convolutions compute in `precision`: `f32`, or `bf16` on a CPU with
+    /// `avx512_bf16` (`vdpbf16ps`).
+    pub fn with_precision(precision: Precision) -> Result<Cpu> {
+        match precision {
+            Precision::F32 => Ok(Cpu::new()),
+            Precision::Bf16 if direct::Isa::Avx512Bf16.available() => Ok(Cpu { precision }),
+            Precision::Bf16 => Err(Error::Input(
+                "precision `bf16` on the CPU needs the `avx512_bf16` instructions (vdpbf16ps), \
+                 which this CPU lacks; use f32, or bf16 on CUDA"
+                    .into(),
+            )),
+            p => Err(Error::Input(format!(
+                "precision `{}` runs on the CUDA tensor cores; the CPU computes in f32 or bf16",
+                p.name()
+            ))),
+        }
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The 3x3 convolution kernels this backend runs: the bf16 set under bf16, otherwise the
+    /// process-wide choice ([`kernels::selected`]).
+    pub fn kernels(&self) -> direct::Isa {
+        match self.precision {
+            Precision::Bf16 => direct::Isa::Avx512Bf16,
+            _ => direct::selected(),
+        }
     }
 }
 
@@ -178,33 +212,39 @@ impl Backend for Cpu {
         let parts = |d: Dims| d.n.div_ceil(par::chunk_size(d.n));
         let pools = |d: Dims, a: usize, b: usize| [threads(d.n) * f * a, threads(d.n) * g * b];
         match op {
-            ScratchOp::Conv3x3 { d, cout } => match direct::selected() {
+            ScratchOp::Conv3x3 { d, cout } => match self.kernels() {
                 direct::Isa::Gemm => Scratch {
                     transient: 0,
                     pools: pools(d, conv::im2col_ws(d), 0),
                 },
                 isa => Scratch {
                     transient: f * direct::packed_len(isa, cout, d.c),
-                    pools: pools(d, direct::shifted_ws(d), 0),
+                    pools: pools(d, direct::shifted_ws(isa, d), 0),
                 },
             },
-            ScratchOp::Conv3x3T { d, cin } => match direct::selected() {
+            ScratchOp::Conv3x3T { d, cin } => match self.kernels() {
                 direct::Isa::Gemm => Scratch {
                     transient: f * d.c * cin * 9,
                     pools: pools(d, conv::im2col_ws(d), 0),
                 },
                 isa => Scratch {
                     transient: f * direct::packed_len(isa, cin, d.c),
-                    pools: pools(d, direct::shifted_ws(d), 0),
+                    pools: pools(d, direct::shifted_ws(isa, d), 0),
                 },
             },
             ScratchOp::Conv3x3Wgrad { d, cout } => {
-                let ws = match direct::selected() {
+                let isa = self.kernels();
+                let ws = match isa {
                     direct::Isa::Gemm => conv::im2col_ws(d),
-                    _ => direct::wgrad_ws(d),
+                    _ => direct::wgrad_ws(isa, d),
+                };
+                // bf16: the rounded copy of the cotangent.
+                let rounded = match isa {
+                    direct::Isa::Avx512Bf16 => f * d.with_c(cout).len(),
+                    _ => 0,
                 };
                 Scratch {
-                    transient: f * parts(d) * cout * d.c * 9,
+                    transient: f * parts(d) * cout * d.c * 9 + rounded,
                     pools: [threads(parts(d)) * f * ws, 0],
                 }
             }
@@ -222,14 +262,19 @@ impl Backend for Cpu {
                 pools: [0, threads(parts(d)) * g * 2 * d.hw()],
             },
             ScratchOp::StepFull3x3 { d } => Scratch {
-                transient: fused::weight_bytes(d.c),
-                pools: pools(d, fused::step_ws32(d), fused::step_ws64(d)),
+                transient: fused::weight_bytes(self.kernels(), d.c),
+                pools: pools(
+                    d,
+                    fused::step_ws32(self.kernels(), d),
+                    fused::step_ws64(self.kernels(), d),
+                ),
             },
             ScratchOp::SymFull3x3Vjp { d } => Scratch {
-                transient: fused::weight_bytes(d.c) + parts(d) * (f * d.c * d.c * 9 + g * 2 * d.c),
+                transient: fused::weight_bytes(self.kernels(), d.c)
+                    + parts(d) * (f * d.c * d.c * 9 + g * 2 * d.c),
                 pools: [
-                    threads(parts(d)) * f * fused::vjp_ws32(d),
-                    threads(parts(d)) * g * fused::vjp_ws64(d),
+                    threads(parts(d)) * f * fused::vjp_ws32(self.kernels(), d),
+                    threads(parts(d)) * g * fused::vjp_ws64(self.kernels(), d),
                 ],
             },
         }
@@ -334,17 +379,17 @@ impl Backend for Cpu {
     fn conv3x3(&self, x: &Vec<f32>, d: Dims, k: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
         check_len(x, d.len(), "conv3x3 input")?;
         check_len(k, cout * d.c * 9, "conv3x3 weight")?;
-        direct::conv3x3(direct::selected(), x, d, k, cout)
+        direct::conv3x3(self.kernels(), x, d, k, cout)
     }
     fn conv3x3_t(&self, z: &Vec<f32>, d: Dims, k: &Vec<f32>, cin: usize) -> Result<Vec<f32>> {
         check_len(z, d.len(), "conv3x3_t input")?;
         check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
-        direct::conv3x3_t(direct::selected(), z, d, k, cin)
+        direct::conv3x3_t(self.kernels(), z, d, k, cin)
     }
     fn conv3x3_wgrad(&self, x: &Vec<f32>, d: Dims, dz: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
         check_len(x, d.len(), "conv3x3_wgrad input")?;
         check_len(dz, d.with_c(cout).len(), "conv3x3_wgrad cotangent")?;
-        direct::conv3x3_wgrad(direct::selected(), x, d, dz, cout)
+        direct::conv3x3_wgrad(self.kernels(), x, d, dz, cout)
     }
 
     fn conv1x1(&self, x: &Vec<f32>, d: Dims, k: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
@@ -886,7 +931,16 @@ impl Backend for Cpu {
         check_len(k, d.c * d.c * 9, "step weight")?;
         let np = norm_params(norm, d.c)?;
         let terms: Vec<(f32, &[f32])> = terms.iter().map(|&(a, x)| (a as f32, &x[..])).collect();
-        Ok(fused::step(&terms, coef as f32, y, d, k, np, act))
+        Ok(fused::step(
+            self.kernels(),
+            &terms,
+            coef as f32,
+            y,
+            d,
+            k,
+            np,
+            act,
+        ))
     }
 
     fn sym_full3x3_vjp(
@@ -902,7 +956,7 @@ impl Backend for Cpu {
         check_len(g, d.len(), "sym vjp cotangent")?;
         check_len(k, d.c * d.c * 9, "sym vjp weight")?;
         let np = norm_params(norm, d.c)?;
-        let (dy, dk, dscale, dshift) = fused::sym_vjp(y, d, k, np, act, g);
+        let (dy, dk, dscale, dshift) = fused::sym_vjp(self.kernels(), y, d, k, np, act, g);
         Ok(SymGrads {
             dy,
             dk,
