@@ -22,7 +22,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::par::{map_chunks, sum_partials_f32, with_ws32};
+use super::par::{map_chunks, sum_partials_f32, with_ws32, ELEM_CHUNK};
 use crate::error::{Error, Result};
 use crate::tensor::Dims;
 
@@ -152,9 +152,9 @@ pub(super) const ALIGN_PAD: usize = 16;
 pub(super) enum Pack {
     /// One channel's f32 value.
     F32,
-    /// One channel's value rounded to bf16 (nearest even), held as f32: the weight gradient's
-    /// operand under bf16.
-    F32Bf16,
+    /// One channel's value rounded to bf16 (nearest even), 16 bits a pixel (a plane fills half
+    /// as many f32 slots): the weight gradient's operand under bf16, read in pairs of pixels.
+    Bf16Rows,
     /// Two channels `2j, 2j + 1` as bf16 in one 32-bit slot (low half first): the operand of
     /// `vdpbf16ps`; an odd last channel pairs with zero.
     Bf16Pairs,
@@ -203,7 +203,7 @@ impl Shifted {
     /// The planes the weight-gradient kernels of `isa` read.
     pub fn for_wgrad(isa: Isa, c: usize, h: usize, w: usize) -> Self {
         let pack = match isa {
-            Isa::Avx512Bf16 => Pack::F32Bf16,
+            Isa::Avx512Bf16 => Pack::Bf16Rows,
             _ => Pack::F32,
         };
         Shifted {
@@ -220,9 +220,17 @@ impl Shifted {
         }
     }
 
-    /// Values of the three planes of every channel (or channel pair).
+    /// f32 slots of one plane (`plane` values, two to a slot for [`Pack::Bf16Rows`]).
+    fn slots(&self) -> usize {
+        match self.pack {
+            Pack::Bf16Rows => self.plane / 2,
+            _ => self.plane,
+        }
+    }
+
+    /// f32 slots of the three planes of every channel (or channel pair).
     pub fn len(&self) -> usize {
-        3 * self.groups() * self.plane
+        3 * self.groups() * self.slots()
     }
 
     /// Splits `samples` samples' planes off the front of a workspace of at least
@@ -253,8 +261,12 @@ impl Shifted {
                 _ => (&x[gi * hw..(gi + 1) * hw], &zero),
             };
             for b in 0..3 {
-                let dst = &mut xs[(b * self.groups() + gi) * self.plane..][..self.plane];
-                self.fill_plane(b, lo, hi, dst);
+                let dst = &mut xs[(b * self.groups() + gi) * self.slots()..][..self.slots()];
+                if self.pack == Pack::Bf16Rows {
+                    self.fill_plane16(b, lo, bytemuck::cast_slice_mut(dst));
+                } else {
+                    self.fill_plane(b, lo, hi, dst);
+                }
             }
         }
     }
@@ -306,6 +318,30 @@ impl Shifted {
         }
     }
 
+    /// Plane `b` of one channel as bf16 values ([`Pack::Bf16Rows`]).
+    fn fill_plane16(&self, b: usize, x: &[f32], dst: &mut [u16]) {
+        let (w, hw, off) = (self.w, self.hw, self.off);
+        dst[..off].fill(0);
+        dst[off + hw..].fill(0);
+        if w == 0 {
+            return;
+        }
+        let body = &mut dst[off..off + hw];
+        for (row, src) in body.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
+            match b {
+                1 => to_bf16(src, row),
+                0 => {
+                    row[0] = 0;
+                    to_bf16(&src[..w - 1], &mut row[1..]);
+                }
+                _ => {
+                    row[w - 1] = 0;
+                    to_bf16(&src[1..], &mut row[..w - 1]);
+                }
+            }
+        }
+    }
+
     /// `dst[j]` = value `j` of `lo` (and `hi`) in this packing (not [`Pack::F32`]); one loop
     /// per packing, so that each vectorises.
     fn map_row(&self, dst: &mut [f32], lo: &[f32], hi: Option<&[f32]>) {
@@ -331,6 +367,39 @@ impl Shifted {
                 }
             }
         }
+    }
+}
+
+/// `dst[j] = bf16(src[j])` (nearest even), with `vcvtneps2bf16` where the CPU has it.
+pub(super) fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    assert!(dst.len() >= src.len());
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512Bf16.available() {
+        // SAFETY: the features were just detected; the lengths were checked.
+        unsafe { to_bf16_avx512(src, dst) };
+        return;
+    }
+    for (o, &v) in dst.iter_mut().zip(src) {
+        *o = bf16_bits(v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn to_bf16_avx512(src: &[f32], dst: &mut [u16]) {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    let mut j = 0;
+    while j < n {
+        let m: __mmask16 = if n - j >= 16 {
+            0xffff
+        } else {
+            ((1u32 << (n - j)) - 1) as __mmask16
+        };
+        let a = _mm512_maskz_loadu_ps(m, src.as_ptr().add(j));
+        let v = std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(a));
+        _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(j).cast(), m, v);
+        j += 16;
     }
 }
 
@@ -538,7 +607,7 @@ pub(super) fn wgrad(
     beta: f32,
 ) {
     let isa = isa.wgrad_isa();
-    assert_ne!(g.pack, Pack::Bf16Pairs, "weight gradient on paired planes");
+    assert_eq!(g.pack, Pack::F32, "f32 weight gradient on bf16 planes");
     let len = px.len();
     if len == 0 || cout == 0 || g.c == 0 || samples == 0 {
         return;
@@ -596,6 +665,67 @@ pub(super) fn wgrad(
             ),
             _ => unreachable!("direct kernels need avx2 or avx512"),
         }
+    }
+}
+
+/// [`wgrad`] under bf16: the planes `xs` are [`Pack::Bf16Rows`] (from
+/// [`Shifted::for_wgrad`] with [`Isa::Avx512Bf16`]) and the cotangent `dz` is bf16 too; the
+/// kernel multiplies pairs of neighbouring pixels with `vdpbf16ps` (f32 accumulators).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wgrad_bf16(
+    g: &Shifted,
+    xs: &[f32],
+    samples: usize,
+    dz: &[u16],
+    dz_rs: usize,
+    dz_stride: usize,
+    cout: usize,
+    px: Range<usize>,
+    dk: &mut [f32],
+    beta: f32,
+) {
+    assert_eq!(g.pack, Pack::Bf16Rows, "bf16 weight gradient on f32 planes");
+    assert!(
+        Isa::Avx512Bf16.available(),
+        "bf16 kernels without avx512_bf16"
+    );
+    let len = px.len();
+    if len == 0 || cout == 0 || g.c == 0 || samples == 0 {
+        return;
+    }
+    assert!(
+        px.end <= g.hw && xs.len() >= samples * g.len(),
+        "direct wgrad input"
+    );
+    assert!(dz_rs >= len && dz_stride >= (cout - 1) * dz_rs + len);
+    assert!(dz.len() >= (samples - 1) * dz_stride + (cout - 1) * dz_rs + len);
+    assert!(dk.len() >= cout * g.c * 9);
+    let a = Args {
+        xs: xs.as_ptr(),
+        plane: g.plane,
+        off: g.off,
+        c: g.c,
+        w: g.w,
+        start: px.start,
+        len,
+    };
+    // Plane strides in bf16 values: a sample's planes are `g.len()` f32 slots.
+    let strides = (samples, 2 * g.len(), dz_stride);
+    let zero = vec![0u16; if cout.is_multiple_of(8) { 0 } else { len }];
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the features were checked above and the bounds cover every access (masked loads
+    // stop at `len`; the planes extend at least a row and a vector past the image).
+    unsafe {
+        avx512bf16::wgrad(
+            &a,
+            strides,
+            dz.as_ptr(),
+            dz_rs,
+            cout,
+            zero.as_ptr(),
+            dk.as_mut_ptr(),
+            beta,
+        )
     }
 }
 
@@ -851,7 +981,7 @@ mod avx512 {
     /// take about 130).
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn hsum_all(acc: &[[V; 3]; CO], out: &mut [f32; 3 * CO]) {
+    pub(super) fn hsum_all(acc: &[[V; 3]; CO], out: &mut [f32; 3 * CO]) {
         let flat: [V; 3 * CO] = std::array::from_fn(|i| acc[i / 3][i % 3]);
         for (vs, o) in flat.chunks(16).zip(out.chunks_mut(16)) {
             let mut v = [_mm512_setzero_ps(); 16];
@@ -900,7 +1030,7 @@ mod avx512 {
 /// adds both products into the f32 accumulator (half the instructions of the f32 kernel).
 #[cfg(target_arch = "x86_64")]
 mod avx512bf16 {
-    use super::avx512::{load, load_m, mask, mul, set1, store_m, zero, CO, V, VL};
+    use super::avx512::{hsum_all, load, load_m, mask, mul, set1, store_m, zero, CO, V, VL};
     use super::Args;
     use std::arch::x86_64::*;
 
@@ -924,6 +1054,86 @@ mod avx512bf16 {
     }
 
     direct_forward!("avx512f,avx512bf16");
+
+    /// The weight gradient on bf16 rows: as the f32 kernel, with 32 pixels a vector taken as
+    /// 16 pairs (`vdpbf16ps` adds both products of a pair); `a.xs` points at bf16 planes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn wgrad(
+        a: &Args,
+        (samples, xs_stride, dz_stride): (usize, usize, usize),
+        dz: *const u16,
+        dz_rs: usize,
+        cout: usize,
+        zero_row: *const u16,
+        dk: *mut f32,
+        beta: f32,
+    ) {
+        const PX: usize = 32;
+        let xs = a.xs as *const u16;
+        let nv = a.len.div_ceil(PX);
+        let w = a.w as isize;
+        let bh = |v: __m512i| std::mem::transmute::<__m512i, __m512bh>(v);
+        for ob in 0..cout.div_ceil(CO) {
+            let mut rows = [zero_row; CO];
+            let mut row_step = [0usize; CO];
+            for o in 0..CO {
+                if ob * CO + o < cout {
+                    rows[o] = dz.add((ob * CO + o) * dz_rs);
+                    row_step[o] = dz_stride;
+                }
+            }
+            for ci in 0..a.c {
+                for ta in 0..3 {
+                    let row = xs.add(a.off + a.start).offset((ta as isize - 1) * w);
+                    let src = [
+                        row.add(ci * a.plane),
+                        row.add((a.c + ci) * a.plane),
+                        row.add((2 * a.c + ci) * a.plane),
+                    ];
+                    let mut acc = [[zero(); 3]; CO];
+                    for smp in 0..samples {
+                        let src = src.map(|r| r.add(smp * xs_stride));
+                        let mut rs = rows;
+                        for o in 0..CO {
+                            rs[o] = rs[o].add(smp * row_step[o]);
+                        }
+                        for v in 0..nv {
+                            let p = v * PX;
+                            let left = a.len - p;
+                            let m: __mmask32 = if left >= PX {
+                                u32::MAX
+                            } else {
+                                (1u32 << left) - 1
+                            };
+                            let mut xv = [_mm512_setzero_si512(); 3];
+                            for tb in 0..3 {
+                                xv[tb] = _mm512_maskz_loadu_epi16(m, src[tb].add(p).cast());
+                            }
+                            for o in 0..CO {
+                                let d = bh(_mm512_maskz_loadu_epi16(m, rs[o].add(p).cast()));
+                                for tb in 0..3 {
+                                    acc[o][tb] = _mm512_dpbf16_ps(acc[o][tb], d, bh(xv[tb]));
+                                }
+                            }
+                        }
+                    }
+                    let mut sums = [0.0f32; 3 * CO];
+                    hsum_all(&acc, &mut sums);
+                    for o in 0..CO {
+                        let oc = ob * CO + o;
+                        if oc >= cout {
+                            break;
+                        }
+                        for tb in 0..3 {
+                            let t = dk.add((oc * a.c + ci) * 9 + ta * 3 + tb);
+                            *t += beta * sums[o * 3 + tb];
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -1088,13 +1298,15 @@ fn wgrad_direct(isa: Isa, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f3
     }
     let g = Shifted::for_wgrad(isa, d.c, d.h, d.w);
     let group = wgrad_group(d);
-    // Under bf16 both operands are rounded (the planes as they are filled).
-    let rounded: Vec<f32>;
-    let dz = if isa == Isa::Avx512Bf16 {
-        rounded = dz.par_iter().map(|&v| round_bf16(v)).collect();
-        &rounded[..]
+    // Under bf16 the cotangent is rounded once (the planes as they are filled).
+    let dz16: Vec<u16> = if isa == Isa::Avx512Bf16 {
+        let mut v = vec![0u16; dz.len()];
+        v.par_chunks_mut(ELEM_CHUNK)
+            .zip(dz.par_chunks(ELEM_CHUNK))
+            .for_each(|(o, i)| to_bf16(i, o));
+        v
     } else {
-        dz
+        Vec::new()
     };
     let parts = map_chunks(d.n, |r| {
         let mut part = vec![0.0f32; len];
@@ -1107,20 +1319,26 @@ fn wgrad_direct(isa: Isa, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f3
                     let s = s0 + j;
                     g.fill(&x[s * d.c * hw..(s + 1) * d.c * hw], planes);
                 }
-                let dzs = &dz[s0 * cout * hw..(s0 + m) * cout * hw];
-                wgrad(
-                    isa,
-                    &g,
-                    ws,
-                    m,
-                    dzs,
-                    hw,
-                    cout * hw,
-                    cout,
-                    0..hw,
-                    &mut part,
-                    1.0,
-                );
+                let dzs = s0 * cout * hw..(s0 + m) * cout * hw;
+                if isa == Isa::Avx512Bf16 {
+                    let dzs = &dz16[dzs];
+                    wgrad_bf16(&g, ws, m, dzs, hw, cout * hw, cout, 0..hw, &mut part, 1.0);
+                } else {
+                    let dzs = &dz[dzs];
+                    wgrad(
+                        isa,
+                        &g,
+                        ws,
+                        m,
+                        dzs,
+                        hw,
+                        cout * hw,
+                        cout,
+                        0..hw,
+                        &mut part,
+                        1.0,
+                    );
+                }
             });
             s0 += m;
         }

@@ -117,9 +117,10 @@ pub fn vjp_ws32(isa: Isa, d: Dims) -> usize {
     if isa != Isa::Gemm {
         let tw = max_tile(d, DIRECT_ROW_VALUES * d.c);
         let planes = 2 * direct::shifted_ws(isa, d) - direct::ALIGN_PAD;
-        // bf16: the weight gradient's f32 planes of y and g beside the paired ones.
+        // bf16: the weight gradient's bf16 planes of y and g beside the paired ones, and the
+        // tile's `s` and `dz` in bf16 (2 c tw values, c tw slots).
         let wgrad_planes = if isa == Isa::Avx512Bf16 {
-            2 * Shifted::for_wgrad(isa, d.c, d.h, d.w).len() + direct::ALIGN_PAD
+            2 * Shifted::for_wgrad(isa, d.c, d.h, d.w).len() + direct::ALIGN_PAD + d.c * tw
         } else {
             0
         };
@@ -347,7 +348,7 @@ fn vjp_direct<A: Act>(
     let tv = norm.s.is_some();
     let mut dy = vec![0.0f32; d.len()];
     let geo = Shifted::for_forward(isa, c, d.h, d.w);
-    // The weight gradient reads f32 planes: under bf16 a rounded copy beside the paired ones.
+    // Under bf16 the weight gradient reads planes of plain bf16 rows beside the paired ones.
     let geo_w = Shifted::for_wgrad(isa, c, d.h, d.w);
     let bf16 = isa == Isa::Avx512Bf16;
     let (wp, wpt) = (
@@ -371,6 +372,8 @@ fn vjp_direct<A: Act>(
                     } else {
                         (&mut [][..], rest)
                     };
+                    let tw_max = max_tile(d, DIRECT_ROW_VALUES * c);
+                    let (tiles16, rest) = rest.split_at_mut(if bf16 { c * tw_max } else { 0 });
                     let (dz_full, rest) = rest.split_at_mut(sl);
                     geo.fill(yn, xs_y);
                     geo.fill(gn, xs_g);
@@ -403,41 +406,46 @@ fn vjp_direct<A: Act>(
                             &mut w64[..2 * tw],
                             &mut acc,
                         );
-                        if bf16 {
-                            // The weight gradient's other operands, rounded as the planes.
-                            s_t.iter_mut().for_each(|v| *v = direct::round_bf16(*v));
-                            for ch in 0..c {
-                                let row = &mut dz_full[ch * hw + p0..ch * hw + p0 + tw];
-                                row.iter_mut().for_each(|v| *v = direct::round_bf16(*v));
-                            }
-                        }
                         // dK = -(s g^T + dz y^T) against the planes still in cache.
-                        direct::wgrad(
-                            isa,
-                            &geo_w,
-                            wg,
-                            1,
-                            s_t,
-                            tw,
-                            sl,
-                            c,
-                            px.clone(),
-                            &mut dk,
-                            -1.0,
-                        );
-                        direct::wgrad(
-                            isa,
-                            &geo_w,
-                            wy,
-                            1,
-                            &dz_full[p0..],
-                            hw,
-                            sl,
-                            c,
-                            px,
-                            &mut dk,
-                            -1.0,
-                        );
+                        if bf16 {
+                            let t16: &mut [u16] = bytemuck::cast_slice_mut(tiles16);
+                            let (s16, dz16) = t16[..2 * c * tw].split_at_mut(c * tw);
+                            direct::to_bf16(s_t, s16);
+                            for ch in 0..c {
+                                let row = &dz_full[ch * hw + p0..ch * hw + p0 + tw];
+                                direct::to_bf16(row, &mut dz16[ch * tw..(ch + 1) * tw]);
+                            }
+                            let (st, px2) = (c * tw, px.clone());
+                            direct::wgrad_bf16(&geo_w, wg, 1, s16, tw, st, c, px2, &mut dk, -1.0);
+                            direct::wgrad_bf16(&geo_w, wy, 1, dz16, tw, st, c, px, &mut dk, -1.0);
+                        } else {
+                            direct::wgrad(
+                                isa,
+                                &geo_w,
+                                wg,
+                                1,
+                                s_t,
+                                tw,
+                                sl,
+                                c,
+                                px.clone(),
+                                &mut dk,
+                                -1.0,
+                            );
+                            direct::wgrad(
+                                isa,
+                                &geo_w,
+                                wy,
+                                1,
+                                &dz_full[p0..],
+                                hw,
+                                sl,
+                                c,
+                                px,
+                                &mut dk,
+                                -1.0,
+                            );
+                        }
                     }
                     // dy = -K^T dz.
                     geo.fill(dz_full, xs_y);

@@ -238,9 +238,9 @@ impl Backend for Cpu {
                     direct::Isa::Gemm => conv::im2col_ws(d),
                     _ => direct::wgrad_ws(isa, d),
                 };
-                // bf16: the rounded copy of the cotangent.
+                // bf16: the cotangent in bf16.
                 let rounded = match isa {
-                    direct::Isa::Avx512Bf16 => f * d.with_c(cout).len(),
+                    direct::Isa::Avx512Bf16 => 2 * d.with_c(cout).len(),
                     _ => 0,
                 };
                 Scratch {
