@@ -67,7 +67,7 @@ pub fn run_init(a: InitArgs) -> Result<()> {
 }
 
 pub fn run_grad(a: GradArgs) -> Result<()> {
-    let guard = a.drift.guard()?;
+    let guard = a.drift.guard(a.precision)?;
     let cfg = Config::load(&a.config)?;
     let layout = Layout::new(&cfg)?;
     layout.check_host_memory(1, "the weights")?;

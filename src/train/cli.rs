@@ -97,9 +97,10 @@ pub struct TrainArgs {
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct DriftArgs {
     /// Under reversible: a unit whose rebuilt input is further than this (relative max-norm)
-    /// from the kept input is recomputed from that input; `inf` trusts every rebuild.
-    #[arg(long, default_value_t = crate::schedule::DEFAULT_DRIFT_TOL, allow_negative_numbers = true)]
-    pub drift_tol: f64,
+    /// from the kept input is recomputed from that input; `inf` trusts every rebuild. Default
+    /// 1e-5, and 1e-2 under `--precision bf16` (whose rebuilds drift at the bf16 level).
+    #[arg(long, allow_negative_numbers = true)]
+    pub drift_tol: Option<f64>,
     /// Fail instead of recomputing a unit whose rebuild drifted past --drift-tol.
     #[arg(long)]
     pub strict: bool,
@@ -109,16 +110,21 @@ impl Default for DriftArgs {
     fn default() -> Self {
         let guard = crate::schedule::DriftGuard::default();
         DriftArgs {
-            drift_tol: guard.tol,
+            drift_tol: Some(guard.tol),
             strict: guard.strict,
         }
     }
 }
 
 impl DriftArgs {
-    /// The guard these flags ask for (`None` for `--drift-tol inf`).
-    pub fn guard(&self) -> Result<Option<crate::schedule::DriftGuard>> {
-        let tol = self.drift_tol;
+    /// The guard these flags ask for under `precision` (`None` for `--drift-tol inf`).
+    pub fn guard(
+        &self,
+        precision: crate::backend::Precision,
+    ) -> Result<Option<crate::schedule::DriftGuard>> {
+        let tol = self
+            .drift_tol
+            .unwrap_or_else(|| crate::schedule::default_drift_tol(precision));
         if tol.is_nan() || tol < 0.0 {
             return Err(Error::Input(format!(
                 "--drift-tol must be 0 or more (or inf), got {tol}"
@@ -318,7 +324,7 @@ fn train_level(
     let spec = ModelSpec {
         seed: args.seed,
         policy: args.policy,
-        drift_guard: args.drift.guard()?,
+        drift_guard: args.drift.guard(args.precision)?,
         storage: args.storage,
         device: args.device,
         precision: args.precision,
