@@ -49,3 +49,6 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use tensor::{Dims, HostTensor};
+
+/// The crate's version (the Python package carries the same).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
