@@ -20,8 +20,8 @@ from . import _pdenet
 __all__ = ["Unit", "Network"]
 
 _CUDA_NOT_BUILT = (
-    "pdenet.torch: CUDA tensors are not supported yet (the Python package's CUDA path is not "
-    "built); move the input and the module to the CPU"
+    "pdenet.torch runs on CPU tensors, got `{what}` on {device}: the CUDA path of the Python "
+    "package is not built yet; move the input and the module to the CPU"
 )
 
 
@@ -29,7 +29,7 @@ def _check(t, what):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"pdenet.torch: `{what}` must be a torch.Tensor, got {type(t).__name__}")
     if t.device.type != "cpu":
-        raise RuntimeError(_CUDA_NOT_BUILT)
+        raise RuntimeError(_CUDA_NOT_BUILT.format(what=what, device=t.device))
     if t.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"pdenet.torch: `{what}` must be float32 or float64, got {t.dtype}")
 
@@ -57,6 +57,14 @@ def _attach(root, dotted, value, buffer=False):
         m.register_buffer(parts[-1], value)
     else:
         m.register_parameter(parts[-1], value)
+
+
+def _lookup(root, dotted):
+    """The tensor under a dotted name (also one that `torch.func.functional_call` put there)."""
+    m = root
+    for p in dotted.split("."):
+        m = getattr(m, p)
+    return m
 
 
 class _UnitFunction(torch.autograd.Function):
@@ -115,7 +123,7 @@ class Unit(nn.Module):
 
     def forward(self, x):
         _check(x, "x")
-        params = [self.get_parameter(n) for n in self._names]
+        params = [_lookup(self, n) for n in self._names]
         return _UnitFunction.apply(x, self, *params)
 
 
@@ -170,10 +178,7 @@ class Network(nn.Module):
                 _attach(self, name, nn.Parameter(t))
 
     def _tensor(self, name):
-        try:
-            return self.get_parameter(name)
-        except AttributeError:
-            return self.get_buffer(name)
+        return _lookup(self, name)
 
     def _sync(self):
         for name in self._names:
@@ -205,5 +210,5 @@ class Network(nn.Module):
         if not self.training:
             self._sync()
             return torch.from_numpy(self._core.eval(_np(x, torch.float32))).to(x.dtype)
-        params = [self.get_parameter(n) for n in self._trainable]
+        params = [_lookup(self, n) for n in self._trainable]
         return _NetworkFunction.apply(x, self, *params)
