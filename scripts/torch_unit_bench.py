@@ -4,6 +4,7 @@ torch.utils.checkpoint: training-step images/s, peak memory and equal gradients.
 
     RAYON_NUM_THREADS=1 python3 scripts/torch_unit_bench.py [--width 64] [--steps 32] [--batch 32]
         [--size 16] [--repeats 3] [--depths 8,32,64] [--threads 1]
+        [--variants plain,checkpoint,pdenet,pdenet-store]
 
 The model: conv3x3(3 -> width) + relu, one hyperbolic unit (`steps` steps, h 0.5, tvNorm, relu),
 global mean, linear(width -> 10), cross-entropy; one step = forward + backward (no optimizer).
@@ -11,6 +12,7 @@ Variants:
   pdenet      pdenet.torch.Unit(policy="reversible"): the engine keeps the unit's input only
   plain       the same unit in PyTorch autograd (python/tests/reference_unit.py, built from
               scripts/torch_reference.py): every step's intermediates kept
+  pdenet-store  the same module under policy "store" (every state kept by the engine)
   checkpoint  plain, each leapfrog step under torch.utils.checkpoint (keeps (Y_j, Y_j-1) per step)
 Each variant and depth runs in a fresh process; peak memory is the rise of the process's peak
 RSS (VmHWM, reset through /proc/self/clear_refs after a warm-up step) over one training step,
@@ -46,10 +48,11 @@ def build(variant, width, steps, seed=0):
     from reference_unit import plain_unit
 
     torch.manual_seed(seed)
-    unit = pt.Unit("hyperbolic", width=width, steps=steps, h=0.5, policy="reversible", seed=seed)
+    policy = "store" if variant == "pdenet-store" else "reversible"
+    unit = pt.Unit("hyperbolic", width=width, steps=steps, h=0.5, policy=policy, seed=seed)
     stem = torch.nn.Conv2d(3, width, 3, padding=1)
     head = torch.nn.Linear(width, 10)
-    if variant == "pdenet":
+    if variant.startswith("pdenet"):
         body = unit
     else:
         W = {n: p for n, p in unit.named_parameters()}
@@ -155,7 +158,7 @@ def main():
     depths = [int(d) for d in arg("--depths", f"8,{steps}").split(",")]
     rows = []
     for nt in depths:
-        for variant in ["plain", "checkpoint", "pdenet"]:
+        for variant in arg("--variants", "plain,checkpoint,pdenet").split(","):
             r = child("--one", variant, str(nt))
             rows.append(r)
             print(f"steps {nt:4d} {variant:10s} {r['images_per_s']:8.1f} img/s  median {r['median_s']:.3f} s"

@@ -51,6 +51,7 @@ use crate::config::{Config, Connect, Gradient, Kind, LayerType, NormKind, Operat
 use crate::error::{Error, Result};
 use crate::network::Layout;
 use crate::params::{read_safetensors, save_params, ParamRole, ParamSet};
+use crate::schedule::engine::{KeptUnit, UnitGrads};
 use crate::schedule::{DriftGuard, Engine, Policy, Schedule};
 use crate::tensor::HostTensor;
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,17 @@ impl Values for f64 {
     fn download<B: Backend>(be: &B, buf: &B::Buf) -> Result<Vec<f64>> {
         be.download(buf)
     }
+}
+
+/// What a unit's forward pass kept for its backward pass ([`Unit::forward_kept`]).
+pub struct UnitTape {
+    unit: u64,
+    kept: Kept,
+}
+
+enum Kept {
+    F32(KeptUnit<Cpu>),
+    F64(KeptUnit<Reference>),
 }
 
 /// One parameter: its name, shape and values.
@@ -240,6 +252,8 @@ fn one_line(s: &str) -> String {
 /// (SPEC section 8 without the `units.{k}.` prefix).
 pub struct Unit {
     runner: Runner,
+    /// Tells this unit's tapes from other units'.
+    id: u64,
     /// Unit-relative name and the index in the engine's layout, in SPEC order.
     names: Vec<(String, usize)>,
 }
@@ -262,8 +276,10 @@ impl Unit {
                     .map(|rest| (rest.to_string(), i))
             })
             .collect();
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Unit {
             runner: Runner::new(layout, &params, opts.precision)?,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             names,
         })
     }
@@ -340,17 +356,120 @@ impl Unit {
             let d = e.unit_input_dims(0, shape)?;
             let (xb, gb) = (T::upload(be, x)?, T::upload(be, grad_out)?);
             let r = e.unit_grad(0, xb, d, gb, schedule_of(policy))?;
-            let mut grads = Vec::with_capacity(self.names.len());
-            for (name, i) in &self.names {
-                let g = r
-                    .params
-                    .iter()
-                    .find(|(j, _)| j == i)
-                    .ok_or_else(|| Error::Other(format!("no gradient of `{name}`")))?;
-                grads.push((name.clone(), T::download(be, &g.1)?));
-            }
-            Ok((T::download(be, &r.grad_x)?, grads))
+            self.collect(be, r)
         })
+    }
+
+    /// [`Unit::forward`] that also returns what `policy` keeps for [`Unit::backward_kept`], so
+    /// that the backward pass need not run the forward pass again. Under `reversible` that is
+    /// the input and, for hyperbolic and hamiltonian units, the last states: flat in depth.
+    pub fn forward_kept(
+        &self,
+        x: &[f32],
+        shape: [usize; 4],
+        policy: Policy,
+    ) -> Result<(Vec<f32>, UnitTape)> {
+        self.forward_kept_as(x, shape, policy)
+    }
+
+    /// [`Unit::forward_kept`] on f64 values.
+    pub fn forward_kept_f64(
+        &self,
+        x: &[f64],
+        shape: [usize; 4],
+        policy: Policy,
+    ) -> Result<(Vec<f64>, UnitTape)> {
+        self.forward_kept_as(x, shape, policy)
+    }
+
+    fn forward_kept_as<T: Values>(
+        &self,
+        x: &[T],
+        shape: [usize; 4],
+        policy: Policy,
+    ) -> Result<(Vec<T>, UnitTape)> {
+        let sched = schedule_of(policy);
+        let (y, kept) = match &self.runner {
+            Runner::F32(e) => {
+                let d = e.unit_input_dims(0, shape)?;
+                let (y, kept) = e.unit_forward_kept(0, T::upload(&e.backend, x)?, d, sched)?;
+                (T::download(&e.backend, &y)?, Kept::F32(kept))
+            }
+            Runner::F64(e) => {
+                let d = e.unit_input_dims(0, shape)?;
+                let (y, kept) = e.unit_forward_kept(0, T::upload(&e.backend, x)?, d, sched)?;
+                (T::download(&e.backend, &y)?, Kept::F64(kept))
+            }
+        };
+        Ok((
+            y,
+            UnitTape {
+                unit: self.id,
+                kept,
+            },
+        ))
+    }
+
+    /// The backward pass from a [`Unit::forward_kept`] tape of this unit (consumed) and
+    /// `grad_out`, as [`Unit::backward`]. The parameters must not change in between.
+    #[allow(clippy::type_complexity)]
+    pub fn backward_kept(
+        &self,
+        tape: UnitTape,
+        grad_out: &[f32],
+    ) -> Result<(Vec<f32>, Vec<(String, Vec<f32>)>)> {
+        self.backward_kept_as(tape, grad_out)
+    }
+
+    /// [`Unit::backward_kept`] on f64 values.
+    #[allow(clippy::type_complexity)]
+    pub fn backward_kept_f64(
+        &self,
+        tape: UnitTape,
+        grad_out: &[f64],
+    ) -> Result<(Vec<f64>, Vec<(String, Vec<f64>)>)> {
+        self.backward_kept_as(tape, grad_out)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn backward_kept_as<T: Values>(
+        &self,
+        tape: UnitTape,
+        grad_out: &[T],
+    ) -> Result<(Vec<T>, Vec<(String, Vec<T>)>)> {
+        if tape.unit != self.id {
+            return Err(Error::Input("the tape is another unit's".into()));
+        }
+        match (&self.runner, tape.kept) {
+            (Runner::F32(e), Kept::F32(k)) => {
+                let g = T::upload(&e.backend, grad_out)?;
+                self.collect(&e.backend, e.unit_backward_kept(k, g)?)
+            }
+            (Runner::F64(e), Kept::F64(k)) => {
+                let g = T::upload(&e.backend, grad_out)?;
+                self.collect(&e.backend, e.unit_backward_kept(k, g)?)
+            }
+            _ => Err(Error::Input("the tape is of another precision".into())),
+        }
+    }
+
+    /// The input's and the named parameters' gradients on the host.
+    #[allow(clippy::type_complexity)]
+    fn collect<B: Backend, T: Values>(
+        &self,
+        be: &B,
+        r: UnitGrads<B::Buf>,
+    ) -> Result<(Vec<T>, Vec<(String, Vec<T>)>)> {
+        let mut grads = Vec::with_capacity(self.names.len());
+        for (name, i) in &self.names {
+            let g = r
+                .params
+                .iter()
+                .find(|(j, _)| j == i)
+                .ok_or_else(|| Error::Other(format!("no gradient of `{name}`")))?;
+            grads.push((name.clone(), T::download(be, &g.1)?));
+        }
+        Ok((T::download(be, &r.grad_x)?, grads))
     }
 
     fn index(&self, name: &str) -> Result<usize> {

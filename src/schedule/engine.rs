@@ -14,7 +14,7 @@ use crate::tensor::{Dims, HostTensor};
 mod external;
 mod ode;
 mod probe;
-pub use external::{Head, UnitGrads};
+pub use external::{Head, KeptUnit, UnitGrads};
 use ode::OdeKept;
 
 /// A network's parameters resident on a backend, ready to run.

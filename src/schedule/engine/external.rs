@@ -40,6 +40,21 @@ pub struct UnitGrads<T> {
     pub params: Vec<(usize, T)>,
 }
 
+/// What a unit's forward pass kept for its backward pass ([`Engine::unit_forward_kept`]).
+pub struct KeptUnit<B: Backend> {
+    k: usize,
+    d: Dims,
+    sched: Schedule,
+    tape: UnitTape<B>,
+}
+
+impl<B: Backend> KeptUnit<B> {
+    /// The shape of the unit's input and output.
+    pub fn dims(&self) -> Dims {
+        self.d
+    }
+}
+
 impl<B: Backend> Engine<B> {
     /// The dimensions of unit `k`'s input for a batch of shape `[n, c, h, w]`, checked against
     /// the unit's width.
@@ -95,8 +110,40 @@ impl<B: Backend> Engine<B> {
         g_out: B::Buf,
         sched: Schedule,
     ) -> Result<UnitGrads<B::Buf>> {
-        let be = &self.backend;
+        let (_, kept) = self.unit_forward_kept(k, x, d, sched)?;
+        self.unit_backward_kept(kept, g_out)
+    }
+
+    /// Unit `k` alone, forward from `x`: its last state, and what `sched` keeps for
+    /// [`Engine::unit_backward_kept`] (under `reversible` the input and an invertible unit's last
+    /// states: flat in depth).
+    pub fn unit_forward_kept(
+        &self,
+        k: usize,
+        x: B::Buf,
+        d: Dims,
+        sched: Schedule,
+    ) -> Result<(B::Buf, KeptUnit<B>)> {
         self.check_len(&x, d, "the input")?;
+        let (out, mut kept) = self.unit_forward(k, &x, None, d, sched)?;
+        pack_window(&self.backend, &mut kept, sched.storage)?;
+        let tape = UnitTape {
+            input: Some(x),
+            output: None,
+            kept,
+        };
+        Ok((out, KeptUnit { k, d, sched, tape }))
+    }
+
+    /// The backward pass of a unit from what its forward pass kept and `g_out`, the gradient of
+    /// the caller's loss with respect to the unit's last state.
+    pub fn unit_backward_kept(
+        &self,
+        kept: KeptUnit<B>,
+        g_out: B::Buf,
+    ) -> Result<UnitGrads<B::Buf>> {
+        let be = &self.backend;
+        let KeptUnit { k, d, sched, tape } = kept;
         self.check_len(&g_out, d, "the output gradient")?;
         let prefix = format!("units.{k}.steps.");
         let mut grads = Grads::<B> {
@@ -112,13 +159,6 @@ impl<B: Backend> Engine<B> {
                 None
             });
         }
-        let (out, mut kept) = self.unit_forward(k, &x, None, d, sched)?;
-        pack_window(be, &mut kept, sched.storage)?;
-        let tape = UnitTape {
-            input: Some(x),
-            output: Some(out),
-            kept,
-        };
         let r = self.unit_backward(k, tape, d, g_out, None, false, sched, &mut grads)?;
         let params = own
             .into_iter()
