@@ -1,8 +1,8 @@
 """pdenet units and networks as ``torch.nn.Module``\\ s.
 
-The forward pass keeps only the input; the backward pass calls the engine's backward under the
-module's memory policy (``reversible`` rebuilds an invertible unit's states backwards, so memory
-stays flat in depth). Parameters are registered under SPEC names: a :class:`Unit`'s
+A unit's forward pass keeps what the module's memory policy allows (``reversible``: the input and
+an invertible unit's last states, which its backward pass rebuilds the others from, so memory
+stays flat in depth); a network's forward pass keeps only the input. Parameters are registered under SPEC names: a :class:`Unit`'s
 ``state_dict()`` keys are ``steps.{j}.K``, ``steps.{j}.norm.weight``, ...; a :class:`Network`'s
 are SPEC section 8's, so they round-trip with pdenet's safetensors files.
 
@@ -71,9 +71,10 @@ class _UnitFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, module, *params):
         module._sync(params)
-        y = module._core.forward(_np(x), module.policy)
+        # The engine keeps what the policy allows (under `reversible`: the input and an
+        # invertible unit's last states), so that the backward pass starts from it.
+        y, ctx.tape = module._core.forward_kept(_np(x), module.policy)
         ctx.module = module
-        # Only the input (and references to the parameters): the engine recomputes the rest.
         ctx.save_for_backward(x, *params)
         return torch.from_numpy(y)
 
@@ -82,7 +83,11 @@ class _UnitFunction(torch.autograd.Function):
         x, *params = ctx.saved_tensors
         module = ctx.module
         module._sync(params)
-        gx, grads = module._core.backward(_np(x), _np(gy, x.dtype), module.policy)
+        if ctx.tape.used:
+            # A second backward pass (retain_graph): recompute from the input.
+            gx, grads = module._core.backward(_np(x), _np(gy, x.dtype), module.policy)
+        else:
+            gx, grads = module._core.backward_kept(ctx.tape, _np(gy, x.dtype))
         out = [torch.from_numpy(g).to(p.dtype) for (_, g), p in zip(grads, params)]
         return (torch.from_numpy(gx), None, *out)
 

@@ -123,6 +123,27 @@ fn array<'py, T: numpy::Element>(
     Ok(a.into_pyarray(py))
 }
 
+/// What a unit's forward pass kept for its backward pass (used once).
+#[pyclass(module = "pdenet._pdenet")]
+struct Tape {
+    inner: Option<api::UnitTape>,
+}
+
+#[pymethods]
+impl Tape {
+    /// Whether a backward pass has consumed it.
+    #[getter]
+    fn used(&self) -> bool {
+        self.inner.is_none()
+    }
+}
+
+fn take_tape(tape: &Bound<'_, Tape>) -> PyResult<api::UnitTape> {
+    tape.borrow_mut().inner.take().ok_or_else(|| {
+        PyValueError::new_err("bad input: the tape was used by a backward pass already")
+    })
+}
+
 /// One unit (`pdenet.torch.Unit` runs on it). `options` is the JSON of [`UnitOptions`].
 #[pyclass(module = "pdenet._pdenet")]
 struct Unit {
@@ -205,6 +226,61 @@ impl Unit {
             let s = shape4(&shape, "x")?;
             let (xs, gs) = (xd.slice(), gd.slice());
             let (gx, grads) = run(py, || u.backward(xs, s, gs, p))?;
+            for ((name, g), (_, ps)) in grads.into_iter().zip(&self.shapes) {
+                list.append((name, array(py, g, ps)?))?;
+            }
+            Ok((array(py, gx, &shape)?.into_any(), list))
+        }
+    }
+
+    /// `(y, tape)`: the last state and what `policy` keeps for `backward_kept`.
+    #[pyo3(signature = (x, policy = "reversible"))]
+    fn forward_kept<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        policy: &str,
+    ) -> PyResult<(Bound<'py, PyAny>, Tape)> {
+        let p = self::policy(policy)?;
+        let u = &self.inner;
+        if is_f64(x) {
+            let (xd, shape) = read::<f64>(x, "x")?;
+            let s = shape4(&shape, "x")?;
+            let xs = xd.slice();
+            let (y, t) = run(py, || u.forward_kept_f64(xs, s, p))?;
+            Ok((array(py, y, &shape)?.into_any(), Tape { inner: Some(t) }))
+        } else {
+            let (xd, shape) = read::<f32>(x, "x")?;
+            let s = shape4(&shape, "x")?;
+            let xs = xd.slice();
+            let (y, t) = run(py, || u.forward_kept(xs, s, p))?;
+            Ok((array(py, y, &shape)?.into_any(), Tape { inner: Some(t) }))
+        }
+    }
+
+    /// `(grad_x, [(name, grad)])` from a `forward_kept` tape (consumed) and `grad_out`.
+    fn backward_kept<'py>(
+        &self,
+        py: Python<'py>,
+        tape: &Bound<'py, Tape>,
+        grad_out: &Bound<'py, PyAny>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyList>)> {
+        let u = &self.inner;
+        let list = PyList::empty(py);
+        if is_f64(grad_out) {
+            let (gd, shape) = read::<f64>(grad_out, "grad_out")?;
+            let t = take_tape(tape)?;
+            let gs = gd.slice();
+            let (gx, grads) = run(py, || u.backward_kept_f64(t, gs))?;
+            for ((name, g), (_, ps)) in grads.into_iter().zip(&self.shapes) {
+                list.append((name, array(py, g, ps)?))?;
+            }
+            Ok((array(py, gx, &shape)?.into_any(), list))
+        } else {
+            let (gd, shape) = read::<f32>(grad_out, "grad_out")?;
+            let t = take_tape(tape)?;
+            let gs = gd.slice();
+            let (gx, grads) = run(py, || u.backward_kept(t, gs))?;
             for ((name, g), (_, ps)) in grads.into_iter().zip(&self.shapes) {
                 list.append((name, array(py, g, ps)?))?;
             }
@@ -582,6 +658,7 @@ fn _pdenet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("ENGINE_VERSION", pdenet_version())?;
     m.add_class::<Unit>()?;
+    m.add_class::<Tape>()?;
     m.add_class::<Network>()?;
     m.add_function(wrap_pyfunction!(init, m)?)?;
     m.add_function(wrap_pyfunction!(grad, m)?)?;

@@ -180,3 +180,24 @@ def test_train_calls_progress_and_stops_on_its_exception(tmp_path):
 
     with pytest.raises(KeyboardInterrupt, match="enough"):
         pdenet.train("ref-2d", data="twoclass", epochs=1, out=tmp_path / "stopped", progress=stop)
+
+
+@pytest.mark.parametrize("policy", ["store", "reversible", "exact"])
+def test_unit_backward_from_the_kept_tape_equals_backward(policy):
+    u = pdenet.Unit("hamiltonian", width=8, steps=5, h=0.3, seed=4)
+    x = np.random.default_rng(5).standard_normal((2, 8, 4, 4)).astype(np.float32)
+    g = np.random.default_rng(6).standard_normal(x.shape).astype(np.float32)
+    y, tape = u.forward_kept(x, policy)
+    np.testing.assert_array_equal(y, u.forward(x, policy))
+    gx, grads = u.backward_kept(tape, g)
+    ref_x, ref = u.backward(x, g, policy)
+    np.testing.assert_allclose(gx, ref_x, rtol=1e-6, atol=1e-7)
+    for (n, a), (_, b) in zip(grads, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=n)
+    assert tape.used
+    with pytest.raises(ValueError, match="the tape was used"):
+        u.backward_kept(tape, g)
+    other = pdenet.Unit("hamiltonian", width=8, steps=5, h=0.3)
+    _, t2 = u.forward_kept(x, policy)
+    with pytest.raises(ValueError, match="the tape is another unit's"):
+        other.backward_kept(t2, g)

@@ -154,3 +154,13 @@ def test_network_running_statistics_move_in_backward(weights):
     before = net.open.bn.running_mean.clone()
     net(torch.randn(4, 2, 6, 6)).sum().backward()
     assert not torch.equal(before, net.open.bn.running_mean)
+
+
+def test_unit_second_backward_with_retain_graph():
+    unit = pt.Unit("hyperbolic", width=4, steps=3, h=0.5)
+    x = torch.randn(2, 4, 4, 4, requires_grad=True)
+    y = unit(x).sum()
+    y.backward(retain_graph=True)
+    first = x.grad.clone()
+    y.backward()
+    assert torch.allclose(x.grad, 2 * first, rtol=1e-5, atol=1e-6)
