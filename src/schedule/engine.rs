@@ -11,8 +11,10 @@ use crate::operators::{LayerGrads, OpRef, MGIC_GROUP};
 use crate::params::{ParamRole, ParamSet};
 use crate::tensor::{Dims, HostTensor};
 
+mod external;
 mod ode;
 mod probe;
+pub use external::{Head, KeptUnit, UnitGrads};
 use ode::OdeKept;
 
 /// A network's parameters resident on a backend, ready to run.
@@ -882,7 +884,7 @@ impl<B: Backend> Engine<B> {
                 "label {bad} is out of range for {classes} classes"
             )));
         }
-        let (out, stats) = self.grad_inner(x, labels, sched)?;
+        let (out, stats) = self.grad_inner(x, Head::Labels(labels), sched)?;
         if !out.loss.is_finite() {
             let at = self
                 .first_non_finite(x)?
@@ -970,7 +972,7 @@ impl<B: Backend> Engine<B> {
     fn grad_inner(
         &self,
         x: &HostTensor,
-        labels: &[usize],
+        head: Head<'_>,
         sched: Schedule,
     ) -> Result<(GradOutput, Vec<RunningUpdate<B::Buf>>)> {
         let be = &self.backend;
@@ -998,7 +1000,10 @@ impl<B: Backend> Engine<B> {
         let fd = geo.feature_dims;
         let classes = self.layout.config.classes;
         let logits = self.classify(&features, fd)?;
-        let (loss, g_logits) = be.softmax_xent(&logits, n, classes, labels)?;
+        let (loss, g_logits) = match head {
+            Head::Labels(labels) => be.softmax_xent(&logits, n, classes, labels)?,
+            Head::LogitsGrad(g) => (0.0, external::upload_logits_grad(be, g, n, classes)?),
+        };
         let logits_host = be.download_f32(&logits)?;
         drop(logits);
 
