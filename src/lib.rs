@@ -41,6 +41,7 @@ pub mod network;
 pub mod operators;
 pub mod params;
 pub mod potential;
+pub mod restore;
 pub mod schedule;
 pub mod solvers;
 pub mod stability;

@@ -1,6 +1,7 @@
 //! Command definitions (clap) and their dispatch.
 
 mod bench;
+mod denoise;
 mod grad;
 mod info;
 mod ot;
@@ -47,6 +48,9 @@ pub enum Command {
     /// Per unit: growth of forward perturbations (random and adversarial) and the spectral
     /// radius of each step's Jacobian (Haber & Ruthotto 2017).
     Stability(stability::StabilityArgs),
+    /// TV (ROF) or Perona-Malik denoising of a PNG with noise of level sigma (SPEC section 13);
+    /// with --clean the last line is `psnr INPUT OUTPUT`.
+    Denoise(denoise::DenoiseArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -64,5 +68,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Solve(a) => potential::run_solve(a),
         Command::Ot(a) => ot::run_ot(a),
         Command::Stability(a) => stability::run_stability(a),
+        Command::Denoise(a) => denoise::run_denoise(a),
     }
 }
