@@ -94,11 +94,11 @@ pub fn rof_gap(
             div_row(px, py, w, h, i, &mut d);
             let mut fid = 0.0f64;
             let mut dual = 0.0f64;
-            for j in 0..w {
+            for (j, &dj) in d.iter().enumerate() {
                 let k = i * w + j;
                 let r = (u[k] - f[k]) as f64;
                 fid += r * r;
-                let dv = d[j] as f64;
+                let dv = dj as f64;
                 // D(p) = -<f, div p> - ||div p||^2 / (2 lambda), |p| <= 1.
                 dual += -(f[k] as f64) * dv - dv * dv / (2.0 * lambda);
             }
