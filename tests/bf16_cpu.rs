@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{close, rand_vec, Case};
+use common::{close, rand_vec, wide_case, Case};
 use pdenet::backend::cpu::kernels::{self, Isa};
 use pdenet::backend::cpu::Cpu;
 use pdenet::backend::reference::Reference;
@@ -16,7 +16,6 @@ use pdenet::network::Layout;
 use pdenet::schedule::{Engine, GradOutput, Policy};
 use pdenet::tensor::HostTensor;
 use pdenet::Dims;
-use proptest::prelude::*;
 use proptest::test_runner::{Config as PropConfig, TestCaseError};
 use rand::{Rng, SeedableRng};
 
@@ -65,24 +64,6 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     close(&name("conv3x3_wgrad"), &f64s(&fast), &want)
 }
 
-/// Batch 1-2, 1-19 channels each way (odd channel counts pair the last with zero; block
-/// remainders of 8), rows 1-40 wide.
-fn case() -> impl Strategy<Value = Case> {
-    (
-        1usize..=2,
-        1usize..=19,
-        1usize..=9,
-        1usize..=40,
-        1usize..=19,
-        any::<u64>(),
-    )
-        .prop_map(|(n, c, h, w, cout, seed)| Case {
-            d: Dims::new(n, c, h, w),
-            cout,
-            seed,
-        })
-}
-
 #[test]
 fn bf16_kernels_are_f32_exact_on_rounded_operands() {
     if !has_bf16("bf16_kernels_are_f32_exact_on_rounded_operands") {
@@ -93,7 +74,7 @@ fn bf16_kernels_are_f32_exact_on_rounded_operands() {
         failure_persistence: None,
         ..PropConfig::default()
     });
-    runner.run(&case(), |c| check(&c)).unwrap();
+    runner.run(&wide_case(), |c| check(&c)).unwrap();
     // ref-cifar's widths.
     for (c, size) in [(32, 32), (64, 16), (112, 8)] {
         let case = Case {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{close, rand_vec, Case};
+use common::{close, rand_vec, wide_case, Case};
 use pdenet::backend::cpu::kernels::{self, Isa};
 use pdenet::backend::reference::Reference;
 use pdenet::backend::Backend;
@@ -55,24 +55,6 @@ fn check(isa: Isa, c: &Case) -> Result<(), TestCaseError> {
     let fast = kernels::conv3x3_wgrad(isa, &f32s(&x), d, &f32s(&dz), cout).unwrap();
     let reff = Reference.conv3x3_wgrad(&x, d, &dz, cout).unwrap();
     close(&name("conv3x3_wgrad"), &f64s(&fast), &reff)
-}
-
-/// Batch 1-2, 1-19 channels each way (block remainders of 8 and 4), rows 1-40 wide (one
-/// vector's lanes split over rows, and a row over several vectors with a remainder).
-fn wide_case() -> impl Strategy<Value = Case> {
-    (
-        1usize..=2,
-        1usize..=19,
-        1usize..=9,
-        1usize..=40,
-        1usize..=19,
-        any::<u64>(),
-    )
-        .prop_map(|(n, c, h, w, cout, seed)| Case {
-            d: Dims::new(n, c, h, w),
-            cout,
-            seed,
-        })
 }
 
 proptest! {

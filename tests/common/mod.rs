@@ -50,6 +50,25 @@ pub fn case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// The direct convolution kernels' shapes: batch 1-2, 1-19 channels each way (remainders of
+/// the register blocks of 8 and 4, odd counts for the bf16 pairs), rows 1-40 wide (one vector's
+/// lanes split over rows, and a row over several vectors with a remainder).
+pub fn wide_case() -> impl Strategy<Value = Case> {
+    (
+        1usize..=2,
+        1usize..=19,
+        1usize..=9,
+        1usize..=40,
+        1usize..=19,
+        any::<u64>(),
+    )
+        .prop_map(|(n, c, h, w, cout, seed)| Case {
+            d: Dims::new(n, c, h, w),
+            cout,
+            seed,
+        })
+}
+
 /// Uniform values in `[-scale, scale]`, rounded to f32 so that f32 backends see the same data.
 pub fn rand_vec(rng: &mut impl Rng, len: usize, scale: f64) -> Vec<f64> {
     (0..len)

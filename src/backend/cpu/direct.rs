@@ -34,8 +34,9 @@ pub enum Isa {
     /// Direct kernels on ymm registers (`avx2` and `fma`).
     Avx2,
     /// The AVX-512 kernels with bf16 operands (rounded to nearest even) and f32 accumulation:
-    /// `vdpbf16ps` over pairs of input channels in the forward and adjoint kernels; the weight
-    /// gradient runs the f32 kernel on the rounded operands (`avx512f` and `avx512bf16`).
+    /// `vdpbf16ps` over pairs of input channels in the forward and adjoint kernels, over pairs of
+    /// neighbouring pixels in the weight gradient ([`wgrad_bf16`]; `avx512f`, `avx512bw` and
+    /// `avx512bf16`).
     /// Reached through `--precision bf16`, never chosen as the f32 kernels.
     Avx512Bf16,
     /// im2col + the `gemm` crate (every CPU).
@@ -74,14 +75,6 @@ impl Isa {
             Isa::Avx2 => "avx2",
             Isa::Avx512Bf16 => "avx512bf16",
             Isa::Gemm => "gemm",
-        }
-    }
-
-    /// The kernels of the weight gradient (the bf16 set reuses the f32 AVX-512 one).
-    fn wgrad_isa(self) -> Isa {
-        match self {
-            Isa::Avx512Bf16 => Isa::Avx512,
-            i => i,
         }
     }
 
@@ -274,97 +267,73 @@ impl Shifted {
     /// Plane `b` (column shift `b - 1`) of one channel `lo`, or of the pair `(lo, hi)` (`hi`
     /// empty: zero).
     fn fill_plane(&self, b: usize, lo: &[f32], hi: &[f32], dst: &mut [f32]) {
-        let (w, hw, off) = (self.w, self.hw, self.off);
-        dst[..off].fill(0.0);
-        dst[off + hw..].fill(0.0);
-        if w == 0 {
-            return;
-        }
-        let body = &mut dst[off..off + hw];
-        if self.pack == Pack::F32 {
-            match b {
-                1 => body.copy_from_slice(lo),
-                0 => {
-                    for (r, s) in body.chunks_exact_mut(w).zip(lo.chunks_exact(w)) {
-                        r[0] = 0.0;
-                        r[1..].copy_from_slice(&s[..w - 1]);
-                    }
-                }
-                _ => {
-                    for (r, s) in body.chunks_exact_mut(w).zip(lo.chunks_exact(w)) {
-                        r[..w - 1].copy_from_slice(&s[1..]);
-                        r[w - 1] = 0.0;
-                    }
-                }
-            }
-            return;
-        }
-        let hi_of = |r: std::ops::Range<usize>| (!hi.is_empty()).then(|| &hi[r]);
-        for (r, row) in body.chunks_exact_mut(w).enumerate() {
-            let s = r * w..(r + 1) * w;
-            match b {
-                1 => self.map_row(row, &lo[s.clone()], hi_of(s)),
-                0 => {
-                    row[0] = 0.0;
-                    let s = s.start..s.end - 1;
-                    self.map_row(&mut row[1..], &lo[s.clone()], hi_of(s));
-                }
-                _ => {
-                    row[w - 1] = 0.0;
-                    let s = s.start + 1..s.end;
-                    self.map_row(&mut row[..w - 1], &lo[s.clone()], hi_of(s));
-                }
-            }
+        let body = self.zero_margins(dst);
+        match self.pack {
+            Pack::F32 => shifted_rows(b, self.w, body, |d, s| d.copy_from_slice(&lo[s])),
+            _ => shifted_rows(b, self.w, body, |d, s| {
+                pairs_row(d, &lo[s.clone()], (!hi.is_empty()).then(|| &hi[s]))
+            }),
         }
     }
 
     /// Plane `b` of one channel as bf16 values ([`Pack::Bf16Rows`]).
     fn fill_plane16(&self, b: usize, x: &[f32], dst: &mut [u16]) {
-        let (w, hw, off) = (self.w, self.hw, self.off);
-        dst[..off].fill(0);
-        dst[off + hw..].fill(0);
-        if w == 0 {
-            return;
-        }
-        let body = &mut dst[off..off + hw];
-        for (row, src) in body.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
-            match b {
-                1 => to_bf16(src, row),
-                0 => {
-                    row[0] = 0;
-                    to_bf16(&src[..w - 1], &mut row[1..]);
-                }
-                _ => {
-                    row[w - 1] = 0;
-                    to_bf16(&src[1..], &mut row[..w - 1]);
-                }
+        let body = self.zero_margins(dst);
+        shifted_rows(b, self.w, body, |d, s| to_bf16(&x[s], d));
+    }
+
+    /// Zeroes the margins of a plane before and after the image; the image's part comes back.
+    fn zero_margins<'a, T: Copy + Default>(&self, dst: &'a mut [T]) -> &'a mut [T] {
+        let (hw, off) = (self.hw, self.off);
+        dst[..off].fill(T::default());
+        dst[off + hw..].fill(T::default());
+        &mut dst[off..off + hw]
+    }
+}
+
+/// Row by row of `body` (`w` values a row): `put(dst, src)` writes the source pixels `src` of the
+/// row shifted by `b - 1` columns into `dst`; the pixel shifted in from off the image is zero.
+fn shifted_rows<T: Copy + Default>(
+    b: usize,
+    w: usize,
+    body: &mut [T],
+    mut put: impl FnMut(&mut [T], Range<usize>),
+) {
+    if w == 0 {
+        return;
+    }
+    for (r, row) in body.chunks_exact_mut(w).enumerate() {
+        let base = r * w;
+        match b {
+            1 => put(row, base..base + w),
+            0 => {
+                row[0] = T::default();
+                put(&mut row[1..], base..base + w - 1);
+            }
+            _ => {
+                row[w - 1] = T::default();
+                put(&mut row[..w - 1], base + 1..base + w);
             }
         }
     }
+}
 
-    /// `dst[j]` = value `j` of `lo` (and `hi`) in this packing (not [`Pack::F32`]); one loop
-    /// per packing, so that each vectorises.
-    fn map_row(&self, dst: &mut [f32], lo: &[f32], hi: Option<&[f32]>) {
-        match (self.pack, hi) {
-            #[cfg(target_arch = "x86_64")]
-            (Pack::Bf16Pairs, Some(hi)) if Isa::Avx512Bf16.available() => {
-                // SAFETY: the features were just detected; the lengths are checked inside.
-                unsafe { pairs_avx512(dst, lo, hi) }
+/// `dst[j] = bf16(lo[j]) | bf16(hi[j]) << 16` (`hi` absent: zero), as [`Pack::Bf16Pairs`].
+fn pairs_row(dst: &mut [f32], lo: &[f32], hi: Option<&[f32]>) {
+    match hi {
+        #[cfg(target_arch = "x86_64")]
+        Some(hi) if Isa::Avx512Bf16.available() => {
+            // SAFETY: the features were just detected; the lengths are checked inside.
+            unsafe { pairs_avx512(dst, lo, hi) }
+        }
+        Some(hi) => {
+            for ((o, &a), &b) in dst.iter_mut().zip(lo).zip(hi) {
+                *o = f32::from_bits(bf16_bits(a) as u32 | (bf16_bits(b) as u32) << 16);
             }
-            (Pack::Bf16Pairs, Some(hi)) => {
-                for ((o, &a), &b) in dst.iter_mut().zip(lo).zip(hi) {
-                    *o = f32::from_bits(bf16_bits(a) as u32 | (bf16_bits(b) as u32) << 16);
-                }
-            }
-            (Pack::Bf16Pairs, None) => {
-                for (o, &a) in dst.iter_mut().zip(lo) {
-                    *o = f32::from_bits(bf16_bits(a) as u32);
-                }
-            }
-            _ => {
-                for (o, &a) in dst.iter_mut().zip(lo) {
-                    *o = round_bf16(a);
-                }
+        }
+        None => {
+            for (o, &a) in dst.iter_mut().zip(lo) {
+                *o = f32::from_bits(bf16_bits(a) as u32);
             }
         }
     }
@@ -443,12 +412,6 @@ pub(super) fn bf16_bits(v: f32) -> u16 {
     } else {
         rounded
     }) as u16
-}
-
-/// `v` rounded to bf16 (nearest even) and back.
-#[inline]
-pub(super) fn round_bf16(v: f32) -> f32 {
-    f32::from_bits((bf16_bits(v) as u32) << 16)
 }
 
 /// `K [cout, cin, 3, 3]` packed as `[cout / co][cin][9][co]` (output channels padded with zero
@@ -606,8 +569,11 @@ pub(super) fn wgrad(
     dk: &mut [f32],
     beta: f32,
 ) {
-    let isa = isa.wgrad_isa();
-    assert_eq!(g.pack, Pack::F32, "f32 weight gradient on bf16 planes");
+    assert_eq!(
+        g.pack,
+        Pack::F32,
+        "f32 weight gradient on bf16 planes (see wgrad_bf16)"
+    );
     let len = px.len();
     if len == 0 || cout == 0 || g.c == 0 || samples == 0 {
         return;

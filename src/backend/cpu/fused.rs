@@ -351,6 +351,12 @@ fn vjp_direct<A: Act>(
     // Under bf16 the weight gradient reads planes of plain bf16 rows beside the paired ones.
     let geo_w = Shifted::for_wgrad(isa, c, d.h, d.w);
     let bf16 = isa == Isa::Avx512Bf16;
+    // Under bf16: a tile's `s` and `dz` as bf16 (2 c tw values in c tw f32 slots).
+    let tiles16_len = if bf16 {
+        c * max_tile(d, DIRECT_ROW_VALUES * c)
+    } else {
+        0
+    };
     let (wp, wpt) = (
         direct::pack_weights(isa, k, c, c),
         direct::pack_weights_t(isa, k, c, c),
@@ -372,8 +378,7 @@ fn vjp_direct<A: Act>(
                     } else {
                         (&mut [][..], rest)
                     };
-                    let tw_max = max_tile(d, DIRECT_ROW_VALUES * c);
-                    let (tiles16, rest) = rest.split_at_mut(if bf16 { c * tw_max } else { 0 });
+                    let (tiles16, rest) = rest.split_at_mut(tiles16_len);
                     let (dz_full, rest) = rest.split_at_mut(sl);
                     geo.fill(yn, xs_y);
                     geo.fill(gn, xs_g);
