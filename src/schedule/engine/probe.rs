@@ -1,7 +1,7 @@
 //! Unit and step maps of a network as functions of one state, for the stability analysis
 //! ([`crate::stability`]): the units' inputs on a batch, one unit's forward map, one step's map.
 
-use super::Engine;
+use super::{Engine, Kept};
 use crate::backend::Backend;
 use crate::config::LayerType;
 use crate::error::{Error, Result};
@@ -83,5 +83,60 @@ impl<B: Backend> Engine<B> {
             }
             _ => layers::forward_single(be, kind, l, y, None, d),
         }
+    }
+
+    /// The first layer whose output holds a NaN or an infinity in a training-mode forward pass
+    /// (SPEC names: `open`, `units.1.steps.0`, `units.1.connect`, `classifier`), or `None`.
+    /// Keeps every state, so it is for diagnosing a failed step, not for every step.
+    pub fn first_non_finite(&self, x: &HostTensor) -> Result<Option<String>> {
+        let be = &self.backend;
+        let bad =
+            |b: &B::Buf| -> Result<bool> { Ok(be.download(b)?.iter().any(|v| !v.is_finite())) };
+        let sched = Policy::Store.schedule();
+        let (tape, geo) = self.forward(x, sched, true)?;
+        if bad(&tape.x)? {
+            return Ok(Some("the input".into()));
+        }
+        if bad(&tape.open.z)? {
+            return Ok(Some("open".into()));
+        }
+        for (k, (u, c)) in tape.units.iter().zip(&tape.connects).enumerate() {
+            if let Some(input) = &u.input {
+                if bad(input)? {
+                    return Ok(Some(if k == 0 {
+                        "open".into()
+                    } else {
+                        format!("units.{}.connect", k - 1)
+                    }));
+                }
+            }
+            if let Kept::All(states) = &u.kept {
+                for (j, st) in states.iter().enumerate().skip(1) {
+                    for part in st {
+                        if bad(&*part.get(be)?)? {
+                            return Ok(Some(format!("units.{k}.steps.{}", j - 1)));
+                        }
+                    }
+                }
+            }
+            if let Some(out) = &u.output {
+                if bad(out)? {
+                    return Ok(Some(format!("units.{k}")));
+                }
+            }
+            if let Some(t) = c {
+                if bad(&t.z)? {
+                    return Ok(Some(format!("units.{k}.connect")));
+                }
+            }
+        }
+        if bad(&tape.features)? {
+            return Ok(Some(format!(
+                "units.{}.connect",
+                self.layout.units.len() - 1
+            )));
+        }
+        let logits = self.classify(&tape.features, geo.feature_dims)?;
+        Ok(bad(&logits)?.then(|| "classifier".into()))
     }
 }
