@@ -235,4 +235,82 @@ impl<B: Backend> Engine<B> {
             ))),
         }
     }
+
+    /// Backward through the classifier: adds its gradients, returns the features' gradient.
+    pub(super) fn classify_backward(
+        &self,
+        features: B::Buf,
+        fd: Dims,
+        g_logits: B::Buf,
+        grads: &mut Grads<B>,
+    ) -> Result<B::Buf> {
+        let be = &self.backend;
+        let classes = self.layout.config.classes;
+        let cd = fd.with_c(classes);
+        grads.add(
+            be,
+            self.layout.classifier_bias,
+            1.0,
+            be.channel_sum(&g_logits, cd)?,
+        )?;
+        grads.add(
+            be,
+            self.layout.classifier_weight,
+            1.0,
+            be.conv1x1_wgrad(&features, fd, &g_logits, classes)?,
+        )?;
+        be.conv1x1_t(
+            &g_logits,
+            cd,
+            &self.params[self.layout.classifier_weight],
+            fd.c,
+        )
+    }
+
+    /// Backward through the opening layer: adds its gradients, returns the input's gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open_backward(
+        &self,
+        open: AffineTape<B>,
+        xb: &B::Buf,
+        x_dims: Dims,
+        g: B::Buf,
+        grads: &mut Grads<B>,
+        running: &mut Vec<RunningUpdate<B::Buf>>,
+    ) -> Result<B::Buf> {
+        let be = &self.backend;
+        // Opening layer: relu's derivative is read off its output (unit 0's input, kept above
+        // only as long as needed), so recompute that output from z instead.
+        let w0 = self.layout.units[0].width;
+        Ok(match self.layout.open {
+            OpenIdx::ConvBn {
+                conv,
+                bn_weight,
+                bn_bias,
+                running_mean,
+                running_var,
+            } => {
+                let zd = x_dims.with_c(w0);
+                let gz = self.bn_relu_backward(
+                    open,
+                    zd,
+                    g,
+                    bn_weight,
+                    bn_bias,
+                    grads,
+                    running,
+                    (running_mean, running_var),
+                )?;
+                grads.add(be, conv, 1.0, be.conv3x3_wgrad(xb, x_dims, &gz, w0)?)?;
+                be.conv3x3_t(&gz, zd, &self.params[conv], x_dims.c)?
+            }
+            OpenIdx::Dense { weight, bias } => {
+                let zd = x_dims.with_c(w0);
+                let gz = be.activation_vjp(Activation::Tanh, &open.z, &g)?;
+                grads.add(be, bias, 1.0, be.channel_sum(&gz, zd)?)?;
+                grads.add(be, weight, 1.0, be.conv1x1_wgrad(xb, x_dims, &gz, w0)?)?;
+                be.conv1x1_t(&gz, zd, &self.params[weight], x_dims.c)?
+            }
+        })
+    }
 }

@@ -65,4 +65,24 @@ impl<B: Backend> Engine<B> {
         }
         Ok(g)
     }
+
+    /// A unit of non-invertible steps forward, keeping every state under `store`.
+    pub(super) fn explicit_unit_forward(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        d: Dims,
+        sched: Schedule,
+    ) -> Result<(B::Buf, Kept<B>)> {
+        let keep = sched.keep_all.then_some(sched.storage);
+        let (out, states) = self.explicit_forward(k, input, d, keep)?;
+        Ok((
+            out,
+            if sched.keep_all {
+                Kept::All(states)
+            } else {
+                Kept::Nothing
+            },
+        ))
+    }
 }

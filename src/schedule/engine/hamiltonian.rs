@@ -116,4 +116,82 @@ impl<B: Backend> Engine<B> {
         }
         Ok((be.concat_channels(&ga, &gb, d, half)?, drift))
     }
+
+    /// A Verlet unit forward in floats.
+    pub(super) fn verlet_unit_forward(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        d: Dims,
+        sched: Schedule,
+    ) -> Result<(B::Buf, Kept<B>)> {
+        let be = &self.backend;
+        let u = &self.layout.units[k];
+        let kind = self.kind();
+        let hd = d.with_c(d.c / 2);
+        let (a, b) = be.split_channels(input, d, d.c / 2)?;
+        let mut cur = vec![a, b];
+        let mut left = Vec::new();
+        for s in &u.steps {
+            let (l1, l2) = (self.layer(&s.layers[0]), self.layer(&s.layers[1]));
+            let (a1, b1) = layers::verlet_forward(be, kind, l1, l2, &cur[0], &cur[1], hd)?;
+            let old = std::mem::replace(&mut cur, vec![a1, b1]);
+            if sched.keep_all {
+                let kept = old.into_iter().map(|x| Slot::keep(be, x, sched.storage));
+                left.push(kept.collect::<Result<_>>()?);
+            }
+        }
+        let out = be.concat_channels(&cur[0], &cur[1], d, d.c / 2)?;
+        Ok((out, Kept::float(left, [cur], sched.keep_all)))
+    }
+
+    /// A Verlet unit forward in fixed point with `shift` fractional bits.
+    pub(super) fn verlet_unit_forward_fixed(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        d: Dims,
+        sched: Schedule,
+        shift: u32,
+    ) -> Result<(B::Buf, Kept<B>)> {
+        let be = &self.backend;
+        let u = &self.layout.units[k];
+        let kind = self.kind();
+        let hd = d.with_c(d.c / 2);
+        let coef = (1u64 << shift) as f64 * kind.h;
+        let (a, b) = be.split_channels(input, d, d.c / 2)?;
+        let mut hist = vec![vec![be.quantize(&a, shift)?, be.quantize(&b, shift)?]];
+        drop((a, b));
+        for s in &u.steps {
+            let cur = &hist[hist.len() - 1];
+            let (l1, l2) = (self.layer(&s.layers[0]), self.layer(&s.layers[1]));
+            let b_f = be.dequantize(&cur[1], shift)?;
+            let f1 = layers::f_only(be, l1, &b_f, hd, kind.act)?;
+            drop(b_f);
+            let qa = be.fixed_update(&[(1, &cur[0])], coef, &f1)?;
+            drop(f1);
+            let a_f = be.dequantize(&qa, shift)?;
+            let f2 = layers::f_only(be, l2, &a_f, hd, kind.act)?;
+            drop(a_f);
+            let qb = be.fixed_update(&[(1, &cur[1])], -coef, &f2)?;
+            hist.push(vec![qa, qb]);
+            if !sched.keep_all {
+                hist.remove(0);
+            }
+        }
+        let last = &hist[hist.len() - 1];
+        let (a, b) = (
+            be.dequantize(&last[0], shift)?,
+            be.dequantize(&last[1], shift)?,
+        );
+        let out = be.concat_channels(&a, &b, d, d.c / 2)?;
+        Ok((
+            out,
+            if sched.keep_all {
+                Kept::AllFixed(hist)
+            } else {
+                Kept::LastFixed(hist)
+            },
+        ))
+    }
 }

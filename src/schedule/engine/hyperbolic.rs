@@ -238,4 +238,100 @@ impl<B: Backend> Engine<B> {
             drift,
         })
     }
+
+    /// A leapfrog unit forward in floats (from an explicit `Y_{-1}` inside a Haar chain).
+    pub(super) fn leapfrog_forward(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        pre: Option<Pre<B>>,
+        d: Dims,
+        sched: Schedule,
+    ) -> Result<(B::Buf, Kept<B>)> {
+        let be = &self.backend;
+        let u = &self.layout.units[k];
+        let kind = self.kind();
+        let mut pre = match pre {
+            None => None,
+            Some(Pre::Float(p)) => Some(p),
+            Some(Pre::Fixed(..)) => {
+                return Err(Error::Other("fixed-point Y_-1 in a float unit".into()))
+            }
+        };
+        // The window (Y_{j-1}, Y_j) the step reads; under `store` the states leaving it
+        // are kept in the schedule's storage.
+        let mut hist = vec![be.copy(input)?];
+        let mut left = Vec::new();
+        for s in &u.steps {
+            let y = &hist[hist.len() - 1];
+            let prev = if hist.len() > 1 {
+                Some(&hist[hist.len() - 2])
+            } else {
+                pre.as_ref()
+            };
+            let next = layers::forward_single(be, kind, self.layer(&s.layers[0]), y, prev, d)?;
+            pre = None;
+            hist.push(next);
+            if hist.len() > 2 {
+                let old = hist.remove(0);
+                if sched.keep_all {
+                    left.push(vec![Slot::keep(be, old, sched.storage)?]);
+                }
+            }
+        }
+        let out = be.copy(&hist[hist.len() - 1])?;
+        Ok((
+            out,
+            Kept::float(left, hist.into_iter().map(|y| vec![y]), sched.keep_all),
+        ))
+    }
+
+    /// A leapfrog unit forward in fixed point with `shift` fractional bits, bit-exactly invertible.
+    pub(super) fn leapfrog_forward_fixed(
+        &self,
+        k: usize,
+        input: &B::Buf,
+        pre: Option<Pre<B>>,
+        d: Dims,
+        sched: Schedule,
+        shift: u32,
+    ) -> Result<(B::Buf, Kept<B>)> {
+        let be = &self.backend;
+        let u = &self.layout.units[k];
+        let kind = self.kind();
+        let coef = (1u64 << shift) as f64 * kind.h * kind.h;
+        let (q0, mut qpre) = match pre {
+            None => (be.quantize(input, shift)?, None),
+            Some(Pre::Fixed(q0, qm1)) => (q0, Some(qm1)),
+            Some(Pre::Float(p)) => (be.quantize(input, shift)?, Some(be.quantize(&p, shift)?)),
+        };
+        let mut hist = vec![q0];
+        for s in &u.steps {
+            let q = &hist[hist.len() - 1];
+            let qp = if hist.len() > 1 {
+                &hist[hist.len() - 2]
+            } else {
+                qpre.as_ref().unwrap_or(q)
+            };
+            let y = be.dequantize(q, shift)?;
+            let f = layers::f_only(be, self.layer(&s.layers[0]), &y, d, kind.act)?;
+            drop(y);
+            let next = be.fixed_update(&[(2, q), (-1, qp)], coef, &f)?;
+            qpre = None;
+            hist.push(next);
+            if !sched.keep_all && hist.len() > 2 {
+                hist.remove(0);
+            }
+        }
+        let out = be.dequantize(&hist[hist.len() - 1], shift)?;
+        let states = hist.into_iter().map(|q| vec![q]).collect();
+        Ok((
+            out,
+            if sched.keep_all {
+                Kept::AllFixed(states)
+            } else {
+                Kept::LastFixed(states)
+            },
+        ))
+    }
 }

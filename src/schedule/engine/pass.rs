@@ -222,27 +222,7 @@ impl<B: Backend> Engine<B> {
         drop(logits);
 
         let mut running = Vec::new();
-        // Classifier.
-        let cd = fd.with_c(classes);
-        grads.add(
-            be,
-            self.layout.classifier_bias,
-            1.0,
-            be.channel_sum(&g_logits, cd)?,
-        )?;
-        grads.add(
-            be,
-            self.layout.classifier_weight,
-            1.0,
-            be.conv1x1_wgrad(&features, fd, &g_logits, classes)?,
-        )?;
-        let mut g = be.conv1x1_t(
-            &g_logits,
-            cd,
-            &self.params[self.layout.classifier_weight],
-            fd.c,
-        )?;
-        drop((g_logits, features));
+        let mut g = self.classify_backward(features, fd, g_logits, &mut grads)?;
 
         let mut drift: f64 = 0.0;
         let mut units = units;
@@ -280,39 +260,7 @@ impl<B: Backend> Engine<B> {
                 carry = Some((g_m1, r.pair));
             }
         }
-        // Opening layer: relu's derivative is read off its output (unit 0's input, kept above
-        // only as long as needed), so recompute that output from z instead.
-        let w0 = self.layout.units[0].width;
-        let g_x = match self.layout.open {
-            OpenIdx::ConvBn {
-                conv,
-                bn_weight,
-                bn_bias,
-                running_mean,
-                running_var,
-            } => {
-                let zd = x_dims.with_c(w0);
-                let gz = self.bn_relu_backward(
-                    open,
-                    zd,
-                    g,
-                    bn_weight,
-                    bn_bias,
-                    &mut grads,
-                    &mut running,
-                    (running_mean, running_var),
-                )?;
-                grads.add(be, conv, 1.0, be.conv3x3_wgrad(&xb, x_dims, &gz, w0)?)?;
-                be.conv3x3_t(&gz, zd, &self.params[conv], x_dims.c)?
-            }
-            OpenIdx::Dense { weight, bias } => {
-                let zd = x_dims.with_c(w0);
-                let gz = be.activation_vjp(Activation::Tanh, &open.z, &g)?;
-                grads.add(be, bias, 1.0, be.channel_sum(&gz, zd)?)?;
-                grads.add(be, weight, 1.0, be.conv1x1_wgrad(&xb, x_dims, &gz, w0)?)?;
-                be.conv1x1_t(&gz, zd, &self.params[weight], x_dims.c)?
-            }
-        };
+        let g_x = self.open_backward(open, &xb, x_dims, g, &mut grads, &mut running)?;
         let grad_x = be.download_f32(&g_x)?;
         let mut out = ParamSet::new();
         for (i, (name, role, t)) in self.layout.template.iter().enumerate() {

@@ -83,6 +83,28 @@ pub(super) enum Kept<B: Backend> {
     Ode(OdeKept<B>),
 }
 
+impl<B: Backend> Kept<B> {
+    /// The states of a float unit's forward: under `store` those that left the window (already
+    /// in the policy's storage) followed by the window in full precision; otherwise the window.
+    pub(super) fn float(
+        left: Vec<State<Slot<B>>>,
+        window: impl IntoIterator<Item = State<B::Buf>>,
+        keep_all: bool,
+    ) -> Kept<B> {
+        if keep_all {
+            let mut all = left;
+            all.extend(
+                window
+                    .into_iter()
+                    .map(|st| st.into_iter().map(Slot::Full).collect()),
+            );
+            Kept::All(all)
+        } else {
+            Kept::Last(window.into_iter().collect())
+        }
+    }
+}
+
 pub(super) struct UnitTape<B: Backend> {
     /// The unit's input: absent inside a Haar leapfrog chain (after unit 0), where the next
     /// unit's first two states give this unit's last two back.

@@ -31,172 +31,18 @@ impl<B: Backend> Engine<B> {
             ));
         }
         match (kind.layer, fixed) {
-            (LayerType::Hyperbolic, None) => {
-                let mut pre = match pre {
-                    None => None,
-                    Some(Pre::Float(p)) => Some(p),
-                    Some(Pre::Fixed(..)) => {
-                        return Err(Error::Other("fixed-point Y_-1 in a float unit".into()))
-                    }
-                };
-                // The window (Y_{j-1}, Y_j) the step reads; under `store` the states leaving it
-                // are kept in the schedule's storage.
-                let mut hist = vec![be.copy(input)?];
-                let mut left = Vec::new();
-                for s in &u.steps {
-                    let y = &hist[hist.len() - 1];
-                    let prev = if hist.len() > 1 {
-                        Some(&hist[hist.len() - 2])
-                    } else {
-                        pre.as_ref()
-                    };
-                    let next =
-                        layers::forward_single(be, kind, self.layer(&s.layers[0]), y, prev, d)?;
-                    pre = None;
-                    hist.push(next);
-                    if hist.len() > 2 {
-                        let old = hist.remove(0);
-                        if sched.keep_all {
-                            left.push(vec![Slot::keep(be, old, sched.storage)?]);
-                        }
-                    }
-                }
-                let out = be.copy(&hist[hist.len() - 1])?;
-                Ok((
-                    out,
-                    self.kept_float(left, hist.into_iter().map(|y| vec![y]), sched),
-                ))
-            }
+            (LayerType::Hyperbolic, None) => self.leapfrog_forward(k, input, pre, d, sched),
             (LayerType::Hyperbolic, Some(shift)) => {
-                let coef = (1u64 << shift) as f64 * kind.h * kind.h;
-                let (q0, mut qpre) = match pre {
-                    None => (be.quantize(input, shift)?, None),
-                    Some(Pre::Fixed(q0, qm1)) => (q0, Some(qm1)),
-                    Some(Pre::Float(p)) => {
-                        (be.quantize(input, shift)?, Some(be.quantize(&p, shift)?))
-                    }
-                };
-                let mut hist = vec![q0];
-                for s in &u.steps {
-                    let q = &hist[hist.len() - 1];
-                    let qp = if hist.len() > 1 {
-                        &hist[hist.len() - 2]
-                    } else {
-                        qpre.as_ref().unwrap_or(q)
-                    };
-                    let y = be.dequantize(q, shift)?;
-                    let f = layers::f_only(be, self.layer(&s.layers[0]), &y, d, kind.act)?;
-                    drop(y);
-                    let next = be.fixed_update(&[(2, q), (-1, qp)], coef, &f)?;
-                    qpre = None;
-                    hist.push(next);
-                    if !sched.keep_all && hist.len() > 2 {
-                        hist.remove(0);
-                    }
-                }
-                let out = be.dequantize(&hist[hist.len() - 1], shift)?;
-                let states = hist.into_iter().map(|q| vec![q]).collect();
-                Ok((
-                    out,
-                    if sched.keep_all {
-                        Kept::AllFixed(states)
-                    } else {
-                        Kept::LastFixed(states)
-                    },
-                ))
+                self.leapfrog_forward_fixed(k, input, pre, d, sched, shift)
             }
-            (LayerType::Hamiltonian, None) => {
-                let hd = d.with_c(d.c / 2);
-                let (a, b) = be.split_channels(input, d, d.c / 2)?;
-                let mut cur = vec![a, b];
-                let mut left = Vec::new();
-                for s in &u.steps {
-                    let (l1, l2) = (self.layer(&s.layers[0]), self.layer(&s.layers[1]));
-                    let (a1, b1) = layers::verlet_forward(be, kind, l1, l2, &cur[0], &cur[1], hd)?;
-                    let old = std::mem::replace(&mut cur, vec![a1, b1]);
-                    if sched.keep_all {
-                        let kept = old.into_iter().map(|x| Slot::keep(be, x, sched.storage));
-                        left.push(kept.collect::<Result<_>>()?);
-                    }
-                }
-                let out = be.concat_channels(&cur[0], &cur[1], d, d.c / 2)?;
-                Ok((out, self.kept_float(left, [cur], sched)))
-            }
+            (LayerType::Hamiltonian, None) => self.verlet_unit_forward(k, input, d, sched),
             (LayerType::Hamiltonian, Some(shift)) => {
-                let hd = d.with_c(d.c / 2);
-                let coef = (1u64 << shift) as f64 * kind.h;
-                let (a, b) = be.split_channels(input, d, d.c / 2)?;
-                let mut hist = vec![vec![be.quantize(&a, shift)?, be.quantize(&b, shift)?]];
-                drop((a, b));
-                for s in &u.steps {
-                    let cur = &hist[hist.len() - 1];
-                    let (l1, l2) = (self.layer(&s.layers[0]), self.layer(&s.layers[1]));
-                    let b_f = be.dequantize(&cur[1], shift)?;
-                    let f1 = layers::f_only(be, l1, &b_f, hd, kind.act)?;
-                    drop(b_f);
-                    let qa = be.fixed_update(&[(1, &cur[0])], coef, &f1)?;
-                    drop(f1);
-                    let a_f = be.dequantize(&qa, shift)?;
-                    let f2 = layers::f_only(be, l2, &a_f, hd, kind.act)?;
-                    drop(a_f);
-                    let qb = be.fixed_update(&[(1, &cur[1])], -coef, &f2)?;
-                    hist.push(vec![qa, qb]);
-                    if !sched.keep_all {
-                        hist.remove(0);
-                    }
-                }
-                let last = &hist[hist.len() - 1];
-                let (a, b) = (
-                    be.dequantize(&last[0], shift)?,
-                    be.dequantize(&last[1], shift)?,
-                );
-                let out = be.concat_channels(&a, &b, d, d.c / 2)?;
-                Ok((
-                    out,
-                    if sched.keep_all {
-                        Kept::AllFixed(hist)
-                    } else {
-                        Kept::LastFixed(hist)
-                    },
-                ))
+                self.verlet_unit_forward_fixed(k, input, d, sched, shift)
             }
-            _ => {
-                let keep = sched.keep_all.then_some(sched.storage);
-                let (out, states) = self.explicit_forward(k, input, d, keep)?;
-                Ok((
-                    out,
-                    if sched.keep_all {
-                        Kept::All(states)
-                    } else {
-                        Kept::Nothing
-                    },
-                ))
-            }
+            _ => self.explicit_unit_forward(k, input, d, sched),
         }
     }
 
-    /// The states of a float unit's forward: under `store` those that left the window (already
-    /// in the schedule's storage) followed by the window in full precision; otherwise the window.
-    pub(super) fn kept_float(
-        &self,
-        left: Vec<State<Slot<B>>>,
-        window: impl IntoIterator<Item = State<B::Buf>>,
-        sched: Schedule,
-    ) -> Kept<B> {
-        if sched.keep_all {
-            let mut all = left;
-            all.extend(
-                window
-                    .into_iter()
-                    .map(|st| st.into_iter().map(Slot::Full).collect()),
-            );
-            Kept::All(all)
-        } else {
-            Kept::Last(window.into_iter().collect())
-        }
-    }
-
-    /// Backward through unit `k`: returns the input's gradient and the rebuild drift.
     /// Backward through unit `k` from the gradient of its output (and, in a Haar chain, of its
     /// second-last state `g_pre`); `want_pair` asks for its first two states rebuilt.
     #[allow(clippy::too_many_arguments)]
