@@ -64,7 +64,11 @@ fn networks() -> Vec<(String, String)> {
         "hyperbolic/haar".into(),
         image("hyperbolic", "full", "[8,32]", r#","connect":"haar""#),
     ));
-    for (solver, grad) in [("rk4", "discretize"), ("dopri5", "discretize"), ("dopri5", "adjoint")] {
+    for (solver, grad) in [
+        ("rk4", "discretize"),
+        ("dopri5", "discretize"),
+        ("dopri5", "adjoint"),
+    ] {
         let extra = format!(r#","rhs":"parabolic","solver":"{solver}","gradient":"{grad}""#);
         out.push((
             format!("ode/{solver}/{grad}"),
@@ -86,8 +90,8 @@ fn networks() -> Vec<(String, String)> {
 fn batch(cfg: &Config) -> (HostTensor, Vec<usize>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let shape = match cfg.kind {
-        pdenet::config::Kind::Image => vec![4, 1, 8, 8],
-        pdenet::config::Kind::Dense => vec![4, 2],
+        pdenet::config::NetworkKind::Image => vec![4, 1, 8, 8],
+        pdenet::config::NetworkKind::Dense => vec![4, 2],
     };
     let n: usize = shape.iter().product();
     let x = HostTensor::new(shape, (0..n).map(|_| rng.random_range(0.0..1.0)).collect()).unwrap();
@@ -108,7 +112,7 @@ fn run<B: Backend>(dev: &str, make: impl Fn() -> B) {
                         continue;
                     }
                     let sched = policy
-                        .schedule()
+                        .memory()
                         .with_storage(storage)
                         .with_drift_guard(guard);
                     let mut eng = Engine::new(make(), layout.clone(), &params).unwrap();
@@ -145,6 +149,6 @@ fn main() {
     run("reference", || Reference);
     run("cpu", Cpu::new);
     if let Ok(cpu) = Cpu::with_precision(Precision::Bf16) {
-        run("cpu-bf16", move || cpu.clone());
+        run("cpu-bf16", move || cpu);
     }
 }

@@ -79,7 +79,7 @@ fn run() -> pdenet::Result<()> {
     let judge_cfg = with_tol(&cfg, 1e-10, Gradient::Discretize);
     let mut judge = Engine::new(Reference, Layout::new(&judge_cfg)?, &params)?;
     let t = Instant::now();
-    let truth = judge.grad(&x, &labels, Policy::Store.schedule(), false)?;
+    let truth = judge.grad(&x, &labels, Policy::Store.memory(), false)?;
     let g_true = flat(&truth);
     let fd = directional_fd(&mut judge, &params, &x, &labels, &truth)?;
     println!(
@@ -104,13 +104,13 @@ fn run() -> pdenet::Result<()> {
             let c = with_tol(&cfg, rtol, gradient);
             let layout = Layout::new(&c)?;
             let shape = x.shape.clone();
-            let planned = plan_step(&layout, &shape, policy.schedule())?.peak_bytes;
+            let planned = plan_step(&layout, &shape, policy.memory())?.peak_bytes;
             // Measured as planned: the engine's parameters and gradients, and the pass.
             let base = heap_live();
             reset_heap_peak();
             let mut eng = Engine::new(Cpu::new(), layout, &params)?;
             let t = Instant::now();
-            let g = eng.grad(&x, &labels, policy.schedule(), false)?;
+            let g = eng.grad(&x, &labels, policy.memory(), false)?;
             let secs = t.elapsed().as_secs_f64();
             let peak = heap_peak() - base;
             println!(

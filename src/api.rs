@@ -10,10 +10,10 @@
 //!
 //! ```
 //! use pdenet::api::{Unit, UnitOptions};
-//! use pdenet::config::LayerType;
+//! use pdenet::config::StepType;
 //! use pdenet::schedule::Policy;
 //!
-//! let unit = Unit::new(&UnitOptions::new(LayerType::Hyperbolic, 4, 3, 0.5))?;
+//! let unit = Unit::new(&UnitOptions::new(StepType::Hyperbolic, 4, 3, 0.5))?;
 //! let shape = [2, 4, 5, 5]; // NCHW, C = the unit's width
 //! let x: Vec<f32> = (0..2 * 4 * 5 * 5).map(|i| (i as f32 * 0.37).sin()).collect();
 //! let y = unit.forward(&x, shape, Policy::Reversible)?;
@@ -47,12 +47,14 @@
 use crate::backend::cpu::Cpu;
 use crate::backend::reference::Reference;
 use crate::backend::{Activation, Backend};
-use crate::config::{Config, Connect, Gradient, Kind, LayerType, NormKind, OperatorKind, Solver};
+use crate::config::{
+    Config, Connect, Gradient, NetworkKind, NormKind, OperatorKind, Solver, StepType,
+};
 use crate::error::{Error, Result};
 use crate::network::Layout;
 use crate::params::{read_safetensors, save_params, ParamRole, ParamSet};
 use crate::schedule::engine::{KeptUnit, UnitGrads};
-use crate::schedule::{DriftGuard, Engine, Policy, Schedule};
+use crate::schedule::{DriftGuard, Engine, MemoryPolicy, Policy};
 use crate::tensor::HostTensor;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -96,10 +98,10 @@ impl Runner {
     }
 }
 
-/// The schedule of `policy` with the drift guard `pdenet grad` runs by default.
-fn schedule_of(policy: Policy) -> Schedule {
+/// The memory policy `policy` runs with the drift guard `pdenet grad` runs by default.
+fn memory_of(policy: Policy) -> MemoryPolicy {
     policy
-        .schedule()
+        .memory()
         .with_drift_guard((policy == Policy::Reversible).then(DriftGuard::default))
 }
 
@@ -146,7 +148,7 @@ pub type NamedTensor<T> = (String, Vec<usize>, Vec<T>);
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnitOptions {
-    pub layer: LayerType,
+    pub layer: StepType,
     pub width: usize,
     pub steps: usize,
     pub h: f64,
@@ -160,7 +162,7 @@ pub struct UnitOptions {
     pub gamma: Option<f64>,
     /// The keys of `layer: ode` (SPEC section 10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rhs: Option<LayerType>,
+    pub rhs: Option<StepType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub solver: Option<Solver>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,7 +184,7 @@ pub struct UnitOptions {
 
 impl UnitOptions {
     /// A unit of `steps` steps of `layer` at `width` channels and step size `h`.
-    pub fn new(layer: LayerType, width: usize, steps: usize, h: f64) -> Self {
+    pub fn new(layer: StepType, width: usize, steps: usize, h: f64) -> Self {
         UnitOptions {
             layer,
             width,
@@ -216,7 +218,7 @@ impl UnitOptions {
         let d =
             Config::reference("ref-mnist").ok_or_else(|| Error::Other("no ref-mnist".into()))?;
         let cfg = Config {
-            kind: Kind::Image,
+            kind: NetworkKind::Image,
             in_channels: Some(self.width),
             dense_input: None,
             classes: 2,
@@ -312,7 +314,7 @@ impl Unit {
         with_engine!(&self.runner, |e| {
             let d = e.unit_input_dims(0, shape)?;
             let xb = T::upload(&e.backend, x)?;
-            let y = e.unit_output(0, &xb, d, schedule_of(policy))?;
+            let y = e.unit_output(0, &xb, d, memory_of(policy))?;
             T::download(&e.backend, &y)
         })
     }
@@ -355,7 +357,7 @@ impl Unit {
             let be = &e.backend;
             let d = e.unit_input_dims(0, shape)?;
             let (xb, gb) = (T::upload(be, x)?, T::upload(be, grad_out)?);
-            let r = e.unit_grad(0, xb, d, gb, schedule_of(policy))?;
+            let r = e.unit_grad(0, xb, d, gb, memory_of(policy))?;
             self.collect(be, r)
         })
     }
@@ -388,7 +390,7 @@ impl Unit {
         shape: [usize; 4],
         policy: Policy,
     ) -> Result<(Vec<T>, UnitTape)> {
-        let sched = schedule_of(policy);
+        let sched = memory_of(policy);
         let (y, kept) = match &self.runner {
             Runner::F32(e) => {
                 let d = e.unit_input_dims(0, shape)?;
@@ -635,7 +637,7 @@ impl Network {
         let out = with_engine!(&mut self.runner, |e| e.grad_from_logits(
             &t,
             grad_logits,
-            schedule_of(policy),
+            memory_of(policy),
             update_running
         ))?;
         let grads = out.grads.to_map().into_iter().map(|(n, t)| (n, t.data));
@@ -654,7 +656,7 @@ impl Network {
         let out = with_engine!(&mut self.runner, |e| e.grad(
             &t,
             labels,
-            schedule_of(policy),
+            memory_of(policy),
             false
         ))?;
         Ok(NetworkGrad {
@@ -720,12 +722,12 @@ pub fn info(config: &str, batch: usize) -> Result<Info> {
     shape.extend_from_slice(&sample);
     check_sizes(&layout, &shape)?;
     let rows = Policy::ALL
-        .map(|p| (p.name().to_string(), schedule_of(p)))
+        .map(|p| (p.name().to_string(), memory_of(p)))
         .into_iter()
         .chain([(
             "store bf16".to_string(),
             Policy::Store
-                .schedule()
+                .memory()
                 .with_storage(crate::backend::Storage::Bf16),
         )]);
     let mut memory = Vec::new();

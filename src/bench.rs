@@ -4,13 +4,13 @@
 
 use crate::backend::cpu::kernels::{self, Isa};
 use crate::backend::Backend;
-use crate::config::{Config, Kind, LayerType, OperatorKind};
+use crate::config::{Config, NetworkKind, OperatorKind, StepType};
 use crate::device::Device;
 use crate::error::Result;
 use crate::network::Layout;
 use crate::params::{ParamRole, ParamSet};
 use crate::schedule::plan::{count_flops, plan_step, plan_step_on, Planner};
-use crate::schedule::{Engine, Policy, Schedule};
+use crate::schedule::{Engine, MemoryPolicy, Policy};
 use crate::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -22,10 +22,10 @@ pub struct BenchOptions {
     pub config: Config,
     pub steps: Vec<usize>,
     pub batch: usize,
-    pub layers: Vec<LayerType>,
+    pub layers: Vec<StepType>,
     pub operators: Vec<OperatorKind>,
     pub policies: Vec<Policy>,
-    /// Formats of the kept states (`Schedule::storage`), crossed with the policies.
+    /// Formats of the kept states (`MemoryPolicy::storage`), crossed with the policies.
     pub storages: Vec<crate::backend::Storage>,
     pub precisions: Vec<crate::backend::Precision>,
     pub devices: Vec<crate::backend::DeviceChoice>,
@@ -165,9 +165,9 @@ pub fn random_batch(cfg: &Config, n: usize, seed: u64) -> (HostTensor, Vec<usize
 /// One input's shape: `[c, 32, 32]` (`[1, 28, 28]` for one channel), or `[d]`.
 pub fn sample_shape(cfg: &Config) -> Vec<usize> {
     match cfg.kind {
-        Kind::Image if cfg.input_width() == 1 => vec![1, 28, 28],
-        Kind::Image => vec![cfg.input_width(), 32, 32],
-        Kind::Dense => vec![cfg.input_width()],
+        NetworkKind::Image if cfg.input_width() == 1 => vec![1, 28, 28],
+        NetworkKind::Image => vec![cfg.input_width(), 32, 32],
+        NetworkKind::Dense => vec![cfg.input_width()],
     }
 }
 
@@ -203,7 +203,7 @@ struct PeakProbe<'a, B> {
 fn time_steps<B: Backend>(
     be: B,
     layout: &Layout,
-    schedule: Schedule,
+    memory: MemoryPolicy,
     batch: usize,
     repeats: usize,
     probe: PeakProbe<'_, B>,
@@ -214,7 +214,7 @@ fn time_steps<B: Backend>(
     (probe.reset)(&be);
     let mut eng = Engine::new(be, layout.clone(), &params)?;
     eng.measure_drift = true;
-    let out = eng.grad(&x, &labels, schedule, true)?;
+    let out = eng.grad(&x, &labels, memory, true)?;
     eng.measure_drift = false;
     let measured = (probe.peak)(&eng.backend);
     let drift = out.drift;
@@ -222,7 +222,7 @@ fn time_steps<B: Backend>(
     eng.set_params(&params)?;
     let t = Instant::now();
     for _ in 0..repeats {
-        let out = eng.grad(&x, &labels, schedule, true)?;
+        let out = eng.grad(&x, &labels, memory, true)?;
         sgd(&mut params, &out.grads, 1e-3);
         eng.set_params(&params)?;
     }
@@ -288,9 +288,9 @@ pub fn run(
             };
             for &layer in &opts.layers {
                 for &operator in &opts.operators {
-                    let schedules = opts.policies.iter().flat_map(|&p| {
+                    let memorys = opts.policies.iter().flat_map(|&p| {
                         let kept = opts.storages.iter();
-                        kept.map(move |&s| (p, p.schedule().with_storage(s)))
+                        kept.map(move |&s| (p, p.memory().with_storage(s)))
                     });
                     let choices: Vec<Option<Isa>> = match &device {
                         // bf16 has one kernel set.
@@ -303,7 +303,7 @@ pub fn run(
                         Device::Cpu(_) => vec![Some(kernels::selected())],
                         Device::Cuda(_) => vec![None],
                     };
-                    for (policy, schedule) in schedules {
+                    for (policy, memory) in memorys {
                         // Per kernel choice: the previous depth's (steps, planned, measured).
                         type Prev = Option<(usize, usize, Option<usize>)>;
                         let mut prevs: Vec<Prev> = vec![None; choices.len()];
@@ -326,9 +326,9 @@ pub fn run(
                             let dev = Device::select_with(dev_choice, precision)?;
                             let plan = match &dev {
                                 Device::Cpu(b) => {
-                                    plan_step_on(Planner::for_device(b), &layout, &shape, schedule)?
+                                    plan_step_on(Planner::for_device(b), &layout, &shape, memory)?
                                 }
-                                Device::Cuda(_) => plan_step(&layout, &shape, schedule)?,
+                                Device::Cuda(_) => plan_step(&layout, &shape, memory)?,
                             };
                             let flops = count_flops(&layout, &shape[1..])?;
                             let m = match dev {
@@ -349,7 +349,7 @@ pub fn run(
                                     time_steps(
                                         b,
                                         &layout,
-                                        schedule,
+                                        memory,
                                         opts.batch,
                                         opts.repeats,
                                         PeakProbe {
@@ -378,7 +378,7 @@ pub fn run(
                                     time_steps(
                                         b,
                                         &layout,
-                                        schedule,
+                                        memory,
                                         opts.batch,
                                         opts.repeats,
                                         PeakProbe {
@@ -398,7 +398,7 @@ pub fn run(
                                 layer: layer.name().into(),
                                 operator: format!("{operator:?}").to_lowercase(),
                                 policy: policy.name().into(),
-                                storage: schedule.storage.name().into(),
+                                storage: memory.storage.name().into(),
                                 precision: precision.name().into(),
                                 kernels: choice.map_or("-", Isa::name).into(),
                                 steps,

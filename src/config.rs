@@ -5,9 +5,10 @@ use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The `kind` key: a convolutional network on images, or a dense one on feature vectors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Kind {
+pub enum NetworkKind {
     Image,
     Dense,
 }
@@ -15,7 +16,7 @@ pub enum Kind {
 /// The step type of every unit (SPEC section 3, and `imex` of section 7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LayerType {
+pub enum StepType {
     Resnet,
     Antisymmetric,
     Parabolic,
@@ -26,32 +27,33 @@ pub enum LayerType {
     Ode,
 }
 
-impl LayerType {
-    pub const ALL: [LayerType; 5] = [
-        LayerType::Resnet,
-        LayerType::Antisymmetric,
-        LayerType::Parabolic,
-        LayerType::Hyperbolic,
-        LayerType::Hamiltonian,
+impl StepType {
+    /// The five step types of SPEC section 3 (not `imex` and `ode`, which take keys of their own).
+    pub const BASIC: [StepType; 5] = [
+        StepType::Resnet,
+        StepType::Antisymmetric,
+        StepType::Parabolic,
+        StepType::Hyperbolic,
+        StepType::Hamiltonian,
     ];
     /// Whether a step can be undone exactly (so `reversible` need not store its states).
     pub fn invertible(self) -> bool {
-        matches!(self, LayerType::Hyperbolic | LayerType::Hamiltonian)
+        matches!(self, StepType::Hyperbolic | StepType::Hamiltonian)
     }
     pub fn name(self) -> &'static str {
         match self {
-            LayerType::Resnet => "resnet",
-            LayerType::Antisymmetric => "antisymmetric",
-            LayerType::Parabolic => "parabolic",
-            LayerType::Hyperbolic => "hyperbolic",
-            LayerType::Hamiltonian => "hamiltonian",
-            LayerType::Imex => "imex",
-            LayerType::Ode => "ode",
+            StepType::Resnet => "resnet",
+            StepType::Antisymmetric => "antisymmetric",
+            StepType::Parabolic => "parabolic",
+            StepType::Hyperbolic => "hyperbolic",
+            StepType::Hamiltonian => "hamiltonian",
+            StepType::Imex => "imex",
+            StepType::Ode => "ode",
         }
     }
 }
 
-impl std::str::FromStr for LayerType {
+impl std::str::FromStr for StepType {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         serde_json::from_value(serde_json::Value::String(s.to_string()))
@@ -84,7 +86,7 @@ pub enum Gradient {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OdeKeys {
     /// The step type whose `F` is the right-hand side: parabolic, resnet or antisymmetric.
-    pub rhs: LayerType,
+    pub rhs: StepType,
     pub solver: Solver,
     pub substeps: usize,
     pub rtol: f64,
@@ -120,7 +122,7 @@ pub enum Connect {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    pub kind: Kind,
+    pub kind: NetworkKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_channels: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -128,7 +130,7 @@ pub struct Config {
     pub classes: usize,
     pub widths: Vec<usize>,
     pub steps: Vec<usize>,
-    pub layer: LayerType,
+    pub layer: StepType,
     pub h: f64,
     #[serde(default = "default_operator")]
     pub operator: OperatorKind,
@@ -142,7 +144,7 @@ pub struct Config {
     pub connect: Connect,
     /// The keys of `layer: ode` (SPEC section 10); errors with any other layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rhs: Option<LayerType>,
+    pub rhs: Option<StepType>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub solver: Option<Solver>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,15 +179,15 @@ impl Config {
     /// The normalisation in effect: `tv` for image and `none` for dense networks unless set.
     pub fn norm_kind(&self) -> NormKind {
         self.norm.unwrap_or(match self.kind {
-            Kind::Image => NormKind::Tv,
-            Kind::Dense => NormKind::None,
+            NetworkKind::Image => NormKind::Tv,
+            NetworkKind::Dense => NormKind::None,
         })
     }
 
     /// The keys of an `ode` network with their defaults, `None` for other layers.
     pub fn ode(&self) -> Option<OdeKeys> {
-        (self.layer == LayerType::Ode).then(|| OdeKeys {
-            rhs: self.rhs.unwrap_or(LayerType::Parabolic),
+        (self.layer == StepType::Ode).then(|| OdeKeys {
+            rhs: self.rhs.unwrap_or(StepType::Parabolic),
             solver: self.solver.unwrap_or_default(),
             substeps: self.substeps.unwrap_or(1),
             rtol: self.rtol.unwrap_or(1e-3),
@@ -196,15 +198,15 @@ impl Config {
     }
 
     /// The step type that fixes each step's parameters: `rhs` for `ode` units.
-    pub fn step_layer(&self) -> LayerType {
+    pub fn step_layer(&self) -> StepType {
         self.ode().map_or(self.layer, |o| o.rhs)
     }
 
     /// Input channels (image) or input dimension (dense).
     pub fn input_width(&self) -> usize {
         match self.kind {
-            Kind::Image => self.in_channels.unwrap_or(0),
-            Kind::Dense => self.dense_input.unwrap_or(0),
+            NetworkKind::Image => self.in_channels.unwrap_or(0),
+            NetworkKind::Dense => self.dense_input.unwrap_or(0),
         }
     }
 
@@ -327,7 +329,7 @@ impl Config {
             return err(format!("gamma must be finite and >= 0, got {}", self.gamma));
         }
         match self.kind {
-            Kind::Image => {
+            NetworkKind::Image => {
                 if self.in_channels.unwrap_or(0) == 0 {
                     return err("image networks need `in_channels` > 0".into());
                 }
@@ -335,7 +337,7 @@ impl Config {
                     return err("`dense_input` is for dense networks".into());
                 }
             }
-            Kind::Dense => {
+            NetworkKind::Dense => {
                 if self.dense_input.unwrap_or(0) == 0 {
                     return err("dense networks need `dense_input` > 0".into());
                 }
@@ -348,13 +350,13 @@ impl Config {
                 if self.connect != Connect::Conv {
                     return err("`connect: haar` is for image networks".into());
                 }
-                if self.layer == LayerType::Imex {
+                if self.layer == StepType::Imex {
                     return err("`layer: imex` is for image networks".into());
                 }
             }
         }
         self.validate_ode()?;
-        if self.layer == LayerType::Hamiltonian {
+        if self.layer == StepType::Hamiltonian {
             if let Some(w) = self.widths.iter().find(|w| *w % 2 == 1) {
                 return err(format!("hamiltonian layers need even widths, got {w}"));
             }
@@ -397,7 +399,7 @@ impl Config {
         };
         if !matches!(
             o.rhs,
-            LayerType::Parabolic | LayerType::Resnet | LayerType::Antisymmetric
+            StepType::Parabolic | StepType::Resnet | StepType::Antisymmetric
         ) {
             return err(format!(
                 "`rhs` must be parabolic, resnet or antisymmetric, not {}",

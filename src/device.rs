@@ -6,7 +6,7 @@ use crate::backend::{DeviceChoice, Precision};
 use crate::error::{Error, Result};
 use crate::network::Layout;
 use crate::schedule::plan::{plan_step, plan_step_on, Planner};
-use crate::schedule::Schedule;
+use crate::schedule::MemoryPolicy;
 
 /// A resolved backend.
 pub enum Device {
@@ -61,8 +61,13 @@ impl Device {
     /// the CPU.
     /// On the CPU, checks the planned peak (workspaces included) against the memory the
     /// machine has available, plus `host_copies` host copies of the parameters.
-    pub fn reserve_for(&self, layout: &Layout, shape: &[usize], schedule: Schedule) -> Result<()> {
-        self.reserve_with_host(layout, shape, schedule, 0)
+    pub fn reserve_for(
+        &self,
+        layout: &Layout,
+        shape: &[usize],
+        memory: MemoryPolicy,
+    ) -> Result<()> {
+        self.reserve_with_host(layout, shape, memory, 0)
     }
 
     /// As [`Device::reserve_for`], counting `host_copies` parameter-sized host buffers that
@@ -71,12 +76,12 @@ impl Device {
         &self,
         layout: &Layout,
         shape: &[usize],
-        schedule: Schedule,
+        memory: MemoryPolicy,
         host_copies: usize,
     ) -> Result<()> {
         match self {
             Device::Cpu(b) => {
-                let plan = plan_step_on(Planner::for_device(b), layout, shape, schedule)?;
+                let plan = plan_step_on(Planner::for_device(b), layout, shape, memory)?;
                 let host = layout.param_bytes().saturating_mul(host_copies);
                 crate::limits::check_host_memory(
                     plan.peak_bytes.saturating_add(host),
@@ -88,7 +93,7 @@ impl Device {
                     "shrink it with a smaller --batch, --policy reversible or --storage bf16",
                 )
             }
-            Device::Cuda(c) => c.reserve(plan_step(layout, shape, schedule)?.peak_bytes),
+            Device::Cuda(c) => c.reserve(plan_step(layout, shape, memory)?.peak_bytes),
         }
     }
 

@@ -18,10 +18,10 @@
 //!
 //! ```
 //! use pdenet::api::{Unit, UnitOptions};
-//! use pdenet::config::LayerType;
+//! use pdenet::config::StepType;
 //! use pdenet::schedule::Policy;
 //!
-//! let unit = Unit::new(&UnitOptions::new(LayerType::Hamiltonian, 4, 8, 0.1))?;
+//! let unit = Unit::new(&UnitOptions::new(StepType::Hamiltonian, 4, 8, 0.1))?;
 //! let x = vec![0.1f32; 4 * 3 * 3];
 //! let y = unit.forward(&x, [1, 4, 3, 3], Policy::Reversible)?;
 //! assert_eq!(y.len(), x.len());

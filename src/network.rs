@@ -1,7 +1,7 @@
 //! The network of SPEC section 4 as a parameter layout: every tensor's SPEC name, shape and role,
 //! and the index of each one that the layers use. Kaiming-normal initialisation.
 
-use crate::config::{Config, Connect, Kind, LayerType, NormKind, OperatorKind};
+use crate::config::{Config, Connect, NetworkKind, NormKind, OperatorKind, StepType};
 use crate::error::{Error, Result};
 use crate::operators::MGIC_GROUP;
 use crate::params::{ParamRole, ParamSet};
@@ -134,15 +134,15 @@ impl Builder {
             format!("{prefix}{slot}.")
         };
         let tensors = match (cfg.kind, cfg.operator) {
-            (Kind::Dense, _) => vec![(format!("{prefix}{slot}"), vec![w, w])],
-            (Kind::Image, OperatorKind::Full) => {
+            (NetworkKind::Dense, _) => vec![(format!("{prefix}{slot}"), vec![w, w])],
+            (NetworkKind::Image, OperatorKind::Full) => {
                 vec![(format!("{prefix}{slot}"), vec![w, w, 3, 3])]
             }
-            (Kind::Image, OperatorKind::Lean) => vec![
+            (NetworkKind::Image, OperatorKind::Lean) => vec![
                 (format!("{base}P"), vec![w, w, 1, 1]),
                 (format!("{base}D"), vec![w, 5]),
             ],
-            (Kind::Image, OperatorKind::Mgic) => mgic_tensors(&base, w, MGIC_GROUP)?,
+            (NetworkKind::Image, OperatorKind::Mgic) => mgic_tensors(&base, w, MGIC_GROUP)?,
         };
         let weights = tensors
             .into_iter()
@@ -174,7 +174,7 @@ fn mgic_tensors(base: &str, w: usize, g: usize) -> Result<Vec<(String, Vec<usize
 impl Layout {
     pub fn new(config: &Config) -> Result<Layout> {
         config.validate()?;
-        let chain = config.connect == Connect::Haar && config.layer == LayerType::Hyperbolic;
+        let chain = config.connect == Connect::Haar && config.layer == StepType::Hyperbolic;
         if chain && config.steps.contains(&0) {
             return Err(Error::Config(
                 "`connect: haar` with hyperbolic layers needs at least one step per unit".into(),
@@ -186,7 +186,7 @@ impl Layout {
         };
         let w0 = cfg.widths[0];
         let open = match cfg.kind {
-            Kind::Image => OpenIdx::ConvBn {
+            NetworkKind::Image => OpenIdx::ConvBn {
                 conv: b.add(
                     "open.conv.weight".into(),
                     vec![w0, cfg.input_width(), 3, 3],
@@ -197,7 +197,7 @@ impl Layout {
                 running_mean: b.add("open.bn.running_mean".into(), vec![w0], ParamRole::Buffer),
                 running_var: b.add("open.bn.running_var".into(), vec![w0], ParamRole::Buffer),
             },
-            Kind::Dense => OpenIdx::Dense {
+            NetworkKind::Dense => OpenIdx::Dense {
                 weight: b.add(
                     "open.weight".into(),
                     vec![w0, cfg.input_width()],
@@ -212,7 +212,7 @@ impl Layout {
             let mut steps = Vec::with_capacity(nt);
             for j in 0..nt {
                 let p = format!("units.{k}.steps.{j}.");
-                let layers = if cfg.layer == LayerType::Hamiltonian {
+                let layers = if cfg.layer == StepType::Hamiltonian {
                     let half = w / 2;
                     let op1 = b.operator(cfg, &p, "K1", half)?;
                     let op2 = b.operator(cfg, &p, "K2", half)?;
@@ -227,15 +227,15 @@ impl Layout {
                     let n = b.norm(&p, "", norm, w);
                     vec![LayerIdx { op, norm: n }]
                 };
-                let diffusion = (cfg.layer == LayerType::Imex)
+                let diffusion = (cfg.layer == StepType::Imex)
                     .then(|| b.add(format!("{p}diffusion"), vec![w], ParamRole::Affine));
                 steps.push(StepIdx { layers, diffusion });
             }
             let out_width = *cfg.widths.get(k + 1).unwrap_or(&w);
             let p = format!("units.{k}.connect.");
             let connect = match cfg.kind {
-                Kind::Image if cfg.connect == Connect::Haar => ConnectIdx::Haar,
-                Kind::Image => ConnectIdx::ConvBn {
+                NetworkKind::Image if cfg.connect == Connect::Haar => ConnectIdx::Haar,
+                NetworkKind::Image => ConnectIdx::ConvBn {
                     conv: b.add(
                         format!("{p}conv.weight"),
                         vec![out_width, w, 1, 1],
@@ -254,11 +254,11 @@ impl Layout {
                         ParamRole::Buffer,
                     ),
                 },
-                Kind::Dense if out_width != w => ConnectIdx::Dense {
+                NetworkKind::Dense if out_width != w => ConnectIdx::Dense {
                     weight: b.add(format!("{p}weight"), vec![out_width, w], ParamRole::Weight),
                     bias: b.add(format!("{p}bias"), vec![out_width], ParamRole::Affine),
                 },
-                Kind::Dense => ConnectIdx::None,
+                NetworkKind::Dense => ConnectIdx::None,
             };
             units.push(UnitIdx {
                 width: w,

@@ -163,7 +163,7 @@ fn exercise_config(text: &str, batch: u64, seed: u64) -> Result<(), TestCaseErro
     let mut shape = vec![batch as usize];
     shape.extend_from_slice(&sample);
     for p in Policy::ALL {
-        if handled("plan", || plan_step(&layout, &shape, p.schedule()))?.is_some() {
+        if handled("plan", || plan_step(&layout, &shape, p.memory()))?.is_some() {
             PLANNED.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -176,8 +176,8 @@ fn exercise_config(text: &str, batch: u64, seed: u64) -> Result<(), TestCaseErro
     let n = 2;
     let mut xs = vec![n];
     xs.extend(match cfg.kind {
-        pdenet::config::Kind::Image => vec![cfg.input_width(), 8, 8],
-        pdenet::config::Kind::Dense => vec![cfg.input_width()],
+        pdenet::config::NetworkKind::Image => vec![cfg.input_width(), 8, 8],
+        pdenet::config::NetworkKind::Dense => vec![cfg.input_width()],
     });
     let len: usize = xs.iter().product();
     if len > 1 << 20 {
@@ -194,7 +194,7 @@ fn exercise_config(text: &str, batch: u64, seed: u64) -> Result<(), TestCaseErro
     for p in Policy::ALL {
         let g = handled("grad", || {
             let mut eng = Engine::new(Cpu::new(), layout.clone(), &params)?;
-            eng.grad(&x, &labels, p.schedule(), false)
+            eng.grad(&x, &labels, p.memory(), false)
         })?;
         if g.is_some() {
             GRADS.fetch_add(1, Ordering::Relaxed);
@@ -314,7 +314,7 @@ fn random_safetensors_headers_through_grad() {
                     let (x, labels) = pdenet::bench::random_batch(&cfg, 3, 1);
                     handled("grad", || {
                         let mut eng = Engine::new(Cpu::new(), layout.clone(), &params)?;
-                        eng.grad(&x, &labels, Policy::Store.schedule(), false)
+                        eng.grad(&x, &labels, Policy::Store.memory(), false)
                     })?;
                 }
             }
@@ -322,7 +322,7 @@ fn random_safetensors_headers_through_grad() {
                 let params = layout.init(0);
                 handled("grad", || {
                     let mut eng = Engine::new(Cpu::new(), layout.clone(), &params)?;
-                    eng.grad(&b.x, &b.labels, Policy::Reversible.schedule(), false)
+                    eng.grad(&b.x, &b.labels, Policy::Reversible.memory(), false)
                 })?;
             }
             count_input(Ok(()))

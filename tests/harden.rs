@@ -158,7 +158,7 @@ fn planning_a_huge_batch_allocates_no_host_buffers() {
     let plan = plan_step(
         &layout,
         &[100_000, 3, 32, 32],
-        pdenet::schedule::Policy::Store.schedule(),
+        pdenet::schedule::Policy::Store.memory(),
     )
     .unwrap();
     let host = pdenet::alloc::heap_peak() - base;

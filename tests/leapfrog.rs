@@ -36,7 +36,7 @@ pub fn leapfrog_rebuild<B: Backend>(be: B) -> f64 {
     let mut eng = Engine::new(be, layout, &params).unwrap();
     eng.measure_drift = true;
     let rev = eng
-        .grad(&x, &labels, Policy::Reversible.schedule(), false)
+        .grad(&x, &labels, Policy::Reversible.memory(), false)
         .unwrap();
     assert!(
         rev.drift <= FLOAT_DRIFT_BOUND,
@@ -44,7 +44,7 @@ pub fn leapfrog_rebuild<B: Backend>(be: B) -> f64 {
         rev.drift
     );
     let exact = eng
-        .grad(&x, &labels, Policy::Exact.schedule(), false)
+        .grad(&x, &labels, Policy::Exact.memory(), false)
         .unwrap();
     assert_eq!(exact.drift, 0.0, "fixed-point rebuild must be bit-exact");
     rev.drift

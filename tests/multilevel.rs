@@ -116,7 +116,7 @@ fn prolongated_networks_converge_to_the_continuous_network() {
     ] {
         let mut cfg = Config::reference(name).unwrap();
         if name == "ref-mnist" {
-            cfg.layer = pdenet::config::LayerType::Parabolic;
+            cfg.layer = pdenet::config::StepType::Parabolic;
             cfg.steps = vec![4, 4, 4];
             cfg.h = 0.2;
         }

@@ -3,13 +3,13 @@
 
 use pdenet::backend::reference::Reference;
 use pdenet::backend::{Backend, Storage};
-use pdenet::config::{Config, LayerType};
+use pdenet::config::{Config, StepType};
 use pdenet::network::Layout;
-use pdenet::schedule::{Engine, Policy, Schedule};
+use pdenet::schedule::{Engine, MemoryPolicy, Policy};
 use pdenet::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
 
-fn image_config(layer: LayerType, steps: usize) -> Config {
+fn image_config(layer: StepType, steps: usize) -> Config {
     let json = format!(
         r#"{{"kind":"image","in_channels":2,"classes":3,"widths":[4,4],"steps":[{steps},{steps}],
         "layer":"{}","h":0.3,"activation":"tanh"}}"#,
@@ -18,7 +18,7 @@ fn image_config(layer: LayerType, steps: usize) -> Config {
     Config::parse(&json, false).unwrap()
 }
 
-fn dense_config(layer: LayerType) -> Config {
+fn dense_config(layer: StepType) -> Config {
     let json = format!(
         r#"{{"kind":"dense","dense_input":2,"classes":2,"widths":[4,6],"steps":[2,2],
         "layer":"{}","h":0.2,"activation":"tanh","norm":"tv"}}"#,
@@ -43,8 +43,8 @@ fn image_size(cfg: &Config) -> (usize, usize) {
 fn batch_hw(cfg: &Config, n: usize, seed: u64, hw: (usize, usize)) -> (HostTensor, Vec<usize>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let shape = match cfg.kind {
-        pdenet::config::Kind::Image => vec![n, cfg.input_width(), hw.0, hw.1],
-        pdenet::config::Kind::Dense => vec![n, cfg.input_width()],
+        pdenet::config::NetworkKind::Image => vec![n, cfg.input_width(), hw.0, hw.1],
+        pdenet::config::NetworkKind::Dense => vec![n, cfg.input_width()],
     };
     let len = shape.iter().product();
     let x = HostTensor::new(
@@ -77,7 +77,7 @@ fn fd_check(cfg: Config) {
     let (x, labels) = batch(&cfg, 3, 11);
     let mut eng = Engine::new(Reference, layout.clone(), &params).unwrap();
     let out = eng
-        .grad(&x, &labels, Policy::Store.schedule(), false)
+        .grad(&x, &labels, Policy::Store.memory(), false)
         .unwrap();
     let eps = 1e-6;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -107,14 +107,14 @@ fn fd_check(cfg: Config) {
 
 #[test]
 fn finite_differences_image_networks() {
-    for layer in LayerType::ALL {
+    for layer in StepType::BASIC {
         fd_check(image_config(layer, 2));
     }
 }
 
 #[test]
 fn finite_differences_dense_networks() {
-    for layer in LayerType::ALL {
+    for layer in StepType::BASIC {
         fd_check(dense_config(layer));
     }
 }
@@ -144,7 +144,7 @@ fn global_rel_diff(a: &pdenet::schedule::GradOutput, b: &pdenet::schedule::GradO
 
 /// `reversible` equals `store` within 1e-5, and `exact` equals fixed-point `store` bit for bit.
 pub fn policies_agree<B: Backend>(make: impl Fn() -> B) {
-    for layer in LayerType::ALL {
+    for layer in StepType::BASIC {
         policies_agree_on(&make, &[image_config(layer, 3), dense_config(layer)]);
     }
 }
@@ -161,10 +161,10 @@ pub fn policies_agree_on<B: Backend>(make: impl Fn() -> B, configs: &[Config]) {
             eng.measure_drift = true;
             let dev = eng.backend.name();
             let store = eng
-                .grad(&x, &labels, Policy::Store.schedule(), false)
+                .grad(&x, &labels, Policy::Store.memory(), false)
                 .unwrap();
             let rev = eng
-                .grad(&x, &labels, Policy::Reversible.schedule(), false)
+                .grad(&x, &labels, Policy::Reversible.memory(), false)
                 .unwrap();
             for ((name, _, a), (_, _, b)) in rev.grads.iter().zip(store.grads.iter()) {
                 let e = rel_diff(&a.data, &b.data);
@@ -180,11 +180,11 @@ pub fn policies_agree_on<B: Backend>(make: impl Fn() -> B, configs: &[Config]) {
             }
             assert!(rel_diff(&rev.grad_x, &store.grad_x) <= 1e-5);
             let exact = eng
-                .grad(&x, &labels, Policy::Exact.schedule(), false)
+                .grad(&x, &labels, Policy::Exact.memory(), false)
                 .unwrap();
-            let store_fixed = Schedule {
+            let store_fixed = MemoryPolicy {
                 keep_all: true,
-                ..Policy::Exact.schedule()
+                ..Policy::Exact.memory()
             };
             let sf = eng.grad(&x, &labels, store_fixed, false).unwrap();
             assert_eq!(exact.loss.to_bits(), sf.loss.to_bits());
@@ -228,12 +228,12 @@ fn policies_agree_cpu() {
     policies_agree(pdenet::backend::cpu::Cpu::new);
 }
 
-/// States kept in 16 bits (`Schedule::storage`): the forward pass is unchanged (the loss bit for
+/// States kept in 16 bits (`MemoryPolicy::storage`): the forward pass is unchanged (the loss bit for
 /// bit), the gradients move by the rounding of the kept states and no more, `reversible` rounds
 /// the trajectories it recomputes the same way, and every backend matches the f64 reference
 /// under the same storage.
 pub fn kept_storage_tracks_f32<B: Backend>(make: impl Fn() -> B) {
-    for layer in LayerType::ALL {
+    for layer in StepType::BASIC {
         for cfg in [image_config(layer, 3), dense_config(layer)] {
             let layout = Layout::new(&cfg).unwrap();
             let params = random_params(&layout, 5);
@@ -241,7 +241,7 @@ pub fn kept_storage_tracks_f32<B: Backend>(make: impl Fn() -> B) {
             let mut eng = Engine::new(make(), layout.clone(), &params).unwrap();
             let mut oracle = Engine::new(Reference, layout, &params).unwrap();
             let dev = eng.backend.name();
-            let store = Policy::Store.schedule();
+            let store = Policy::Store.memory();
             let full = eng.grad(&x, &labels, store, false).unwrap();
             // Rounding a state costs 2^-9 (bf16) or 2^-12 (f16) relative (more for f16's
             // subnormals, below 6.1e-5); measured at most 8.3e-3 (bf16) and 3.0e-3 (f16, the
@@ -257,7 +257,7 @@ pub fn kept_storage_tracks_f32<B: Backend>(make: impl Fn() -> B) {
                 let e = global_rel_diff(&kept, &want);
                 assert!(e <= 2e-3, "{what}: against the reference {e}");
                 if !layer.invertible() {
-                    let rev = Policy::Reversible.schedule().with_storage(storage);
+                    let rev = Policy::Reversible.memory().with_storage(storage);
                     let rev = eng.grad(&x, &labels, rev, false).unwrap();
                     let e = global_rel_diff(&rev, &kept);
                     assert!(e <= 1e-5, "{what}: reversible vs store {e}");
@@ -307,7 +307,7 @@ fn policies_agree_cuda() {
 fn cuda_matches_cpu_on_whole_networks() {
     let Some(gpu) = cuda() else { return };
     let mut gpu = Some(gpu);
-    for layer in LayerType::ALL {
+    for layer in StepType::BASIC {
         for cfg in [image_config(layer, 3), dense_config(layer)] {
             let layout = Layout::new(&cfg).unwrap();
             let params = random_params(&layout, 5);
@@ -316,8 +316,8 @@ fn cuda_matches_cpu_on_whole_networks() {
                 Engine::new(pdenet::backend::cpu::Cpu::new(), layout.clone(), &params).unwrap();
             let mut dev = Engine::new(gpu.take().expect("one device"), layout, &params).unwrap();
             for policy in Policy::ALL {
-                let a = dev.grad(&x, &labels, policy.schedule(), false).unwrap();
-                let b = cpu.grad(&x, &labels, policy.schedule(), false).unwrap();
+                let a = dev.grad(&x, &labels, policy.memory(), false).unwrap();
+                let b = cpu.grad(&x, &labels, policy.memory(), false).unwrap();
                 assert!(
                     (a.loss - b.loss).abs() <= 1e-5 * b.loss.abs().max(1.0),
                     "{} {}: loss",
@@ -369,7 +369,7 @@ fn tensor_core_gradients_track_f32() {
         (Precision::F16, 2e-2),
     ] {
         let mut gpu = Some(pdenet::backend::cuda::Cuda::try_new_with(p).unwrap());
-        for layer in LayerType::ALL {
+        for layer in StepType::BASIC {
             let cfg = image_config(layer, 3);
             let layout = Layout::new(&cfg).unwrap();
             let params = random_params(&layout, 5);
@@ -378,10 +378,10 @@ fn tensor_core_gradients_track_f32() {
                 Engine::new(pdenet::backend::cpu::Cpu::new(), layout.clone(), &params).unwrap();
             let mut dev = Engine::new(gpu.take().expect("one device"), layout, &params).unwrap();
             let a = dev
-                .grad(&x, &labels, Policy::Store.schedule(), false)
+                .grad(&x, &labels, Policy::Store.memory(), false)
                 .unwrap();
             let b = cpu
-                .grad(&x, &labels, Policy::Store.schedule(), false)
+                .grad(&x, &labels, Policy::Store.memory(), false)
                 .unwrap();
             let mut worst = rel_diff(&a.grad_x, &b.grad_x);
             for ((_, _, ga), (_, _, gb)) in a.grads.iter().zip(b.grads.iter()) {
@@ -408,7 +408,7 @@ fn tensor_core_gradients_track_f32() {
 // ---- operators and layers of SPEC section 7 ------------------------------------------------
 
 /// An image network with extra keys (`operator`, `connect`), `widths` and `steps` per unit.
-fn config_with(layer: LayerType, widths: &[usize], steps: usize, extra: &str) -> Config {
+fn config_with(layer: StepType, widths: &[usize], steps: usize, extra: &str) -> Config {
     let steps: Vec<usize> = vec![steps; widths.len()];
     let json = format!(
         r#"{{"kind":"image","in_channels":2,"classes":3,"widths":{widths:?},"steps":{steps:?},
@@ -423,7 +423,7 @@ fn config_with(layer: LayerType, widths: &[usize], steps: usize, extra: &str) ->
 /// each operator, and Haar connections (a three-unit fully hyperbolic chain among them).
 pub fn section7_configs(steps: usize) -> Vec<Config> {
     let mut out = Vec::new();
-    for layer in LayerType::ALL {
+    for layer in StepType::BASIC {
         out.push(config_with(layer, &[4, 4], steps, r#","operator":"lean""#));
         out.push(config_with(
             layer,
@@ -436,7 +436,7 @@ pub fn section7_configs(steps: usize) -> Vec<Config> {
         out.push(config_with(layer, &[4, 16], steps, r#","connect":"haar""#));
     }
     out.push(config_with(
-        LayerType::Hamiltonian,
+        StepType::Hamiltonian,
         &[64],
         1,
         r#","operator":"mgic""#,
@@ -444,14 +444,14 @@ pub fn section7_configs(steps: usize) -> Vec<Config> {
     for op in ["full", "lean", "mgic"] {
         let w = if op == "mgic" { 32 } else { 4 };
         out.push(config_with(
-            LayerType::Imex,
+            StepType::Imex,
             &[w, w],
             steps,
             &format!(r#","operator":"{op}""#),
         ));
     }
     out.push(config_with(
-        LayerType::Hyperbolic,
+        StepType::Hyperbolic,
         &[4, 16, 64],
         steps,
         r#","connect":"haar","operator":"lean""#,
@@ -488,7 +488,7 @@ fn mgic_has_far_fewer_parameters_than_full() {
     // Operator weights of one step at width w.
     let count = |op: &str, w: usize| -> usize {
         let cfg = config_with(
-            LayerType::Parabolic,
+            StepType::Parabolic,
             &[w],
             1,
             &format!(r#","operator":"{op}""#),
@@ -522,7 +522,7 @@ fn section7_parameter_names() {
             .collect()
     };
     let lean = names(&config_with(
-        LayerType::Hamiltonian,
+        StepType::Hamiltonian,
         &[4],
         1,
         r#","operator":"lean""#,
@@ -535,7 +535,7 @@ fn section7_parameter_names() {
         assert!(lean.iter().any(|x| x == n), "{n} missing from {lean:?}");
     }
     let mgic = names(&config_with(
-        LayerType::Parabolic,
+        StepType::Parabolic,
         &[64],
         1,
         r#","operator":"mgic""#,
@@ -549,28 +549,28 @@ fn section7_parameter_names() {
     ] {
         assert!(mgic.iter().any(|x| x == n), "{n} missing from {mgic:?}");
     }
-    let imex = names(&config_with(LayerType::Imex, &[4], 1, ""));
+    let imex = names(&config_with(StepType::Imex, &[4], 1, ""));
     assert!(imex.iter().any(|x| x == "units.0.steps.0.diffusion"));
     let haar = names(&config_with(
-        LayerType::Hyperbolic,
+        StepType::Hyperbolic,
         &[2, 8],
         1,
         r#","connect":"haar""#,
     ));
     assert!(!haar.iter().any(|x| x.contains("connect")));
     // Widths that are not g times a power of two are a config error.
-    let bad = config_with(LayerType::Parabolic, &[48], 1, r#","operator":"mgic""#);
+    let bad = config_with(StepType::Parabolic, &[48], 1, r#","operator":"mgic""#);
     assert!(Layout::new(&bad).is_err());
 }
 
 #[test]
 fn haar_needs_even_image_sizes() {
-    let cfg = config_with(LayerType::Hyperbolic, &[2, 8], 1, r#","connect":"haar""#);
+    let cfg = config_with(StepType::Hyperbolic, &[2, 8], 1, r#","connect":"haar""#);
     let layout = Layout::new(&cfg).unwrap();
     let mut eng = Engine::new(Reference, layout.clone(), &layout.init(1)).unwrap();
     let (x, labels) = batch_hw(&cfg, 2, 1, (6, 5));
     let e = eng
-        .grad(&x, &labels, Policy::Store.schedule(), false)
+        .grad(&x, &labels, Policy::Store.memory(), false)
         .err()
         .unwrap();
     assert!(matches!(e, pdenet::Error::Shape(_)), "{e}");
@@ -580,14 +580,14 @@ fn haar_needs_even_image_sizes() {
 /// would turn the NaN into zeros after an image network's connective layer.)
 #[test]
 fn non_finite_loss_names_the_layer() {
-    let cfg = dense_config(LayerType::Hyperbolic);
+    let cfg = dense_config(StepType::Hyperbolic);
     let layout = Layout::new(&cfg).unwrap();
     let mut params = layout.init(1);
     params.get_mut("units.1.steps.1.K").unwrap().data[0] = f32::NAN;
     let (x, labels) = batch(&cfg, 2, 1);
     let mut eng = Engine::new(pdenet::backend::cpu::Cpu::new(), layout, &params).unwrap();
     let e = eng
-        .grad(&x, &labels, Policy::Store.schedule(), true)
+        .grad(&x, &labels, Policy::Store.memory(), true)
         .err()
         .expect("NaN loss is an error");
     let msg = e.to_string();

@@ -7,7 +7,7 @@
 use pdenet::backend::cpu::Cpu;
 use pdenet::backend::reference::Reference;
 use pdenet::backend::Backend;
-use pdenet::config::{Config, LayerType};
+use pdenet::config::{Config, StepType};
 use pdenet::network::Layout;
 use pdenet::schedule::plan::plan_step;
 use pdenet::schedule::{Engine, GradOutput, Policy};
@@ -37,7 +37,7 @@ fn grad_of<B: Backend>(be: B, cfg: &Config, policy: Policy) -> GradOutput {
     let params = layout.init(11);
     let mut eng = Engine::new(be, layout, &params).unwrap();
     let (x, labels) = batch();
-    eng.grad(&x, &labels, policy.schedule(), false).unwrap()
+    eng.grad(&x, &labels, policy.memory(), false).unwrap()
 }
 
 fn rel(a: &[f32], b: &[f32]) -> f64 {
@@ -54,10 +54,10 @@ fn worst(a: &GradOutput, b: &GradOutput) -> f64 {
     w
 }
 
-const RHS: [LayerType; 3] = [
-    LayerType::Parabolic,
-    LayerType::Resnet,
-    LayerType::Antisymmetric,
+const RHS: [StepType; 3] = [
+    StepType::Parabolic,
+    StepType::Resnet,
+    StepType::Antisymmetric,
 ];
 
 #[test]
@@ -93,7 +93,7 @@ fn fd_check(cfg: &Config, policy: Policy, tol: f64) {
     let params = layout.init(11);
     let mut eng = Engine::new(Reference, layout, &params).unwrap();
     let (x, labels) = batch();
-    let g = eng.grad(&x, &labels, policy.schedule(), false).unwrap();
+    let g = eng.grad(&x, &labels, policy.memory(), false).unwrap();
     let eps = 1e-5;
     let names = [
         "units.0.steps.0.K",
@@ -197,7 +197,7 @@ fn memory_is_flat_in_solver_steps_under_reversible_and_adjoint() {
     let peak = |extra: &str, policy: Policy| {
         let cfg = config(&format!(r#""layer":"ode","solver":"euler",{extra}"#));
         let layout = Layout::new(&cfg).unwrap();
-        plan_step(&layout, &[8, 1, 16, 16], policy.schedule())
+        plan_step(&layout, &[8, 1, 16, 16], policy.memory())
             .unwrap()
             .peak_bytes
     };
@@ -216,8 +216,8 @@ fn memory_is_flat_in_solver_steps_under_reversible_and_adjoint() {
     // dopri5 plans with a fixed number of accepted steps.
     let cfg = config(r#""layer":"ode""#);
     let layout = Layout::new(&cfg).unwrap();
-    let s = plan_step(&layout, &[8, 1, 16, 16], Policy::Store.schedule()).unwrap();
-    let r = plan_step(&layout, &[8, 1, 16, 16], Policy::Reversible.schedule()).unwrap();
+    let s = plan_step(&layout, &[8, 1, 16, 16], Policy::Store.memory()).unwrap();
+    let r = plan_step(&layout, &[8, 1, 16, 16], Policy::Reversible.memory()).unwrap();
     assert!(s.peak_bytes > r.peak_bytes);
 }
 
@@ -261,7 +261,7 @@ fn an_exhausted_step_budget_names_the_unit_and_the_time() {
     let params = layout.init(11);
     let mut eng = Engine::new(Cpu::new(), layout, &params).unwrap();
     let (x, labels) = batch();
-    let e = match eng.grad(&x, &labels, Policy::Store.schedule(), false) {
+    let e = match eng.grad(&x, &labels, Policy::Store.memory(), false) {
         Ok(_) => panic!("a solve past its budget succeeded"),
         Err(e) => e.to_string(),
     };

@@ -8,8 +8,8 @@ use common::rand_vec;
 use pdenet::backend::cpu::Cpu;
 use pdenet::backend::reference::Reference;
 use pdenet::backend::{Activation, Backend, Norm};
-use pdenet::config::LayerType;
-use pdenet::layers::{forward_single, Layer, StepKind};
+use pdenet::config::StepType;
+use pdenet::layers::{forward_single, Layer, StepSettings};
 use pdenet::operators::OpRef;
 use pdenet::solvers::ode::{
     adjoint, backprop, replay, solve, BackendSpace, OdeOptions, Solver, UnitRhs,
@@ -18,10 +18,10 @@ use pdenet::Dims;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-const RHS: [LayerType; 3] = [
-    LayerType::Parabolic,
-    LayerType::Resnet,
-    LayerType::Antisymmetric,
+const RHS: [StepType; 3] = [
+    StepType::Parabolic,
+    StepType::Resnet,
+    StepType::Antisymmetric,
 ];
 
 /// The interval's parameters `[K, norm.weight, norm.bias]` and a state, as f64 host values.
@@ -37,8 +37,8 @@ fn problem(seed: u64, d: Dims) -> (Vec<Vec<f64>>, Vec<f64>) {
     (vec![k, s, b], y)
 }
 
-fn kind(layer: LayerType, h: f64, act: Activation) -> StepKind {
-    StepKind {
+fn kind(layer: StepType, h: f64, act: Activation) -> StepSettings {
+    StepSettings {
         layer,
         h,
         act,
@@ -97,7 +97,7 @@ fn rhs_of_another_step_type_is_refused() {
         op: OpRef::Full3x3(&p[0]),
         norm: Norm::Tv { s: &p[1], b: &p[2] },
     };
-    for layer in [LayerType::Hyperbolic, LayerType::Hamiltonian] {
+    for layer in [StepType::Hyperbolic, StepType::Hamiltonian] {
         let err = UnitRhs::new(kind(layer, 0.1, Activation::Tanh), l, d)
             .err()
             .expect("refused");
@@ -108,7 +108,7 @@ fn rhs_of_another_step_type_is_refused() {
 /// `<c, y(T)>` of one interval with parameters `p`: solved afresh, or replaying the accepted
 /// steps `grid` of another solve (the map whose exact gradient the discretize mode computes).
 fn loss(
-    layer: LayerType,
+    layer: StepType,
     p: &[Vec<f64>],
     y0: &[f64],
     c: &[f64],
@@ -139,7 +139,7 @@ fn max_rel(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Central differences of `loss` in a few entries of each tensor (the input and every parameter).
-fn check_against_fd(layer: LayerType, o: &OdeOptions, adjoint_mode: bool, bound: f64) {
+fn check_against_fd(layer: StepType, o: &OdeOptions, adjoint_mode: bool, bound: f64) {
     let d = Dims::new(2, 3, 4, 4);
     let (p, y0) = problem(11 + layer as u64, d);
     let c = rand_vec(&mut ChaCha8Rng::seed_from_u64(5), d.len(), 1.0);
@@ -258,7 +258,7 @@ fn replay_case<B: Backend>(
             b: &bufs[2],
         },
     };
-    let mut rhs = UnitRhs::new(kind(LayerType::Parabolic, 0.5, Activation::Relu), l, d).unwrap();
+    let mut rhs = UnitRhs::new(kind(StepType::Parabolic, 0.5, Activation::Relu), l, d).unwrap();
     let s = BackendSpace(be);
     let y0 = be.upload(y0).unwrap();
     let o = OdeOptions {

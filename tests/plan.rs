@@ -2,12 +2,12 @@
 //! `store` grows by one state per step.
 
 use pdenet::backend::Storage;
-use pdenet::config::{Config, LayerType};
+use pdenet::config::{Config, StepType};
 use pdenet::network::Layout;
 use pdenet::schedule::plan::plan_step;
 use pdenet::schedule::Policy;
 
-fn cifar(steps: usize, layer: LayerType) -> Layout {
+fn cifar(steps: usize, layer: StepType) -> Layout {
     let mut c = Config::reference("ref-cifar").unwrap();
     c.steps = vec![steps; 3];
     c.layer = layer;
@@ -17,9 +17,8 @@ fn cifar(steps: usize, layer: LayerType) -> Layout {
 #[test]
 fn reversible_is_flat_in_depth_and_store_grows_by_one_state_per_step() {
     let shape = [8, 3, 32, 32];
-    for layer in [LayerType::Hyperbolic, LayerType::Hamiltonian] {
-        let plan =
-            |steps, p: Policy| plan_step(&cifar(steps, layer), &shape, p.schedule()).unwrap();
+    for layer in [StepType::Hyperbolic, StepType::Hamiltonian] {
+        let plan = |steps, p: Policy| plan_step(&cifar(steps, layer), &shape, p.memory()).unwrap();
         for p in [Policy::Reversible, Policy::Exact] {
             let (a, b) = (plan(2, p).activation_bytes(), plan(6, p).activation_bytes());
             assert_eq!(a, b, "{}/{}: {a} -> {b}", layer.name(), p.name());
@@ -44,14 +43,14 @@ fn reversible_is_flat_in_depth_and_store_grows_by_one_state_per_step() {
 #[test]
 fn non_invertible_units_are_checkpointed() {
     let shape = [8, 3, 32, 32];
-    let layout = |s| cifar(s, LayerType::Parabolic);
+    let layout = |s| cifar(s, StepType::Parabolic);
     let rev = |s| {
-        plan_step(&layout(s), &shape, Policy::Reversible.schedule())
+        plan_step(&layout(s), &shape, Policy::Reversible.memory())
             .unwrap()
             .activation_bytes()
     };
     let store = |s| {
-        plan_step(&layout(s), &shape, Policy::Store.schedule())
+        plan_step(&layout(s), &shape, Policy::Store.memory())
             .unwrap()
             .activation_bytes()
     };
@@ -82,7 +81,7 @@ fn haar_chain_is_flat_in_units_and_steps() {
     for op in ["lean", "mgic", "full"] {
         for p in [Policy::Reversible, Policy::Exact] {
             let act = |widths: &[usize], steps| {
-                plan_step(&layout(widths, steps, op), &shape, p.schedule())
+                plan_step(&layout(widths, steps, op), &shape, p.memory())
                     .unwrap()
                     .activation_bytes()
             };
@@ -99,7 +98,7 @@ fn haar_chain_is_flat_in_units_and_steps() {
             // Full: at width 256 its weight-gradient transients (3 x 2.4 MB) set the peak.
         }
         let store = |widths: &[usize]| {
-            plan_step(&layout(widths, 4, op), &shape, Policy::Store.schedule())
+            plan_step(&layout(widths, 4, op), &shape, Policy::Store.memory())
                 .unwrap()
                 .activation_bytes()
         };
@@ -114,9 +113,9 @@ fn haar_chain_is_flat_in_units_and_steps() {
 #[test]
 fn sixteen_bit_states_halve_what_store_adds_per_step() {
     let shape = [8, 3, 32, 32];
-    for layer in LayerType::ALL {
+    for layer in StepType::BASIC {
         let growth = |storage: Storage| {
-            let sched = Policy::Store.schedule().with_storage(storage);
+            let sched = Policy::Store.memory().with_storage(storage);
             let plan = |steps| plan_step(&cifar(steps, layer), &shape, sched).unwrap();
             plan(6).activation_bytes() as f64 - plan(2).activation_bytes() as f64
         };

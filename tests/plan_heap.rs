@@ -7,19 +7,19 @@
 use pdenet::alloc::{heap_live, heap_peak, reset_heap_peak, CountingAlloc};
 use pdenet::backend::cpu::{release_workspaces, warm_threads, Cpu};
 use pdenet::backend::{Precision, Storage};
-use pdenet::config::{Config, LayerType};
+use pdenet::config::{Config, StepType};
 use pdenet::network::Layout;
 use pdenet::schedule::plan::{plan_step_on, Planner};
-use pdenet::schedule::{Engine, Policy, Schedule};
+use pdenet::schedule::{Engine, MemoryPolicy, Policy};
 
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
 /// Planned and measured peak bytes of one training step.
 fn planned_and_measured(
-    layer: LayerType,
+    layer: StepType,
     steps: usize,
-    schedule: Schedule,
+    memory: MemoryPolicy,
     batch: usize,
     cpu: Cpu,
 ) -> (usize, usize) {
@@ -28,14 +28,14 @@ fn planned_and_measured(
     cfg.layer = layer;
     let layout = Layout::new(&cfg).unwrap();
     let shape = [batch, 3, 32, 32];
-    let plan = plan_step_on(Planner::for_device(&cpu), &layout, &shape, schedule).unwrap();
+    let plan = plan_step_on(Planner::for_device(&cpu), &layout, &shape, memory).unwrap();
     let params = layout.init(1);
     let (x, labels) = pdenet::bench::random_batch(&cfg, batch, 2);
     release_workspaces();
     reset_heap_peak();
     let base = heap_live();
     let mut eng = Engine::new(cpu, layout.clone(), &params).unwrap();
-    let out = eng.grad(&x, &labels, schedule, false).unwrap();
+    let out = eng.grad(&x, &labels, memory, false).unwrap();
     let measured = heap_peak() - base;
     drop((out, eng));
     (plan.peak_bytes, measured)
@@ -46,18 +46,18 @@ fn planned_and_measured(
 fn planned_peak_matches_measured_heap() {
     warm_threads();
     let points = [
-        (LayerType::Hyperbolic, 2, Policy::Store, 8),
-        (LayerType::Hyperbolic, 2, Policy::Reversible, 8),
-        (LayerType::Hyperbolic, 4, Policy::Exact, 4),
-        (LayerType::Hamiltonian, 2, Policy::Reversible, 4),
-        (LayerType::Parabolic, 2, Policy::Store, 4),
+        (StepType::Hyperbolic, 2, Policy::Store, 8),
+        (StepType::Hyperbolic, 2, Policy::Reversible, 8),
+        (StepType::Hyperbolic, 4, Policy::Exact, 4),
+        (StepType::Hamiltonian, 2, Policy::Reversible, 4),
+        (StepType::Parabolic, 2, Policy::Store, 4),
     ]
-    .map(|(l, s, p, b)| (l, s, p, p.schedule(), b));
+    .map(|(l, s, p, b)| (l, s, p, p.memory(), b));
     // States kept in bf16 (`--storage bf16`).
-    let bf16 = Policy::Store.schedule().with_storage(Storage::Bf16);
+    let bf16 = Policy::Store.memory().with_storage(Storage::Bf16);
     let points = points.into_iter().chain([
-        (LayerType::Hyperbolic, 4, Policy::Store, bf16, 8),
-        (LayerType::Parabolic, 2, Policy::Store, bf16, 4),
+        (StepType::Hyperbolic, 4, Policy::Store, bf16, 8),
+        (StepType::Parabolic, 2, Policy::Store, bf16, 4),
     ]);
     let points = points.map(|(l, s, p, sc, b)| (l, s, p, sc, b, Cpu::new()));
     // bf16 compute (`--precision bf16`, where the CPU has it): paired planes, rounded copies.
@@ -68,39 +68,39 @@ fn planned_peak_matches_measured_heap() {
     let points = points.chain(bf16_cpu.into_iter().flat_map(|c| {
         [
             (
-                LayerType::Hyperbolic,
+                StepType::Hyperbolic,
                 2,
                 Policy::Store,
-                Policy::Store.schedule(),
+                Policy::Store.memory(),
                 8,
                 c,
             ),
             (
-                LayerType::Hyperbolic,
+                StepType::Hyperbolic,
                 2,
                 Policy::Reversible,
-                Policy::Reversible.schedule(),
+                Policy::Reversible.memory(),
                 8,
                 c,
             ),
             (
-                LayerType::Hamiltonian,
+                StepType::Hamiltonian,
                 2,
                 Policy::Store,
-                Policy::Store.schedule(),
+                Policy::Store.memory(),
                 4,
                 c,
             ),
         ]
     }));
-    for (layer, steps, policy, schedule, batch, cpu) in points {
-        let (plan, meas) = planned_and_measured(layer, steps, schedule, batch, cpu);
+    for (layer, steps, policy, memory, batch, cpu) in points {
+        let (plan, meas) = planned_and_measured(layer, steps, memory, batch, cpu);
         let err = (plan as f64 - meas as f64).abs() / meas as f64;
         println!(
             "{} {} ({} states, {} compute) steps {steps} batch {batch}: planned {plan}, measured {meas} ({:.2} %)",
             layer.name(),
             policy.name(),
-            schedule.storage.name(),
+            memory.storage.name(),
             cpu.precision().name(),
             100.0 * err
         );
@@ -109,7 +109,7 @@ fn planned_peak_matches_measured_heap() {
             "{} {} ({} states) steps {steps}: planned {plan} vs measured {meas}",
             layer.name(),
             policy.name(),
-            schedule.storage.name()
+            memory.storage.name()
         );
     }
 }

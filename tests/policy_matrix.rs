@@ -3,13 +3,13 @@
 //! weights). The rebuild's drift is ~1e-7 in f32; a gradient further off than 1e-5 is a defect.
 
 use pdenet::backend::Backend;
-use pdenet::config::{Config, LayerType};
+use pdenet::config::{Config, StepType};
 use pdenet::network::Layout;
 use pdenet::schedule::{Engine, Policy};
 use pdenet::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
 
-fn config(layer: LayerType, op: &str, widths: &[usize]) -> Config {
+fn config(layer: StepType, op: &str, widths: &[usize]) -> Config {
     let steps = vec![3; widths.len()];
     let json = format!(
         r#"{{"kind":"image","in_channels":1,"classes":3,"widths":{widths:?},"steps":{steps:?},
@@ -34,7 +34,7 @@ fn matrix<B: Backend>(make: impl Fn() -> B) {
     .unwrap();
     let labels = vec![0, 1, 2, 0];
     let mut worst = 0.0f64;
-    for layer in LayerType::ALL {
+    for layer in StepType::BASIC {
         for (op, widths) in [
             ("full", &[8usize, 16][..]),
             ("lean", &[8, 16]),
@@ -46,8 +46,8 @@ fn matrix<B: Backend>(make: impl Fn() -> B) {
             let params = layout.init(7);
             let mut eng = Engine::new(make(), layout, &params).unwrap();
             let dev = eng.backend.name();
-            let store = eng.grad(&x, &labels, Policy::Store.schedule(), false);
-            let rev = eng.grad(&x, &labels, Policy::Reversible.schedule(), false);
+            let store = eng.grad(&x, &labels, Policy::Store.memory(), false);
+            let rev = eng.grad(&x, &labels, Policy::Reversible.memory(), false);
             let (store, rev) = (store.unwrap(), rev.unwrap());
             for ((name, _, a), (_, _, b)) in rev.grads.iter().zip(store.grads.iter()) {
                 let e = rel(&a.data, &b.data);
@@ -95,7 +95,7 @@ fn drift_guard_recomputes_or_refuses() {
     let labels = vec![0, 1];
     let mut eng = Engine::new(pdenet::backend::cpu::Cpu::new(), layout, &params).unwrap();
     let store = eng
-        .grad(&x, &labels, Policy::Store.schedule(), false)
+        .grad(&x, &labels, Policy::Store.memory(), false)
         .unwrap();
     let flat = |g: &pdenet::schedule::GradOutput| -> Vec<f32> {
         let mut v = g.grad_x.clone();
@@ -104,7 +104,7 @@ fn drift_guard_recomputes_or_refuses() {
             .for_each(|(_, _, t)| v.extend_from_slice(&t.data));
         v
     };
-    let rev = Policy::Reversible.schedule();
+    let rev = Policy::Reversible.memory();
     let plain = eng.grad(&x, &labels, rev, false).unwrap();
     let off = rel(&flat(&plain), &flat(&store));
     let guard = DriftGuard {
@@ -135,7 +135,7 @@ fn drift_guard_recomputes_or_refuses() {
     assert!(err.contains("--drift-tol") && !err.contains('\n'), "{err}");
 
     // Well posed: the guard passes and changes no bit.
-    let cfg = config(LayerType::Hamiltonian, "full", &[8, 16]);
+    let cfg = config(StepType::Hamiltonian, "full", &[8, 16]);
     let layout = Layout::new(&cfg).unwrap();
     let params = layout.init(7);
     let x = HostTensor::new(

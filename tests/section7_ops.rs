@@ -5,8 +5,8 @@
 
 use pdenet::backend::reference::Reference;
 use pdenet::backend::{host, Activation, Backend, Norm};
-use pdenet::config::LayerType;
-use pdenet::layers::{self, Layer, StepKind};
+use pdenet::config::StepType;
+use pdenet::layers::{self, Layer, StepSettings};
 use pdenet::operators::{OpRef, MGIC_GROUP};
 use pdenet::tensor::Dims;
 use rand::{Rng, SeedableRng};
@@ -268,7 +268,7 @@ fn imex_field_of_view() {
         op: OpRef::Full3x3(&k),
         norm: Norm::Shift { b: &b },
     };
-    let kind = |layer| StepKind {
+    let kind = |layer| StepSettings {
         layer,
         h: 0.5,
         act: Activation::Tanh,
@@ -290,11 +290,11 @@ fn imex_field_of_view() {
         }
         (reach, count)
     };
-    let resnet = layers::forward_single(&be, kind(LayerType::Resnet), l, &x, None, d).unwrap();
+    let resnet = layers::forward_single(&be, kind(StepType::Resnet), l, &x, None, d).unwrap();
     assert_eq!(support(&resnet).0, 1, "explicit step: 3x3");
-    let para = layers::forward_single(&be, kind(LayerType::Parabolic), l, &x, None, d).unwrap();
+    let para = layers::forward_single(&be, kind(StepType::Parabolic), l, &x, None, d).unwrap();
     assert_eq!(support(&para).0, 2, "symmetric layer: 5x5");
-    let imex = layers::imex_forward(&be, kind(LayerType::Imex), l, &diff, &x, d).unwrap();
+    let imex = layers::imex_forward(&be, kind(StepType::Imex), l, &diff, &x, d).unwrap();
     assert_eq!(
         support(&imex).1,
         d.len(),

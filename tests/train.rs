@@ -7,7 +7,7 @@ use pdenet::train::checkpoint;
 use pdenet::train::cli::{run_eval, run_train, EvalArgs, ModelSpec, TrainArgs};
 use pdenet::train::data::{self, Augment, Dataset, RngState, Split, Synthetic};
 use pdenet::train::log::{read_log, LOG_HEADER};
-use pdenet::train::optim::{OptimConfig, Optimizer, Schedule};
+use pdenet::train::optim::{LrSchedule, OptimConfig, Optimizer};
 use pdenet::train::{evaluate, train, Model, TrainOptions};
 use pdenet::{Error, HostTensor, Result};
 use rand::{Rng, SeedableRng};
@@ -508,15 +508,15 @@ fn adam_step_matches_hand_computation() {
 
 #[test]
 fn schedules() {
-    assert_eq!(Schedule::Constant.lr(0.1, 7), 0.1);
-    let s = Schedule::Step {
+    assert_eq!(LrSchedule::Constant.lr(0.1, 7), 0.1);
+    let s = LrSchedule::Step {
         every: 3,
         gamma: 0.1,
     };
     assert_eq!(s.lr(1.0, 2), 1.0);
     assert!((s.lr(1.0, 3) - 0.1).abs() < 1e-12);
     assert!((s.lr(1.0, 6) - 0.01).abs() < 1e-12);
-    let c = Schedule::Cosine {
+    let c = LrSchedule::Cosine {
         total: 10,
         min_factor: 0.0,
     };

@@ -3,7 +3,7 @@
 use clap::Args;
 use pdenet::backend::{DeviceChoice, Precision, Storage};
 use pdenet::bench::{self, BenchOptions};
-use pdenet::config::{Config, LayerType, OperatorKind};
+use pdenet::config::{Config, OperatorKind, StepType};
 use pdenet::params::write_atomic;
 use pdenet::schedule::Policy;
 use pdenet::{Error, Result};
@@ -111,7 +111,7 @@ pub fn run_bench(a: BenchArgs) -> Result<()> {
     let opts = BenchOptions {
         cpu_kernels,
         layers: match &a.layers {
-            Some(s) => list::<LayerType>(s)?,
+            Some(s) => list::<StepType>(s)?,
             None => vec![config.layer],
         },
         operators: match &a.operators {

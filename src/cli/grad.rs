@@ -77,7 +77,7 @@ pub fn run_grad(a: GradArgs) -> Result<()> {
     let device = Device::select_with(a.device, a.precision)?;
     let schedule = a
         .policy
-        .schedule()
+        .memory()
         .with_storage(a.storage)
         .with_drift_guard(guard);
     device.reserve_for(&layout, &batch.x.shape, schedule)?;

@@ -77,14 +77,14 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
             (
                 p.name().to_string(),
                 // `reversible` is planned with the guard `grad` and `train` run by default.
-                p.schedule()
+                p.memory()
                     .with_drift_guard((p == Policy::Reversible).then(DriftGuard::default)),
             )
         })
         .into_iter()
         .chain([(
             "store bf16".to_string(),
-            Policy::Store.schedule().with_storage(Storage::Bf16),
+            Policy::Store.memory().with_storage(Storage::Bf16),
         )]);
     for (name, schedule) in rows {
         let m = plan_step(&layout, &shape, schedule)?;

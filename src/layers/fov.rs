@@ -8,10 +8,10 @@
 //! (K, then K^T), and the whole image after the implicit solve `(I + h L)^{-1}`, whose inverse is
 //! dense.
 
-use super::{forward_single, imex_forward, Layer, StepKind};
+use super::{forward_single, imex_forward, Layer, StepSettings};
 use crate::backend::reference::Reference;
 use crate::backend::{Activation, Backend, Norm};
-use crate::config::LayerType;
+use crate::config::StepType;
 use crate::error::{Error, Result};
 use crate::operators::OpRef;
 use crate::tensor::Dims;
@@ -91,7 +91,7 @@ pub fn single_pixel_fov(s: &FovSetup) -> Result<[FovResponse; 3]> {
         x[(ch * n + n / 2) * n + n / 2] = 1.0;
     }
     let x = be.upload(&x)?;
-    let kind = |layer| StepKind {
+    let kind = |layer| StepSettings {
         layer,
         h: s.h,
         act: Activation::Relu,
@@ -100,15 +100,15 @@ pub fn single_pixel_fov(s: &FovSetup) -> Result<[FovResponse; 3]> {
     let outs = [
         (
             "explicit step",
-            forward_single(&be, kind(LayerType::Resnet), layer, &x, None, d)?,
+            forward_single(&be, kind(StepType::Resnet), layer, &x, None, d)?,
         ),
         (
             "symmetric layer",
-            forward_single(&be, kind(LayerType::Parabolic), layer, &x, None, d)?,
+            forward_single(&be, kind(StepType::Parabolic), layer, &x, None, d)?,
         ),
         (
             "IMEX step",
-            imex_forward(&be, kind(LayerType::Imex), layer, &diff, &x, d)?,
+            imex_forward(&be, kind(StepType::Imex), layer, &diff, &x, d)?,
         ),
     ];
     let mut out = Vec::with_capacity(outs.len());

@@ -2,7 +2,7 @@
 //! VJP, each on resolved parameter references. Units and memory policies live in `schedule`.
 
 use crate::backend::{Activation, Backend, Norm};
-use crate::config::LayerType;
+use crate::config::StepType;
 use crate::error::Result;
 use crate::operators::{explicit_step, explicit_vjp, sym_step, sym_vjp, LayerGrads, OpRef};
 use crate::tensor::Dims;
@@ -24,8 +24,8 @@ impl<B: Backend> Copy for Layer<'_, B> {}
 
 /// Everything a step needs besides its state.
 #[derive(Clone, Copy, Debug)]
-pub struct StepKind {
-    pub layer: LayerType,
+pub struct StepSettings {
+    pub layer: StepType,
     pub h: f64,
     pub act: Activation,
     pub gamma: f64,
@@ -74,7 +74,7 @@ pub fn sym_grad<B: Backend>(
 /// `2 y - y_prev + h^2 f(y)` when `prev` is given (hyperbolic).
 pub fn forward_single<B: Backend>(
     be: &B,
-    kind: StepKind,
+    kind: StepSettings,
     l: Layer<'_, B>,
     y: &B::Buf,
     prev: Option<&B::Buf>,
@@ -82,16 +82,16 @@ pub fn forward_single<B: Backend>(
 ) -> Result<B::Buf> {
     let h = kind.h;
     match kind.layer {
-        LayerType::Resnet => explicit_step(be, l.op, None, h, y, d, l.norm, kind.act),
-        LayerType::Antisymmetric => {
+        StepType::Resnet => explicit_step(be, l.op, None, h, y, d, l.norm, kind.act),
+        StepType::Antisymmetric => {
             explicit_step(be, l.op, Some(kind.gamma), h, y, d, l.norm, kind.act)
         }
-        LayerType::Parabolic => sym(be, l, &[(1.0, y)], h, y, d, kind.act),
-        LayerType::Hyperbolic => {
+        StepType::Parabolic => sym(be, l, &[(1.0, y)], h, y, d, kind.act),
+        StepType::Hyperbolic => {
             let p = prev.unwrap_or(y);
             sym(be, l, &[(2.0, y), (-1.0, p)], h * h, y, d, kind.act)
         }
-        LayerType::Hamiltonian | LayerType::Imex | LayerType::Ode => Err(crate::Error::Config(
+        StepType::Hamiltonian | StepType::Imex | StepType::Ode => Err(crate::Error::Config(
             format!("{} steps are not single-state steps", kind.layer.name()),
         )),
     }
@@ -101,15 +101,15 @@ pub fn forward_single<B: Backend>(
 /// of `F`'s parameters and `J_F^T g` (each still to be scaled by `h`).
 pub fn grad_single<B: Backend>(
     be: &B,
-    kind: StepKind,
+    kind: StepSettings,
     l: Layer<'_, B>,
     y: &B::Buf,
     d: Dims,
     g: &B::Buf,
 ) -> Result<LayerGrads<B::Buf>> {
     match kind.layer {
-        LayerType::Resnet => explicit_vjp(be, l.op, None, y, d, l.norm, kind.act, g),
-        LayerType::Antisymmetric => {
+        StepType::Resnet => explicit_vjp(be, l.op, None, y, d, l.norm, kind.act, g),
+        StepType::Antisymmetric => {
             explicit_vjp(be, l.op, Some(kind.gamma), y, d, l.norm, kind.act, g)
         }
         _ => sym_grad(be, l, y, d, kind.act, g),
@@ -119,7 +119,7 @@ pub fn grad_single<B: Backend>(
 /// Inverse leapfrog: `y_{j-1} = 2 y_j - y_{j+1} + h^2 f(y_j)`.
 pub fn leapfrog_inverse<B: Backend>(
     be: &B,
-    kind: StepKind,
+    kind: StepSettings,
     l: Layer<'_, B>,
     y: &B::Buf,
     next: &B::Buf,
@@ -139,7 +139,7 @@ pub fn leapfrog_inverse<B: Backend>(
 /// Verlet step on halves `(a, b)`: `a += h f(b; K1)`, then `b -= h f(a; K2)`.
 pub fn verlet_forward<B: Backend>(
     be: &B,
-    kind: StepKind,
+    kind: StepSettings,
     l1: Layer<'_, B>,
     l2: Layer<'_, B>,
     a: &B::Buf,
@@ -154,7 +154,7 @@ pub fn verlet_forward<B: Backend>(
 /// Inverse Verlet step: `b -= -h f(a; K2)` (i.e. `b += h f(a)`), then `a -= h f(b; K1)`.
 pub fn verlet_inverse<B: Backend>(
     be: &B,
-    kind: StepKind,
+    kind: StepSettings,
     l1: Layer<'_, B>,
     l2: Layer<'_, B>,
     a1: &B::Buf,
@@ -181,7 +181,7 @@ pub fn f_only<B: Backend>(
 /// `(I + h L)^{-1} (y + h f(y))`, with `diff` the per-channel `d` of `a_c = d_c^2`.
 pub fn imex_forward<B: Backend>(
     be: &B,
-    kind: StepKind,
+    kind: StepSettings,
     l: Layer<'_, B>,
     diff: &B::Buf,
     y: &B::Buf,

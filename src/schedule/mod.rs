@@ -31,21 +31,21 @@ impl Policy {
         }
     }
     /// The schedule this policy runs with the default fixed-point shift (S = 16).
-    pub fn schedule(self) -> Schedule {
+    pub fn memory(self) -> MemoryPolicy {
         match self {
-            Policy::Store => Schedule {
+            Policy::Store => MemoryPolicy {
                 keep_all: true,
                 fixed_point: None,
                 storage: Storage::F32,
                 drift_guard: None,
             },
-            Policy::Reversible => Schedule {
+            Policy::Reversible => MemoryPolicy {
                 keep_all: false,
                 fixed_point: None,
                 storage: Storage::F32,
                 drift_guard: None,
             },
-            Policy::Exact => Schedule {
+            Policy::Exact => MemoryPolicy {
                 keep_all: false,
                 fixed_point: Some(DEFAULT_FIXED_SHIFT),
                 storage: Storage::F32,
@@ -71,7 +71,7 @@ pub const DEFAULT_FIXED_SHIFT: u32 = 16;
 /// How a forward + backward pass runs: a policy, made of two independent choices so that
 /// `store` can also run the fixed-point forward (its gradients must equal `exact`'s bit for bit).
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Schedule {
+pub struct MemoryPolicy {
     /// Keep every state (`store`), or only what SPEC section 5 allows (`reversible`, `exact`).
     pub keep_all: bool,
     /// Run invertible units in fixed point with this shift.
@@ -121,16 +121,16 @@ pub fn default_drift_tol(precision: crate::backend::Precision) -> f64 {
     }
 }
 
-impl Schedule {
+impl MemoryPolicy {
     /// This schedule with the drift guard `guard` (it acts only where a float unit is rebuilt).
     pub fn with_drift_guard(self, guard: Option<DriftGuard>) -> Self {
-        Schedule {
+        MemoryPolicy {
             drift_guard: guard,
             ..self
         }
     }
     /// This schedule with its kept trajectories in `storage`.
     pub fn with_storage(self, storage: Storage) -> Self {
-        Schedule { storage, ..self }
+        MemoryPolicy { storage, ..self }
     }
 }

@@ -7,7 +7,7 @@ use crate::ensure_shape;
 use crate::error::Result;
 use crate::network::Layout;
 use crate::params::ParamSet;
-use crate::schedule::{Engine, Schedule};
+use crate::schedule::{Engine, MemoryPolicy};
 use crate::tensor::{Dims, HostTensor};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -593,7 +593,11 @@ pub const PLAN_ODE_STEPS: usize = 4;
 
 /// Plans a training step of `layout` on inputs of `input_shape` (e.g. `[32, 3, 32, 32]`):
 /// the engine's buffers, on no device in particular.
-pub fn plan_step(layout: &Layout, input_shape: &[usize], sched: Schedule) -> Result<MemoryPlan> {
+pub fn plan_step(
+    layout: &Layout,
+    input_shape: &[usize],
+    sched: MemoryPolicy,
+) -> Result<MemoryPlan> {
     plan_step_on(Planner::new(), layout, input_shape, sched)
 }
 
@@ -603,7 +607,7 @@ pub fn plan_step_on(
     planner: Planner,
     layout: &Layout,
     input_shape: &[usize],
-    sched: Schedule,
+    sched: MemoryPolicy,
 ) -> Result<MemoryPlan> {
     check_sizes(layout, input_shape)?;
     // Shapes only: the template holds no data, and neither does the input.
@@ -666,7 +670,7 @@ pub fn count_flops(layout: &Layout, sample_shape: &[usize]) -> Result<FlopCount>
     eng.plan_ode_steps = Some(PLAN_ODE_STEPS);
     eng.logits(&x)?;
     let forward = planner.flops();
-    eng.grad(&x, &[0], crate::schedule::Policy::Store.schedule(), false)?;
+    eng.grad(&x, &[0], crate::schedule::Policy::Store.memory(), false)?;
     Ok(FlopCount {
         forward,
         train_step: planner.flops() - forward,

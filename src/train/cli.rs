@@ -4,13 +4,13 @@
 //! depends only on the [`Model`] trait.
 
 use crate::backend::{DeviceChoice, Storage};
-use crate::config::{Config, Kind};
+use crate::config::{Config, NetworkKind};
 use crate::error::{Error, Result};
 use crate::params::{read_safetensors, ParamSet};
 use crate::schedule::Policy;
 use crate::train::checkpoint;
 use crate::train::data::{self, Split};
-use crate::train::optim::{OptimConfig, OptimizerKind, Schedule};
+use crate::train::optim::{LrSchedule, OptimConfig, OptimizerKind};
 use crate::train::{evaluate, train, Model, TrainOptions, TrainReport};
 use std::path::{Path, PathBuf};
 
@@ -206,13 +206,13 @@ fn resolve_data(spec: &str) -> String {
 pub fn check_data(cfg: &Config, split: &Split) -> Result<()> {
     let dims = &split.train.sample_dims;
     let ok = match cfg.kind {
-        Kind::Image => dims.len() == 3 && Some(dims[0]) == cfg.in_channels,
-        Kind::Dense => dims.len() == 1 && Some(dims[0]) == cfg.dense_input,
+        NetworkKind::Image => dims.len() == 3 && Some(dims[0]) == cfg.in_channels,
+        NetworkKind::Dense => dims.len() == 1 && Some(dims[0]) == cfg.dense_input,
     };
     if !ok {
         let want = match cfg.kind {
-            Kind::Image => format!("images with {} channels", cfg.input_width()),
-            Kind::Dense => format!("vectors of dimension {}", cfg.input_width()),
+            NetworkKind::Image => format!("images with {} channels", cfg.input_width()),
+            NetworkKind::Dense => format!("vectors of dimension {}", cfg.input_width()),
         };
         return Err(Error::Data(format!(
             "{}: samples of shape {dims:?} do not fit the network, which takes {want}",
@@ -337,7 +337,7 @@ fn train_level(
     let mut opts = TrainOptions::new(&args.out, args.epochs, args.seed);
     opts.batch = batch;
     opts.optim = OptimConfig::default_for(args.optimizer, args.lr);
-    opts.schedule = Schedule::Cosine {
+    opts.lr_schedule = LrSchedule::Cosine {
         total: args.epochs,
         min_factor: 0.0,
     };

@@ -7,14 +7,14 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::network::Layout;
 use crate::params::ParamSet;
-use crate::schedule::{Engine, Schedule};
+use crate::schedule::{Engine, MemoryPolicy};
 use crate::tensor::HostTensor;
 use crate::train::cli::ModelSpec;
 
 /// An [`Engine`] running its backward pass under one memory policy.
 pub struct EngineModel<B: Backend> {
     pub engine: Engine<B>,
-    pub schedule: Schedule,
+    pub memory: MemoryPolicy,
     /// Right-hand-side evaluations of the last `grad`.
     nfe: [usize; 2],
 }
@@ -27,7 +27,7 @@ impl<B: Backend> Model for EngineModel<B> {
         self.engine.set_params(p)
     }
     fn grad(&mut self, x: &HostTensor, labels: &[usize]) -> Result<(f64, Vec<f32>, ParamSet)> {
-        let out = self.engine.grad(x, labels, self.schedule, true)?;
+        let out = self.engine.grad(x, labels, self.memory, true)?;
         self.nfe = [out.nfe_forward.iter().sum(), out.nfe_backward.iter().sum()];
         Ok((out.loss, out.logits, out.grads))
     }
@@ -43,9 +43,9 @@ impl<B: Backend> Model for EngineModel<B> {
 pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Model>> {
     let layout = Layout::new(cfg)?;
     let device = Device::select_with(spec.device, spec.precision)?;
-    let schedule = spec
+    let memory = spec
         .policy
-        .schedule()
+        .memory()
         .with_storage(spec.storage)
         .with_drift_guard(spec.drift_guard);
     let mut shape = vec![spec.batch];
@@ -53,13 +53,13 @@ pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Mode
     // Checked before anything is allocated: the training loop keeps about three host copies of
     // the parameters (weights, gradients, optimizer state) beside the engine's.
     layout.check_host_memory(3, "the host copies of the parameters")?;
-    device.reserve_with_host(&layout, &shape, schedule, 3)?;
+    device.reserve_with_host(&layout, &shape, memory, 3)?;
     let params = layout.init(spec.seed);
     crate::with_device!(device, |b| {
         let engine = Engine::new(b, layout, &params)?;
         Ok(Box::new(EngineModel {
             engine,
-            schedule,
+            memory,
             nfe: [0, 0],
         }) as Box<dyn Model>)
     })

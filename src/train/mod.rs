@@ -17,7 +17,7 @@ use crate::params::{save_params, ParamSet};
 use crate::tensor::HostTensor;
 use data::{Augment, Dataset, RngState, Split};
 use log::LogRow;
-use optim::{OptimConfig, Optimizer, Schedule};
+use optim::{LrSchedule, OptimConfig, Optimizer};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
@@ -67,7 +67,7 @@ pub struct TrainOptions {
     /// Seeds shuffling and augmentation (the caller seeds the weights).
     pub seed: u64,
     pub optim: OptimConfig,
-    pub schedule: Schedule,
+    pub lr_schedule: LrSchedule,
     pub augment: Augment,
     /// Output folder: `model.safetensors`, `log.csv`, `checkpoint/`, `*.png`.
     pub out: PathBuf,
@@ -98,7 +98,7 @@ impl TrainOptions {
             batch: 64,
             seed,
             optim: OptimConfig::sgd(0.1),
-            schedule: Schedule::Cosine {
+            lr_schedule: LrSchedule::Cosine {
                 total: epochs,
                 min_factor: 0.0,
             },
@@ -122,7 +122,7 @@ impl TrainOptions {
             "batch": self.batch,
             "data": self.data_name,
             "optimizer": self.optim,
-            "schedule": self.schedule,
+            "schedule": self.lr_schedule,
             "augment": self.augment,
         })
     }
@@ -355,7 +355,7 @@ fn train_in<M: Model + ?Sized>(
     for epoch in start..end {
         let e1 = epoch + 1;
         let t0 = Instant::now();
-        let lr = opts.schedule.lr(opts.optim.lr, epoch);
+        let lr = opts.lr_schedule.lr(opts.optim.lr, epoch);
         let order = data::shuffled(train_set.len(), &mut rng);
         let batches = data::batches(&order, opts.batch);
         let pb = progress_bar(opts, batches.len(), e1);

@@ -21,7 +21,7 @@ pub enum OptimizerKind {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimConfig {
     pub kind: OptimizerKind,
-    /// Base learning rate (the schedule scales it).
+    /// Base learning rate (the learning-rate schedule scales it).
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
@@ -81,7 +81,7 @@ impl OptimConfig {
 /// Learning-rate schedule, evaluated per epoch (0-based).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Schedule {
+pub enum LrSchedule {
     Constant,
     /// Multiply by `gamma` every `every` epochs.
     Step {
@@ -95,12 +95,12 @@ pub enum Schedule {
     },
 }
 
-impl Schedule {
+impl LrSchedule {
     pub fn lr(&self, base: f64, epoch: usize) -> f64 {
         match *self {
-            Schedule::Constant => base,
-            Schedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
-            Schedule::Cosine { total, min_factor } => {
+            LrSchedule::Constant => base,
+            LrSchedule::Step { every, gamma } => base * gamma.powi((epoch / every.max(1)) as i32),
+            LrSchedule::Cosine { total, min_factor } => {
                 let t = (epoch as f64 / total.max(1) as f64).min(1.0);
                 let f = min_factor
                     + (1.0 - min_factor) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos());

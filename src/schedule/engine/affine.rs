@@ -112,9 +112,9 @@ impl<B: Backend> Engine<B> {
             ConnectIdx::None | ConnectIdx::Haar => (be.copy(y)?, None),
         };
         let out = match self.layout.config.kind {
-            Kind::Image if last => be.global_mean(&r, od)?,
-            Kind::Image => be.avgpool2(&r, od)?,
-            Kind::Dense => r,
+            NetworkKind::Image if last => be.global_mean(&r, od)?,
+            NetworkKind::Image => be.avgpool2(&r, od)?,
+            NetworkKind::Dense => r,
         };
         Ok((out, tape))
     }
@@ -193,9 +193,9 @@ impl<B: Backend> Engine<B> {
             };
         }
         let g = match self.layout.config.kind {
-            Kind::Image if last => be.global_mean_vjp(&g, od)?,
-            Kind::Image => be.avgpool2_vjp(&g, od)?,
-            Kind::Dense => g,
+            NetworkKind::Image if last => be.global_mean_vjp(&g, od)?,
+            NetworkKind::Image => be.avgpool2_vjp(&g, od)?,
+            NetworkKind::Dense => g,
         };
         match (u.connect, tape) {
             (

@@ -72,7 +72,7 @@ impl<B: Backend> Engine<B> {
         k: usize,
         input: &B::Buf,
         d: Dims,
-        sched: Schedule,
+        sched: MemoryPolicy,
     ) -> Result<(B::Buf, Kept<B>)> {
         let keep = sched.keep_all.then_some(sched.storage);
         let (out, states) = self.explicit_forward(k, input, d, keep)?;

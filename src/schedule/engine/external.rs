@@ -6,7 +6,7 @@ use super::{pack_window, Engine, GradOutput, Grads, UnitTape};
 use crate::backend::{Backend, Storage};
 use crate::error::{Error, Result};
 use crate::params::ParamRole;
-use crate::schedule::Schedule;
+use crate::schedule::MemoryPolicy;
 use crate::tensor::{Dims, HostTensor};
 
 /// Where the backward pass of a whole network starts.
@@ -44,7 +44,7 @@ pub struct UnitGrads<T> {
 pub struct KeptUnit<B: Backend> {
     k: usize,
     d: Dims,
-    sched: Schedule,
+    sched: MemoryPolicy,
     tape: UnitTape<B>,
 }
 
@@ -95,7 +95,13 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Unit `k` alone, forward from `x`: its last state.
-    pub fn unit_output(&self, k: usize, x: &B::Buf, d: Dims, sched: Schedule) -> Result<B::Buf> {
+    pub fn unit_output(
+        &self,
+        k: usize,
+        x: &B::Buf,
+        d: Dims,
+        sched: MemoryPolicy,
+    ) -> Result<B::Buf> {
         self.check_len(x, d, "the input")?;
         Ok(self.unit_forward(k, x, None, d, sched)?.0)
     }
@@ -108,7 +114,7 @@ impl<B: Backend> Engine<B> {
         x: B::Buf,
         d: Dims,
         g_out: B::Buf,
-        sched: Schedule,
+        sched: MemoryPolicy,
     ) -> Result<UnitGrads<B::Buf>> {
         let (_, kept) = self.unit_forward_kept(k, x, d, sched)?;
         self.unit_backward_kept(kept, g_out)
@@ -122,7 +128,7 @@ impl<B: Backend> Engine<B> {
         k: usize,
         x: B::Buf,
         d: Dims,
-        sched: Schedule,
+        sched: MemoryPolicy,
     ) -> Result<(B::Buf, KeptUnit<B>)> {
         self.check_len(&x, d, "the input")?;
         let (out, mut kept) = self.unit_forward(k, &x, None, d, sched)?;
@@ -176,7 +182,7 @@ impl<B: Backend> Engine<B> {
         &mut self,
         x: &HostTensor,
         g_logits: &[f32],
-        sched: Schedule,
+        sched: MemoryPolicy,
         update_running: bool,
     ) -> Result<GradOutput> {
         if x.shape.is_empty() {
@@ -192,7 +198,7 @@ impl<B: Backend> Engine<B> {
     /// Training-mode logits `[n, classes]` (batch statistics, as [`Engine::grad`] computes
     /// them), without the backward pass.
     pub fn train_logits(&self, x: &HostTensor) -> Result<Vec<f32>> {
-        let sched = Schedule {
+        let sched = MemoryPolicy {
             keep_all: false,
             fixed_point: None,
             storage: Storage::F32,

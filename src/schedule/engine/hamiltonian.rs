@@ -123,7 +123,7 @@ impl<B: Backend> Engine<B> {
         k: usize,
         input: &B::Buf,
         d: Dims,
-        sched: Schedule,
+        sched: MemoryPolicy,
     ) -> Result<(B::Buf, Kept<B>)> {
         let be = &self.backend;
         let u = &self.layout.units[k];
@@ -151,7 +151,7 @@ impl<B: Backend> Engine<B> {
         k: usize,
         input: &B::Buf,
         d: Dims,
-        sched: Schedule,
+        sched: MemoryPolicy,
         shift: u32,
     ) -> Result<(B::Buf, Kept<B>)> {
         let be = &self.backend;

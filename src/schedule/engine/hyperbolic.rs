@@ -246,7 +246,7 @@ impl<B: Backend> Engine<B> {
         input: &B::Buf,
         pre: Option<Pre<B>>,
         d: Dims,
-        sched: Schedule,
+        sched: MemoryPolicy,
     ) -> Result<(B::Buf, Kept<B>)> {
         let be = &self.backend;
         let u = &self.layout.units[k];
@@ -259,7 +259,7 @@ impl<B: Backend> Engine<B> {
             }
         };
         // The window (Y_{j-1}, Y_j) the step reads; under `store` the states leaving it
-        // are kept in the schedule's storage.
+        // are kept in the policy's storage.
         let mut hist = vec![be.copy(input)?];
         let mut left = Vec::new();
         for s in &u.steps {
@@ -293,7 +293,7 @@ impl<B: Backend> Engine<B> {
         input: &B::Buf,
         pre: Option<Pre<B>>,
         d: Dims,
-        sched: Schedule,
+        sched: MemoryPolicy,
         shift: u32,
     ) -> Result<(B::Buf, Kept<B>)> {
         let be = &self.backend;

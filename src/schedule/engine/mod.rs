@@ -1,11 +1,11 @@
 //! The executor: one forward + backward pass of a whole network on any backend, under a
-//! [`Schedule`]. The same code runs on the planning backend to give the planned peak memory.
+//! [`MemoryPolicy`]. The same code runs on the planning backend to give the planned peak memory.
 
-use super::{DriftGuard, Policy, Schedule};
+use super::{DriftGuard, MemoryPolicy, Policy};
 use crate::backend::{Activation, Backend, BnStats, Norm, Storage};
-use crate::config::{Connect, Kind, LayerType, OperatorKind};
+use crate::config::{Connect, NetworkKind, OperatorKind, StepType};
 use crate::error::{Error, Result};
-use crate::layers::{self, Layer, StepKind};
+use crate::layers::{self, Layer, StepSettings};
 use crate::network::{ConnectIdx, LayerIdx, Layout, NormIdx, OpenIdx, UnitIdx};
 use crate::operators::{LayerGrads, OpRef, MGIC_GROUP};
 use crate::params::{ParamRole, ParamSet};
@@ -115,9 +115,9 @@ impl<B: Backend> Engine<B> {
         Ok(())
     }
 
-    pub(super) fn kind(&self) -> StepKind {
+    pub(super) fn kind(&self) -> StepSettings {
         let c = &self.layout.config;
-        StepKind {
+        StepSettings {
             layer: c.step_layer(),
             h: c.h,
             act: c.activation,
@@ -129,14 +129,14 @@ impl<B: Backend> Engine<B> {
         let ws = &l.op.weights;
         let w = &self.params[ws[0]];
         let op = match (self.layout.config.kind, self.layout.config.operator) {
-            (Kind::Dense, _) => OpRef::Dense(w),
-            (Kind::Image, OperatorKind::Full) => OpRef::Full3x3(w),
-            (Kind::Image, OperatorKind::Lean) => OpRef::Lean {
+            (NetworkKind::Dense, _) => OpRef::Dense(w),
+            (NetworkKind::Image, OperatorKind::Full) => OpRef::Full3x3(w),
+            (NetworkKind::Image, OperatorKind::Lean) => OpRef::Lean {
                 p: w,
                 d: &self.params[ws[1]],
             },
             // The layout adds an operator's tensors consecutively.
-            (Kind::Image, OperatorKind::Mgic) => OpRef::Mgic {
+            (NetworkKind::Image, OperatorKind::Mgic) => OpRef::Mgic {
                 weights: &self.params[ws[0]..ws[0] + ws.len()],
                 group: MGIC_GROUP,
             },
@@ -156,12 +156,12 @@ impl<B: Backend> Engine<B> {
     /// A fully hyperbolic network: Haar connections carry both leapfrog states between units.
     pub(super) fn haar_chain(&self) -> bool {
         let c = &self.layout.config;
-        c.connect == Connect::Haar && c.layer == LayerType::Hyperbolic
+        c.connect == Connect::Haar && c.layer == StepType::Hyperbolic
     }
 
     /// Fixed-point shift of unit `k` (invertible units only): each Haar level of a chain adds
     /// one fractional bit, as `2 H q` is exact in integers.
-    pub(super) fn unit_shift(&self, k: usize, sched: Schedule) -> Option<u32> {
+    pub(super) fn unit_shift(&self, k: usize, sched: MemoryPolicy) -> Option<u32> {
         if !self.layout.config.layer.invertible() {
             return None;
         }

@@ -7,7 +7,7 @@ use crate::backend::Backend;
 use crate::config::{Gradient, OdeKeys};
 use crate::error::{Error, Result};
 use crate::network::{LayerIdx, NormIdx};
-use crate::schedule::Schedule;
+use crate::schedule::MemoryPolicy;
 use crate::solvers::ode::{
     adjoint, backprop, replay, solve, BackendSpace, OdeOptions, Solution, Step, UnitRhs,
 };
@@ -68,7 +68,7 @@ impl<B: Backend> Engine<B> {
         k: usize,
         input: &B::Buf,
         d: Dims,
-        sched: Schedule,
+        sched: MemoryPolicy,
     ) -> Result<(B::Buf, Kept<B>)> {
         let be = &self.backend;
         let keys = self.ode_keys()?;

@@ -13,12 +13,14 @@ impl<B: Backend> Engine<B> {
     pub(super) fn geometry(&self, x: &HostTensor) -> Result<Geometry> {
         let cfg = &self.layout.config;
         let (n, mut d) = match (cfg.kind, x.shape.as_slice()) {
-            (Kind::Image, &[n, c, h, w]) if c == cfg.input_width() => (n, Dims::new(n, c, h, w)),
-            (Kind::Dense, &[n, c]) if c == cfg.input_width() => (n, Dims::dense(n, c)),
+            (NetworkKind::Image, &[n, c, h, w]) if c == cfg.input_width() => {
+                (n, Dims::new(n, c, h, w))
+            }
+            (NetworkKind::Dense, &[n, c]) if c == cfg.input_width() => (n, Dims::dense(n, c)),
             _ => {
                 let want = match cfg.kind {
-                    Kind::Image => format!("[N, {}, H, W]", cfg.input_width()),
-                    Kind::Dense => format!("[N, {}]", cfg.input_width()),
+                    NetworkKind::Image => format!("[N, {}, H, W]", cfg.input_width()),
+                    NetworkKind::Dense => format!("[N, {}]", cfg.input_width()),
                 };
                 return Err(Error::Shape(format!(
                     "input `x` has shape {:?}, expected {want}",
@@ -34,7 +36,7 @@ impl<B: Backend> Engine<B> {
             d = d.with_c(u.width);
             unit_dims.push(d);
             let last = k + 1 == self.layout.units.len();
-            if cfg.kind == Kind::Image && !last {
+            if cfg.kind == NetworkKind::Image && !last {
                 if cfg.connect == Connect::Haar {
                     if d.h % 2 != 0 || d.w % 2 != 0 {
                         return Err(Error::Shape(format!(
@@ -61,14 +63,14 @@ impl<B: Backend> Engine<B> {
     pub(super) fn forward(
         &self,
         x: &HostTensor,
-        sched: Schedule,
+        sched: MemoryPolicy,
         train: bool,
     ) -> Result<(Tape<B>, Geometry)> {
         let be = &self.backend;
         let geo = self.geometry(x)?;
         let xd = match self.layout.config.kind {
-            Kind::Image => Dims::new(x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
-            Kind::Dense => Dims::dense(x.shape[0], x.shape[1]),
+            NetworkKind::Image => Dims::new(x.shape[0], x.shape[1], x.shape[2], x.shape[3]),
+            NetworkKind::Dense => Dims::dense(x.shape[0], x.shape[1]),
         };
         let xb = be.upload_host(x)?;
         let (mut y, open) = self.open_forward(&xb, xd, train)?;
@@ -118,7 +120,7 @@ impl<B: Backend> Engine<B> {
 
     /// Evaluation-mode logits `[n, classes]` (batch norm with running statistics).
     pub fn logits(&self, x: &HostTensor) -> Result<Vec<f32>> {
-        let sched = Policy::Reversible.schedule();
+        let sched = Policy::Reversible.memory();
         let (tape, geo) = self.forward(x, sched, false)?;
         let logits = self.classify(&tape.features, geo.feature_dims)?;
         self.backend.download_f32(&logits)
@@ -126,7 +128,7 @@ impl<B: Backend> Engine<B> {
 
     /// Training-mode loss (batch statistics) without the backward pass.
     pub fn loss(&self, x: &HostTensor, labels: &[usize]) -> Result<f64> {
-        let sched = Policy::Reversible.schedule();
+        let sched = Policy::Reversible.memory();
         let (tape, geo) = self.forward(x, sched, true)?;
         let logits = self.classify(&tape.features, geo.feature_dims)?;
         let n = x.shape[0];
@@ -142,7 +144,7 @@ impl<B: Backend> Engine<B> {
         &mut self,
         x: &HostTensor,
         labels: &[usize],
-        sched: Schedule,
+        sched: MemoryPolicy,
         update_running: bool,
     ) -> Result<GradOutput> {
         let classes = self.layout.config.classes;
@@ -187,7 +189,7 @@ impl<B: Backend> Engine<B> {
         &self,
         x: &HostTensor,
         head: Head<'_>,
-        sched: Schedule,
+        sched: MemoryPolicy,
     ) -> Result<(GradOutput, Vec<RunningUpdate<B::Buf>>)> {
         let be = &self.backend;
         let n = x.shape[0];

@@ -3,7 +3,7 @@
 
 use super::{Engine, Kept};
 use crate::backend::Backend;
-use crate::config::LayerType;
+use crate::config::StepType;
 use crate::error::{Error, Result};
 use crate::layers;
 use crate::schedule::Policy;
@@ -19,7 +19,7 @@ impl<B: Backend> Engine<B> {
                 "the units of a Haar leapfrog chain share their states: analyse them without `connect: haar`".into(),
             ));
         }
-        let (tape, geo) = self.forward(x, Policy::Reversible.schedule(), false)?;
+        let (tape, geo) = self.forward(x, Policy::Reversible.memory(), false)?;
         tape.units
             .into_iter()
             .zip(geo.unit_dims)
@@ -33,14 +33,14 @@ impl<B: Backend> Engine<B> {
 
     /// Unit `k`'s forward map `Y_0 -> Y_nt` (a leapfrog unit starts from `Y_-1 = Y_0`).
     pub fn unit_map(&self, k: usize, y: &B::Buf, d: Dims) -> Result<B::Buf> {
-        let sched = Policy::Reversible.schedule();
+        let sched = Policy::Reversible.memory();
         Ok(self.unit_forward(k, y, None, d, sched)?.0)
     }
 
     /// The width of step `j`'s state in unit `k` of width `c`: two states for leapfrog steps.
     pub fn step_state_channels(&self, c: usize) -> usize {
         match self.layout.config.layer {
-            LayerType::Hyperbolic => 2 * c,
+            StepType::Hyperbolic => 2 * c,
             _ => c,
         }
     }
@@ -58,25 +58,25 @@ impl<B: Backend> Engine<B> {
         let kind = self.kind();
         let l = self.layer(&step.layers[0]);
         match self.layout.config.layer {
-            LayerType::Hyperbolic => {
+            StepType::Hyperbolic => {
                 let (prev, cur) = be.split_channels(y, d.with_c(2 * d.c), d.c)?;
                 let next = layers::forward_single(be, kind, l, &cur, Some(&prev), d)?;
                 be.concat_channels(&cur, &next, d.with_c(2 * d.c), d.c)
             }
-            LayerType::Hamiltonian => {
+            StepType::Hamiltonian => {
                 let hd = d.with_c(d.c / 2);
                 let (a, b) = be.split_channels(y, d, d.c / 2)?;
                 let l2 = self.layer(&step.layers[1]);
                 let (a1, b1) = layers::verlet_forward(be, kind, l, l2, &a, &b, hd)?;
                 be.concat_channels(&a1, &b1, d, d.c / 2)
             }
-            LayerType::Imex => {
+            StepType::Imex => {
                 let di = step
                     .diffusion
                     .ok_or_else(|| Error::Other("an imex step without diffusion".into()))?;
                 layers::imex_forward(be, kind, l, &self.params[di], y, d)
             }
-            LayerType::Ode => {
+            StepType::Ode => {
                 let opts = self.ode_options(&self.ode_keys()?);
                 let mut rhs = UnitRhs::new(kind, l, d)?;
                 Ok(self.ode_interval((k, j), &mut rhs, y, &opts, false)?.y)
@@ -92,7 +92,7 @@ impl<B: Backend> Engine<B> {
         let be = &self.backend;
         let bad =
             |b: &B::Buf| -> Result<bool> { Ok(be.download(b)?.iter().any(|v| !v.is_finite())) };
-        let sched = Policy::Store.schedule();
+        let sched = Policy::Store.memory();
         let (tape, geo) = self.forward(x, sched, true)?;
         if bad(&tape.x)? {
             return Ok(Some("the input".into()));

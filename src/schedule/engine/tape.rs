@@ -10,7 +10,7 @@ pub(super) type State<T> = Vec<T>;
 /// and variance, the batch statistics and the number of values per channel.
 pub(super) type RunningUpdate<T> = (usize, usize, BnStats<T>, usize);
 
-/// A state of a kept trajectory: as computed, or rounded to 16 bits ([`Schedule::storage`]).
+/// A state of a kept trajectory: as computed, or rounded to 16 bits ([`MemoryPolicy::storage`]).
 pub(super) enum Slot<B: Backend> {
     Full(B::Buf),
     Packed(B::HBuf),
@@ -72,7 +72,7 @@ impl<B: Backend> Slot<B> {
 pub(super) enum Kept<B: Backend> {
     /// Nothing: recompute from the unit input (or the unit has no steps).
     Nothing,
-    /// Every state `0..=nt`, in [`Schedule::storage`] (the last window in full precision until
+    /// Every state `0..=nt`, in [`MemoryPolicy::storage`] (the last window in full precision until
     /// [`Engine::forward`] packs it).
     All(Vec<State<Slot<B>>>),
     AllFixed(Vec<State<B::IBuf>>),

@@ -12,7 +12,7 @@ impl<B: Backend> Engine<B> {
         input: &B::Buf,
         pre: Option<Pre<B>>,
         d: Dims,
-        sched: Schedule,
+        sched: MemoryPolicy,
     ) -> Result<(B::Buf, Kept<B>)> {
         let be = &self.backend;
         let u = &self.layout.units[k];
@@ -21,22 +21,22 @@ impl<B: Backend> Engine<B> {
         if nt == 0 {
             return Ok((be.copy(input)?, Kept::Nothing));
         }
-        if self.layout.config.layer == LayerType::Ode {
+        if self.layout.config.layer == StepType::Ode {
             return self.ode_forward(k, input, d, sched);
         }
         let fixed = self.unit_shift(k, sched);
-        if pre.is_some() && kind.layer != LayerType::Hyperbolic {
+        if pre.is_some() && kind.layer != StepType::Hyperbolic {
             return Err(Error::Other(
                 "only leapfrog units take an explicit Y_-1".into(),
             ));
         }
         match (kind.layer, fixed) {
-            (LayerType::Hyperbolic, None) => self.leapfrog_forward(k, input, pre, d, sched),
-            (LayerType::Hyperbolic, Some(shift)) => {
+            (StepType::Hyperbolic, None) => self.leapfrog_forward(k, input, pre, d, sched),
+            (StepType::Hyperbolic, Some(shift)) => {
                 self.leapfrog_forward_fixed(k, input, pre, d, sched, shift)
             }
-            (LayerType::Hamiltonian, None) => self.verlet_unit_forward(k, input, d, sched),
-            (LayerType::Hamiltonian, Some(shift)) => {
+            (StepType::Hamiltonian, None) => self.verlet_unit_forward(k, input, d, sched),
+            (StepType::Hamiltonian, Some(shift)) => {
                 self.verlet_unit_forward_fixed(k, input, d, sched, shift)
             }
             _ => self.explicit_unit_forward(k, input, d, sched),
@@ -54,7 +54,7 @@ impl<B: Backend> Engine<B> {
         g_out: B::Buf,
         g_pre: Option<B::Buf>,
         want_pair: bool,
-        sched: Schedule,
+        sched: MemoryPolicy,
         grads: &mut Grads<B>,
     ) -> Result<UnitGrad<B>> {
         let u = &self.layout.units[k];
@@ -69,7 +69,7 @@ impl<B: Backend> Engine<B> {
         }
         let shift = self.unit_shift(k, sched);
         match self.layout.config.layer {
-            LayerType::Hyperbolic | LayerType::Hamiltonian => {
+            StepType::Hyperbolic | StepType::Hamiltonian => {
                 let guard = match (sched.drift_guard, &tape.kept, &tape.input) {
                     (Some(guard), Kept::Last(_), Some(_)) if g_pre.is_none() && !want_pair => guard,
                     _ => {
@@ -81,7 +81,7 @@ impl<B: Backend> Engine<B> {
                 };
                 self.guarded_backward(k, tape, d, g_out, sched, guard, grads)
             }
-            LayerType::Ode => match tape.kept {
+            StepType::Ode => match tape.kept {
                 Kept::Ode(kept) => Ok(plain(self.ode_backward(k, kept, d, g_out, grads)?)),
                 _ => Err(Error::Other(format!("ode unit {k} kept no intervals"))),
             },
@@ -112,7 +112,7 @@ impl<B: Backend> Engine<B> {
         grads: &mut Grads<B>,
     ) -> Result<UnitGrad<B>> {
         let u = &self.layout.units[k];
-        if self.layout.config.layer == LayerType::Hyperbolic {
+        if self.layout.config.layer == StepType::Hyperbolic {
             return self
                 .hyperbolic_backward(u, tape, d, g_out, g_pre, want_pair, shift, measure, grads);
         }
@@ -134,7 +134,7 @@ impl<B: Backend> Engine<B> {
         tape: UnitTape<B>,
         d: Dims,
         g_out: B::Buf,
-        sched: Schedule,
+        sched: MemoryPolicy,
         guard: DriftGuard,
         grads: &mut Grads<B>,
     ) -> Result<UnitGrad<B>> {
@@ -167,7 +167,7 @@ impl<B: Backend> Engine<B> {
                 guard.tol
             );
         }
-        let store = Schedule {
+        let store = MemoryPolicy {
             keep_all: true,
             ..sched
         };

@@ -4,24 +4,24 @@
 
 use super::space::{BackendSpace, Rhs, RhsVjp};
 use crate::backend::Backend;
-use crate::config::LayerType;
+use crate::config::StepType;
 use crate::error::{Error, Result};
-use crate::layers::{f_only, forward_single, grad_single, Layer, StepKind};
+use crate::layers::{f_only, forward_single, grad_single, Layer, StepSettings};
 use crate::operators::explicit_f;
 use crate::tensor::Dims;
 
 /// `F_j` of one weight interval: the step type `kind.layer` (parabolic, resnet or
 /// antisymmetric) with the interval's parameters.
 pub struct UnitRhs<'a, B: Backend> {
-    pub kind: StepKind,
+    pub kind: StepSettings,
     pub layer: Layer<'a, B>,
     pub dims: Dims,
 }
 
 impl<'a, B: Backend> UnitRhs<'a, B> {
-    pub fn new(kind: StepKind, layer: Layer<'a, B>, dims: Dims) -> Result<Self> {
+    pub fn new(kind: StepSettings, layer: Layer<'a, B>, dims: Dims) -> Result<Self> {
         match kind.layer {
-            LayerType::Parabolic | LayerType::Resnet | LayerType::Antisymmetric => {
+            StepType::Parabolic | StepType::Resnet | StepType::Antisymmetric => {
                 Ok(UnitRhs { kind, layer, dims })
             }
             other => Err(Error::Config(format!(
@@ -33,7 +33,7 @@ impl<'a, B: Backend> UnitRhs<'a, B> {
 
     /// `y + c F(y)`: the step type's own step with step size `c`.
     fn own_step(&self, be: &B, c: f64, y: &B::Buf) -> Result<B::Buf> {
-        let kind = StepKind { h: c, ..self.kind };
+        let kind = StepSettings { h: c, ..self.kind };
         forward_single(be, kind, self.layer, y, None, self.dims)
     }
 }
@@ -41,10 +41,10 @@ impl<'a, B: Backend> UnitRhs<'a, B> {
 impl<B: Backend> Rhs<BackendSpace<'_, B>> for UnitRhs<'_, B> {
     fn eval(&mut self, s: &BackendSpace<'_, B>, _t: f64, y: &B::Buf) -> Result<B::Buf> {
         let (be, k) = (s.0, self.kind);
-        if k.layer == LayerType::Parabolic {
+        if k.layer == StepType::Parabolic {
             return f_only(be, self.layer, y, self.dims, k.act);
         }
-        let antisym = (k.layer == LayerType::Antisymmetric).then_some(k.gamma);
+        let antisym = (k.layer == StepType::Antisymmetric).then_some(k.gamma);
         explicit_f(
             be,
             self.layer.op,
