@@ -4,10 +4,13 @@
 use crate::backend::{Activation, Backend, Norm};
 use crate::config::StepType;
 use crate::error::Result;
-use crate::operators::{explicit_step, explicit_vjp, sym_step, sym_vjp, LayerGrads, OpRef};
+use crate::operators::{explicit_vjp, sym_step, sym_vjp, LayerGrads, OpRef};
 use crate::tensor::Dims;
 
 pub mod fov;
+pub mod rule;
+
+use rule::{rule_of, step, step_back, HAMILTONIAN, HYPERBOLIC, IMEX};
 
 /// One `f(.; K, N)` with its parameters resolved to buffers.
 pub struct Layer<'a, B: Backend> {
@@ -80,20 +83,16 @@ pub fn forward_single<B: Backend>(
     prev: Option<&B::Buf>,
     d: Dims,
 ) -> Result<B::Buf> {
-    let h = kind.h;
     match kind.layer {
-        StepType::Resnet => explicit_step(be, l.op, None, h, y, d, l.norm, kind.act),
-        StepType::Antisymmetric => {
-            explicit_step(be, l.op, Some(kind.gamma), h, y, d, l.norm, kind.act)
-        }
-        StepType::Parabolic => sym(be, l, &[(1.0, y)], h, y, d, kind.act),
-        StepType::Hyperbolic => {
-            let p = prev.unwrap_or(y);
-            sym(be, l, &[(2.0, y), (-1.0, p)], h * h, y, d, kind.act)
-        }
         StepType::Hamiltonian | StepType::Imex | StepType::Ode => Err(crate::Error::Config(
             format!("{} steps are not single-state steps", kind.layer.name()),
         )),
+        t => {
+            let prev = prev.map(|p| [p]);
+            let prev = prev.as_ref().map(|p| &p[..]);
+            let mut out = step(be, rule_of(t)?, kind, &[l], None, &[y], prev, d)?;
+            Ok(out.remove(0))
+        }
     }
 }
 
@@ -125,15 +124,8 @@ pub fn leapfrog_inverse<B: Backend>(
     next: &B::Buf,
     d: Dims,
 ) -> Result<B::Buf> {
-    sym(
-        be,
-        l,
-        &[(2.0, y), (-1.0, next)],
-        kind.h * kind.h,
-        y,
-        d,
-        kind.act,
-    )
+    let mut out = step_back(be, &HYPERBOLIC, kind, &[l], &[y], &[next], d)?;
+    Ok(out.remove(0))
 }
 
 /// Verlet step on halves `(a, b)`: `a += h f(b; K1)`, then `b -= h f(a; K2)`.
@@ -146,9 +138,9 @@ pub fn verlet_forward<B: Backend>(
     b: &B::Buf,
     d: Dims,
 ) -> Result<(B::Buf, B::Buf)> {
-    let a1 = sym(be, l1, &[(1.0, a)], kind.h, b, d, kind.act)?;
-    let b1 = sym(be, l2, &[(1.0, b)], -kind.h, &a1, d, kind.act)?;
-    Ok((a1, b1))
+    let mut out = step(be, &HAMILTONIAN, kind, &[l1, l2], None, &[a, b], None, d)?;
+    let b1 = out.remove(1);
+    Ok((out.remove(0), b1))
 }
 
 /// Inverse Verlet step: `b -= -h f(a; K2)` (i.e. `b += h f(a)`), then `a -= h f(b; K1)`.
@@ -161,9 +153,9 @@ pub fn verlet_inverse<B: Backend>(
     b1: &B::Buf,
     d: Dims,
 ) -> Result<(B::Buf, B::Buf)> {
-    let b = sym(be, l2, &[(1.0, b1)], kind.h, a1, d, kind.act)?;
-    let a = sym(be, l1, &[(1.0, a1)], -kind.h, &b, d, kind.act)?;
-    Ok((a, b))
+    let mut out = step_back(be, &HAMILTONIAN, kind, &[l1, l2], &[], &[a1, b1], d)?;
+    let b = out.remove(1);
+    Ok((out.remove(0), b))
 }
 
 /// `f(y)` alone (for the fixed-point updates, which add `round(2^S coef f)` in integers).
@@ -187,6 +179,6 @@ pub fn imex_forward<B: Backend>(
     y: &B::Buf,
     d: Dims,
 ) -> Result<B::Buf> {
-    let z = sym(be, l, &[(1.0, y)], kind.h, y, d, kind.act)?;
-    be.diffusion_solve(&z, d, diff, kind.h)
+    let mut out = step(be, &IMEX, kind, &[l], Some(diff), &[y], None, d)?;
+    Ok(out.remove(0))
 }

@@ -16,6 +16,7 @@ mod explicit;
 mod external;
 mod hamiltonian;
 mod hyperbolic;
+mod invertible;
 mod ode;
 mod pass;
 mod probe;

@@ -2,6 +2,7 @@
 //! guard of rebuilt inputs.
 
 use super::*;
+use crate::layers::rule::Inverse;
 
 impl<B: Backend> Engine<B> {
     /// Runs unit `k` forward from `input` (and an explicit `Y_{-1}` in a Haar chain), keeping
@@ -30,16 +31,11 @@ impl<B: Backend> Engine<B> {
                 "only leapfrog units take an explicit Y_-1".into(),
             ));
         }
-        match (kind.layer, fixed) {
-            (StepType::Hyperbolic, None) => self.leapfrog_forward(k, input, pre, d, sched),
-            (StepType::Hyperbolic, Some(shift)) => {
-                self.leapfrog_forward_fixed(k, input, pre, d, sched, shift)
-            }
-            (StepType::Hamiltonian, None) => self.verlet_unit_forward(k, input, d, sched),
-            (StepType::Hamiltonian, Some(shift)) => {
-                self.verlet_unit_forward_fixed(k, input, d, sched, shift)
-            }
-            _ => self.explicit_unit_forward(k, input, d, sched),
+        let rule = crate::layers::rule::rule_of(kind.layer)?;
+        match (rule.inverse, fixed) {
+            (Inverse::None, _) => self.explicit_unit_forward(k, input, d, sched),
+            (_, None) => self.invertible_forward(k, rule, input, pre, d, sched),
+            (_, Some(shift)) => self.invertible_forward_fixed(k, rule, input, pre, d, sched, shift),
         }
     }
 
