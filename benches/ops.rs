@@ -204,7 +204,7 @@ fn pointwise(cr: &mut Criterion) {
 
 /// The operators of SPEC section 7: lean's stencil, mgic's grouped convolutions (groups of 16
 /// channels), the IMEX diffusion solve and the Haar transform. Values per second.
-fn section7(cr: &mut Criterion) {
+fn structured(cr: &mut Criterion) {
     let b = Cpu::new();
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     for (c, hw) in SIZES {
@@ -215,7 +215,7 @@ fn section7(cr: &mut Criterion) {
         let groups = c / 16;
         let kg = data(&mut rng, c * 16 * 9);
         let diff = data(&mut rng, c);
-        let mut grp = cr.benchmark_group(format!("section7/{c}x{hw}"));
+        let mut grp = cr.benchmark_group(format!("structured/{c}x{hw}"));
         grp.throughput(Throughput::Elements(d.len() as u64));
         grp.bench_function("stencil5", |bn| {
             bn.iter(|| b.stencil5(black_box(&x), d, &dw).unwrap())
@@ -242,8 +242,13 @@ fn section7(cr: &mut Criterion) {
         );
         grp.bench_function("diffusion_solve_host_f64", |bn| {
             bn.iter(|| {
-                pdenet::backend::host::diffusion_solve_fft(black_box(&x64), d, &diff64, 0.5)
-                    .unwrap()
+                pdenet::backend::reference::structured::diffusion_solve_fft(
+                    black_box(&x64),
+                    d,
+                    &diff64,
+                    0.5,
+                )
+                .unwrap()
             })
         });
         grp.bench_function("haar", |bn| bn.iter(|| b.haar(black_box(&x), d).unwrap()));
@@ -261,6 +266,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = convolutions, pointwise, section7
+    targets = convolutions, pointwise, structured
 }
 criterion_main!(benches);

@@ -3,7 +3,7 @@
 //!
 //!     cargo run --release --example imex_fov [-- OUT.png]
 
-use pdenet::layers::fov::{single_pixel_fov, FovSetup};
+use pdenet::studies::fov::{single_pixel_fov, FovSetup};
 use pdenet::train::plot::{heatmaps_png, Heatmap};
 use std::path::PathBuf;
 

@@ -715,7 +715,7 @@ pub fn info(config: &str, batch: usize) -> Result<Info> {
     use crate::schedule::plan::{check_sizes, count_flops, plan_step};
     let cfg = Config::load(config)?;
     let layout = Layout::new(&cfg)?;
-    let sample = crate::bench::sample_shape(&cfg);
+    let sample = cfg.sample_shape();
     let flops = count_flops(&layout, &sample)?;
     let batch = batch.max(1);
     let mut shape = vec![batch];

@@ -4,7 +4,7 @@
 
 use crate::backend::cpu::kernels::{self, Isa};
 use crate::backend::Backend;
-use crate::config::{Config, NetworkKind, OperatorKind, StepType};
+use crate::config::{Config, OperatorKind, StepType};
 use crate::device::Device;
 use crate::error::Result;
 use crate::network::Layout;
@@ -150,7 +150,7 @@ pub fn random_values(n: usize, seed: u64) -> Vec<f32> {
 /// A random batch of the config's input shape (32x32 images, or 28x28 for one channel).
 pub fn random_batch(cfg: &Config, n: usize, seed: u64) -> (HostTensor, Vec<usize>) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let shape = sample_shape(cfg);
+    let shape = cfg.sample_shape();
     let mut full = vec![n];
     full.extend_from_slice(&shape);
     let len: usize = full.iter().product();
@@ -160,15 +160,6 @@ pub fn random_batch(cfg: &Config, n: usize, seed: u64) -> (HostTensor, Vec<usize
     };
     let labels = (0..n).map(|_| rng.random_range(0..cfg.classes)).collect();
     (x, labels)
-}
-
-/// One input's shape: `[c, 32, 32]` (`[1, 28, 28]` for one channel), or `[d]`.
-pub fn sample_shape(cfg: &Config) -> Vec<usize> {
-    match cfg.kind {
-        NetworkKind::Image if cfg.input_width() == 1 => vec![1, 28, 28],
-        NetworkKind::Image => vec![cfg.input_width(), 32, 32],
-        NetworkKind::Dense => vec![cfg.input_width()],
-    }
 }
 
 /// Plain SGD on the host copy (the update's cost is O(parameters), negligible beside the step).
@@ -322,7 +313,7 @@ pub fn run(
                             cfg.steps = vec![steps; cfg.widths.len()];
                             let layout = Layout::new(&cfg)?;
                             let mut shape = vec![opts.batch];
-                            shape.extend(sample_shape(&cfg));
+                            shape.extend(cfg.sample_shape());
                             let dev = Device::select_with(dev_choice, precision)?;
                             let plan = match &dev {
                                 Device::Cpu(b) => {

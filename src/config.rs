@@ -210,6 +210,16 @@ impl Config {
         }
     }
 
+    /// One input's shape: `[c, 32, 32]` (`[1, 28, 28]` for one channel), or `[d]`: the sample
+    /// `bench`, `info` and the memory reservation size a batch with.
+    pub fn sample_shape(&self) -> Vec<usize> {
+        match self.kind {
+            NetworkKind::Image if self.input_width() == 1 => vec![1, 28, 28],
+            NetworkKind::Image => vec![self.input_width(), 32, 32],
+            NetworkKind::Dense => vec![self.input_width()],
+        }
+    }
+
     /// A reference configuration of SPEC section 6 (`ref-cifar`, `ref-mnist`, `ref-2d`).
     pub fn reference(name: &str) -> Option<Config> {
         let json = match name {

@@ -35,7 +35,6 @@ pub mod bench;
 pub mod config;
 pub mod device;
 pub mod error;
-pub mod layers;
 pub mod limits;
 pub mod network;
 pub mod operators;
@@ -45,6 +44,8 @@ pub mod restore;
 pub mod schedule;
 pub mod solvers;
 pub mod stability;
+pub mod steps;
+pub mod studies;
 pub mod tensor;
 pub mod train;
 

@@ -207,27 +207,33 @@ impl Layout {
             },
         };
         let norm = cfg.norm_kind();
+        let rule = crate::steps::rule::rule_of(cfg.step_layer())?;
         let mut units = Vec::new();
         for (k, (&w, &nt)) in cfg.widths.iter().zip(&cfg.steps).enumerate() {
             let mut steps = Vec::with_capacity(nt);
             for j in 0..nt {
                 let p = format!("units.{k}.steps.{j}.");
-                let layers = if cfg.layer == StepType::Hamiltonian {
-                    let half = w / 2;
-                    let op1 = b.operator(cfg, &p, "K1", half)?;
-                    let op2 = b.operator(cfg, &p, "K2", half)?;
-                    let n1 = b.norm(&p, "1", norm, half);
-                    let n2 = b.norm(&p, "2", norm, half);
-                    vec![
-                        LayerIdx { op: op1, norm: n1 },
-                        LayerIdx { op: op2, norm: n2 },
-                    ]
-                } else {
-                    let op = b.operator(cfg, &p, "K", w)?;
-                    let n = b.norm(&p, "", norm, w);
-                    vec![LayerIdx { op, norm: n }]
+                // The rule says how many layers a step has and on how many channels (its
+                // parts); SPEC names: `K`, or `K1`, `K2`, ... (operators first, then norms).
+                let n_layers = rule.layer_count();
+                let width = w / rule.parts;
+                let suffix = |i: usize| match n_layers {
+                    1 => String::new(),
+                    _ => (i + 1).to_string(),
                 };
-                let diffusion = (cfg.layer == StepType::Imex)
+                let ops = (0..n_layers)
+                    .map(|i| b.operator(cfg, &p, &format!("K{}", suffix(i)), width))
+                    .collect::<Result<Vec<_>>>()?;
+                let layers = ops
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, op)| LayerIdx {
+                        op,
+                        norm: b.norm(&p, &suffix(i), norm, width),
+                    })
+                    .collect();
+                let diffusion = rule
+                    .solve
                     .then(|| b.add(format!("{p}diffusion"), vec![w], ParamRole::Affine));
                 steps.push(StepIdx { layers, diffusion });
             }

@@ -158,7 +158,7 @@ fn exercise_config(text: &str, batch: u64, seed: u64) -> Result<(), TestCaseErro
     if cfg.total_steps() > 200 {
         return Ok(());
     }
-    let sample = pdenet::bench::sample_shape(&cfg);
+    let sample = cfg.sample_shape();
     handled("flops", || count_flops(&layout, &sample))?;
     let mut shape = vec![batch as usize];
     shape.extend_from_slice(&sample);

@@ -1,7 +1,7 @@
 //! Field of view of one step on a single-pixel input (SPEC sections 3 and 7): an explicit step
 //! reaches 3x3 pixels, a symmetric layer 5x5, an IMEX step the whole 33x33 image.
 
-use pdenet::layers::fov::{single_pixel_fov, FovSetup};
+use pdenet::studies::fov::{single_pixel_fov, FovSetup};
 use pdenet::train::plot::{heatmaps_png, Heatmap};
 
 #[test]

@@ -421,7 +421,7 @@ fn config_with(layer: StepType, widths: &[usize], steps: usize, extra: &str) -> 
 /// The new configurations, each step type where it applies: lean at width 4, mgic at 32 (one
 /// coarse level; hamiltonian halves reach 16, the full coarsest operator) and 16, IMEX with
 /// each operator, and Haar connections (a three-unit fully hyperbolic chain among them).
-pub fn section7_configs(steps: usize) -> Vec<Config> {
+pub fn structured_configs(steps: usize) -> Vec<Config> {
     let mut out = Vec::new();
     for layer in StepType::BASIC {
         out.push(config_with(layer, &[4, 4], steps, r#","operator":"lean""#));
@@ -460,26 +460,26 @@ pub fn section7_configs(steps: usize) -> Vec<Config> {
 }
 
 #[test]
-fn finite_differences_section7_networks() {
-    for cfg in section7_configs(2) {
+fn finite_differences_structured_networks() {
+    for cfg in structured_configs(2) {
         fd_check(cfg);
     }
 }
 
 #[test]
-fn policies_agree_section7_reference() {
-    policies_agree_on(|| Reference, &section7_configs(3));
+fn policies_agree_structured_reference() {
+    policies_agree_on(|| Reference, &structured_configs(3));
 }
 
 #[test]
-fn policies_agree_section7_cpu() {
-    policies_agree_on(pdenet::backend::cpu::Cpu::new, &section7_configs(3));
+fn policies_agree_structured_cpu() {
+    policies_agree_on(pdenet::backend::cpu::Cpu::new, &structured_configs(3));
 }
 
 #[test]
-fn policies_agree_section7_cuda() {
+fn policies_agree_structured_cuda() {
     if cuda().is_some() {
-        policies_agree_on(|| cuda().expect("checked above"), &section7_configs(3));
+        policies_agree_on(|| cuda().expect("checked above"), &structured_configs(3));
     }
 }
 
@@ -512,7 +512,7 @@ fn mgic_has_far_fewer_parameters_than_full() {
 }
 
 #[test]
-fn section7_parameter_names() {
+fn structured_parameter_names() {
     let names = |cfg: &Config| -> Vec<String> {
         Layout::new(cfg)
             .unwrap()

@@ -9,11 +9,11 @@ use pdenet::backend::cpu::Cpu;
 use pdenet::backend::reference::Reference;
 use pdenet::backend::{Activation, Backend, Norm};
 use pdenet::config::StepType;
-use pdenet::layers::{forward_single, Layer, StepSettings};
 use pdenet::operators::OpRef;
 use pdenet::solvers::ode::{
     adjoint, backprop, replay, solve, BackendSpace, OdeOptions, Solver, UnitRhs,
 };
+use pdenet::steps::{forward_single, Layer, StepSettings};
 use pdenet::Dims;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

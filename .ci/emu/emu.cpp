@@ -7,7 +7,7 @@
 #include "conv1x1.cu"
 #include "fused_step.cu"
 #include "norm.cu"
-#include "section7.cu"
+#include "structured.cu"
 #include "pointwise.cu"
 
 static std::mt19937 rng(42);

@@ -12,8 +12,8 @@
 pub mod cpu;
 pub mod cuda;
 pub mod half16;
-pub mod host;
 pub mod reference;
+use reference::structured;
 
 use crate::error::Result;
 use crate::operators::OpRef;
@@ -320,17 +320,17 @@ pub trait Backend: Send + Sync + Sized {
     /// Depthwise 5-point stencil: x `[n, c, h, w]` (`d`), D `[c, 5]` (centre, up, down, left,
     /// right), zero padding.
     fn stencil5(&self, x: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf> {
-        let y = host::stencil5(&self.download(x)?, d, &self.download(dw)?)?;
+        let y = structured::stencil5(&self.download(x)?, d, &self.download(dw)?)?;
         self.upload(&y)
     }
     /// Adjoint of [`Backend::stencil5`].
     fn stencil5_t(&self, z: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf> {
-        let x = host::stencil5_t(&self.download(z)?, d, &self.download(dw)?)?;
+        let x = structured::stencil5_t(&self.download(z)?, d, &self.download(dw)?)?;
         self.upload(&x)
     }
     /// `dD[c, t] = sum_{n,p} dz[n, c, p] x[n, c, p + off_t]`: `[c, 5]`.
     fn stencil5_wgrad(&self, x: &Self::Buf, d: Dims, dz: &Self::Buf) -> Result<Self::Buf> {
-        let g = host::stencil5_wgrad(&self.download(x)?, d, &self.download(dz)?)?;
+        let g = structured::stencil5_wgrad(&self.download(x)?, d, &self.download(dz)?)?;
         self.upload(&g)
     }
 
@@ -345,7 +345,7 @@ pub trait Backend: Send + Sync + Sized {
         groups: usize,
     ) -> Result<Self::Buf> {
         let (x, k) = (self.download(x)?, self.download(k)?);
-        self.upload(&host::grouped_conv(3, &x, d, &k, cout, groups)?)
+        self.upload(&structured::grouped_conv(3, &x, d, &k, cout, groups)?)
     }
     /// Adjoint: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
     fn grouped_conv3x3_t(
@@ -357,7 +357,7 @@ pub trait Backend: Send + Sync + Sized {
         groups: usize,
     ) -> Result<Self::Buf> {
         let (z, k) = (self.download(z)?, self.download(k)?);
-        self.upload(&host::grouped_conv_t(3, &z, d, &k, cin, groups)?)
+        self.upload(&structured::grouped_conv_t(3, &z, d, &k, cin, groups)?)
     }
     /// Weight gradient `[cout, cin / groups, 3, 3]`; `d` is the shape of `x`.
     fn grouped_conv3x3_wgrad(
@@ -369,7 +369,9 @@ pub trait Backend: Send + Sync + Sized {
         groups: usize,
     ) -> Result<Self::Buf> {
         let (x, dz) = (self.download(x)?, self.download(dz)?);
-        self.upload(&host::grouped_conv_wgrad(3, &x, d, &dz, cout, groups)?)
+        self.upload(&structured::grouped_conv_wgrad(
+            3, &x, d, &dz, cout, groups,
+        )?)
     }
     /// Grouped 1x1 convolution, K `[cout, cin / groups]`.
     fn grouped_conv1x1(
@@ -381,7 +383,7 @@ pub trait Backend: Send + Sync + Sized {
         groups: usize,
     ) -> Result<Self::Buf> {
         let (x, k) = (self.download(x)?, self.download(k)?);
-        self.upload(&host::grouped_conv(1, &x, d, &k, cout, groups)?)
+        self.upload(&structured::grouped_conv(1, &x, d, &k, cout, groups)?)
     }
     fn grouped_conv1x1_t(
         &self,
@@ -392,7 +394,7 @@ pub trait Backend: Send + Sync + Sized {
         groups: usize,
     ) -> Result<Self::Buf> {
         let (z, k) = (self.download(z)?, self.download(k)?);
-        self.upload(&host::grouped_conv_t(1, &z, d, &k, cin, groups)?)
+        self.upload(&structured::grouped_conv_t(1, &z, d, &k, cin, groups)?)
     }
     fn grouped_conv1x1_wgrad(
         &self,
@@ -403,7 +405,9 @@ pub trait Backend: Send + Sync + Sized {
         groups: usize,
     ) -> Result<Self::Buf> {
         let (x, dz) = (self.download(x)?, self.download(dz)?);
-        self.upload(&host::grouped_conv_wgrad(1, &x, d, &dz, cout, groups)?)
+        self.upload(&structured::grouped_conv_wgrad(
+            1, &x, d, &dz, cout, groups,
+        )?)
     }
 
     /// The implicit diffusion solve of IMEX: `(I + h a_c L)^{-1} x` per channel, L the periodic
@@ -433,19 +437,19 @@ pub trait Backend: Send + Sync + Sized {
     /// Orthonormal 2x2 Haar transform of every channel: `[n, c, h, w]` (`d`) ->
     /// `[n, 4c, h/2, w/2]`, output channel `4c + i` for filter i (SPEC section 7).
     fn haar(&self, x: &Self::Buf, d: Dims) -> Result<Self::Buf> {
-        self.upload(&host::haar(&self.download(x)?, d)?)
+        self.upload(&structured::haar(&self.download(x)?, d)?)
     }
     /// Inverse (= adjoint) of [`Backend::haar`]; `d` is the shape of the result.
     fn haar_inv(&self, y: &Self::Buf, d: Dims) -> Result<Self::Buf> {
-        self.upload(&host::haar_inv(&self.download(y)?, d)?)
+        self.upload(&structured::haar_inv(&self.download(y)?, d)?)
     }
     /// Fixed point: `2 H q`, exact in integers (a state with one more fractional bit).
     fn haar_fixed(&self, q: &Self::IBuf, d: Dims) -> Result<Self::IBuf> {
-        self.iupload(&host::haar_fixed(&self.idownload(q)?, d)?)
+        self.iupload(&structured::haar_fixed(&self.idownload(q)?, d)?)
     }
     /// Inverse of [`Backend::haar_fixed`] (bit-exact).
     fn haar_fixed_inv(&self, q: &Self::IBuf, d: Dims) -> Result<Self::IBuf> {
-        self.iupload(&host::haar_fixed_inv(&self.idownload(q)?, d)?)
+        self.iupload(&structured::haar_fixed_inv(&self.idownload(q)?, d)?)
     }
 
     // ---- fused ops (defaults compose the primitives; backends may override) ----------------
@@ -541,7 +545,7 @@ pub(crate) fn diffusion_solve_on_host<B: Backend>(
     h: f64,
 ) -> Result<B::Buf> {
     let (x, diff) = (be.download(x)?, be.download(diff)?);
-    be.upload(&host::diffusion_solve_fft(&x, d, &diff, h)?)
+    be.upload(&structured::diffusion_solve_fft(&x, d, &diff, h)?)
 }
 
 /// [`Backend::diffusion_solve_vjp`] by a host round trip, as [`diffusion_solve_on_host`].
@@ -554,7 +558,8 @@ pub(crate) fn diffusion_solve_vjp_on_host<B: Backend>(
     g: &B::Buf,
 ) -> Result<(B::Buf, B::Buf)> {
     let (y, diff, g) = (be.download(y)?, be.download(diff)?, be.download(g)?);
-    let (dx, dd) = host::diffusion_vjp_with(&y, d, &diff, h, &g, host::diffusion_solve_fft)?;
+    let (dx, dd) =
+        structured::diffusion_vjp_with(&y, d, &diff, h, &g, structured::diffusion_solve_fft)?;
     Ok((be.upload(&dx)?, be.upload(&dd)?))
 }
 

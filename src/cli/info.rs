@@ -2,7 +2,6 @@
 
 use clap::Args;
 use pdenet::backend::Storage;
-use pdenet::bench::sample_shape;
 use pdenet::config::Config;
 use pdenet::network::Layout;
 use pdenet::schedule::plan::{check_sizes, count_flops, plan_step};
@@ -22,7 +21,7 @@ pub struct InfoArgs {
 pub fn run_info(a: InfoArgs) -> Result<()> {
     let cfg = Config::load(&a.config)?;
     let layout = Layout::new(&cfg)?;
-    let sample = sample_shape(&cfg);
+    let sample = cfg.sample_shape();
     let flops = count_flops(&layout, &sample)?;
     let mut shape = vec![a.batch.max(1)];
     shape.extend_from_slice(&sample);

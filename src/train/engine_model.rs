@@ -49,7 +49,7 @@ pub fn build_engine_model(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Mode
         .with_storage(spec.storage)
         .with_drift_guard(spec.drift_guard);
     let mut shape = vec![spec.batch];
-    shape.extend(crate::bench::sample_shape(cfg));
+    shape.extend(cfg.sample_shape());
     // Checked before anything is allocated: the training loop keeps about three host copies of
     // the parameters (weights, gradients, optimizer state) beside the engine's.
     layout.check_host_memory(3, "the host copies of the parameters")?;

@@ -9,12 +9,11 @@ mod direct;
 mod fused;
 mod par;
 pub mod peak;
-mod section7;
+mod structured;
 
 use rayon::prelude::*;
 
 use super::half16::{self, Packed16};
-use super::host;
 use super::reference::round_to_i32;
 use super::{
     Activation, Backend, BnStats, Norm, Precision, Scratch, ScratchOp, Storage, SymGrads, BN_EPS,
@@ -411,17 +410,17 @@ impl Backend for Cpu {
     fn stencil5(&self, x: &Vec<f32>, d: Dims, dw: &Vec<f32>) -> Result<Vec<f32>> {
         check_len(x, d.len(), "stencil5 input")?;
         check_len(dw, d.c * 5, "stencil5 weight")?;
-        Ok(section7::stencil(x, d, dw, false))
+        Ok(structured::stencil(x, d, dw, false))
     }
     fn stencil5_t(&self, z: &Vec<f32>, d: Dims, dw: &Vec<f32>) -> Result<Vec<f32>> {
         check_len(z, d.len(), "stencil5_t input")?;
         check_len(dw, d.c * 5, "stencil5_t weight")?;
-        Ok(section7::stencil(z, d, dw, true))
+        Ok(structured::stencil(z, d, dw, true))
     }
     fn stencil5_wgrad(&self, x: &Vec<f32>, d: Dims, dz: &Vec<f32>) -> Result<Vec<f32>> {
         check_len(x, d.len(), "stencil5_wgrad input")?;
         check_len(dz, d.len(), "stencil5_wgrad cotangent")?;
-        Ok(section7::stencil_wgrad(x, d, dz))
+        Ok(structured::stencil_wgrad(x, d, dz))
     }
     fn grouped_conv3x3(
         &self,
@@ -432,8 +431,8 @@ impl Backend for Cpu {
         groups: usize,
     ) -> Result<Vec<f32>> {
         grouped_check(x.len(), d, k.len(), cout, groups, 9)?;
-        let (taps, f, _, _) = section7::CONV3;
-        Ok(section7::forward(x, d, k, cout, groups, taps, f))
+        let (taps, f, _, _) = structured::CONV3;
+        Ok(structured::forward(x, d, k, cout, groups, taps, f))
     }
     fn grouped_conv3x3_t(
         &self,
@@ -445,8 +444,8 @@ impl Backend for Cpu {
     ) -> Result<Vec<f32>> {
         grouped_check(d.with_c(cin).len(), d.with_c(cin), k.len(), d.c, groups, 9)?;
         check_len(z, d.len(), "grouped conv_t input")?;
-        let (taps, _, t, _) = section7::CONV3;
-        Ok(section7::adjoint(z, d, k, cin, groups, taps, t))
+        let (taps, _, t, _) = structured::CONV3;
+        Ok(structured::adjoint(z, d, k, cin, groups, taps, t))
     }
     fn grouped_conv3x3_wgrad(
         &self,
@@ -458,8 +457,8 @@ impl Backend for Cpu {
     ) -> Result<Vec<f32>> {
         grouped_check(x.len(), d, cout * d.c / groups.max(1) * 9, cout, groups, 9)?;
         check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
-        let (taps, _, _, w) = section7::CONV3;
-        Ok(section7::wgrad(x, d, dz, cout, groups, taps, w))
+        let (taps, _, _, w) = structured::CONV3;
+        Ok(structured::wgrad(x, d, dz, cout, groups, taps, w))
     }
     fn grouped_conv1x1(
         &self,
@@ -470,8 +469,8 @@ impl Backend for Cpu {
         groups: usize,
     ) -> Result<Vec<f32>> {
         grouped_check(x.len(), d, k.len(), cout, groups, 1)?;
-        let (taps, f, _, _) = section7::CONV1;
-        Ok(section7::forward(x, d, k, cout, groups, taps, f))
+        let (taps, f, _, _) = structured::CONV1;
+        Ok(structured::forward(x, d, k, cout, groups, taps, f))
     }
     fn grouped_conv1x1_t(
         &self,
@@ -483,8 +482,8 @@ impl Backend for Cpu {
     ) -> Result<Vec<f32>> {
         grouped_check(d.with_c(cin).len(), d.with_c(cin), k.len(), d.c, groups, 1)?;
         check_len(z, d.len(), "grouped conv_t input")?;
-        let (taps, _, t, _) = section7::CONV1;
-        Ok(section7::adjoint(z, d, k, cin, groups, taps, t))
+        let (taps, _, t, _) = structured::CONV1;
+        Ok(structured::adjoint(z, d, k, cin, groups, taps, t))
     }
     fn grouped_conv1x1_wgrad(
         &self,
@@ -496,12 +495,12 @@ impl Backend for Cpu {
     ) -> Result<Vec<f32>> {
         grouped_check(x.len(), d, cout * d.c / groups.max(1), cout, groups, 1)?;
         check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
-        let (taps, _, _, w) = section7::CONV1;
-        Ok(section7::wgrad(x, d, dz, cout, groups, taps, w))
+        let (taps, _, _, w) = structured::CONV1;
+        Ok(structured::wgrad(x, d, dz, cout, groups, taps, w))
     }
     fn diffusion_solve(&self, x: &Vec<f32>, d: Dims, diff: &Vec<f32>, h: f64) -> Result<Vec<f32>> {
-        host::check_diffusion_shape(x.len(), d, diff.len(), h)?;
-        Ok(section7::diffusion_solve(x, d, diff, h))
+        crate::backend::reference::structured::check_diffusion_shape(x.len(), d, diff.len(), h)?;
+        Ok(structured::diffusion_solve(x, d, diff, h))
     }
     fn diffusion_solve_vjp(
         &self,
@@ -511,11 +510,11 @@ impl Backend for Cpu {
         h: f64,
         g: &Vec<f32>,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        host::check_diffusion_shape(y.len(), d, diff.len(), h)?;
+        crate::backend::reference::structured::check_diffusion_shape(y.len(), d, diff.len(), h)?;
         check_len(g, d.len(), "diffusion solve cotangent")?;
         // The solve is symmetric: dx = S g.
-        let dx = section7::diffusion_solve(g, d, diff, h);
-        let dd = section7::diffusion_diff_grad(y, &dx, d, diff, h);
+        let dx = structured::diffusion_solve(g, d, diff, h);
+        let dd = structured::diffusion_diff_grad(y, &dx, d, diff, h);
         Ok((dx, dd))
     }
 

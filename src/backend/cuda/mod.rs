@@ -143,7 +143,7 @@ const KERNELS: &[(&str, &[&str])] = &[
     ),
     ("loss", &["softmax_xent"]),
     (
-        "section7",
+        "structured",
         &[
             "stencil5_apply",
             "stencil5_wgrad_partial",

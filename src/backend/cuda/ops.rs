@@ -105,7 +105,7 @@ fn group_sizes(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize)>
     Ok((cin / groups, cout / groups))
 }
 
-/// Largest image side of the diffusion kernels (`DIFF_MAX` in section7.cu); larger images are
+/// Largest image side of the diffusion kernels (`DIFF_MAX` in structured.cu); larger images are
 /// solved on the host.
 const DIFF_MAX: usize = 32;
 

@@ -21,8 +21,8 @@ impl<B: Backend> Engine<B> {
         for s in &self.layout.units[k].steps {
             let l = self.layer(&s.layers[0]);
             let next = match s.diffusion {
-                Some(di) => layers::imex_forward(be, kind, l, &self.params[di], &cur, d)?,
-                None => layers::forward_single(be, kind, l, &cur, None, d)?,
+                Some(di) => steps::imex_forward(be, kind, l, &self.params[di], &cur, d)?,
+                None => steps::forward_single(be, kind, l, &cur, None, d)?,
             };
             let old = std::mem::replace(&mut cur, next);
             if let Some(storage) = keep {
@@ -59,7 +59,7 @@ impl<B: Backend> Engine<B> {
                 grads.add(be, di, 1.0, gd)?;
                 g = gz;
             }
-            let v = layers::grad_single(be, kind, self.layer(li), y, d, &g)?;
+            let v = steps::grad_single(be, kind, self.layer(li), y, d, &g)?;
             g = be.lincomb(&[(1.0, &g), (kind.h, &v.dy)])?;
             grads.add_layer(be, li, kind.h, v)?;
         }

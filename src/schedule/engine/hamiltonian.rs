@@ -57,16 +57,16 @@ impl<B: Backend> Engine<B> {
                         Some(input) if j == 0 => {
                             if measure {
                                 let (a, b) =
-                                    layers::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
+                                    steps::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
                                 s.push(vec![a, b]);
                             }
                             let (a0, b0) = be.split_channels(input, d, half)?;
-                            let f1 = layers::f_only(be, l1, &b0, hd, kind.act)?;
+                            let f1 = steps::f_only(be, l1, &b0, hd, kind.act)?;
                             (be.lincomb(&[(1.0, &a0), (h, &f1)])?, b0)
                         }
                         _ => {
                             let (a, b) =
-                                layers::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
+                                steps::verlet_inverse(be, kind, l1, l2, &st[0], &st[1], hd)?;
                             let pair = (be.copy(&st[0])?, be.copy(&b)?);
                             s.push(vec![a, b]);
                             pair
@@ -78,11 +78,11 @@ impl<B: Backend> Engine<B> {
                         .pop()
                         .ok_or_else(|| Error::Other("missing state".into()))?;
                     let a1 = be.dequantize(&st[0], shift)?;
-                    let f2 = layers::f_only(be, l2, &a1, hd, kind.act)?;
+                    let f2 = steps::f_only(be, l2, &a1, hd, kind.act)?;
                     let qb = be.fixed_update(&[(1, &st[1])], coef, &f2)?;
                     drop(f2);
                     let bj = be.dequantize(&qb, shift)?;
-                    let f1 = layers::f_only(be, l1, &bj, hd, kind.act)?;
+                    let f1 = steps::f_only(be, l1, &bj, hd, kind.act)?;
                     let qa = be.fixed_update(&[(1, &st[0])], -coef, &f1)?;
                     s.push(vec![qa, qb]);
                     (a1, bj)
@@ -91,10 +91,10 @@ impl<B: Backend> Engine<B> {
                     return Err(Error::Other("hamiltonian unit kept no states".into()))
                 }
             };
-            let v2 = layers::sym_grad(be, l2, &a1, hd, kind.act, &gb)?;
+            let v2 = steps::sym_grad(be, l2, &a1, hd, kind.act, &gb)?;
             ga = be.lincomb(&[(1.0, &ga), (-h, &v2.dy)])?;
             grads.add_layer(be, li2, -h, v2)?;
-            let v1 = layers::sym_grad(be, l1, &bj, hd, kind.act, &ga)?;
+            let v1 = steps::sym_grad(be, l1, &bj, hd, kind.act, &ga)?;
             gb = be.lincomb(&[(1.0, &gb), (h, &v1.dy)])?;
             grads.add_layer(be, li1, h, v1)?;
         }

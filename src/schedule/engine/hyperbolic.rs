@@ -157,7 +157,7 @@ impl<B: Backend> Engine<B> {
                 (Src::Window(..), Some(input)) if j == 0 => input,
                 _ => y,
             };
-            let v = layers::sym_grad(be, l, y, d, kind.act, &g_next)?;
+            let v = steps::sym_grad(be, l, y, d, kind.act, &g_next)?;
             let g_j = match &p_cur {
                 Some((c, p)) => be.lincomb(&[(2.0, &g_next), (h2, &v.dy), (*c, p)])?,
                 None => be.lincomb(&[(2.0, &g_next), (h2, &v.dy)])?,
@@ -171,14 +171,14 @@ impl<B: Backend> Engine<B> {
                     Src::Window(..) if j == 1 && tape.input.is_some() && !measure && !want_pair => {
                     }
                     Src::Window(c, n) => {
-                        let prev = layers::leapfrog_inverse(be, kind, l, c, n, d)?;
+                        let prev = steps::leapfrog_inverse(be, kind, l, c, n, d)?;
                         *n = std::mem::replace(c, prev);
                     }
                     Src::WindowFixed(c, n) => {
                         let y = y_owned
                             .as_ref()
                             .ok_or_else(|| Error::Other("no dequantised state".into()))?;
-                        let f = layers::f_only(be, l, y, d, kind.act)?;
+                        let f = steps::f_only(be, l, y, d, kind.act)?;
                         let prev = be.fixed_update(&[(2, c), (-1, n)], coef, &f)?;
                         *n = std::mem::replace(c, prev);
                     }
@@ -198,14 +198,14 @@ impl<B: Backend> Engine<B> {
                     // One more inverse step gives Y_{-1}, the previous unit's Y_{nt-1}.
                     pair = match src {
                         Src::Window(c, n) => {
-                            let prev = layers::leapfrog_inverse(be, kind, l, &c, &n, d)?;
+                            let prev = steps::leapfrog_inverse(be, kind, l, &c, &n, d)?;
                             Some(Pair::Float(c, prev))
                         }
                         Src::WindowFixed(c, n) => {
                             let y = y_owned
                                 .as_ref()
                                 .ok_or_else(|| Error::Other("no dequantised state".into()))?;
-                            let f = layers::f_only(be, l, y, d, kind.act)?;
+                            let f = steps::f_only(be, l, y, d, kind.act)?;
                             let prev = be.fixed_update(&[(2, &c), (-1, &n)], coef, &f)?;
                             Some(Pair::Fixed(c, prev))
                         }

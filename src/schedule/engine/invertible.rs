@@ -3,7 +3,7 @@
 //! window a step reads; its `parts` split the channels.
 
 use super::*;
-use crate::layers::rule::{self, StepRule};
+use crate::steps::rule::{self, StepRule};
 
 impl<B: Backend> Engine<B> {
     /// The state's parts: the input itself, or its channel halves.

@@ -5,10 +5,10 @@ use super::{DriftGuard, MemoryPolicy, Policy};
 use crate::backend::{Activation, Backend, BnStats, Norm, Storage};
 use crate::config::{Connect, NetworkKind, OperatorKind, StepType};
 use crate::error::{Error, Result};
-use crate::layers::{self, Layer, StepSettings};
 use crate::network::{ConnectIdx, LayerIdx, Layout, NormIdx, OpenIdx, UnitIdx};
 use crate::operators::{LayerGrads, OpRef, MGIC_GROUP};
 use crate::params::{ParamRole, ParamSet};
+use crate::steps::{self, Layer, StepSettings};
 use crate::tensor::{Dims, HostTensor};
 
 mod affine;

@@ -5,9 +5,9 @@ use super::{Engine, Kept};
 use crate::backend::Backend;
 use crate::config::StepType;
 use crate::error::{Error, Result};
-use crate::layers;
 use crate::schedule::Policy;
 use crate::solvers::ode::UnitRhs;
+use crate::steps;
 use crate::tensor::{Dims, HostTensor};
 
 impl<B: Backend> Engine<B> {
@@ -60,28 +60,28 @@ impl<B: Backend> Engine<B> {
         match self.layout.config.layer {
             StepType::Hyperbolic => {
                 let (prev, cur) = be.split_channels(y, d.with_c(2 * d.c), d.c)?;
-                let next = layers::forward_single(be, kind, l, &cur, Some(&prev), d)?;
+                let next = steps::forward_single(be, kind, l, &cur, Some(&prev), d)?;
                 be.concat_channels(&cur, &next, d.with_c(2 * d.c), d.c)
             }
             StepType::Hamiltonian => {
                 let hd = d.with_c(d.c / 2);
                 let (a, b) = be.split_channels(y, d, d.c / 2)?;
                 let l2 = self.layer(&step.layers[1]);
-                let (a1, b1) = layers::verlet_forward(be, kind, l, l2, &a, &b, hd)?;
+                let (a1, b1) = steps::verlet_forward(be, kind, l, l2, &a, &b, hd)?;
                 be.concat_channels(&a1, &b1, d, d.c / 2)
             }
             StepType::Imex => {
                 let di = step
                     .diffusion
                     .ok_or_else(|| Error::Other("an imex step without diffusion".into()))?;
-                layers::imex_forward(be, kind, l, &self.params[di], y, d)
+                steps::imex_forward(be, kind, l, &self.params[di], y, d)
             }
             StepType::Ode => {
                 let opts = self.ode_options(&self.ode_keys()?);
                 let mut rhs = UnitRhs::new(kind, l, d)?;
                 Ok(self.ode_interval((k, j), &mut rhs, y, &opts, false)?.y)
             }
-            _ => layers::forward_single(be, kind, l, y, None, d),
+            _ => steps::forward_single(be, kind, l, y, None, d),
         }
     }
 

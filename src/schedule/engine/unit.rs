@@ -2,7 +2,7 @@
 //! guard of rebuilt inputs.
 
 use super::*;
-use crate::layers::rule::Inverse;
+use crate::steps::rule::Inverse;
 
 impl<B: Backend> Engine<B> {
     /// Runs unit `k` forward from `input` (and an explicit `Y_{-1}` in a Haar chain), keeping
@@ -31,7 +31,7 @@ impl<B: Backend> Engine<B> {
                 "only leapfrog units take an explicit Y_-1".into(),
             ));
         }
-        let rule = crate::layers::rule::rule_of(kind.layer)?;
+        let rule = crate::steps::rule::rule_of(kind.layer)?;
         match (rule.inverse, fixed) {
             (Inverse::None, _) => self.explicit_unit_forward(k, input, d, sched),
             (_, None) => self.invertible_forward(k, rule, input, pre, d, sched),

@@ -6,8 +6,8 @@ use super::space::{BackendSpace, Rhs, RhsVjp};
 use crate::backend::Backend;
 use crate::config::StepType;
 use crate::error::{Error, Result};
-use crate::layers::{f_only, forward_single, grad_single, Layer, StepSettings};
 use crate::operators::explicit_f;
+use crate::steps::{f_only, forward_single, grad_single, Layer, StepSettings};
 use crate::tensor::Dims;
 
 /// `F_j` of one weight interval: the step type `kind.layer` (parabolic, resnet or

@@ -8,12 +8,12 @@
 //! (K, then K^T), and the whole image after the implicit solve `(I + h L)^{-1}`, whose inverse is
 //! dense.
 
-use super::{forward_single, imex_forward, Layer, StepSettings};
 use crate::backend::reference::Reference;
 use crate::backend::{Activation, Backend, Norm};
 use crate::config::StepType;
 use crate::error::{Error, Result};
 use crate::operators::OpRef;
+use crate::steps::{forward_single, imex_forward, Layer, StepSettings};
 use crate::tensor::Dims;
 use rand::{Rng, SeedableRng};
 

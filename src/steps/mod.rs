@@ -7,7 +7,6 @@ use crate::error::Result;
 use crate::operators::{explicit_vjp, sym_step, sym_vjp, LayerGrads, OpRef};
 use crate::tensor::Dims;
 
-pub mod fov;
 pub mod rule;
 
 use rule::{rule_of, step, step_back, HAMILTONIAN, HYPERBOLIC, IMEX};

@@ -3,11 +3,12 @@
 //! `rustfft` fallback, and the gradient of `d`), the Haar transform (orthonormal; bit-exact in
 //! fixed point), and IMEX's field of view.
 
+use pdenet::backend::reference::structured;
 use pdenet::backend::reference::Reference;
-use pdenet::backend::{host, Activation, Backend, Norm};
+use pdenet::backend::{Activation, Backend, Norm};
 use pdenet::config::StepType;
-use pdenet::layers::{self, Layer, StepSettings};
 use pdenet::operators::{OpRef, MGIC_GROUP};
+use pdenet::steps::{self, Layer, StepSettings};
 use pdenet::tensor::Dims;
 use rand::{Rng, SeedableRng};
 
@@ -173,7 +174,7 @@ fn diffusion_solve_satisfies_its_equation_and_matches_the_fft_path() {
         let (x, diff, h) = (rand_vec(d.len(), 15), rand_vec(d.c, 16), 0.7);
         let y = be.diffusion_solve(&x, d, &diff, h).unwrap();
         // (I + h a_c L) y = x.
-        let ly = host::neg_laplacian(&y, d);
+        let ly = structured::neg_laplacian(&y, d);
         let hw = d.hw();
         for i in 0..d.len() {
             let a = diff[(i / hw) % d.c].powi(2);
@@ -182,7 +183,7 @@ fn diffusion_solve_satisfies_its_equation_and_matches_the_fft_path() {
                 "residual at {i}"
             );
         }
-        let fast = host::diffusion_solve_fft(&x, d, &diff, h).unwrap();
+        let fast = structured::diffusion_solve_fft(&x, d, &diff, h).unwrap();
         let err = y
             .iter()
             .zip(&fast)
@@ -290,11 +291,11 @@ fn imex_field_of_view() {
         }
         (reach, count)
     };
-    let resnet = layers::forward_single(&be, kind(StepType::Resnet), l, &x, None, d).unwrap();
+    let resnet = steps::forward_single(&be, kind(StepType::Resnet), l, &x, None, d).unwrap();
     assert_eq!(support(&resnet).0, 1, "explicit step: 3x3");
-    let para = layers::forward_single(&be, kind(StepType::Parabolic), l, &x, None, d).unwrap();
+    let para = steps::forward_single(&be, kind(StepType::Parabolic), l, &x, None, d).unwrap();
     assert_eq!(support(&para).0, 2, "symmetric layer: 5x5");
-    let imex = layers::imex_forward(&be, kind(StepType::Imex), l, &diff, &x, d).unwrap();
+    let imex = steps::imex_forward(&be, kind(StepType::Imex), l, &diff, &x, d).unwrap();
     assert_eq!(
         support(&imex).1,
         d.len(),
@@ -305,14 +306,14 @@ fn imex_field_of_view() {
 /// The fast CPU backend (f32; grouped convolutions on its GEMM kernels, the stencil in f32
 /// loops, the solve through the `rustfft` fallback) against the f64 reference.
 #[test]
-fn cpu_matches_reference_on_section7_primitives() {
+fn cpu_matches_reference_on_structured_primitives() {
     fast_matches_reference(&pdenet::backend::cpu::Cpu::new());
 }
 
 /// The CUDA backend (grouped implicit-GEMM convolutions, stencil, Haar and diffusion-solve
 /// kernels) against the f64 reference.
 #[test]
-fn cuda_matches_reference_on_section7_primitives() {
+fn cuda_matches_reference_on_structured_primitives() {
     match pdenet::backend::cuda::Cuda::try_new() {
         Ok(c) => fast_matches_reference(&c),
         Err(e) => pdenet::backend::cuda::report_skip(e),
@@ -385,17 +386,17 @@ fn fast_matches_reference<B: Backend>(cpu: &B) {
             };
             close(
                 &f,
-                &host::grouped_conv(ks, &x, d, &k, cout, groups).unwrap(),
+                &structured::grouped_conv(ks, &x, d, &k, cout, groups).unwrap(),
                 &what,
             );
             close(
                 &t,
-                &host::grouped_conv_t(ks, &zo, od, &k, d.c, groups).unwrap(),
+                &structured::grouped_conv_t(ks, &zo, od, &k, d.c, groups).unwrap(),
                 &what,
             );
             close(
                 &w,
-                &host::grouped_conv_wgrad(ks, &x, d, &zo, cout, groups).unwrap(),
+                &structured::grouped_conv_wgrad(ks, &x, d, &zo, cout, groups).unwrap(),
                 &what,
             );
         }
@@ -452,7 +453,7 @@ fn fast_matches_reference<B: Backend>(cpu: &B) {
     let fq = cpu.haar_fixed(&cpu.iupload(&q).unwrap(), he).unwrap();
     assert_eq!(
         cpu.idownload(&fq).unwrap(),
-        host::haar_fixed(&q, he).unwrap(),
+        structured::haar_fixed(&q, he).unwrap(),
         "haar_fixed"
     );
     let back = cpu.haar_fixed_inv(&fq, he).unwrap();

@@ -82,6 +82,13 @@ pub struct StepRule {
     pub solve: bool,
 }
 
+impl StepRule {
+    /// Layers (`K`, norm) a step has: one per distinct `F` its updates evaluate.
+    pub fn layer_count(&self) -> usize {
+        self.updates.iter().map(|u| u.layer + 1).max().unwrap_or(0)
+    }
+}
+
 const fn update(target: usize, terms: &'static [(i32, At)], sign: f64, h_power: u32) -> Update {
     Update {
         target,

@@ -4,7 +4,7 @@
 //! parallel. The Haar transform uses the trait's host fallback.
 
 use super::conv;
-use crate::backend::host::{laplace_eigen, STENCIL};
+use crate::backend::reference::structured::{laplace_eigen, STENCIL};
 use crate::tensor::Dims;
 use rayon::prelude::*;
 use rustfft::num_complex::Complex;

@@ -1,8 +1,10 @@
 //! The f64 reference backend: plain loops written to be read. Every other implementation is
 //! tested against it, and the finite-difference checks run on it.
 
+pub mod structured;
+
 use super::half16::{self, Packed16};
-use super::{host, Activation, Backend, BnStats, Storage, BN_EPS, BN_MOMENTUM, TV_EPS};
+use super::{Activation, Backend, BnStats, Storage, BN_EPS, BN_MOMENTUM, TV_EPS};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::Dims;
@@ -580,13 +582,13 @@ impl Backend for Reference {
     }
 
     fn stencil5(&self, x: &Vec<f64>, d: Dims, dw: &Vec<f64>) -> Result<Vec<f64>> {
-        host::stencil5(x, d, dw)
+        structured::stencil5(x, d, dw)
     }
     fn stencil5_t(&self, z: &Vec<f64>, d: Dims, dw: &Vec<f64>) -> Result<Vec<f64>> {
-        host::stencil5_t(z, d, dw)
+        structured::stencil5_t(z, d, dw)
     }
     fn stencil5_wgrad(&self, x: &Vec<f64>, d: Dims, dz: &Vec<f64>) -> Result<Vec<f64>> {
-        host::stencil5_wgrad(x, d, dz)
+        structured::stencil5_wgrad(x, d, dz)
     }
     fn grouped_conv3x3(
         &self,
@@ -596,7 +598,7 @@ impl Backend for Reference {
         cout: usize,
         groups: usize,
     ) -> Result<Vec<f64>> {
-        host::grouped_conv(3, x, d, k, cout, groups)
+        structured::grouped_conv(3, x, d, k, cout, groups)
     }
     fn grouped_conv3x3_t(
         &self,
@@ -606,7 +608,7 @@ impl Backend for Reference {
         cin: usize,
         groups: usize,
     ) -> Result<Vec<f64>> {
-        host::grouped_conv_t(3, z, d, k, cin, groups)
+        structured::grouped_conv_t(3, z, d, k, cin, groups)
     }
     fn grouped_conv3x3_wgrad(
         &self,
@@ -616,7 +618,7 @@ impl Backend for Reference {
         cout: usize,
         groups: usize,
     ) -> Result<Vec<f64>> {
-        host::grouped_conv_wgrad(3, x, d, dz, cout, groups)
+        structured::grouped_conv_wgrad(3, x, d, dz, cout, groups)
     }
     fn grouped_conv1x1(
         &self,
@@ -626,7 +628,7 @@ impl Backend for Reference {
         cout: usize,
         groups: usize,
     ) -> Result<Vec<f64>> {
-        host::grouped_conv(1, x, d, k, cout, groups)
+        structured::grouped_conv(1, x, d, k, cout, groups)
     }
     fn grouped_conv1x1_t(
         &self,
@@ -636,7 +638,7 @@ impl Backend for Reference {
         cin: usize,
         groups: usize,
     ) -> Result<Vec<f64>> {
-        host::grouped_conv_t(1, z, d, k, cin, groups)
+        structured::grouped_conv_t(1, z, d, k, cin, groups)
     }
     fn grouped_conv1x1_wgrad(
         &self,
@@ -646,11 +648,11 @@ impl Backend for Reference {
         cout: usize,
         groups: usize,
     ) -> Result<Vec<f64>> {
-        host::grouped_conv_wgrad(1, x, d, dz, cout, groups)
+        structured::grouped_conv_wgrad(1, x, d, dz, cout, groups)
     }
     /// The oracle solves with DFTs by their definition (independent of `rustfft`).
     fn diffusion_solve(&self, x: &Vec<f64>, d: Dims, diff: &Vec<f64>, h: f64) -> Result<Vec<f64>> {
-        host::diffusion_solve_dft(x, d, diff, h)
+        structured::diffusion_solve_dft(x, d, diff, h)
     }
     fn diffusion_solve_vjp(
         &self,
@@ -660,19 +662,19 @@ impl Backend for Reference {
         h: f64,
         g: &Vec<f64>,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        host::diffusion_vjp_with(y, d, diff, h, g, host::diffusion_solve_dft)
+        structured::diffusion_vjp_with(y, d, diff, h, g, structured::diffusion_solve_dft)
     }
     fn haar(&self, x: &Vec<f64>, d: Dims) -> Result<Vec<f64>> {
-        host::haar(x, d)
+        structured::haar(x, d)
     }
     fn haar_inv(&self, y: &Vec<f64>, d: Dims) -> Result<Vec<f64>> {
-        host::haar_inv(y, d)
+        structured::haar_inv(y, d)
     }
     fn haar_fixed(&self, q: &Vec<i32>, d: Dims) -> Result<Vec<i32>> {
-        host::haar_fixed(q, d)
+        structured::haar_fixed(q, d)
     }
     fn haar_fixed_inv(&self, q: &Vec<i32>, d: Dims) -> Result<Vec<i32>> {
-        host::haar_fixed_inv(q, d)
+        structured::haar_fixed_inv(q, d)
     }
 }
 
