@@ -73,48 +73,10 @@ impl<B: Backend> Engine<B> {
         let be = &self.backend;
         let kind = self.kind();
         let h2 = kind.h * kind.h;
-        let nt = u.steps.len();
         let shift = fixed.unwrap_or(0);
         let coef = (1u64 << shift) as f64 * h2;
         drop(tape.output);
-        // Where Y_j comes from: stored states, or a window (Y_j, Y_{j+1}) rebuilt backwards.
-        enum Src<B: Backend> {
-            All(Vec<State<Slot<B>>>),
-            AllFixed(Vec<State<B::IBuf>>),
-            Window(B::Buf, B::Buf),
-            WindowFixed(B::IBuf, B::IBuf),
-        }
-        let mut src = match tape.kept {
-            Kept::All(s) => Src::<B>::All(s),
-            Kept::AllFixed(s) => Src::AllFixed(s),
-            Kept::Last(mut s) => {
-                let next = s.pop().and_then(|mut v| v.pop());
-                let cur = s.pop().and_then(|mut v| v.pop());
-                match (cur, next) {
-                    (Some(c), Some(n)) => Src::Window(c, n),
-                    _ => {
-                        return Err(Error::Other(
-                            "leapfrog unit kept fewer than two states".into(),
-                        ))
-                    }
-                }
-            }
-            Kept::LastFixed(mut s) => {
-                let next = s.pop().and_then(|mut v| v.pop());
-                let cur = s.pop().and_then(|mut v| v.pop());
-                match (cur, next) {
-                    (Some(c), Some(n)) => Src::WindowFixed(c, n),
-                    _ => {
-                        return Err(Error::Other(
-                            "leapfrog unit kept fewer than two states".into(),
-                        ))
-                    }
-                }
-            }
-            Kept::Nothing | Kept::Ode(_) => {
-                return Err(Error::Other("leapfrog unit kept no states".into()))
-            }
-        };
+        let mut src = LeapfrogStates::<B>::from_kept(tape.kept)?;
         let mut g_next = g_out;
         // The gradient Y_j receives from step j + 1 (the `- Y_j` term of Y_{j+2}); at the end of a
         // Haar chain unit, that of Y_{nt-1} from the next unit.
@@ -122,39 +84,16 @@ impl<B: Backend> Engine<B> {
         let mut p_cur: Option<(f64, B::Buf)> = g_pre.map(|p| (1.0, p));
         let mut drift = 0.0;
         let mut pair = None;
-        for j in (0..nt).rev() {
+        for j in (0..u.steps.len()).rev() {
             let li = &u.steps[j].layers[0];
             let l = self.layer(li);
-            if let Src::All(s) = &mut src {
-                s.truncate(j + 1);
-            }
-            if let Src::AllFixed(s) = &mut src {
-                s.truncate(j + 1);
-            }
-            let y_owned = match &src {
-                Src::AllFixed(s) => Some(be.dequantize(&s[j][0], shift)?),
-                Src::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
-                Src::All(s) => match &s[j][0] {
-                    Slot::Packed(h) => Some(be.unpack16(h)?),
-                    Slot::Full(_) => None,
-                },
-                Src::Window(..) => None,
-            };
-            let y: &B::Buf = match (&src, &y_owned) {
-                (_, Some(o)) => o,
-                (Src::All(s), None) => match &s[j][0] {
-                    Slot::Full(b) => b,
-                    Slot::Packed(_) => {
-                        return Err(Error::Other("packed state not unpacked".into()))
-                    }
-                },
-                (Src::Window(c, _), None) => c,
-                _ => return Err(Error::Other("leapfrog state source mismatch".into())),
-            };
+            src.truncate(j);
+            let y_owned = src.unpacked(be, j, shift)?;
+            let y = src.state(j, y_owned.as_ref())?;
             // The first step reads the kept input, not its rebuild: where a pre-activation is
             // exactly zero (relu's kink), the rebuild's rounding could take the other branch.
             let y = match (&src, &tape.input) {
-                (Src::Window(..), Some(input)) if j == 0 => input,
+                (LeapfrogStates::Window(..), Some(input)) if j == 0 => input,
                 _ => y,
             };
             let v = steps::sym_grad(be, l, y, d, kind.act, &g_next)?;
@@ -164,56 +103,30 @@ impl<B: Backend> Engine<B> {
             };
             grads.add_layer(be, li, h2, v)?;
             p_cur = Some((-1.0, std::mem::replace(&mut g_next, g_j)));
+            let back = Back {
+                kind,
+                l,
+                d,
+                y: y_owned.as_ref(),
+                coef,
+            };
             if j > 0 {
-                // Rebuild Y_{j-1} = 2 Y_j - Y_{j+1} + h^2 f(Y_j), in floats or bit-exactly in integers.
-                match &mut src {
-                    // Y_0 is kept: its rebuild serves only the drift and Y_{-1} of a chain.
-                    Src::Window(..) if j == 1 && tape.input.is_some() && !measure && !want_pair => {
-                    }
-                    Src::Window(c, n) => {
-                        let prev = steps::leapfrog_inverse(be, kind, l, c, n, d)?;
-                        *n = std::mem::replace(c, prev);
-                    }
-                    Src::WindowFixed(c, n) => {
-                        let y = y_owned
-                            .as_ref()
-                            .ok_or_else(|| Error::Other("no dequantised state".into()))?;
-                        let f = steps::f_only(be, l, y, d, kind.act)?;
-                        let prev = be.fixed_update(&[(2, c), (-1, n)], coef, &f)?;
-                        *n = std::mem::replace(c, prev);
-                    }
-                    _ => {}
+                // Y_0 is kept: its rebuild serves only the drift and Y_{-1} of a chain.
+                let skip = j == 1 && tape.input.is_some() && !measure && !want_pair;
+                if !skip {
+                    src.step_back(be, back)?;
                 }
-            } else {
-                let rebuilt = match &src {
-                    _ if !measure => None,
-                    Src::Window(c, _) => Some(be.copy(c)?),
-                    Src::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
-                    _ => None,
-                };
-                if let (Some(r), Some(input)) = (rebuilt, &tape.input) {
+                continue;
+            }
+            if measure {
+                if let (Some(r), Some(input)) = (src.rebuilt_first(be, shift)?, &tape.input) {
                     drift = self.relative_drift(&r, input, fixed)?;
                 }
-                if want_pair {
-                    // One more inverse step gives Y_{-1}, the previous unit's Y_{nt-1}.
-                    pair = match src {
-                        Src::Window(c, n) => {
-                            let prev = steps::leapfrog_inverse(be, kind, l, &c, &n, d)?;
-                            Some(Pair::Float(c, prev))
-                        }
-                        Src::WindowFixed(c, n) => {
-                            let y = y_owned
-                                .as_ref()
-                                .ok_or_else(|| Error::Other("no dequantised state".into()))?;
-                            let f = steps::f_only(be, l, y, d, kind.act)?;
-                            let prev = be.fixed_update(&[(2, &c), (-1, &n)], coef, &f)?;
-                            Some(Pair::Fixed(c, prev))
-                        }
-                        // Stored states: the previous unit kept its own.
-                        _ => None,
-                    };
-                    break;
-                }
+            }
+            if want_pair {
+                // One more inverse step gives Y_{-1}, the previous unit's Y_{nt-1}.
+                pair = src.into_pair(be, back)?;
+                break;
             }
         }
         let (pc, p) = p_cur.ok_or_else(|| Error::Other("leapfrog unit without steps".into()))?;
@@ -236,6 +149,135 @@ impl<B: Backend> Engine<B> {
             g_pre: None,
             pair: None,
             drift,
+        })
+    }
+}
+
+/// Where the leapfrog backward reads `Y_j`: stored states, or a window `(Y_j, Y_{j+1})`
+/// rebuilt backwards, in floats or in fixed point.
+enum LeapfrogStates<B: Backend> {
+    All(Vec<State<Slot<B>>>),
+    AllFixed(Vec<State<B::IBuf>>),
+    Window(B::Buf, B::Buf),
+    WindowFixed(B::IBuf, B::IBuf),
+}
+
+/// What one inverse leapfrog step needs: the step's layer, and `Y_j` dequantised (fixed point).
+#[derive(Clone, Copy)]
+struct Back<'a, B: Backend> {
+    kind: StepSettings,
+    l: Layer<'a, B>,
+    d: Dims,
+    y: Option<&'a B::Buf>,
+    coef: f64,
+}
+
+impl<B: Backend> Back<'_, B> {
+    /// `Y_{j-1} = 2 Y_j - Y_{j+1} + round(2^S h^2 f(Y_j))` in integers.
+    fn fixed_prev(&self, be: &B, c: &B::IBuf, n: &B::IBuf) -> Result<B::IBuf> {
+        let y = self
+            .y
+            .ok_or_else(|| Error::Other("no dequantised state".into()))?;
+        let f = steps::f_only(be, self.l, y, self.d, self.kind.act)?;
+        be.fixed_update(&[(2, c), (-1, n)], self.coef, &f)
+    }
+}
+
+impl<B: Backend> LeapfrogStates<B> {
+    fn from_kept(kept: Kept<B>) -> Result<Self> {
+        let few = || Error::Other("leapfrog unit kept fewer than two states".into());
+        Ok(match kept {
+            Kept::All(s) => LeapfrogStates::All(s),
+            Kept::AllFixed(s) => LeapfrogStates::AllFixed(s),
+            Kept::Last(mut s) => {
+                let next = s.pop().and_then(|mut v| v.pop()).ok_or_else(few)?;
+                let cur = s.pop().and_then(|mut v| v.pop()).ok_or_else(few)?;
+                LeapfrogStates::Window(cur, next)
+            }
+            Kept::LastFixed(mut s) => {
+                let next = s.pop().and_then(|mut v| v.pop()).ok_or_else(few)?;
+                let cur = s.pop().and_then(|mut v| v.pop()).ok_or_else(few)?;
+                LeapfrogStates::WindowFixed(cur, next)
+            }
+            Kept::Nothing | Kept::Ode(_) => {
+                return Err(Error::Other("leapfrog unit kept no states".into()))
+            }
+        })
+    }
+
+    /// Releases the stored states after `Y_j`.
+    fn truncate(&mut self, j: usize) {
+        match self {
+            LeapfrogStates::All(s) => s.truncate(j + 1),
+            LeapfrogStates::AllFixed(s) => s.truncate(j + 1),
+            _ => {}
+        }
+    }
+
+    /// `Y_j` as a new buffer where it is not held as floats: dequantised or unpacked.
+    fn unpacked(&self, be: &B, j: usize, shift: u32) -> Result<Option<B::Buf>> {
+        Ok(match self {
+            LeapfrogStates::AllFixed(s) => Some(be.dequantize(&s[j][0], shift)?),
+            LeapfrogStates::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
+            LeapfrogStates::All(s) => match &s[j][0] {
+                Slot::Packed(h) => Some(be.unpack16(h)?),
+                Slot::Full(_) => None,
+            },
+            LeapfrogStates::Window(..) => None,
+        })
+    }
+
+    /// `Y_j`: `owned` (from [`Self::unpacked`]) or the float state held.
+    fn state<'a>(&'a self, j: usize, owned: Option<&'a B::Buf>) -> Result<&'a B::Buf> {
+        match (self, owned) {
+            (_, Some(o)) => Ok(o),
+            (LeapfrogStates::All(s), None) => match &s[j][0] {
+                Slot::Full(b) => Ok(b),
+                Slot::Packed(_) => Err(Error::Other("packed state not unpacked".into())),
+            },
+            (LeapfrogStates::Window(c, _), None) => Ok(c),
+            _ => Err(Error::Other("leapfrog state source mismatch".into())),
+        }
+    }
+
+    /// Moves a rebuilt window one step back: `(Y_j, Y_{j+1}) -> (Y_{j-1}, Y_j)`.
+    fn step_back(&mut self, be: &B, b: Back<'_, B>) -> Result<()> {
+        match self {
+            LeapfrogStates::Window(c, n) => {
+                let prev = steps::leapfrog_inverse(be, b.kind, b.l, c, n, b.d)?;
+                *n = std::mem::replace(c, prev);
+            }
+            LeapfrogStates::WindowFixed(c, n) => {
+                let prev = b.fixed_prev(be, c, n)?;
+                *n = std::mem::replace(c, prev);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The rebuilt `Y_0` as floats (for the drift), or `None` for stored states.
+    fn rebuilt_first(&self, be: &B, shift: u32) -> Result<Option<B::Buf>> {
+        Ok(match self {
+            LeapfrogStates::Window(c, _) => Some(be.copy(c)?),
+            LeapfrogStates::WindowFixed(c, _) => Some(be.dequantize(c, shift)?),
+            _ => None,
+        })
+    }
+
+    /// `(Y_0, Y_{-1})` rebuilt for the previous unit of a Haar chain (`None` for stored states:
+    /// the previous unit kept its own).
+    fn into_pair(self, be: &B, b: Back<'_, B>) -> Result<Option<Pair<B>>> {
+        Ok(match self {
+            LeapfrogStates::Window(c, n) => {
+                let prev = steps::leapfrog_inverse(be, b.kind, b.l, &c, &n, b.d)?;
+                Some(Pair::Float(c, prev))
+            }
+            LeapfrogStates::WindowFixed(c, n) => {
+                let prev = b.fixed_prev(be, &c, &n)?;
+                Some(Pair::Fixed(c, prev))
+            }
+            _ => None,
         })
     }
 }
