@@ -6,6 +6,7 @@ pub mod image;
 pub mod noise;
 pub mod pm;
 pub mod rule;
+pub mod tnrd;
 pub mod tv;
 
 /// Least squares of

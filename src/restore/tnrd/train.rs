@@ -1,0 +1,181 @@
+//! Training a TNRD model on noisy patches: greedy stage by stage (stage t with the earlier
+//! stages fixed, loss on u_t), then all stages jointly; Adam on the f64 parameters, the f32
+//! fast path for the work, rayon over patches. Loss: mean over patches of 0.5 ||u - clean||^2.
+
+use super::fast::{forward_seq, vjp_seq, FastStage};
+use super::{zero_mean_grad, Model, Stage};
+use rayon::prelude::*;
+
+/// One training patch: clean and noisy planes of `size x size`.
+pub struct Patch {
+    pub clean: Vec<f32>,
+    pub noisy: Vec<f32>,
+}
+
+pub struct TrainOptions {
+    pub stages: usize,
+    pub filters: usize,
+    pub size: usize,
+    pub sigma: f64,
+    pub patch: usize,
+    pub greedy_iters: usize,
+    pub joint_iters: usize,
+    pub lr: f64,
+}
+
+struct Adam {
+    m: Vec<f64>,
+    v: Vec<f64>,
+    t: i32,
+}
+
+impl Adam {
+    fn new(n: usize) -> Adam {
+        Adam {
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+        }
+    }
+    fn step(&mut self, x: &mut [f64], g: &[f64], lr: f64) {
+        self.t += 1;
+        let (b1, b2) = (0.9f64, 0.999f64);
+        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
+        for i in 0..x.len() {
+            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
+            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
+            x[i] -= lr * (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + 1e-12);
+        }
+    }
+}
+
+fn flatten(st: &Stage) -> Vec<f64> {
+    let mut v = st.w.clone();
+    v.extend(&st.rbf);
+    v.push(st.log_lambda);
+    v
+}
+
+fn unflatten(st: &mut Stage, v: &[f64]) {
+    let (a, b) = (st.w.len(), st.rbf.len());
+    st.w.copy_from_slice(&v[..a]);
+    st.rbf.copy_from_slice(&v[a..a + b]);
+    st.log_lambda = v[a + b];
+}
+
+/// Loss, PSNR and the flat gradients of stages `first..last` (earlier ones fixed: `start`
+/// holds u_first per patch).
+fn loss_grad(
+    model: &Model,
+    first: usize,
+    last: usize,
+    start: &[Vec<f32>],
+    patches: &[Patch],
+    p: usize,
+) -> (f64, f64, Vec<Vec<f64>>) {
+    let fast: Vec<FastStage> = model.stages[first..last]
+        .iter()
+        .map(|s| FastStage::new(s, model.size))
+        .collect();
+    let sizes: Vec<usize> = model.stages[first..last]
+        .iter()
+        .map(|s| s.w.len() + s.rbf.len() + 1)
+        .collect();
+    let zero = || {
+        (
+            0.0f64,
+            sizes.iter().map(|&n| vec![0.0f64; n]).collect::<Vec<_>>(),
+        )
+    };
+    let (loss, grads) = patches
+        .par_iter()
+        .zip(start)
+        .fold(zero, |(mut l, mut gs), (pt, u0)| {
+            let mut us = vec![u0.clone()];
+            for st in &fast {
+                let next = forward_seq(st, us.last().unwrap(), &pt.noisy, p, p);
+                us.push(next);
+            }
+            let out = us.last().unwrap();
+            let mut g: Vec<f32> = out.iter().zip(&pt.clean).map(|(a, b)| a - b).collect();
+            l += 0.5 * g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+            for (j, st) in fast.iter().enumerate().rev() {
+                let fg = vjp_seq(st, &us[j], &pt.noisy, &g, p, p);
+                let dst = &mut gs[j];
+                let (nk, nr) = (fg.dk.len(), fg.drbf.len());
+                for (d, &x) in dst[..nk].iter_mut().zip(&fg.dk) {
+                    *d += x as f64;
+                }
+                for (d, &x) in dst[nk..nk + nr].iter_mut().zip(&fg.drbf) {
+                    *d += x as f64;
+                }
+                dst[nk + nr] += (fg.dlambda * st.lambda) as f64;
+                g = fg.du;
+            }
+            (l, gs)
+        })
+        .reduce(zero, |(la, mut ga), (lb, gb)| {
+            for (a, b) in ga.iter_mut().zip(&gb) {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            }
+            (la + lb, ga)
+        });
+    let np = patches.len() as f64;
+    let mut grads = grads;
+    for (g, st) in grads.iter_mut().zip(&model.stages[first..last]) {
+        g.iter_mut().for_each(|x| *x /= np);
+        zero_mean_grad(&mut g[..st.w.len()], model.size);
+    }
+    let mse = 2.0 * loss / (np * (p * p) as f64);
+    (loss / np, 10.0 * (1.0 / mse).log10(), grads)
+}
+
+/// Trains a model; `log(line)` receives `stage t iter k loss L psnr P` lines.
+pub fn train(opt: &TrainOptions, patches: &[Patch], mut log: impl FnMut(&str)) -> Model {
+    let p = opt.patch;
+    let mut model = Model {
+        sigma: opt.sigma,
+        filters: opt.filters,
+        size: opt.size,
+        stages: Vec::new(),
+    };
+    let mut start: Vec<Vec<f32>> = patches.iter().map(|pt| pt.noisy.clone()).collect();
+    for t in 0..opt.stages {
+        model
+            .stages
+            .push(Stage::init(opt.filters, opt.size, 0.05, 0.02));
+        let mut x = flatten(&model.stages[t]);
+        let mut adam = Adam::new(x.len());
+        for k in 0..opt.greedy_iters {
+            let (l, ps, g) = loss_grad(&model, t, t + 1, &start, patches, p);
+            if k % 10 == 0 || k + 1 == opt.greedy_iters {
+                log(&format!(
+                    "stage {} iter {k} loss {l:.6} psnr {ps:.3}",
+                    t + 1
+                ));
+            }
+            adam.step(&mut x, &g[0], opt.lr);
+            unflatten(&mut model.stages[t], &x);
+        }
+        let fs = FastStage::new(&model.stages[t], opt.size);
+        start = patches
+            .par_iter()
+            .zip(&start)
+            .map(|(pt, u)| forward_seq(&fs, u, &pt.noisy, p, p))
+            .collect();
+    }
+    let init: Vec<Vec<f32>> = patches.iter().map(|pt| pt.noisy.clone()).collect();
+    let mut xs: Vec<Vec<f64>> = model.stages.iter().map(flatten).collect();
+    let mut adams: Vec<Adam> = xs.iter().map(|x| Adam::new(x.len())).collect();
+    for k in 0..opt.joint_iters {
+        let (l, ps, g) = loss_grad(&model, 0, opt.stages, &init, patches, p);
+        if k % 5 == 0 || k + 1 == opt.joint_iters {
+            log(&format!("stage joint iter {k} loss {l:.6} psnr {ps:.3}"));
+        }
+        for t in 0..opt.stages {
+            adams[t].step(&mut xs[t], &g[t], opt.lr * 0.5);
+            unflatten(&mut model.stages[t], &xs[t]);
+        }
+    }
+    model
+}
