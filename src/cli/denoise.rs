@@ -14,6 +14,7 @@ use std::path::PathBuf;
 pub enum Method {
     Tv,
     Pm,
+    Tnrd,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -55,6 +56,42 @@ pub struct DenoiseArgs {
     pub dt: f64,
     #[arg(long, value_enum, default_value = "rational")]
     pub diffusivity: DiffusivityArg,
+    /// TNRD model file (default: the shipped model for the nearest of sigma 15, 25, 50).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+}
+
+/// The shipped TNRD models, embedded so that the binary works from any folder.
+const SHIPPED: [(f64, &str, &[u8]); 3] = [
+    (
+        15.0,
+        "models/tnrd-s15.safetensors",
+        include_bytes!("../../models/tnrd-s15.safetensors"),
+    ),
+    (
+        25.0,
+        "models/tnrd-s25.safetensors",
+        include_bytes!("../../models/tnrd-s25.safetensors"),
+    ),
+    (
+        50.0,
+        "models/tnrd-s50.safetensors",
+        include_bytes!("../../models/tnrd-s50.safetensors"),
+    ),
+];
+
+fn tnrd_model(a: &DenoiseArgs) -> Result<pdenet::restore::tnrd::Model> {
+    use pdenet::restore::tnrd::io;
+    match &a.weights {
+        Some(p) => io::load(p),
+        None => {
+            let (_, name, bytes) = SHIPPED
+                .iter()
+                .min_by(|x, y| (x.0 - a.sigma).abs().total_cmp(&(y.0 - a.sigma).abs()))
+                .expect("three shipped models");
+            io::from_bytes(bytes, name)
+        }
+    }
 }
 
 pub fn run_denoise(a: DenoiseArgs) -> Result<()> {
@@ -98,6 +135,11 @@ pub fn run_denoise(a: DenoiseArgs) -> Result<()> {
         }
     }
     let (w, h) = (img.width, img.height);
+    // Loaded before any work so that a bad model file writes nothing.
+    let model = match a.method {
+        Method::Tnrd => Some(tnrd_model(&a)?),
+        _ => None,
+    };
     let mut out = img.clone();
     let start = std::time::Instant::now();
     match a.method {
@@ -130,6 +172,19 @@ pub fn run_denoise(a: DenoiseArgs) -> Result<()> {
                     opt.contrast, opt.time, r.steps
                 );
                 out.planes[k] = r.u;
+            }
+        }
+        Method::Tnrd => {
+            let model = model.as_ref().expect("loaded above");
+            for k in 0..colour {
+                out.planes[k] = pdenet::restore::tnrd::fast::denoise(model, &img.planes[k], w, h);
+                println!(
+                    "tnrd plane {k}: model sigma {} stages {} filters {} size {}",
+                    model.sigma,
+                    model.stages.len(),
+                    model.filters,
+                    model.size
+                );
             }
         }
     }

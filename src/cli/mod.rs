@@ -7,6 +7,7 @@ mod info;
 mod ot;
 mod potential;
 mod stability;
+mod train_denoiser;
 
 use clap::{Parser, Subcommand};
 use pdenet::train::cli::{run_eval, run_train, EvalArgs, TrainArgs};
@@ -48,9 +49,11 @@ pub enum Command {
     /// Per unit: growth of forward perturbations (random and adversarial) and the spectral
     /// radius of each step's Jacobian (Haber & Ruthotto 2017).
     Stability(stability::StabilityArgs),
-    /// TV (ROF) or Perona-Malik denoising of a PNG with noise of level sigma (SPEC section 13);
+    /// TV (ROF), Perona-Malik or TNRD denoising of a PNG with noise of level sigma (SPEC section 13);
     /// with --clean the last line is `psnr INPUT OUTPUT`.
     Denoise(denoise::DenoiseArgs),
+    /// Trains a TNRD denoiser (Chen & Pock 2017) on patches of the PNGs in a folder.
+    TrainDenoiser(train_denoiser::TrainDenoiserArgs),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -69,5 +72,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Ot(a) => ot::run_ot(a),
         Command::Stability(a) => stability::run_stability(a),
         Command::Denoise(a) => denoise::run_denoise(a),
+        Command::TrainDenoiser(a) => train_denoiser::run_train_denoiser(a),
     }
 }
