@@ -773,6 +773,25 @@ struct ProgressModel {
     evaluated: bool,
 }
 
+impl ProgressModel {
+    /// Reports one step's loss; the loop evaluates after every epoch, so the step after an
+    /// evaluation starts a new one.
+    fn report(&mut self, loss: f64) -> Result<()> {
+        if self.evaluated {
+            self.epoch += 1;
+            self.step = 0;
+            self.evaluated = false;
+        }
+        self.step += 1;
+        let p = TrainProgress {
+            epoch: self.epoch,
+            step: self.step,
+            loss,
+        };
+        (self.progress.borrow_mut())(&p)
+    }
+}
+
 impl crate::train::Model for ProgressModel {
     fn params(&self) -> Result<ParamSet> {
         self.inner.params()
@@ -781,21 +800,23 @@ impl crate::train::Model for ProgressModel {
         self.inner.set_params(p)
     }
     fn grad(&mut self, x: &HostTensor, labels: &[usize]) -> Result<(f64, Vec<f32>, ParamSet)> {
-        // The loop evaluates after every epoch: the next step starts a new one.
-        if self.evaluated {
-            self.epoch += 1;
-            self.step = 0;
-            self.evaluated = false;
-        }
         let out = self.inner.grad(x, labels)?;
-        self.step += 1;
-        let p = TrainProgress {
-            epoch: self.epoch,
-            step: self.step,
-            loss: out.0,
-        };
-        (self.progress.borrow_mut())(&p)?;
+        self.report(out.0)?;
         Ok(out)
+    }
+    fn train_step(
+        &mut self,
+        x: &HostTensor,
+        labels: &[usize],
+        opt: &mut crate::train::optim::Optimizer,
+        lr: f64,
+    ) -> Result<(f64, Vec<f32>)> {
+        let out = self.inner.train_step(x, labels, opt, lr)?;
+        self.report(out.0)?;
+        Ok(out)
+    }
+    fn sync_optimizer(&mut self, opt: &mut crate::train::optim::Optimizer) -> Result<()> {
+        self.inner.sync_optimizer(opt)
     }
     fn logits(&mut self, x: &HostTensor) -> Result<Vec<f32>> {
         self.evaluated = true;

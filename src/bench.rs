@@ -8,10 +8,12 @@ use crate::config::{Config, OperatorKind, StepType};
 use crate::device::Device;
 use crate::error::Result;
 use crate::network::Layout;
-use crate::params::{ParamRole, ParamSet};
 use crate::schedule::plan::{count_flops, plan_step, plan_step_on, Planner};
 use crate::schedule::{Engine, MemoryPolicy, Policy};
 use crate::tensor::HostTensor;
+use crate::train::engine_model::EngineModel;
+use crate::train::optim::{OptimConfig, Optimizer};
+use crate::train::Model;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::time::Instant;
@@ -162,21 +164,6 @@ pub fn random_batch(cfg: &Config, n: usize, seed: u64) -> (HostTensor, Vec<usize
     (x, labels)
 }
 
-/// Plain SGD on the host copy (the update's cost is O(parameters), negligible beside the step).
-fn sgd(params: &mut ParamSet, grads: &ParamSet, lr: f32) {
-    for (name, role, t) in params.iter_mut() {
-        if role == ParamRole::Buffer {
-            continue;
-        }
-        if let Some(g) = grads.get(name) {
-            t.data
-                .iter_mut()
-                .zip(&g.data)
-                .for_each(|(w, g)| *w -= lr * g);
-        }
-    }
-}
-
 struct Measured {
     seconds: f64,
     peak: Option<usize>,
@@ -190,7 +177,8 @@ struct PeakProbe<'a, B> {
     peak: &'a dyn Fn(&B) -> Option<usize>,
 }
 
-/// Times `repeats` training steps (forward + backward + SGD update) on one backend.
+/// Times `repeats` training steps of the training loop's own kind (forward + backward + an SGD
+/// update on the backend, weights and momentum staying there) on one backend.
 fn time_steps<B: Backend>(
     be: B,
     layout: &Layout,
@@ -200,22 +188,26 @@ fn time_steps<B: Backend>(
     probe: PeakProbe<'_, B>,
 ) -> Result<Measured> {
     let cfg = &layout.config;
-    let mut params = layout.init(1);
+    let params = layout.init(1);
     let (x, labels) = random_batch(cfg, batch, 2);
     (probe.reset)(&be);
     let mut eng = Engine::new(be, layout.clone(), &params)?;
     eng.measure_drift = true;
+    // The peak of one pass, as the Planner plans it (the momentum buffers come on top: one
+    // more copy of the parameters).
     let out = eng.grad(&x, &labels, memory, true)?;
     eng.measure_drift = false;
     let measured = (probe.peak)(&eng.backend);
     let drift = out.drift;
-    sgd(&mut params, &out.grads, 1e-3);
-    eng.set_params(&params)?;
+    let mut model = EngineModel::new(eng, memory);
+    let mut opt = Optimizer::new(OptimConfig::sgd(1e-3))?;
+    // Untimed: the first update allocates the momentum buffers.
+    model.train_step(&x, &labels, &mut opt, 1e-3)?;
     let t = Instant::now();
     for _ in 0..repeats {
-        let out = eng.grad(&x, &labels, memory, true)?;
-        sgd(&mut params, &out.grads, 1e-3);
-        eng.set_params(&params)?;
+        // Each step ends by reading a finiteness check of the last parameter from the
+        // backend, so asynchronous work is inside the timing.
+        model.train_step(&x, &labels, &mut opt, 1e-3)?;
     }
     Ok(Measured {
         seconds: t.elapsed().as_secs_f64() / repeats.max(1) as f64,

@@ -900,3 +900,129 @@ fn engine_trains_and_resumes_bit_identically() {
     let _ = std::fs::remove_dir_all(&a);
     let _ = std::fs::remove_dir_all(&b);
 }
+
+/// The engine as a model that trains through the host (the trait's default `train_step`):
+/// the path every step took before weights stayed on the backend.
+struct HostPath(pdenet::train::engine_model::EngineModel<pdenet::backend::cpu::Cpu>);
+
+impl Model for HostPath {
+    fn params(&self) -> Result<ParamSet> {
+        self.0.params()
+    }
+    fn set_params(&mut self, p: &ParamSet) -> Result<()> {
+        self.0.set_params(p)
+    }
+    fn grad(&mut self, x: &HostTensor, labels: &[usize]) -> Result<(f64, Vec<f32>, ParamSet)> {
+        self.0.grad(x, labels)
+    }
+    fn logits(&mut self, x: &HostTensor) -> Result<Vec<f32>> {
+        self.0.logits(x)
+    }
+}
+
+#[test]
+fn backend_resident_steps_equal_host_steps_bit_for_bit() {
+    use pdenet::backend::cpu::Cpu;
+    use pdenet::network::Layout;
+    use pdenet::schedule::{Engine, Policy};
+    use pdenet::train::engine_model::EngineModel;
+    let cfg = Config::reference("ref-mnist").unwrap();
+    let layout = Layout::new(&cfg).unwrap();
+    let params = layout.init(7);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let n = 4;
+    let mut shape = vec![n];
+    shape.extend(cfg.sample_shape());
+    let len: usize = shape.iter().product();
+    let x = HostTensor {
+        shape,
+        data: (0..len).map(|_| rng.random_range(0.0..1.0)).collect(),
+    };
+    let labels: Vec<usize> = (0..n).map(|i| i % cfg.classes).collect();
+    for config in [OptimConfig::sgd(0.05), OptimConfig::adam(1e-3)] {
+        let model = |p: &ParamSet| {
+            let eng = Engine::new(Cpu::new(), layout.clone(), p).unwrap();
+            EngineModel::new(eng, Policy::Reversible.memory())
+        };
+        let mut resident = model(&params);
+        let mut host = HostPath(model(&params));
+        let (mut o_res, mut o_host) = (
+            Optimizer::new(config).unwrap(),
+            Optimizer::new(config).unwrap(),
+        );
+        for step in 0..3 {
+            let a = resident.train_step(&x, &labels, &mut o_res, 0.05).unwrap();
+            let b = host.train_step(&x, &labels, &mut o_host, 0.05).unwrap();
+            assert_eq!(a.0.to_bits(), b.0.to_bits(), "{config:?} step {step}: loss");
+            assert_eq!(a.1, b.1, "{config:?} step {step}: logits");
+        }
+        let (pr, ph) = (resident.params().unwrap(), host.params().unwrap());
+        for ((name, _, r), (_, _, h)) in pr.iter().zip(ph.iter()) {
+            assert_eq!(r.data, h.data, "{config:?}: `{name}` after 3 steps");
+        }
+        // A checkpoint sees the state the backend holds.
+        resident.sync_optimizer(&mut o_res).unwrap();
+        assert_eq!(o_res.steps(), 3);
+        let (sr, sh) = (o_res.state_tensors(&pr), o_host.state_tensors(&ph));
+        assert_eq!(sr.len(), sh.len(), "{config:?}: state tensors");
+        for ((nr, tr), (nh, th)) in sr.iter().zip(&sh) {
+            assert_eq!(nr, nh);
+            assert_eq!(tr.data, th.data, "{config:?}: `{nr}`");
+        }
+        // A restored optimizer (another step count) replaces the backend's state.
+        let mut fresh = Optimizer::new(config).unwrap();
+        resident.train_step(&x, &labels, &mut fresh, 0.05).unwrap();
+        assert_eq!(fresh.steps(), 1);
+    }
+}
+
+#[test]
+fn backend_resident_step_refuses_a_non_finite_gradient() {
+    use pdenet::backend::cpu::Cpu;
+    use pdenet::backend::Backend;
+    use pdenet::network::Layout;
+    use pdenet::schedule::{Engine, Policy};
+    let cfg = Config::reference("ref-mnist").unwrap();
+    let layout = Layout::new(&cfg).unwrap();
+    let params = layout.init(7);
+    let mut eng = Engine::new(Cpu::new(), layout, &params).unwrap();
+    let mut shape = vec![2];
+    shape.extend(cfg.sample_shape());
+    let len: usize = shape.iter().product();
+    let x = HostTensor {
+        shape,
+        data: vec![0.5; len],
+    };
+    let mut out = eng
+        .grad_resident(&x, &[0, 1], Policy::Store.memory())
+        .unwrap();
+    let (be, template, resident) = eng.params_resident();
+    let (i, name) = template
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, role, _))| *role != ParamRole::Buffer)
+        .map(|(i, (n, _, _))| (i, n.to_string()))
+        .last()
+        .unwrap();
+    let mut bad = be.download_f32(out.grads[i].as_ref().unwrap()).unwrap();
+    bad[0] = f32::NAN;
+    out.grads[i] = Some(be.upload_f32(&bad).unwrap());
+    let mut opt = Optimizer::new(OptimConfig::sgd(0.1)).unwrap();
+    let mut state = opt.upload_state(be, template).unwrap();
+    let err = opt
+        .step_resident(be, template, resident, &out.grads, &mut state, 0.1)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NonFinite(m) if m.contains(&name)),
+        "{err}"
+    );
+    // Checked before anything changed: no step taken, the trained tensors as they were (the
+    // pass itself updated the running statistics).
+    assert_eq!(opt.steps(), 0);
+    let after = eng.params().unwrap();
+    for ((name, role, a), (_, _, b)) in after.iter().zip(params.iter()) {
+        if role != ParamRole::Buffer {
+            assert_eq!(a.data, b.data, "`{name}` changed");
+        }
+    }
+}

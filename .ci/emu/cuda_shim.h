@@ -27,6 +27,15 @@ inline std::barrier<>* g_bar = nullptr;
 inline void __syncthreads() { g_bar->arrive_and_wait(); }
 struct float4 { float x, y, z, w; };
 struct float2 { float x, y; };
+// Explicitly rounded arithmetic (no contraction: the emulator builds in ISO C++ mode).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
 inline int __float2int_rz(float v) {
     if (std::isnan(v)) return 0;
     if (v >= 2147483647.0f) return INT32_MAX;

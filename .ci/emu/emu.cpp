@@ -9,6 +9,7 @@
 #include "norm.cu"
 #include "structured.cu"
 #include "pointwise.cu"
+#include "optim.cu"
 
 static std::mt19937 rng(42);
 static std::vector<float> rnd(size_t n, float s = 1.0f) {
@@ -288,7 +289,33 @@ static void check_scaled_sq() {
     }
 }
 
+// The optimizer kernels against src/backend/optim.rs's formulas written here in the same
+// order: equal bit for bit (the Rust CPU backend computes the same operations).
+static void check_optim() {
+    for (int len : {1, 255, 1000}) {
+        auto w = rnd(len), m = rnd(len, 0.1f), v = rnd(len, 0.01f), g = rnd(len);
+        for (auto& x : v) x = std::fabs(x);
+        auto ws = w, ms = m, wa = w, ma = m, va = v;
+        const float lr = 0.05f, mu = 0.9f, wd = 5e-4f;
+        launch(d3((len + 255) / 256), d3(256), [&] { sgd_step(ws.data(), ms.data(), g.data(), len, lr, mu, wd); });
+        const double alr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8, bc1 = 1 - 0.9 * 0.9 * 0.9, bc2 = 1 - 0.999 * 0.999 * 0.999;
+        launch(d3((len + 255) / 256), d3(256), [&] { adam_step(wa.data(), ma.data(), va.data(), g.data(), len, alr, b1, b2, eps, wd, bc1, bc2); });
+        bool ok = true;
+        for (int i = 0; i < len; i++) {
+            float d = g[i] + wd * w[i], b = mu * m[i] + d, wn = w[i] - lr * b;
+            ok = ok && ws[i] == wn && ms[i] == b;
+            double da = (double)(g[i] + wd * w[i]);
+            double mn = b1 * (double)m[i] + (1.0 - b1) * da, vn = b2 * (double)v[i] + (1.0 - b2) * da * da;
+            double step = alr * (mn / bc1) / (std::sqrt(vn / bc2) + eps);
+            ok = ok && ma[i] == (float)mn && va[i] == (float)vn && wa[i] == (float)((double)w[i] - step);
+        }
+        if (!ok) fails++;
+        printf("optimizer sgd_step, adam_step len %-24d %s\n", len, ok ? "bit-exact ok" : "FAIL");
+    }
+}
+
 int main() {
+    check_optim();
     check_scaled_sq();
     check_relu_nan();
     check_quantize_flags_non_finite();

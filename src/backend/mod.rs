@@ -12,6 +12,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod half16;
+pub mod optim;
 pub mod reference;
 use reference::structured;
 
@@ -183,6 +184,25 @@ pub trait Backend: Send + Sync + Sized {
         let (x, a, b) = (self.download(x)?, self.download(a)?, self.download(b)?);
         scaled_sq_host(&x, &a, &b, atol, rtol)
     }
+
+    // ---- optimizer updates, in place (formulas: [`optim`]) -------------------------------
+    /// One SGD step of weights `w` with momentum buffer `m` and gradient `g` (one length).
+    fn sgd_step(
+        &self,
+        w: &mut Self::Buf,
+        m: &mut Self::Buf,
+        g: &Self::Buf,
+        s: &optim::SgdStep,
+    ) -> Result<()>;
+    /// One Adam step of weights `w` with moments `m`, `v` and gradient `g` (one length).
+    fn adam_step(
+        &self,
+        w: &mut Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        g: &Self::Buf,
+        s: &optim::AdamStep,
+    ) -> Result<()>;
 
     // ---- 3x3 convolution, zero padding 1, stride 1, no bias ------------------------------
     /// `conv(x, K)`: x `[n, cin, h, w]` (`d`), K `[cout, cin, 3, 3]` -> `[n, cout, h, w]`.

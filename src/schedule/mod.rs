@@ -4,7 +4,7 @@
 pub mod engine;
 pub mod plan;
 
-pub use engine::{Engine, GradOutput};
+pub use engine::{Engine, GradOutput, ResidentGrads};
 
 use crate::backend::Storage;
 use crate::error::{Error, Result};

@@ -2,7 +2,9 @@
 //! that every buffer of a forward + backward pass is known, with its lifetime, before any
 //! arithmetic runs. The peak of live bytes is the planned peak.
 
-use crate::backend::{Activation, Backend, BnStats, Norm, Scratch, ScratchOp, Storage, SymGrads};
+use crate::backend::{
+    optim, Activation, Backend, BnStats, Norm, Scratch, ScratchOp, Storage, SymGrads,
+};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::network::Layout;
@@ -221,6 +223,25 @@ impl Backend for Planner {
         );
         self.flop(5 * x.len);
         Ok(0.0)
+    }
+    fn sgd_step(
+        &self,
+        w: &mut PlanBuf,
+        m: &mut PlanBuf,
+        g: &PlanBuf,
+        _s: &optim::SgdStep,
+    ) -> Result<()> {
+        optim::check_lens("sgd_step", &[w.len, m.len, g.len])
+    }
+    fn adam_step(
+        &self,
+        w: &mut PlanBuf,
+        m: &mut PlanBuf,
+        v: &mut PlanBuf,
+        g: &PlanBuf,
+        _s: &optim::AdamStep,
+    ) -> Result<()> {
+        optim::check_lens("adam_step", &[w.len, m.len, v.len, g.len])
     }
     fn axpy(&self, _a: f64, x: &PlanBuf, y: &mut PlanBuf) -> Result<()> {
         ensure_shape!(x.len == y.len, "axpy: {} vs {}", x.len, y.len);

@@ -39,6 +39,41 @@ pub trait Model {
     fn last_nfe(&self) -> [usize; 2] {
         [0, 0]
     }
+    /// One training step: [`Model::grad`] and an update by `opt` at rate `lr`. Returns the
+    /// loss and the logits. This default goes through the host; a model that keeps its
+    /// weights on a device updates them there (and then holds `opt`'s state until
+    /// [`Model::sync_optimizer`]).
+    fn train_step(
+        &mut self,
+        x: &HostTensor,
+        labels: &[usize],
+        opt: &mut Optimizer,
+        lr: f64,
+    ) -> Result<(f64, Vec<f32>)> {
+        let (loss, logits, grads) = self.grad(x, labels)?;
+        if !loss.is_finite() {
+            return Err(Error::NonFinite(format!("the loss is {loss}")));
+        }
+        if let Some(name) = first_non_finite(&grads) {
+            return Err(Error::NonFinite(format!(
+                "the gradient of `{name}` is not finite"
+            )));
+        }
+        let mut p = self.params()?;
+        opt.step(&mut p, &grads, lr)?;
+        if let Some(name) = first_non_finite(&p) {
+            return Err(Error::NonFinite(format!(
+                "`{name}` is not finite after the update"
+            )));
+        }
+        self.set_params(&p)?;
+        Ok((loss, logits))
+    }
+    /// Brings `opt` up to date with the optimizer state the model holds (before a
+    /// checkpoint); a no-op for models that train through the host.
+    fn sync_optimizer(&mut self, _opt: &mut Optimizer) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl<M: Model + ?Sized> Model for Box<M> {
@@ -56,6 +91,18 @@ impl<M: Model + ?Sized> Model for Box<M> {
     }
     fn last_nfe(&self) -> [usize; 2] {
         (**self).last_nfe()
+    }
+    fn train_step(
+        &mut self,
+        x: &HostTensor,
+        labels: &[usize],
+        opt: &mut Optimizer,
+        lr: f64,
+    ) -> Result<(f64, Vec<f32>)> {
+        (**self).train_step(x, labels, opt, lr)
+    }
+    fn sync_optimizer(&mut self, opt: &mut Optimizer) -> Result<()> {
+        (**self).sync_optimizer(opt)
     }
 }
 
@@ -365,32 +412,19 @@ fn train_in<M: Model + ?Sized>(
             let s1 = step + 1;
             let (mut x, labels) = train_set.batch(idx)?;
             opts.augment.apply(&mut x, train_set.background, &mut rng);
-            let (loss, logits, grads) = model.grad(&x, &labels).map_err(|e| match e {
-                Error::NonFinite(m) => Error::NonFinite(format!("epoch {e1}, step {s1}: {m}")),
-                other => other,
-            })?;
-            if !loss.is_finite() {
-                return Err(Error::NonFinite(format!(
-                    "epoch {e1}, step {s1}: the loss is {loss}"
-                )));
-            }
-            if let Some(name) = first_non_finite(&grads) {
-                return Err(Error::NonFinite(format!(
-                    "epoch {e1}, step {s1}: the gradient of `{name}` is not finite"
-                )));
-            }
+            let (loss, logits) =
+                model
+                    .train_step(&x, &labels, &mut opt, lr)
+                    .map_err(|e| match e {
+                        Error::NonFinite(m) => {
+                            Error::NonFinite(format!("epoch {e1}, step {s1}: {m}"))
+                        }
+                        other => other,
+                    })?;
             let (_, c) = loss_and_correct(&logits, &labels)?;
             let nfe = model.last_nfe();
             nfe_sum[0] += nfe[0];
             nfe_sum[1] += nfe[1];
-            let mut p = model.params()?;
-            opt.step(&mut p, &grads, lr)?;
-            if let Some(name) = first_non_finite(&p) {
-                return Err(Error::NonFinite(format!(
-                    "epoch {e1}, step {s1}: `{name}` is not finite after the update"
-                )));
-            }
-            model.set_params(&p)?;
             loss_sum += loss * idx.len() as f64;
             correct += c;
             seen += idx.len();
@@ -439,6 +473,7 @@ fn train_in<M: Model + ?Sized>(
             );
         }
         history.push(row);
+        model.sync_optimizer(&mut opt)?;
         let params = model.params()?;
         let state = checkpoint::CheckpointState {
             version: checkpoint::state_version(),

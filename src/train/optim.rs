@@ -4,6 +4,8 @@
 //! gradient) and `Adam`, so that runs can be compared. Weight decay applies to
 //! [`ParamRole::Weight`] only; [`ParamRole::Buffer`]s are never touched.
 
+use crate::backend::optim::{AdamStep, SgdStep};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::params::{ParamRole, ParamSet};
 use crate::tensor::HostTensor;
@@ -118,6 +120,27 @@ pub struct OptimScalars {
     pub steps: u64,
 }
 
+/// An optimizer's moment buffers on a backend, by template position (`None` for buffers, and
+/// for `v` under SGD), and the step count they belong to.
+pub struct ResidentState<B: Backend> {
+    steps: u64,
+    m: Vec<Option<B::Buf>>,
+    v: Vec<Option<B::Buf>>,
+}
+
+impl<B: Backend> ResidentState<B> {
+    /// The optimizer steps this state has taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+}
+
+/// Whether every value of `b` is finite, read on the backend: a sum of squares in f64 (which
+/// cannot overflow for f32 values) is finite exactly when they all are.
+fn all_finite<B: Backend>(be: &B, b: &B::Buf) -> Result<bool> {
+    Ok(be.scaled_sq(b, b, b, 1.0, 0.0)?.is_finite())
+}
+
 /// SGD or Adam with per-parameter state keyed by SPEC name.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Optimizer {
@@ -181,51 +204,170 @@ impl Optimizer {
             }
         }
         self.steps += 1;
-        let c = self.config;
-        let t = self.steps as i32;
         for (name, role, p) in params.iter_mut() {
             if role == ParamRole::Buffer {
                 continue;
             }
             let g = &grads.get(name).expect("checked above").data;
-            let wd = if role == ParamRole::Weight {
-                c.weight_decay as f32
-            } else {
-                0.0
-            };
+            let (sgd, adam) = (self.sgd_step(role, lr), self.adam_step(role, lr));
             let m = self
                 .m
                 .entry(name.to_string())
                 .or_insert_with(|| vec![0.0; p.len()]);
-            match c.kind {
-                OptimizerKind::Sgd => {
-                    let (mu, lr) = (c.momentum as f32, lr as f32);
-                    for ((w, &gi), b) in p.data.iter_mut().zip(g).zip(m.iter_mut()) {
-                        let d = gi + wd * *w;
-                        *b = mu * *b + d;
-                        *w -= lr * *b;
-                    }
-                }
+            match self.config.kind {
+                OptimizerKind::Sgd => crate::backend::optim::sgd_host(&sgd, &mut p.data, m, g),
                 OptimizerKind::Adam => {
                     let v = self
                         .v
                         .entry(name.to_string())
                         .or_insert_with(|| vec![0.0; p.len()]);
-                    let (b1, b2) = (c.beta1, c.beta2);
-                    let bc1 = 1.0 - b1.powi(t);
-                    let bc2 = 1.0 - b2.powi(t);
-                    for (((w, &gi), mi), vi) in
-                        p.data.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                    {
-                        let d = (gi + wd * *w) as f64;
-                        let mn = b1 * *mi as f64 + (1.0 - b1) * d;
-                        let vn = b2 * *vi as f64 + (1.0 - b2) * d * d;
-                        *mi = mn as f32;
-                        *vi = vn as f32;
-                        let upd = lr * (mn / bc1) / ((vn / bc2).sqrt() + c.eps);
-                        *w = (*w as f64 - upd) as f32;
-                    }
+                    crate::backend::optim::adam_host(&adam, &mut p.data, m, v, g)
                 }
+            }
+        }
+        Ok(())
+    }
+
+    fn weight_decay(&self, role: ParamRole) -> f64 {
+        if role == ParamRole::Weight {
+            self.config.weight_decay
+        } else {
+            0.0
+        }
+    }
+
+    /// The scalars of an SGD update of a parameter of `role`.
+    fn sgd_step(&self, role: ParamRole, lr: f64) -> SgdStep {
+        SgdStep {
+            lr,
+            momentum: self.config.momentum,
+            weight_decay: self.weight_decay(role),
+        }
+    }
+
+    /// The scalars of the Adam update number `self.steps` of a parameter of `role`.
+    fn adam_step(&self, role: ParamRole, lr: f64) -> AdamStep {
+        let (c, t) = (self.config, self.steps as i32);
+        AdamStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: self.weight_decay(role),
+            bias1: 1.0 - c.beta1.powi(t),
+            bias2: 1.0 - c.beta2.powi(t),
+        }
+    }
+
+    /// Uploads the state to `be` beside parameters laid out as `template` (zeros where a
+    /// parameter has no state yet, as [`Optimizer::step`] starts it).
+    pub fn upload_state<B: Backend>(
+        &self,
+        be: &B,
+        template: &ParamSet,
+    ) -> Result<ResidentState<B>> {
+        let adam = self.config.kind == OptimizerKind::Adam;
+        let mut state = ResidentState {
+            steps: self.steps,
+            m: Vec::with_capacity(template.len()),
+            v: Vec::with_capacity(template.len()),
+        };
+        for (name, role, t) in template.iter() {
+            let trained = role != ParamRole::Buffer;
+            let up = |map: &HashMap<String, Vec<f32>>| -> Result<B::Buf> {
+                match map.get(name) {
+                    Some(d) => be.upload_f32(d),
+                    None => be.zeros(t.numel()),
+                }
+            };
+            state
+                .m
+                .push(if trained { Some(up(&self.m)?) } else { None });
+            state.v.push(if trained && adam {
+                Some(up(&self.v)?)
+            } else {
+                None
+            });
+        }
+        Ok(state)
+    }
+
+    /// Copies a resident state back (for a checkpoint); the backend's copy stays in use.
+    pub fn download_state<B: Backend>(
+        &mut self,
+        be: &B,
+        template: &ParamSet,
+        state: &ResidentState<B>,
+    ) -> Result<()> {
+        self.steps = state.steps;
+        if state.steps == 0 {
+            return Ok(());
+        }
+        for (i, (name, _, _)) in template.iter().enumerate() {
+            for (buf, map) in [(&state.m[i], &mut self.m), (&state.v[i], &mut self.v)] {
+                if let Some(b) = buf {
+                    map.insert(name.to_string(), be.download_f32(b)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One update on the backend: `params` (by template position) from `grads` with the
+    /// state in `state`; nothing goes through the host. Every gradient is checked (present,
+    /// of the parameter's length, finite) before anything changes; a parameter that is not
+    /// finite after its update is an error naming it (the run stops there).
+    pub fn step_resident<B: Backend>(
+        &mut self,
+        be: &B,
+        template: &ParamSet,
+        params: &mut [B::Buf],
+        grads: &[Option<B::Buf>],
+        state: &mut ResidentState<B>,
+        lr: f64,
+    ) -> Result<()> {
+        for (i, (name, role, _)) in template.iter().enumerate() {
+            if role == ParamRole::Buffer {
+                continue;
+            }
+            let g = grads
+                .get(i)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| Error::MissingTensor(format!("gradient of {name}")))?;
+            if be.buf_len(g) != be.buf_len(&params[i]) {
+                return Err(Error::Shape(format!(
+                    "gradient of `{name}` has {} values, the parameter {}",
+                    be.buf_len(g),
+                    be.buf_len(&params[i])
+                )));
+            }
+            if !all_finite(be, g)? {
+                return Err(Error::NonFinite(format!(
+                    "the gradient of `{name}` is not finite"
+                )));
+            }
+        }
+        self.steps += 1;
+        state.steps = self.steps;
+        for (i, (name, role, _)) in template.iter().enumerate() {
+            let (Some(g), Some(m)) = (&grads[i], state.m[i].as_mut()) else {
+                continue;
+            };
+            match self.config.kind {
+                OptimizerKind::Sgd => {
+                    be.sgd_step(&mut params[i], m, g, &self.sgd_step(role, lr))?
+                }
+                OptimizerKind::Adam => {
+                    let v = state.v[i]
+                        .as_mut()
+                        .ok_or_else(|| Error::Other(format!("Adam state of `{name}` lost")))?;
+                    be.adam_step(&mut params[i], m, v, g, &self.adam_step(role, lr))?
+                }
+            }
+            if !all_finite(be, &params[i])? {
+                return Err(Error::NonFinite(format!(
+                    "`{name}` is not finite after the update"
+                )));
             }
         }
         Ok(())

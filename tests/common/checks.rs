@@ -1,5 +1,6 @@
 //! One check per op: the backend under test against the f64 [`Reference`] on the same data.
 
+use pdenet::backend::optim::{AdamStep, SgdStep};
 use pdenet::backend::reference::Reference;
 use pdenet::backend::{Activation, Backend, Norm};
 use pdenet::Dims;
@@ -79,6 +80,68 @@ pub fn axpy<B: Backend>(b: &B, c: &Case) -> R {
     b.axpy(-0.7, &up(b, &x), &mut fy).unwrap();
     Reference.axpy(-0.7, &x, &mut ry).unwrap();
     close("axpy", &down(b, &fy), &ry)
+}
+
+/// Three SGD steps, with and without weight decay, against the reference's f64 updates.
+pub fn sgd_step<B: Backend>(b: &B, c: &Case) -> R {
+    let mut rng = c.rng();
+    let len = c.d.len();
+    let w = rand_vec(&mut rng, len, 1.0);
+    let (mut fw, mut rw) = both(b, &w);
+    let (mut fm, mut rm) = both(b, &vec![0.0; len]);
+    for (t, wd) in [(0, 5e-4), (1, 0.0), (2, 5e-4)] {
+        let g = rand_vec(&mut rng, len, 1.0 + t as f64);
+        let s = SgdStep {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: wd,
+        };
+        b.sgd_step(&mut fw, &mut fm, &up(b, &g), &s).unwrap();
+        Reference.sgd_step(&mut rw, &mut rm, &g, &s).unwrap();
+    }
+    close("sgd_step weights", &down(b, &fw), &rw)?;
+    close("sgd_step momentum", &down(b, &fm), &rm)
+}
+
+/// Three Adam steps (bias corrections of steps 1..3) against the reference's f64 updates.
+pub fn adam_step<B: Backend>(b: &B, c: &Case) -> R {
+    let mut rng = c.rng();
+    let len = c.d.len();
+    let w = rand_vec(&mut rng, len, 1.0);
+    let (mut fw, mut rw) = both(b, &w);
+    let (mut fm, mut rm) = both(b, &vec![0.0; len]);
+    let (mut fv, mut rv) = both(b, &vec![0.0; len]);
+    for t in 1..=3 {
+        let g = rand_vec(&mut rng, len, 1.0);
+        let s = AdamStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 1e-2,
+            bias1: 1.0 - 0.9f64.powi(t),
+            bias2: 1.0 - 0.999f64.powi(t),
+        };
+        b.adam_step(&mut fw, &mut fm, &mut fv, &up(b, &g), &s)
+            .unwrap();
+        Reference
+            .adam_step(&mut rw, &mut rm, &mut rv, &g, &s)
+            .unwrap();
+    }
+    close("adam_step weights", &down(b, &fw), &rw)?;
+    close("adam_step first moment", &down(b, &fm), &rm)?;
+    close("adam_step second moment", &down(b, &fv), &rv)?;
+    let short = up(b, &vec![0.0; len + 1]);
+    let s = SgdStep {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    prop_assert!(
+        b.sgd_step(&mut fw, &mut fm, &short, &s).is_err(),
+        "sgd_step took a gradient of another length"
+    );
+    Ok(())
 }
 
 pub fn conv3x3<B: Backend>(b: &B, c: &Case) -> R {

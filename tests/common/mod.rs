@@ -138,7 +138,7 @@ pub fn run<B: Backend>(b: &B, check: fn(&B, &Case) -> Result<(), TestCaseError>)
 macro_rules! backend_op_tests {
     ($name:ident, $make:expr) => {
         $crate::common::backend_op_tests!(@module $name, $make;
-            lincomb, axpy, scaled_sq,
+            lincomb, axpy, scaled_sq, sgd_step, adam_step,
             conv3x3, conv3x3_t, conv3x3_wgrad,
             conv1x1, conv1x1_t, conv1x1_wgrad,
             add_channel_bias, channel_sum,

@@ -14,6 +14,7 @@ mod structured;
 use rayon::prelude::*;
 
 use super::half16::{self, Packed16};
+use super::optim;
 use super::reference::round_to_i32;
 use super::{
     Activation, Backend, BnStats, Norm, Precision, Scratch, ScratchOp, Storage, SymGrads, BN_EPS,
@@ -361,6 +362,36 @@ impl Backend for Cpu {
             })
             .collect();
         Ok(parts.iter().sum())
+    }
+    fn sgd_step(
+        &self,
+        w: &mut Vec<f32>,
+        m: &mut Vec<f32>,
+        g: &Vec<f32>,
+        s: &optim::SgdStep,
+    ) -> Result<()> {
+        optim::check_lens("sgd_step", &[w.len(), m.len(), g.len()])?;
+        w.par_chunks_mut(ELEM_CHUNK)
+            .zip(m.par_chunks_mut(ELEM_CHUNK))
+            .zip(g.par_chunks(ELEM_CHUNK))
+            .for_each(|((w, m), g)| optim::sgd_host(s, w, m, g));
+        Ok(())
+    }
+    fn adam_step(
+        &self,
+        w: &mut Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        g: &Vec<f32>,
+        s: &optim::AdamStep,
+    ) -> Result<()> {
+        optim::check_lens("adam_step", &[w.len(), m.len(), v.len(), g.len()])?;
+        w.par_chunks_mut(ELEM_CHUNK)
+            .zip(m.par_chunks_mut(ELEM_CHUNK))
+            .zip(v.par_chunks_mut(ELEM_CHUNK))
+            .zip(g.par_chunks(ELEM_CHUNK))
+            .for_each(|(((w, m), v), g)| optim::adam_host(s, w, m, v, g));
+        Ok(())
     }
     fn axpy(&self, a: f64, x: &Vec<f32>, y: &mut Vec<f32>) -> Result<()> {
         check_len(x, y.len(), "axpy")?;

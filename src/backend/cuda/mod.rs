@@ -131,6 +131,7 @@ const KERNELS: &[(&str, &[&str])] = &[
             "unpack16",
         ],
     ),
+    ("optim", &["sgd_step", "adam_step"]),
     (
         "pool",
         &[

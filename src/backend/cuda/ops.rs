@@ -4,8 +4,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{cu, grid_1d, i32_of, Cuda, DeviceBuf};
 use crate::backend::{
-    diffusion_solve_on_host, diffusion_solve_vjp_on_host, sym_full3x3_vjp_composed, Activation,
-    Backend, BnStats, Norm, Storage, SymGrads, BN_MOMENTUM,
+    diffusion_solve_on_host, diffusion_solve_vjp_on_host, optim, sym_full3x3_vjp_composed,
+    Activation, Backend, BnStats, Norm, Storage, SymGrads, BN_MOMENTUM,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -482,6 +482,34 @@ impl Backend for Cuda {
             self.axpy(*c, x, &mut out)?;
         }
         Ok(out)
+    }
+    fn sgd_step(&self, w: &mut Buf, m: &mut Buf, g: &Buf, s: &optim::SgdStep) -> Result<()> {
+        optim::check_lens("sgd_step", &[w.len(), m.len(), g.len()])?;
+        let l = i32_of(w.len(), "sgd_step length")?;
+        if w.is_empty() {
+            return Ok(());
+        }
+        let (lr, mu, wd) = (s.lr as f32, s.momentum as f32, s.weight_decay as f32);
+        launch!(self, "sgd_step", grid_1d(w.len());
+            w.slice(), m.slice(), g.slice(), &l, &lr, &mu, &wd)
+    }
+    fn adam_step(
+        &self,
+        w: &mut Buf,
+        m: &mut Buf,
+        v: &mut Buf,
+        g: &Buf,
+        s: &optim::AdamStep,
+    ) -> Result<()> {
+        optim::check_lens("adam_step", &[w.len(), m.len(), v.len(), g.len()])?;
+        let l = i32_of(w.len(), "adam_step length")?;
+        if w.is_empty() {
+            return Ok(());
+        }
+        let wd = s.weight_decay as f32;
+        launch!(self, "adam_step", grid_1d(w.len());
+            w.slice(), m.slice(), v.slice(), g.slice(), &l, &s.lr, &s.beta1, &s.beta2, &s.eps,
+            &wd, &s.bias1, &s.bias2)
     }
     fn axpy(&self, a: f64, x: &Buf, y: &mut Buf) -> Result<()> {
         check_len(x, y.len(), "axpy")?;

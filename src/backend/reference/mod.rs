@@ -4,6 +4,7 @@
 pub mod structured;
 
 use super::half16::{self, Packed16};
+use super::optim;
 use super::{Activation, Backend, BnStats, Storage, BN_EPS, BN_MOMENTUM, TV_EPS};
 use crate::ensure_shape;
 use crate::error::Result;
@@ -98,6 +99,29 @@ impl Backend for Reference {
         rtol: f64,
     ) -> Result<f64> {
         crate::backend::scaled_sq_host(x, a, b, atol, rtol)
+    }
+    fn sgd_step(
+        &self,
+        w: &mut Vec<f64>,
+        m: &mut Vec<f64>,
+        g: &Vec<f64>,
+        s: &optim::SgdStep,
+    ) -> Result<()> {
+        optim::check_lens("sgd_step", &[w.len(), m.len(), g.len()])?;
+        optim::sgd_host(s, w, m, g);
+        Ok(())
+    }
+    fn adam_step(
+        &self,
+        w: &mut Vec<f64>,
+        m: &mut Vec<f64>,
+        v: &mut Vec<f64>,
+        g: &Vec<f64>,
+        s: &optim::AdamStep,
+    ) -> Result<()> {
+        optim::check_lens("adam_step", &[w.len(), m.len(), v.len(), g.len()])?;
+        optim::adam_host(s, w, m, v, g);
+        Ok(())
     }
     fn axpy(&self, a: f64, x: &Vec<f64>, y: &mut Vec<f64>) -> Result<()> {
         check_len(x, y.len(), "axpy")?;

@@ -188,11 +188,11 @@ impl<B: Backend> Engine<B> {
         if x.shape.is_empty() {
             return Err(Error::Shape("input `x` has no dimensions".into()));
         }
-        let (out, stats) = self.grad_inner(x, Head::LogitsGrad(g_logits), sched)?;
+        let (pass, stats) = self.resident_pass(x, Head::LogitsGrad(g_logits), sched)?;
         if update_running {
             self.update_running(&stats)?;
         }
-        Ok(out)
+        self.download_pass(pass)
     }
 
     /// Training-mode logits `[n, classes]` (batch statistics, as [`Engine::grad`] computes

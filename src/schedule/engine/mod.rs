@@ -45,6 +45,16 @@ pub struct Engine<B: Backend> {
     nfe: std::sync::Mutex<Vec<[usize; 2]>>,
 }
 
+/// The result of [`Engine::grad_resident`]: the loss and logits on the host, the gradients on
+/// the backend.
+pub struct ResidentGrads<B: Backend> {
+    pub loss: f64,
+    pub logits: Vec<f32>,
+    /// By position in the layout's template; `None` for buffers.
+    pub grads: Vec<Option<B::Buf>>,
+    pub drift: f64,
+}
+
 /// The result of [`Engine::grad`].
 pub struct GradOutput {
     pub loss: f64,

@@ -147,6 +147,43 @@ impl<B: Backend> Engine<B> {
         sched: MemoryPolicy,
         update_running: bool,
     ) -> Result<GradOutput> {
+        self.check_labels(x, labels)?;
+        let (pass, stats) = self.resident_pass(x, Head::Labels(labels), sched)?;
+        self.check_loss(x, pass.loss)?;
+        if update_running {
+            self.update_running(&stats)?;
+        }
+        self.download_pass(pass)
+    }
+
+    /// [`Engine::grad`] with the running statistics updated and the gradients left on the
+    /// backend (nothing but the logits is downloaded): a training step's first half, the
+    /// second being an optimizer update through [`Engine::params_resident`].
+    pub fn grad_resident(
+        &mut self,
+        x: &HostTensor,
+        labels: &[usize],
+        sched: MemoryPolicy,
+    ) -> Result<ResidentGrads<B>> {
+        self.check_labels(x, labels)?;
+        let (pass, stats) = self.resident_pass(x, Head::Labels(labels), sched)?;
+        self.check_loss(x, pass.loss)?;
+        self.update_running(&stats)?;
+        Ok(ResidentGrads {
+            loss: pass.loss,
+            logits: pass.logits,
+            grads: pass.grads,
+            drift: pass.drift,
+        })
+    }
+
+    /// The backend, the parameter template (names, roles, shapes; no values) and the
+    /// parameters as the backend holds them, by template position, for in-place updates.
+    pub fn params_resident(&mut self) -> (&B, &ParamSet, &mut [B::Buf]) {
+        (&self.backend, &self.layout.template, &mut self.params)
+    }
+
+    fn check_labels(&self, x: &HostTensor, labels: &[usize]) -> Result<()> {
         let classes = self.layout.config.classes;
         if labels.len() != x.shape.first().copied().unwrap_or(0) {
             return Err(Error::Shape(format!(
@@ -160,20 +197,28 @@ impl<B: Backend> Engine<B> {
                 "label {bad} is out of range for {classes} classes"
             )));
         }
-        let (out, stats) = self.grad_inner(x, Head::Labels(labels), sched)?;
-        if !out.loss.is_finite() {
-            let at = self
-                .first_non_finite(x)?
-                .unwrap_or_else(|| "the loss".into());
-            return Err(Error::NonFinite(format!(
-                "the loss is {}; the first non-finite values appear in `{at}`",
-                out.loss
-            )));
+        Ok(())
+    }
+
+    /// A non-finite loss as an error naming where the first non-finite values appear.
+    fn check_loss(&self, x: &HostTensor, loss: f64) -> Result<()> {
+        if loss.is_finite() {
+            return Ok(());
         }
-        if update_running {
-            self.update_running(&stats)?;
-        }
-        Ok(out)
+        let at = self
+            .first_non_finite(x)?
+            .unwrap_or_else(|| "the loss".into());
+        Err(Error::NonFinite(format!(
+            "the loss is {loss}; the first non-finite values appear in `{at}`"
+        )))
+    }
+
+    /// Right-hand-side evaluations `[forward, backward]` of the last pass, all units together.
+    pub fn last_nfe_totals(&self) -> [usize; 2] {
+        [
+            self.nfe_counts(0).iter().sum(),
+            self.nfe_counts(1).iter().sum(),
+        ]
     }
 
     /// The forward (`pass` 0) or backward (1) right-hand-side evaluations per unit.
@@ -184,13 +229,14 @@ impl<B: Backend> Engine<B> {
             .collect()
     }
 
-    #[allow(clippy::type_complexity)]
-    pub(super) fn grad_inner(
+    /// Forward, loss and backward with everything the backward computes left on the backend,
+    /// and the running-statistics updates it collected (not applied).
+    pub(super) fn resident_pass(
         &self,
         x: &HostTensor,
         head: Head<'_>,
         sched: MemoryPolicy,
-    ) -> Result<(GradOutput, Vec<RunningUpdate<B::Buf>>)> {
+    ) -> Result<(ResidentPass<B>, Vec<RunningUpdate<B::Buf>>)> {
         let be = &self.backend;
         let n = x.shape[0];
         let units_n = self.layout.units.len();
@@ -263,14 +309,30 @@ impl<B: Backend> Engine<B> {
             }
         }
         let g_x = self.open_backward(open, &xb, x_dims, g, &mut grads, &mut running)?;
-        let grad_x = be.download_f32(&g_x)?;
+        Ok((
+            ResidentPass {
+                loss,
+                logits: logits_host,
+                g_x,
+                grads: grads.g,
+                drift,
+            },
+            running,
+        ))
+    }
+
+    /// Downloads a pass's input and parameter gradients, freeing each device gradient once it
+    /// is on the host (one copy at a time, not two).
+    pub(super) fn download_pass(&self, pass: ResidentPass<B>) -> Result<GradOutput> {
+        let be = &self.backend;
+        let grad_x = be.download_f32(&pass.g_x)?;
+        let mut grads = pass.grads;
         let mut out = ParamSet::new();
         for (i, (name, role, t)) in self.layout.template.iter().enumerate() {
             if role == ParamRole::Buffer {
                 continue;
             }
-            // Free each device gradient once it is on the host: one copy at a time, not two.
-            let data = match grads.g[i].take() {
+            let data = match grads[i].take() {
                 Some(b) => be.download_f32(&b)?,
                 None => vec![0.0; t.numel()],
             };
@@ -283,17 +345,24 @@ impl<B: Backend> Engine<B> {
                 },
             );
         }
-        Ok((
-            GradOutput {
-                loss,
-                logits: logits_host,
-                grad_x,
-                grads: out,
-                drift,
-                nfe_forward: self.nfe_counts(0),
-                nfe_backward: self.nfe_counts(1),
-            },
-            running,
-        ))
+        Ok(GradOutput {
+            loss: pass.loss,
+            logits: pass.logits,
+            grad_x,
+            grads: out,
+            drift: pass.drift,
+            nfe_forward: self.nfe_counts(0),
+            nfe_backward: self.nfe_counts(1),
+        })
     }
+}
+
+/// What a backward pass leaves on the backend before anything but the logits is downloaded.
+pub(super) struct ResidentPass<B: Backend> {
+    pub(super) loss: f64,
+    pub(super) logits: Vec<f32>,
+    pub(super) g_x: B::Buf,
+    /// By template position; `None` for buffers.
+    pub(super) grads: Vec<Option<B::Buf>>,
+    pub(super) drift: f64,
 }

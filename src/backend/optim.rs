@@ -1,0 +1,117 @@
+//! Optimizer updates as backend ops, so that weights and optimizer state stay where the backend
+//! keeps them (issue 12: device-resident training). The rules are PyTorch's `SGD` (momentum,
+//! dampening 0, L2 weight decay added to the gradient) and `Adam`. The element formulas below
+//! are the specification: the reference and CPU backends call them, `kernels/optim.cu` writes the
+//! same operations in the same order without contraction, so all three agree bit for bit in f32.
+
+/// One SGD step's scalars: `d = g + wd w; m = mu m + d; w -= lr m`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f64,
+    pub momentum: f64,
+    /// 0 for parameters that are not weights.
+    pub weight_decay: f64,
+}
+
+/// One Adam step's scalars: `d = g + wd w; m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2;
+/// w -= lr (m / bias1) / (sqrt(v / bias2) + eps)`, the moments in f64 and stored in the
+/// buffer's precision.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// 0 for parameters that are not weights.
+    pub weight_decay: f64,
+    /// `1 - beta1^t` and `1 - beta2^t` at step `t` (1-based).
+    pub bias1: f64,
+    pub bias2: f64,
+}
+
+/// A value an optimizer buffer holds (f32 on the fast backends, f64 on the reference).
+pub trait OptimValue: Copy {
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn mul(self, o: Self) -> Self;
+    fn add(self, o: Self) -> Self;
+    fn sub(self, o: Self) -> Self;
+}
+
+macro_rules! optim_value {
+    ($t:ty) => {
+        impl OptimValue for $t {
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            fn mul(self, o: Self) -> Self {
+                self * o
+            }
+            fn add(self, o: Self) -> Self {
+                self + o
+            }
+            fn sub(self, o: Self) -> Self {
+                self - o
+            }
+        }
+    };
+}
+optim_value!(f32);
+optim_value!(f64);
+
+impl SgdStep {
+    /// One element, in the buffer's precision.
+    #[inline]
+    pub fn apply<T: OptimValue>(&self, w: &mut T, m: &mut T, g: T) {
+        let (lr, mu, wd) = (
+            T::from_f64(self.lr),
+            T::from_f64(self.momentum),
+            T::from_f64(self.weight_decay),
+        );
+        let d = g.add(wd.mul(*w));
+        *m = mu.mul(*m).add(d);
+        *w = w.sub(lr.mul(*m));
+    }
+}
+
+impl AdamStep {
+    /// One element: the moments and the step in f64, stored in the buffer's precision.
+    #[inline]
+    pub fn apply<T: OptimValue>(&self, w: &mut T, m: &mut T, v: &mut T, g: T) {
+        let wd = T::from_f64(self.weight_decay);
+        let d = g.add(wd.mul(*w)).to_f64();
+        let mn = self.beta1 * m.to_f64() + (1.0 - self.beta1) * d;
+        let vn = self.beta2 * v.to_f64() + (1.0 - self.beta2) * d * d;
+        *m = T::from_f64(mn);
+        *v = T::from_f64(vn);
+        let step = self.lr * (mn / self.bias1) / ((vn / self.bias2).sqrt() + self.eps);
+        *w = T::from_f64(w.to_f64() - step);
+    }
+}
+
+/// [`SgdStep::apply`] over whole buffers (lengths checked by the caller).
+pub fn sgd_host<T: OptimValue>(s: &SgdStep, w: &mut [T], m: &mut [T], g: &[T]) {
+    for ((w, m), &g) in w.iter_mut().zip(m.iter_mut()).zip(g) {
+        s.apply(w, m, g);
+    }
+}
+
+/// [`AdamStep::apply`] over whole buffers (lengths checked by the caller).
+pub fn adam_host<T: OptimValue>(s: &AdamStep, w: &mut [T], m: &mut [T], v: &mut [T], g: &[T]) {
+    for (((w, m), v), &g) in w.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+        s.apply(w, m, v, g);
+    }
+}
+
+/// The error for buffers of different lengths, naming the op.
+pub(crate) fn check_lens(what: &str, lens: &[usize]) -> crate::error::Result<()> {
+    if lens.windows(2).any(|p| p[0] != p[1]) {
+        return Err(crate::error::Error::Shape(format!(
+            "{what}: weight, state and gradient lengths differ: {lens:?}"
+        )));
+    }
+    Ok(())
+}
