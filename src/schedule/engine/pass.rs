@@ -229,6 +229,7 @@ impl<B: Backend> Engine<B> {
             .collect()
     }
 
+    #[allow(clippy::type_complexity)]
     /// Forward, loss and backward with everything the backward computes left on the backend,
     /// and the running-statistics updates it collected (not applied).
     pub(super) fn resident_pass(
