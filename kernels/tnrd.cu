@@ -32,16 +32,25 @@ __device__ __forceinline__ float tn_centre(int j) {
 }
 
 // The sources p in [0, n) with reflect(p + off, n) == q: p + off is q + 2 n m or -1 - q + 2 n m.
-// An interval of n integers holds at most two of these, so src has room for two.
-__device__ __forceinline__ int tn_sources(int q, int off, int n, int (&src)[2]) {
+// An interval of n integers holds at most two of these (s0, s1; returns how many, maybe 0).
+// Two scalars, not an array, so that nothing lives in local memory.
+__device__ __forceinline__ int tn_sources(int q, int off, int n, int& s0, int& s1) {
     int cnt = 0;
+    s0 = 0;
+    s1 = 0;
     int mmax = 1 + (off < 0 ? -off : off) / n;
     for (int m = -mmax; m <= mmax; m++) {
         int a = q + 2 * n * m - off, b = -1 - q + 2 * n * m - off;
-        if (a >= 0 && a < n && cnt < 2) src[cnt++] = a;
-        if (b >= 0 && b < n && cnt < 2) src[cnt++] = b;
+        if (a >= 0 && a < n) {
+            if (cnt == 0) s0 = a; else s1 = a;
+            cnt++;
+        }
+        if (b >= 0 && b < n) {
+            if (cnt == 0) s0 = b; else s1 = b;
+            cnt++;
+        }
     }
-    return cnt;
+    return min(cnt, 2);
 }
 
 // v[b, i, p] = sum_{a, c} k[i, a, c] u[b, reflect(y + a - r), reflect(x + c - r)]: the
@@ -108,16 +117,21 @@ extern "C" __global__ void tnrd_adjoint(const float* __restrict__ z, const float
         int qy = q / w, qx = q - qy * w;
         float acc = 0.0f;
         for (int a = 0; a < s; a++) {
-            int sy[2];
-            int ny = tn_sources(qy, a - r, h, sy);
+            int y0, y1;
+            int ny = tn_sources(qy, a - r, h, y0, y1);
+            if (ny == 0) continue;
             for (int cc = 0; cc < s; cc++) {
-                int sx[2];
-                int nx = tn_sources(qx, cc - r, w, sx);
+                int x0, x1;
+                int nx = tn_sources(qx, cc - r, w, x0, x1);
+                if (nx == 0) continue;
                 for (int i = 0; i < nf; i++) {
                     const float* zi = z + ((size_t)b * nf + i) * hw;
-                    float sum = 0.0f;
-                    for (int m = 0; m < ny; m++)
-                        for (int l = 0; l < nx; l++) sum += zi[sy[m] * w + sx[l]];
+                    float sum = zi[y0 * w + x0];
+                    if (nx > 1) sum += zi[y0 * w + x1];
+                    if (ny > 1) {
+                        sum += zi[y1 * w + x0];
+                        if (nx > 1) sum += zi[y1 * w + x1];
+                    }
                     acc += k[((size_t)i * s + a) * s + cc] * sum;
                 }
             }

@@ -107,6 +107,7 @@ pub fn phi(z: f64, wts: &[f64]) -> (f64, f64) {
 }
 
 /// One stage on one `w x h` image with filters `k` (`filters * s * s`, used as given).
+#[allow(clippy::too_many_arguments)]
 pub fn stage(
     k: &[f64],
     rbf: &[f64],
