@@ -259,3 +259,201 @@ fn cli_tnrd_improves_psnr_and_refuses_bad_weights() {
     }
     let _ = add_noise;
 }
+
+// ---- the stage as a backend op (Backend::tnrd_stage / tnrd_stage_vjp) ----------------------
+
+use pdenet::backend::reference::Reference;
+use pdenet::backend::Backend;
+use pdenet::tensor::Dims;
+
+/// Random op inputs on `n` images: zero-mean filters K, RBF weights, lambda, u, f, g.
+#[allow(clippy::type_complexity)]
+fn op_inputs(
+    d: Dims,
+    nf: usize,
+    s: usize,
+    seed: u64,
+) -> (Vec<f64>, Vec<f64>, f64, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let st = random_stage(nf, s, seed);
+    (
+        zero_mean(&st.w, s),
+        st.rbf,
+        st.log_lambda.exp(),
+        image(d.len(), seed + 1),
+        image(d.len(), seed + 2),
+        image(d.len(), seed + 3),
+    )
+}
+
+/// One body for every f32 backend: forward and every VJP output against the f64 reference
+/// backend within 1e-5 of the largest value.
+fn backend_matches_reference<B: Backend>(be: &B, d: Dims, nf: usize, s: usize, seed: u64) {
+    let re = Reference;
+    let (k, rbf, lam, u, f, g) = op_inputs(d, nf, s, seed);
+    let up = |v: &[f64]| be.upload(v).unwrap();
+    let (ub, fb, gb, kb, rb) = (up(&u), up(&f), up(&g), up(&k), up(&rbf));
+    let close = |a: &B::Buf, b: &[f64], what: &str| {
+        let a = be.download(a).unwrap();
+        assert_eq!(a.len(), b.len(), "{what}: length");
+        let scale = b.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+        let err = a
+            .iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            err / scale < 1e-5,
+            "{} {what} {d:?} nf {nf} s {s}: relative {:e}",
+            be.name(),
+            err / scale
+        );
+    };
+    let want = re.tnrd_stage(&u, &f, d, &k, &rbf, lam, s).unwrap();
+    close(
+        &be.tnrd_stage(&ub, &fb, d, &kb, &rb, lam, s).unwrap(),
+        &want,
+        "forward",
+    );
+    let wg = re.tnrd_stage_vjp(&u, &f, d, &k, &rbf, lam, s, &g).unwrap();
+    let gg = be
+        .tnrd_stage_vjp(&ub, &fb, d, &kb, &rb, lam, s, &gb)
+        .unwrap();
+    close(&gg.du, &wg.du, "du");
+    close(&gg.df, &wg.df, "df");
+    close(&gg.dk, &wg.dk, "dk");
+    close(&gg.drbf, &wg.drbf, "drbf");
+    assert!(
+        (gg.dlambda - wg.dlambda).abs() <= 1e-5 * (1.0 + wg.dlambda.abs()),
+        "{} dlambda",
+        be.name()
+    );
+    // Shapes are checked: colour images and a wrong RBF count are refused.
+    assert!(be
+        .tnrd_stage(&ub, &fb, d.with_c(2), &kb, &rb, lam, s)
+        .is_err());
+    assert!(be
+        .tnrd_stage(&ub, &fb, d, &kb, &up(&rbf[1..]), lam, s)
+        .is_err());
+}
+
+/// The reference backend's op is the specification of `restore::tnrd::reference` (one formula):
+/// a model stage run through either gives the same bits.
+#[test]
+fn reference_backend_is_the_stage_specification() {
+    let (w, h, nf, s) = (8, 6, 3, 5);
+    let st = random_stage(nf, s, 7);
+    let (u, f) = (image(w * h, 8), image(w * h, 9));
+    let d = Dims::new(1, 1, h, w);
+    let k = zero_mean(&st.w, s);
+    let got = Reference
+        .tnrd_stage(&u, &f, d, &k, &st.rbf, st.log_lambda.exp(), s)
+        .unwrap();
+    assert_eq!(got, reference::forward(&st, &u, &f, w, h, s));
+}
+
+/// The op's VJP on the reference backend against central differences of its forward, for
+/// every input (u, f, K, the RBF weights, lambda) on a batch of two images.
+#[test]
+fn backend_op_vjp_matches_central_differences() {
+    let (d, nf, s) = (Dims::new(2, 1, 5, 6), 2, 3);
+    let re = Reference;
+    let (k, rbf, lam, u, f, g) = op_inputs(d, nf, s, 21);
+    let gr = re.tnrd_stage_vjp(&u, &f, d, &k, &rbf, lam, s, &g).unwrap();
+    let loss = |u: &[f64], f: &[f64], k: &[f64], rbf: &[f64], lam: f64| {
+        dot(
+            &re.tnrd_stage(
+                &u.to_vec(),
+                &f.to_vec(),
+                d,
+                &k.to_vec(),
+                &rbf.to_vec(),
+                lam,
+                s,
+            )
+            .unwrap(),
+            &g,
+        )
+    };
+    let eps = 1e-6;
+    let fd = |plus: f64, minus: f64| (plus - minus) / (2.0 * eps);
+    let check = |a: f64, b: f64, what: &str| {
+        assert!(
+            (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+            "{what}: vjp {a} vs fd {b}"
+        );
+    };
+    for i in [0, 7, 31, 59] {
+        let (mut up_, mut dn) = (u.clone(), u.clone());
+        up_[i] += eps;
+        dn[i] -= eps;
+        check(
+            gr.du[i],
+            fd(loss(&up_, &f, &k, &rbf, lam), loss(&dn, &f, &k, &rbf, lam)),
+            "du",
+        );
+        let (mut up_, mut dn) = (f.clone(), f.clone());
+        up_[i] += eps;
+        dn[i] -= eps;
+        check(
+            gr.df[i],
+            fd(loss(&u, &up_, &k, &rbf, lam), loss(&u, &dn, &k, &rbf, lam)),
+            "df",
+        );
+    }
+    for i in 0..k.len() {
+        let (mut up_, mut dn) = (k.clone(), k.clone());
+        up_[i] += eps;
+        dn[i] -= eps;
+        check(
+            gr.dk[i],
+            fd(loss(&u, &f, &up_, &rbf, lam), loss(&u, &f, &dn, &rbf, lam)),
+            "dk",
+        );
+    }
+    for i in (0..rbf.len()).step_by(5) {
+        let (mut up_, mut dn) = (rbf.clone(), rbf.clone());
+        up_[i] += eps;
+        dn[i] -= eps;
+        check(
+            gr.drbf[i],
+            fd(loss(&u, &f, &k, &up_, lam), loss(&u, &f, &k, &dn, lam)),
+            "drbf",
+        );
+    }
+    check(
+        gr.dlambda,
+        fd(
+            loss(&u, &f, &k, &rbf, lam + eps),
+            loss(&u, &f, &k, &rbf, lam - eps),
+        ),
+        "dlambda",
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    /// The CPU backend's op (the fast path) against the reference backend on batches.
+    #[test]
+    fn cpu_backend_op_matches_reference(n in 1usize..4, w in 2usize..12, h in 2usize..10,
+                                        nf in 1usize..4, half in 1usize..3, seed in 0u64..1000) {
+        let s = 2 * half + 1;
+        backend_matches_reference(&pdenet::backend::cpu::Cpu::new(), Dims::new(n, 1, h, w), nf, s, seed);
+    }
+}
+
+/// The CUDA kernels (kernels/tnrd.cu) against the reference backend; prints SKIP without a GPU.
+#[test]
+fn cuda_backend_op_matches_reference() {
+    match pdenet::backend::cuda::Cuda::try_new() {
+        Ok(c) => {
+            for (d, nf, s, seed) in [
+                (Dims::new(1, 1, 7, 9), 3, 5, 1),
+                (Dims::new(3, 1, 2, 3), 2, 5, 2),
+                (Dims::new(2, 1, 33, 40), 4, 3, 3),
+                (Dims::new(1, 1, 64, 64), 24, 5, 4),
+            ] {
+                backend_matches_reference(&c, d, nf, s, seed);
+            }
+        }
+        Err(e) => pdenet::backend::cuda::report_skip(e),
+    }
+}

@@ -10,6 +10,7 @@
 #include "structured.cu"
 #include "pointwise.cu"
 #include "optim.cu"
+#include "tnrd.cu"
 
 static std::mt19937 rng(42);
 static std::vector<float> rnd(size_t n, float s = 1.0f) {
@@ -314,6 +315,83 @@ static void check_optim() {
     }
 }
 
+// TNRD stage (kernels/tnrd.cu): forward and every VJP output against the f64 formulas of
+// src/backend/reference/tnrd.rs (full 63-centre sums, scatter-form adjoint).
+static int refl(int i, int n) { int m = 2 * n, r = ((i % m) + m) % m; return r >= n ? m - 1 - r : r; }
+static void check_tnrd() {
+    struct T { int nb, nf, h, w, s; };
+    for (T t : {T{1, 3, 7, 9, 5}, T{2, 2, 2, 3, 5}, T{1, 1, 1, 4, 3}, T{2, 4, 12, 10, 3}, T{1, 5, 16, 16, 5}}) {
+        int hw = t.h * t.w, ss = t.s * t.s, r = t.s / 2, n = t.nb * hw;
+        auto u = rnd(n, 0.5f), f = rnd(n, 0.5f), g = rnd(n), k = rnd((size_t)t.nf * ss, 0.4f), rbf = rnd((size_t)t.nf * 63, 0.1f);
+        for (auto& x : u) x += 0.5f;
+        for (auto& x : f) x += 0.5f;
+        const float lam = 0.07f;
+        const double mu0 = -310.0 / 255.0, gam = 10.0 / 255.0;
+        auto gauss = [&](double z, int j) { double d = (z - (mu0 + 2.0 * 310.0 / 255.0 * j / 62.0)) / gam; return std::exp(-0.5 * d * d); };
+        std::vector<double> out(n), du(n), dk((size_t)t.nf * ss, 0.0), drbf((size_t)t.nf * 63, 0.0);
+        double dl = 0;
+        for (int b = 0; b < t.nb; b++) {
+            const size_t o = (size_t)b * hw;
+            for (int p = 0; p < hw; p++) {
+                out[o + p] = u[o + p] - lam * ((double)u[o + p] - f[o + p]);
+                du[o + p] = (1.0 - lam) * g[o + p];
+                dl -= (double)g[o + p] * ((double)u[o + p] - f[o + p]);
+            }
+            for (int i = 0; i < t.nf; i++) {
+                std::vector<double> v(hw, 0.0), e(hw, 0.0);
+                auto src = [&](int p, int a, int c) { return refl(p / t.w + a - r, t.h) * t.w + refl(p % t.w + c - r, t.w); };
+                for (int p = 0; p < hw; p++) for (int a = 0; a < t.s; a++) for (int c = 0; c < t.s; c++) {
+                    v[p] += (double)k[i * ss + a * t.s + c] * u[o + src(p, a, c)];
+                    e[p] += (double)k[i * ss + a * t.s + c] * g[o + src(p, a, c)];
+                }
+                for (int p = 0; p < hw; p++) {
+                    double z = 0, dz = 0;
+                    for (int j = 0; j < 63; j++) {
+                        double G = gauss(v[p], j);
+                        z += rbf[i * 63 + j] * G;
+                        dz -= rbf[i * 63 + j] * G * (v[p] - (mu0 + 2.0 * 310.0 / 255.0 * j / 62.0)) / (gam * gam);
+                        drbf[i * 63 + j] -= e[p] * G;
+                    }
+                    double de = dz * e[p];
+                    for (int a = 0; a < t.s; a++) for (int c = 0; c < t.s; c++) {
+                        int q = src(p, a, c);
+                        double kv = k[i * ss + a * t.s + c];
+                        out[o + q] -= kv * z;
+                        du[o + q] -= kv * de;
+                        dk[i * ss + a * t.s + c] -= z * g[o + q] + de * u[o + q];
+                    }
+                }
+            }
+        }
+        size_t nv = (size_t)t.nb * t.nf * hw;
+        std::vector<float> v(nv), e(nv), y(n), dx(n), gk(dk.size()), gr(drbf.size()), gl(1);
+        launch(d3(3), d3(256), [&] { tnrd_response(u.data(), k.data(), v.data(), t.nb, t.nf, t.h, t.w, t.s); });
+        std::vector<float> z = v;
+        launch(d3(3), d3(256), [&] { tnrd_phi(z.data(), z.data(), rbf.data(), t.nb, t.nf, hw, 0); });
+        launch(d3(2), d3(256), [&] { tnrd_adjoint(z.data(), k.data(), u.data(), f.data(), y.data(), t.nb, t.nf, t.h, t.w, t.s, lam, 1); });
+        launch(d3(3), d3(256), [&] { tnrd_response(g.data(), k.data(), e.data(), t.nb, t.nf, t.h, t.w, t.s); });
+        int chunk = 37, splits = (n + chunk - 1) / chunk;
+        std::vector<double> part((size_t)splits * t.nf * 63);
+        launch(d3(t.nf * 63, splits), d3(256), [&] { tnrd_rbf_partial(v.data(), e.data(), t.nb, t.nf, hw, chunk, part.data()); });
+        launch(d3(1), d3(256), [&] { channel_finish(part.data(), splits, t.nf * 63, -1.0, gr.data()); });
+        launch(d3(3), d3(256), [&] { tnrd_phi(v.data(), e.data(), rbf.data(), t.nb, t.nf, hw, 1); });
+        std::vector<double> pk((size_t)splits * t.nf * ss);
+        launch(d3(t.nf * ss, splits), d3(256), [&] { tnrd_wgrad_partial(v.data(), g.data(), e.data(), u.data(), t.nb, t.nf, t.h, t.w, t.s, chunk, pk.data()); });
+        launch(d3(1), d3(256), [&] { channel_finish(pk.data(), splits, t.nf * ss, -1.0, gk.data()); });
+        launch(d3(2), d3(256), [&] { tnrd_adjoint(e.data(), k.data(), g.data(), g.data(), dx.data(), t.nb, t.nf, t.h, t.w, t.s, lam, 0); });
+        std::vector<double> pl(splits);
+        launch(d3(1, splits), d3(256), [&] { tnrd_dot_partial(g.data(), u.data(), f.data(), n, chunk, pl.data()); });
+        launch(d3(1), d3(256), [&] { channel_finish(pl.data(), splits, 1, -1.0, gl.data()); });
+        char buf[96];
+        snprintf(buf, sizeof buf, "tnrd %dx%dx%d nf=%d s=%d forward", t.nb, t.h, t.w, t.nf, t.s);
+        cmp(buf, y, out);
+        cmp("tnrd du (adjoint of the symmetric padding)", dx, du);
+        cmp("tnrd dK", gk, dk);
+        cmp("tnrd drbf", gr, drbf);
+        cmp("tnrd dlambda", gl, std::vector<double>{dl});
+    }
+}
+
 int main() {
     check_optim();
     check_scaled_sq();
@@ -578,6 +656,7 @@ int main() {
         cmp("diffusion coefficient gradient", dd, want_dd);
     }
     check_sym_vjp_mid();
+    check_tnrd();
     check_pack16();
     printf("%s (%d failures)\n", fails ? "FAILED" : "all ok", fails);
     return fails ? 1 : 0;

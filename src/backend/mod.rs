@@ -472,6 +472,55 @@ pub trait Backend: Send + Sync + Sized {
         self.iupload(&structured::haar_fixed_inv(&self.idownload(q)?, d)?)
     }
 
+    // ---- TNRD reaction-diffusion stage (restore::tnrd; defaults: host round trip) ----------
+    /// One TNRD stage on grey images `u`, `f` `[n, 1, h, w]` (`d`):
+    /// `u - sum_i K_i^T phi_i(K_i u) - lambda (u - f)`, with `K_i u` the correlation of filter
+    /// `i` of `k` (`[filters, size, size]`, used as given) under symmetric padding, `K_i^T` its
+    /// exact adjoint and `phi_i` the Gaussian-RBF influence function with weights
+    /// `rbf[i, 0..CENTRES]` ([`reference::tnrd`] is the specification).
+    #[allow(clippy::too_many_arguments)]
+    fn tnrd_stage(
+        &self,
+        u: &Self::Buf,
+        f: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        rbf: &Self::Buf,
+        lambda: f64,
+        size: usize,
+    ) -> Result<Self::Buf> {
+        let (u, f) = (self.download(u)?, self.download(f)?);
+        let (k, rbf) = (self.download(k)?, self.download(rbf)?);
+        self.upload(&reference::tnrd::stage_batch(
+            &u, &f, d, &k, &rbf, lambda, size,
+        )?)
+    }
+    /// The VJP of [`Backend::tnrd_stage`] for the output cotangent `g`: the gradients against
+    /// `u`, `f`, `k`, `rbf` and `lambda`, the parameter ones summed over the `n` images.
+    #[allow(clippy::too_many_arguments)]
+    fn tnrd_stage_vjp(
+        &self,
+        u: &Self::Buf,
+        f: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        rbf: &Self::Buf,
+        lambda: f64,
+        size: usize,
+        g: &Self::Buf,
+    ) -> Result<TnrdGrads<Self::Buf>> {
+        let (u, f, g) = (self.download(u)?, self.download(f)?, self.download(g)?);
+        let (k, rbf) = (self.download(k)?, self.download(rbf)?);
+        let gr = reference::tnrd::stage_vjp_batch(&u, &f, d, &k, &rbf, lambda, size, &g)?;
+        Ok(TnrdGrads {
+            du: self.upload(&gr.du)?,
+            df: self.upload(&gr.df)?,
+            dk: self.upload(&gr.dk)?,
+            drbf: self.upload(&gr.drbf)?,
+            dlambda: gr.dlambda,
+        })
+    }
+
     // ---- fused ops (defaults compose the primitives; backends may override) ----------------
     /// One explicit step with the full 3x3 operator: `sum_i a_i x_i + coef * f(y)`, where
     /// `f(y) = -K^T sigma(N(K y))` is the symmetric layer (SPEC section 2). With
@@ -535,14 +584,45 @@ pub(crate) fn sym_full3x3_vjp_composed<B: Backend>(
 /// shape of the op's (first) input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScratchOp {
-    Conv3x3 { d: Dims, cout: usize },
-    Conv3x3T { d: Dims, cin: usize },
-    Conv3x3Wgrad { d: Dims, cout: usize },
-    Conv1x1Wgrad { d: Dims, cout: usize },
-    Tvnorm { d: Dims },
-    TvnormVjp { d: Dims },
-    StepFull3x3 { d: Dims },
-    SymFull3x3Vjp { d: Dims },
+    Conv3x3 {
+        d: Dims,
+        cout: usize,
+    },
+    Conv3x3T {
+        d: Dims,
+        cin: usize,
+    },
+    Conv3x3Wgrad {
+        d: Dims,
+        cout: usize,
+    },
+    Conv1x1Wgrad {
+        d: Dims,
+        cout: usize,
+    },
+    Tvnorm {
+        d: Dims,
+    },
+    TvnormVjp {
+        d: Dims,
+    },
+    StepFull3x3 {
+        d: Dims,
+    },
+    SymFull3x3Vjp {
+        d: Dims,
+    },
+    /// `d` the images, `filters` of `size x size`.
+    TnrdStage {
+        d: Dims,
+        filters: usize,
+        size: usize,
+    },
+    TnrdStageVjp {
+        d: Dims,
+        filters: usize,
+        size: usize,
+    },
 }
 
 /// Working memory of one op, in bytes.
@@ -605,6 +685,17 @@ pub struct SymGrads<B> {
     /// Gradient of the tvNorm scale (`None` for the shift-only norm).
     pub dscale: Option<B>,
     pub dshift: B,
+}
+
+/// Gradients of [`Backend::tnrd_stage`].
+pub struct TnrdGrads<B> {
+    pub du: B,
+    pub df: B,
+    /// Against the filters as given (`[filters, size, size]`), summed over the images.
+    pub dk: B,
+    /// `[filters, CENTRES]`, summed over the images.
+    pub drbf: B,
+    pub dlambda: f64,
 }
 
 /// Which device to run on.

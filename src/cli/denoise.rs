@@ -1,4 +1,4 @@
-//! `pdenet denoise`: TV (ROF) or Perona-Malik restoration of a PNG with noise of level sigma
+//! `pdenet denoise`: TV (ROF), Perona-Malik or TNRD (`--device cpu|cuda|auto`) restoration of a PNG with noise of level sigma
 //! (SPEC section 13); with `--clean` the last line is `psnr INPUT OUTPUT`.
 
 use clap::{Args, ValueEnum};
@@ -59,6 +59,9 @@ pub struct DenoiseArgs {
     /// TNRD model file (default: the shipped model for the nearest of sigma 15, 25, 50).
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// Backend of the TNRD stages: cpu, cuda or auto (CUDA when usable, else the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: pdenet::backend::DeviceChoice,
 }
 
 /// The shipped TNRD models, embedded so that the binary works from any folder.
@@ -135,10 +138,14 @@ pub fn run_denoise(a: DenoiseArgs) -> Result<()> {
         }
     }
     let (w, h) = (img.width, img.height);
-    // Loaded before any work so that a bad model file writes nothing.
-    let model = match a.method {
-        Method::Tnrd => Some(tnrd_model(&a)?),
-        _ => None,
+    // Loaded (and the device opened) before any work so that a bad model file or a missing
+    // GPU writes nothing.
+    let (model, device) = match a.method {
+        Method::Tnrd => (
+            Some(tnrd_model(&a)?),
+            Some(pdenet::device::Device::select(a.device)?),
+        ),
+        _ => (None, None),
     };
     let mut out = img.clone();
     let start = std::time::Instant::now();
@@ -176,14 +183,18 @@ pub fn run_denoise(a: DenoiseArgs) -> Result<()> {
         }
         Method::Tnrd => {
             let model = model.as_ref().expect("loaded above");
+            let device = device.as_ref().expect("opened above");
             for k in 0..colour {
-                out.planes[k] = pdenet::restore::tnrd::fast::denoise(model, &img.planes[k], w, h);
+                out.planes[k] = pdenet::with_device!(device, |b| {
+                    pdenet::restore::tnrd::denoise(b, model, &img.planes[k], w, h)
+                })?;
                 println!(
-                    "tnrd plane {k}: model sigma {} stages {} filters {} size {}",
+                    "tnrd plane {k}: model sigma {} stages {} filters {} size {} device {}",
                     model.sigma,
                     model.stages.len(),
                     model.filters,
-                    model.size
+                    model.size,
+                    pdenet::with_device!(device, |b| pdenet::backend::Backend::name(b))
                 );
             }
         }

@@ -46,7 +46,7 @@ pub fn run_train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
             a.sigma
         )));
     }
-    if a.size % 2 == 0 || a.size < 3 || a.filters == 0 || a.stages == 0 || a.patches == 0 {
+    if a.size.is_multiple_of(2) || a.size < 3 || a.filters == 0 || a.stages == 0 || a.patches == 0 {
         return Err(Error::Input(
             "--size must be odd and >= 3; --filters, --stages, --patches >= 1".into(),
         ));

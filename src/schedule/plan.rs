@@ -511,6 +511,49 @@ impl Backend for Planner {
         self.flop(fft_solve_flops(d) + 8 * d.len());
         Ok((self.buf(d.len()), self.buf(d.c)))
     }
+    fn tnrd_stage(
+        &self,
+        u: &PlanBuf,
+        f: &PlanBuf,
+        d: Dims,
+        k: &PlanBuf,
+        rbf: &PlanBuf,
+        _lambda: f64,
+        size: usize,
+    ) -> Result<PlanBuf> {
+        let filters =
+            crate::backend::reference::tnrd::check_stage(d, [u.len, f.len], k.len, rbf.len, size)?;
+        // Two convolutions of size^2 taps and 13 RBF terms per pixel and filter.
+        self.flop(d.len() * filters * (4 * size * size + 40));
+        let y = self.buf(d.len());
+        self.scratch(ScratchOp::TnrdStage { d, filters, size });
+        Ok(y)
+    }
+    fn tnrd_stage_vjp(
+        &self,
+        u: &PlanBuf,
+        f: &PlanBuf,
+        d: Dims,
+        k: &PlanBuf,
+        rbf: &PlanBuf,
+        _lambda: f64,
+        size: usize,
+        g: &PlanBuf,
+    ) -> Result<crate::backend::TnrdGrads<PlanBuf>> {
+        let filters =
+            crate::backend::reference::tnrd::check_stage(d, [u.len, f.len], k.len, rbf.len, size)?;
+        ensure_shape!(g.len == d.len(), "tnrd stage cotangent: {} values", g.len);
+        self.flop(d.len() * filters * (10 * size * size + 80));
+        let grads = crate::backend::TnrdGrads {
+            du: self.buf(d.len()),
+            df: self.buf(d.len()),
+            dk: self.buf(k.len),
+            drbf: self.buf(rbf.len),
+            dlambda: 0.0,
+        };
+        self.scratch(ScratchOp::TnrdStageVjp { d, filters, size });
+        Ok(grads)
+    }
     fn haar(&self, x: &PlanBuf, _d: Dims) -> Result<PlanBuf> {
         self.flop(4 * x.len);
         Ok(self.buf(x.len))

@@ -10,6 +10,7 @@ mod fused;
 mod par;
 pub mod peak;
 mod structured;
+pub mod tnrd;
 
 use rayon::prelude::*;
 
@@ -276,6 +277,14 @@ impl Backend for Cpu {
                     threads(parts(d)) * f * fused::vjp_ws32(self.kernels(), d),
                     threads(parts(d)) * g * fused::vjp_ws64(self.kernels(), d),
                 ],
+            },
+            ScratchOp::TnrdStage { d, filters, size } => Scratch {
+                transient: tnrd::forward_bytes(d, filters, size, threads(d.n.max(filters))),
+                pools: [0, 0],
+            },
+            ScratchOp::TnrdStageVjp { d, filters, size } => Scratch {
+                transient: tnrd::vjp_bytes(d, filters, size, threads(d.n)),
+                pools: [0, 0],
             },
         }
     }
@@ -547,6 +556,45 @@ impl Backend for Cpu {
         let dx = structured::diffusion_solve(g, d, diff, h);
         let dd = structured::diffusion_diff_grad(y, &dx, d, diff, h);
         Ok((dx, dd))
+    }
+
+    fn tnrd_stage(
+        &self,
+        u: &Vec<f32>,
+        f: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        rbf: &Vec<f32>,
+        lambda: f64,
+        size: usize,
+    ) -> Result<Vec<f32>> {
+        let st = tnrd::filters(d, [u.len(), f.len()], k, rbf, lambda, size)?;
+        if d.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(tnrd::forward_batch(&st, u, f, d.n, d.w, d.h))
+    }
+    fn tnrd_stage_vjp(
+        &self,
+        u: &Vec<f32>,
+        f: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        rbf: &Vec<f32>,
+        lambda: f64,
+        size: usize,
+        g: &Vec<f32>,
+    ) -> Result<crate::backend::TnrdGrads<Vec<f32>>> {
+        let st = tnrd::filters(d, [u.len(), f.len()], k, rbf, lambda, size)?;
+        check_len(g, d.len(), "tnrd stage cotangent")?;
+        let gr = tnrd::vjp_batch(&st, u, f, g, d.n, d.w, d.h);
+        Ok(crate::backend::TnrdGrads {
+            du: gr.du,
+            df: gr.df,
+            dk: gr.dk,
+            drbf: gr.drbf,
+            dlambda: gr.dlambda as f64,
+        })
     }
 
     fn add_channel_bias(&self, x: &Vec<f32>, d: Dims, b: &Vec<f32>) -> Result<Vec<f32>> {

@@ -154,6 +154,17 @@ const KERNELS: &[(&str, &[&str])] = &[
             "diffusion_ddiff_partial",
         ],
     ),
+    (
+        "tnrd",
+        &[
+            "tnrd_response",
+            "tnrd_phi",
+            "tnrd_adjoint",
+            "tnrd_wgrad_partial",
+            "tnrd_rbf_partial",
+            "tnrd_dot_partial",
+        ],
+    ),
 ];
 
 /// Maps a driver / compiler error to [`Error::Cuda`].

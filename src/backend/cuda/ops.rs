@@ -255,6 +255,77 @@ impl Cuda {
         Ok(out)
     }
 
+    /// The checked TNRD stage shape: the filter count and `[nb, nf, h, w, s]` as kernel ints.
+    fn tnrd_shape(
+        &self,
+        d: Dims,
+        lens: [usize; 2],
+        k: &Buf,
+        rbf: &Buf,
+        size: usize,
+    ) -> Result<(usize, [i32; 5])> {
+        let nf = crate::backend::reference::tnrd::check_stage(d, lens, k.len(), rbf.len(), size)?;
+        i32_of(d.len() * nf, "tnrd stage responses")?;
+        let v = [d.n, nf, d.h, d.w, size].map(|v| v as i32);
+        Ok((nf, v))
+    }
+
+    /// `v = K_i x` for every filter and image: `[n, nf, h, w]`.
+    fn tnrd_response(&self, x: &Buf, k: &Buf, d: Dims, v: [i32; 5]) -> Result<Buf> {
+        let len = d.len() * v[1] as usize;
+        let out = self.alloc::<f32>(len)?;
+        launch!(self, "tnrd_response", grid_1d(len); x.slice(), k.slice(), out.slice(), &v[0],
+                &v[1], &v[2], &v[3], &v[4])?;
+        Ok(out)
+    }
+
+    /// `x - c (x - y) - sum_i K_i^T z_i` (`y` absent: zero).
+    #[allow(clippy::too_many_arguments)]
+    fn tnrd_adjoint(
+        &self,
+        z: &Buf,
+        k: &Buf,
+        x: &Buf,
+        y: Option<&Buf>,
+        c: f64,
+        d: Dims,
+        v: [i32; 5],
+    ) -> Result<Buf> {
+        let out = self.alloc::<f32>(d.len())?;
+        let (cf, has_y) = (c as f32, y.is_some() as i32);
+        let y = y.unwrap_or(x);
+        launch!(self, "tnrd_adjoint", grid_1d(d.len()); z.slice(), k.slice(), x.slice(),
+                y.slice(), out.slice(), &v[0], &v[1], &v[2], &v[3], &v[4], &cf, &has_y)?;
+        Ok(out)
+    }
+
+    /// `scale * sum over splits` of a `*_partial` kernel with `rows` outputs per split over
+    /// `total` (image, pixel) pairs; `run(grid, chunk, partial)` launches it.
+    fn tnrd_reduce(
+        &self,
+        rows: usize,
+        total: usize,
+        scale: f64,
+        run: impl FnOnce(LaunchConfig, i32, &DeviceBuf<f64>) -> Result<()>,
+    ) -> Result<Buf> {
+        // About 64 splits, fixed by the shape alone (deterministic).
+        let chunk = total.div_ceil(64).max(256);
+        let splits = total.div_ceil(chunk).max(1);
+        ensure_shape!(rows < (1 << 31), "tnrd gradient: too many rows");
+        let partial = self.alloc::<f64>(splits * rows)?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, splits as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        run(cfg, i32_of(chunk, "tnrd chunk")?, &partial)?;
+        let out = self.alloc::<f32>(rows)?;
+        let (ns, len) = (splits as i32, rows as i32);
+        launch!(self, "channel_finish", grid_1d(rows); partial.slice(), &ns, &len, &scale,
+                out.slice())?;
+        Ok(out)
+    }
+
     /// Whether the diffusion kernels take planes of `d` (their tables live in shared memory).
     fn diffusion_on_device(d: Dims) -> bool {
         d.h <= DIFF_MAX && d.w <= DIFF_MAX
@@ -574,6 +645,83 @@ impl Backend for Cuda {
         launch!(self, "channel_finish", grid_1d(d.c * 5); partial.slice(), &ns, &len, &one,
                 out.slice())?;
         Ok(out)
+    }
+
+    // ---- the TNRD stage (kernels/tnrd.cu) ---------------------------------------------------
+    fn tnrd_stage(
+        &self,
+        u: &Buf,
+        f: &Buf,
+        d: Dims,
+        k: &Buf,
+        rbf: &Buf,
+        lambda: f64,
+        size: usize,
+    ) -> Result<Buf> {
+        let (nf, v) = self.tnrd_shape(d, [u.len(), f.len()], k, rbf, size)?;
+        if d.is_empty() {
+            return self.alloc::<f32>(0);
+        }
+        let z = self.tnrd_response(u, k, d, v)?;
+        let (hw, one) = (d.hw() as i32, 0i32);
+        launch!(self, "tnrd_phi", grid_1d(d.len() * nf); z.slice(), z.slice(), rbf.slice(),
+                &v[0], &v[1], &hw, &one)?;
+        self.tnrd_adjoint(&z, k, u, Some(f), lambda, d, v)
+    }
+    fn tnrd_stage_vjp(
+        &self,
+        u: &Buf,
+        f: &Buf,
+        d: Dims,
+        k: &Buf,
+        rbf: &Buf,
+        lambda: f64,
+        size: usize,
+        g: &Buf,
+    ) -> Result<crate::backend::TnrdGrads<Buf>> {
+        let (nf, v) = self.tnrd_shape(d, [u.len(), f.len()], k, rbf, size)?;
+        check_len(g, d.len(), "tnrd stage cotangent")?;
+        if d.is_empty() {
+            return Ok(crate::backend::TnrdGrads {
+                du: self.alloc::<f32>(0)?,
+                df: self.alloc::<f32>(0)?,
+                dk: self.zeros(k.len())?,
+                drbf: self.zeros(rbf.len())?,
+                dlambda: 0.0,
+            });
+        }
+        let centres = crate::backend::reference::tnrd::CENTRES;
+        let (total, hw) = (d.len(), d.hw() as i32);
+        // v = K u and e = K g; the RBF gradient reads both before phi overwrites them.
+        let resp = self.tnrd_response(u, k, d, v)?;
+        let e = self.tnrd_response(g, k, d, v)?;
+        let drbf = self.tnrd_reduce(nf * centres, total, -1.0, |cfg, chunk, part| {
+            launch!(self, "tnrd_rbf_partial", cfg; resp.slice(), e.slice(), &v[0], &v[1], &hw,
+                    &chunk, part.slice())
+        })?;
+        // resp <- z = phi(v), e <- de = phi'(v) e.
+        let with_e = 1i32;
+        launch!(self, "tnrd_phi", grid_1d(total * nf); resp.slice(), e.slice(), rbf.slice(),
+                &v[0], &v[1], &hw, &with_e)?;
+        let dk = self.tnrd_reduce(k.len(), total, -1.0, |cfg, chunk, part| {
+            launch!(self, "tnrd_wgrad_partial", cfg; resp.slice(), g.slice(), e.slice(),
+                    u.slice(), &v[0], &v[1], &v[2], &v[3], &v[4], &chunk, part.slice())
+        })?;
+        let du = self.tnrd_adjoint(&e, k, g, None, lambda, d, v)?;
+        let df = self.lincomb(&[(lambda, g)])?;
+        let len = i32_of(total, "tnrd image")?;
+        let dl = self.tnrd_reduce(1, total, -1.0, |cfg, chunk, part| {
+            launch!(self, "tnrd_dot_partial", cfg; g.slice(), u.slice(), f.slice(), &len,
+                    &chunk, part.slice())
+        })?;
+        let dlambda = self.download(&dl)?[0];
+        Ok(crate::backend::TnrdGrads {
+            du,
+            df,
+            dk,
+            drbf,
+            dlambda,
+        })
     }
 
     fn grouped_conv3x3(

@@ -2,6 +2,7 @@
 //! tested against it, and the finite-difference checks run on it.
 
 pub mod structured;
+pub mod tnrd;
 
 use super::half16::{self, Packed16};
 use super::optim;
@@ -687,6 +688,38 @@ impl Backend for Reference {
         g: &Vec<f64>,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
         structured::diffusion_vjp_with(y, d, diff, h, g, structured::diffusion_solve_dft)
+    }
+    fn tnrd_stage(
+        &self,
+        u: &Vec<f64>,
+        f: &Vec<f64>,
+        d: Dims,
+        k: &Vec<f64>,
+        rbf: &Vec<f64>,
+        lambda: f64,
+        size: usize,
+    ) -> Result<Vec<f64>> {
+        tnrd::stage_batch(u, f, d, k, rbf, lambda, size)
+    }
+    fn tnrd_stage_vjp(
+        &self,
+        u: &Vec<f64>,
+        f: &Vec<f64>,
+        d: Dims,
+        k: &Vec<f64>,
+        rbf: &Vec<f64>,
+        lambda: f64,
+        size: usize,
+        g: &Vec<f64>,
+    ) -> Result<super::TnrdGrads<Vec<f64>>> {
+        let gr = tnrd::stage_vjp_batch(u, f, d, k, rbf, lambda, size, g)?;
+        Ok(super::TnrdGrads {
+            du: gr.du,
+            df: gr.df,
+            dk: gr.dk,
+            drbf: gr.drbf,
+            dlambda: gr.dlambda,
+        })
     }
     fn haar(&self, x: &Vec<f64>, d: Dims) -> Result<Vec<f64>> {
         structured::haar(x, d)

@@ -2,24 +2,17 @@
 //! `u_t = u_{t-1} - ( sum_i K_i^T phi_i(K_i u_{t-1}) + lambda_t (u_{t-1} - f) )`
 //! with zero-mean filters `K_i = W_i - mean(W_i)` (symmetric padding, `K^T` its exact adjoint),
 //! Gaussian RBF influence functions and `lambda_t = exp(log_lambda_t)`.
-//! `reference` is the f64 specification (plain loops), `fast` the f32 path used for work.
+//! `reference` is the f64 specification (plain loops) on a [`Stage`]'s parameters, `fast` the
+//! f32 path used for training; both call the stage formulas that the backends run
+//! (`Backend::tnrd_stage`: [`crate::backend::reference::tnrd`], [`crate::backend::cpu::tnrd`] and
+//! the CUDA kernels of `kernels/tnrd.cu`), and [`denoise`] runs a model on any backend.
 
 pub mod fast;
 pub mod io;
 pub mod reference;
 pub mod train;
 
-/// RBF centres per influence function.
-pub const CENTRES: usize = 63;
-/// Centres span `[-MU_MAX, MU_MAX]` (the paper's 310 on [0, 255], scaled to [0, 1]).
-pub const MU_MAX: f64 = 310.0 / 255.0;
-/// RBF width (the paper's 10 on [0, 255]); equal to the centre spacing, which the fast path uses.
-pub const GAMMA: f64 = 10.0 / 255.0;
-
-/// Centre `j` of the RBF basis.
-pub fn centre(j: usize) -> f64 {
-    -MU_MAX + 2.0 * MU_MAX * j as f64 / (CENTRES - 1) as f64
-}
+pub use crate::backend::reference::tnrd::{centre, reflect, CENTRES, GAMMA, MU_MAX};
 
 /// Parameters of one stage (f64, as trained).
 #[derive(Debug, Clone, PartialEq)]
@@ -105,13 +98,22 @@ impl Stage {
     }
 }
 
-/// Symmetric (edge-repeating) reflection of index `i` into `0..n`.
-pub fn reflect(i: isize, n: usize) -> usize {
-    let m = 2 * n as isize;
-    let r = i.rem_euclid(m);
-    if r >= n as isize {
-        (m - 1 - r) as usize
-    } else {
-        r as usize
+/// Runs every stage of `model` on the grey `w x h` image `f` on backend `be` (the zero-mean
+/// filters and `lambda = exp(log_lambda)` formed in f64, then handed to the backend).
+pub fn denoise<B: crate::backend::Backend>(
+    be: &B,
+    model: &Model,
+    f: &[f32],
+    w: usize,
+    h: usize,
+) -> crate::Result<Vec<f32>> {
+    let d = crate::tensor::Dims::new(1, 1, h, w);
+    let fb = be.upload_f32(f)?;
+    let mut u = be.copy(&fb)?;
+    for st in &model.stages {
+        let k = be.upload(&zero_mean(&st.w, model.size))?;
+        let rbf = be.upload(&st.rbf)?;
+        u = be.tnrd_stage(&u, &fb, d, &k, &rbf, st.log_lambda.exp(), model.size)?;
     }
+    be.download_f32(&u)
 }
