@@ -11,6 +11,7 @@ use pdenet::config::{Config, StepType};
 use pdenet::network::Layout;
 use pdenet::schedule::plan::plan_step;
 use pdenet::schedule::{Engine, GradOutput, Policy};
+use pdenet::solvers::ode::REVERSE_CHECKPOINTS;
 use pdenet::tensor::HostTensor;
 use rand::{Rng, SeedableRng};
 
@@ -202,7 +203,6 @@ fn memory_is_flat_in_solver_steps_under_reversible_and_adjoint() {
             .peak_bytes
     };
     for (mode, policy) in [
-        (r#""gradient":"discretize""#, Policy::Reversible),
         (r#""gradient":"adjoint""#, Policy::Store),
         (r#""gradient":"adjoint""#, Policy::Reversible),
     ] {
@@ -210,6 +210,18 @@ fn memory_is_flat_in_solver_steps_under_reversible_and_adjoint() {
         let many = peak(&format!(r#"{mode},"substeps":16"#), policy);
         assert_eq!(one, many, "{mode} {policy:?}: {one} -> {many}");
     }
+    // discretize + reversible replays each interval from at most REVERSE_CHECKPOINTS + 1
+    // checkpoints: a few states more than one step needs, and flat once the checkpoints are
+    // all in use (more than 2^REVERSE_CHECKPOINTS steps).
+    let mode = r#""gradient":"discretize""#;
+    let rev = |n: usize| peak(&format!(r#"{mode},"substeps":{n}"#), Policy::Reversible);
+    let state = 8 * 6 * 16 * 16 * 4; // batch x widest unit x 16 x 16, f32
+    let (one, many) = (rev(1), rev(128));
+    assert!(
+        many <= one + (REVERSE_CHECKPOINTS + 1) * state,
+        "reversible discretize: {one} -> {many}"
+    );
+    assert_eq!(many, rev(512), "flat beyond the checkpoints");
     let one = peak(r#""substeps":1"#, Policy::Store);
     let many = peak(r#""substeps":16"#, Policy::Store);
     assert!(many > 4 * one / 3, "store should grow: {one} -> {many}");

@@ -8,6 +8,7 @@ use super::exact::{Cotangent, Order, SampleOut};
 use super::net::PotentialNet;
 use super::problems::{rel_l2, Problem};
 use super::real::Real;
+use crate::backend::optim::AdamStep;
 use crate::error::{Error, Result};
 use rand::SeedableRng;
 use std::time::Instant;
@@ -58,7 +59,8 @@ pub struct SolveReport {
     pub net: PotentialNet<f64>,
 }
 
-/// Adam (PyTorch's update) on a flat parameter vector; moments in f64.
+/// Adam (PyTorch's update, [`AdamStep`]) on a flat parameter vector; moments in f64 whatever
+/// the parameters' precision.
 pub(crate) struct Adam {
     m: Vec<f64>,
     v: Vec<f64>,
@@ -74,14 +76,21 @@ impl Adam {
         }
     }
     pub(crate) fn step<T: Real>(&mut self, theta: &mut [T], g: &[T], lr: f64) {
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let (beta1, beta2) = (0.9f64, 0.999f64);
         self.t += 1;
-        let (bc1, bc2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
+        let s = AdamStep {
+            lr,
+            beta1,
+            beta2,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            bias1: 1.0 - beta1.powi(self.t),
+            bias2: 1.0 - beta2.powi(self.t),
+        };
         for (((w, &gi), m), v) in theta.iter_mut().zip(g).zip(&mut self.m).zip(&mut self.v) {
-            let d = gi.to_f64();
-            *m = b1 * *m + (1.0 - b1) * d;
-            *v = b2 * *v + (1.0 - b2) * d * d;
-            *w = T::from_f64(w.to_f64() - lr * (*m / bc1) / ((*v / bc2).sqrt() + eps));
+            let mut wf = w.to_f64();
+            s.apply(&mut wf, m, v, gi.to_f64());
+            *w = T::from_f64(wf);
         }
     }
 }

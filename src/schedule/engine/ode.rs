@@ -9,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::network::{LayerIdx, NormIdx};
 use crate::schedule::MemoryPolicy;
 use crate::solvers::ode::{
-    adjoint, backprop, replay, solve, BackendSpace, OdeOptions, Solution, Step, UnitRhs,
+    adjoint, backprop, replay, reverse_steps, solve, tableau::Tableau, BackendSpace, OdeOptions,
+    Solution, Step, StepReversal, UnitRhs, REVERSE_CHECKPOINTS,
 };
 use crate::tensor::Dims;
 
@@ -21,7 +22,8 @@ pub(super) enum OdeKept<B: Backend> {
     /// `store` + `discretize`: every interval's accepted steps with their stage inputs.
     Steps(Vec<Vec<Step<B::Buf>>>),
     /// `reversible` / `exact` + `discretize`: each interval's input and its accepted step grid;
-    /// the backward pass replays the interval one step at a time.
+    /// the backward pass replays the interval's steps from a few checkpoints
+    /// ([`reverse_steps`]), holding one step's stages at a time.
     Inputs(Vec<(B::Buf, Grid)>),
     /// `adjoint`: each interval's end state, from which that interval's adjoint solve rebuilds
     /// `Y(t)` backwards. As torchdiffeq's `odeint_adjoint` on each interval (its own initial
@@ -133,19 +135,20 @@ impl<B: Backend> Engine<B> {
             OdeKept::Inputs(mut all) => {
                 for (j, st) in unit.steps.iter().enumerate().rev() {
                     let (y0, grid) = all.pop().ok_or_else(|| missing(k, j))?;
-                    let mut rhs = UnitRhs::new(kind, self.layer(&st.layers[0]), d)?;
-                    // Step i's input is replayed from the interval's input, so that one step's
-                    // stages are held at a time: memory flat in the number of solver steps, at
-                    // i replayed steps for step i.
-                    for i in (0..grid.len()).rev() {
-                        let yi = replay(&s, &mut rhs, tab, &y0, &grid[..i], false)?;
-                        let one = replay(&s, &mut rhs, tab, &yi.y, &grid[i..=i], true)?;
-                        let r = backprop(&s, &mut rhs, tab, &one.steps, g)
-                            .map_err(|e| at_interval(k, j, e))?;
-                        nfe += yi.nfe + one.nfe + r.nfe;
-                        grads.add_flat(be, &st.layers[0], r.dparams)?;
-                        g = r.dy0;
-                    }
+                    let mut r = IntervalReversal {
+                        s: &s,
+                        rhs: UnitRhs::new(kind, self.layer(&st.layers[0]), d)?,
+                        tab,
+                        grid: &grid,
+                        layer: &st.layers[0],
+                        grads: &mut *grads,
+                        g: Some(g),
+                        nfe: 0,
+                    };
+                    reverse_steps(&mut r, &y0, 0..grid.len(), REVERSE_CHECKPOINTS)
+                        .map_err(|e| at_interval(k, j, e))?;
+                    nfe += r.nfe;
+                    g = r.g.take().ok_or_else(|| missing(k, j))?;
                 }
             }
             OdeKept::Outputs(mut all) => {
@@ -216,6 +219,39 @@ fn flat_indices(l: &LayerIdx) -> Vec<usize> {
 }
 
 /// Names the unit and interval of a failed solve (SPEC names: `units.{k}.steps.{j}`).
+/// One interval's backward from its input alone: each step's stages replayed, then backpropagated.
+struct IntervalReversal<'a, 'b, B: Backend> {
+    s: &'a BackendSpace<'a, B>,
+    rhs: UnitRhs<'b, B>,
+    tab: &'a Tableau,
+    grid: &'a [(f64, f64)],
+    layer: &'a LayerIdx,
+    grads: &'a mut Grads<B>,
+    /// The gradient of the state after the steps still to be reversed.
+    g: Option<B::Buf>,
+    nfe: usize,
+}
+
+impl<B: Backend> StepReversal<B::Buf> for IntervalReversal<'_, '_, B> {
+    fn advance(&mut self, y: &B::Buf, steps: std::ops::Range<usize>) -> Result<B::Buf> {
+        let sol = replay(self.s, &mut self.rhs, self.tab, y, &self.grid[steps], false)?;
+        self.nfe += sol.nfe;
+        Ok(sol.y)
+    }
+    fn reverse(&mut self, y: &B::Buf, i: usize) -> Result<()> {
+        let one = replay(self.s, &mut self.rhs, self.tab, y, &self.grid[i..=i], true)?;
+        let g = self
+            .g
+            .take()
+            .ok_or_else(|| Error::Other("ode reversal without a gradient".into()))?;
+        let r = backprop(self.s, &mut self.rhs, self.tab, &one.steps, g)?;
+        self.nfe += one.nfe + r.nfe;
+        self.grads.add_flat(self.s.0, self.layer, r.dparams)?;
+        self.g = Some(r.dy0);
+        Ok(())
+    }
+}
+
 fn at_interval(k: usize, j: usize, e: Error) -> Error {
     match e {
         Error::Input(m) => Error::Input(format!("units.{k}.steps.{j}: {m}")),

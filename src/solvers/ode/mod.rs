@@ -7,6 +7,7 @@
 mod adjoint;
 mod backprop;
 mod integrate;
+mod reverse;
 mod space;
 pub mod tableau;
 mod unit;
@@ -14,6 +15,7 @@ mod unit;
 pub use adjoint::{adjoint, Aug, AugSpace};
 pub use backprop::{backprop, IntervalGrad};
 pub use integrate::{replay, solve, Solution, Step};
+pub use reverse::{reverse_steps, StepReversal, REVERSE_CHECKPOINTS};
 pub use space::{BackendSpace, EvalVjp, Rhs, RhsVjp, Space, Tol};
 pub use unit::UnitRhs;
 
