@@ -88,11 +88,12 @@ impl<B: Backend> Engine<B> {
             let li = &u.steps[j].layers[0];
             let l = self.layer(li);
             src.truncate(j);
-            // The first step reads the kept input, not its rebuild: where a pre-activation is
-            // exactly zero (relu's kink), the rebuild's rounding could take the other branch.
-            // Without drift or pair the window was not even moved back to Y_0 (see `skip`).
-            let input_first = match &tape.input {
-                Some(input) if j == 0 && src.is_window() => Some(input),
+            // The first step of a float window reads the kept input, not its rebuild: where a
+            // pre-activation is exactly zero (relu's kink), the rebuild's rounding could take
+            // the other branch. (Without drift or pair the window was not even moved back to
+            // Y_0, see `skip`.) A fixed-point rebuild is exact and is what `store` reads.
+            let input_first = match (&src, &tape.input) {
+                (LeapfrogStates::Window(..), Some(input)) if j == 0 => Some(input),
                 _ => None,
             };
             let rebuilt_needed = input_first.is_none() || measure || want_pair;
@@ -120,8 +121,13 @@ impl<B: Backend> Engine<B> {
                 coef,
             };
             if j > 0 {
-                // Y_0 is kept: its rebuild serves only the drift and Y_{-1} of a chain.
-                let skip = j == 1 && tape.input.is_some() && !measure && !want_pair;
+                // Y_0 is kept: a float rebuild serves only the drift and Y_{-1} of a chain (a
+                // fixed-point one is exact and read as `store` reads it).
+                let skip = j == 1
+                    && tape.input.is_some()
+                    && matches!(src, LeapfrogStates::Window(..))
+                    && !measure
+                    && !want_pair;
                 if !skip {
                     src.step_back(be, back)?;
                 }
@@ -212,14 +218,6 @@ impl<B: Backend> LeapfrogStates<B> {
                 return Err(Error::Other("leapfrog unit kept no states".into()))
             }
         })
-    }
-
-    /// Whether the states are a rebuilt window (not stored states).
-    fn is_window(&self) -> bool {
-        matches!(
-            self,
-            LeapfrogStates::Window(..) | LeapfrogStates::WindowFixed(..)
-        )
     }
 
     /// Releases the stored states after `Y_j`.
