@@ -9,7 +9,7 @@ use std::ops::Range;
 
 /// States a reversal may hold besides the interval's input. Up to `2^REVERSE_CHECKPOINTS`
 /// steps are reversed by pure bisection; longer blocks fall back to replays from their start.
-pub const REVERSE_CHECKPOINTS: usize = 0;
+pub const REVERSE_CHECKPOINTS: usize = 6;
 
 /// What reversing an interval needs from the solver.
 pub trait StepReversal<V> {
