@@ -88,23 +88,14 @@ impl<B: Backend> Engine<B> {
             let li = &u.steps[j].layers[0];
             let l = self.layer(li);
             src.truncate(j);
+            let y_owned = src.unpacked(be, j, shift)?;
+            let y = src.state(j, y_owned.as_ref())?;
             // The first step of a float window reads the kept input, not its rebuild: where a
             // pre-activation is exactly zero (relu's kink), the rebuild's rounding could take
-            // the other branch. (Without drift or pair the window was not even moved back to
-            // Y_0, see `skip`.) A fixed-point rebuild is exact and is what `store` reads.
-            let input_first = match (&src, &tape.input) {
-                (LeapfrogStates::Window(..), Some(input)) if j == 0 => Some(input),
-                _ => None,
-            };
-            let rebuilt_needed = input_first.is_none() || measure || want_pair;
-            let y_owned = if rebuilt_needed {
-                src.unpacked(be, j, shift)?
-            } else {
-                None
-            };
-            let y = match input_first {
-                Some(input) => input,
-                None => src.state(j, y_owned.as_ref())?,
+            // the other branch. A fixed-point rebuild is exact and is what `store` reads.
+            let y = match (&src, &tape.input) {
+                (LeapfrogStates::Window(..), Some(input)) if j == 0 => input,
+                _ => y,
             };
             let v = steps::sym_grad(be, l, y, d, kind.act, &g_next)?;
             let g_j = match &p_cur {
