@@ -12,6 +12,8 @@
 pub mod cpu;
 pub mod cuda;
 pub mod half16;
+/// Constants shared with the CUDA kernels (build.rs writes them into `pdenet_constants.cuh`).
+pub mod kernel_constants;
 pub mod optim;
 pub mod reference;
 use reference::structured;
@@ -104,11 +106,8 @@ pub struct BnStats<B> {
     pub var: B,
 }
 
-/// tvNorm epsilon (SPEC section 2).
-pub const TV_EPS: f64 = 1e-4;
-/// Batch-norm epsilon and momentum (SPEC section 2, PyTorch's defaults).
-pub const BN_EPS: f64 = 1e-5;
-pub const BN_MOMENTUM: f64 = 0.1;
+/// tvNorm epsilon and the batch-norm epsilon and momentum (SPEC section 2), shared with the kernels.
+pub use kernel_constants::{BN_EPS, BN_MOMENTUM, TV_EPS};
 
 /// A compute device. All buffers hold real numbers in the backend's precision (f64 for the
 /// reference, f32 elsewhere); `IBuf` holds the i32 fixed-point states of the `exact` policy and

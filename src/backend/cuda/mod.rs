@@ -580,8 +580,20 @@ pub fn nvrtc_present() -> bool {
 }
 
 /// Compiles every `*.cu` of `dir` (the repository's `kernels/`) with NVRTC for compute_80,
-/// resolving includes in `dir`: the check of [`check_nvrtc_sources`] for builds that embed PTX.
+/// resolving includes in `dir` and the generated `pdenet_constants.cuh` (written to a temporary
+/// folder): the check of [`check_nvrtc_sources`] for builds that embed PTX.
 pub fn check_nvrtc_dir(dir: &std::path::Path) -> Result<usize> {
+    let generated = std::env::temp_dir().join(format!("pdenet-constants-{}", std::process::id()));
+    std::fs::create_dir_all(&generated).map_err(|e| Error::io(&generated, e))?;
+    let header = generated.join("pdenet_constants.cuh");
+    std::fs::write(&header, crate::backend::kernel_constants::cuda_header())
+        .map_err(|e| Error::io(&header, e))?;
+    let compiled = compile_nvrtc_dir(dir, &generated);
+    let _ = std::fs::remove_dir_all(&generated);
+    compiled
+}
+
+fn compile_nvrtc_dir(dir: &std::path::Path, generated: &std::path::Path) -> Result<usize> {
     let mut n = 0;
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut files: Vec<_> = entries
@@ -593,7 +605,10 @@ pub fn check_nvrtc_dir(dir: &std::path::Path) -> Result<usize> {
     for f in files {
         let src = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
         let module = f.file_stem().map(|s| s.to_string_lossy().to_string());
-        let inc = vec![dir.to_string_lossy().to_string()];
+        let inc = vec![
+            dir.to_string_lossy().to_string(),
+            generated.to_string_lossy().to_string(),
+        ];
         compile_nvrtc_with(module.as_deref().unwrap_or("?"), &src, 8, 0, inc)?;
         n += 1;
     }
@@ -658,6 +673,53 @@ pub fn check_nvrtc_sources() -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::fits_on_device;
+    use crate::backend::kernel_constants::{cuda_header, KERNEL_CONSTANTS};
+
+    /// The kernels and this backend take the shared constants from Rust: no kernel file or
+    /// CUDA-backend source defines one of them again, and the header is the one build.rs wrote.
+    #[test]
+    fn shared_constants_are_defined_only_in_rust() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = ["kernels", "src/backend/cuda"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap().flatten())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x == "cu" || x == "cuh" || x == "rs")
+            })
+            .collect();
+        files.sort();
+        assert!(
+            files.len() > 10,
+            "kernels not found under {}",
+            root.display()
+        );
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for line in text.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let defined = match words.as_slice() {
+                    ["#define", name, ..] => Some(*name),
+                    ["const", name, ..] | ["pub", "const", name, ..] => {
+                        Some(name.trim_end_matches(':'))
+                    }
+                    _ => None,
+                };
+                if let Some(name) = defined {
+                    assert!(
+                        KERNEL_CONSTANTS.iter().all(|(n, _)| *n != name),
+                        "{} defines {name}, which src/backend/kernel_constants.rs owns: `{line}`",
+                        f.display()
+                    );
+                }
+            }
+        }
+        let common = std::fs::read_to_string(root.join("kernels/common.cuh")).unwrap();
+        assert!(common.contains("#include \"pdenet_constants.cuh\""));
+        let built = include_str!(concat!(env!("OUT_DIR"), "/pdenet_constants.cuh"));
+        assert_eq!(built, cuda_header());
+    }
 
     #[test]
     fn a_plan_larger_than_the_device_is_a_clear_error() {

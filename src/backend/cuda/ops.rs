@@ -3,6 +3,10 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::{cu, grid_1d, i32_of, Cuda, DeviceBuf};
+use crate::backend::kernel_constants::{
+    ACT_LOGCOSH, ACT_RELU, ACT_TANH, BK, BN, DIFF_MAX, NT, RED_A, RED_A_B_P, RED_A_XHAT, RED_SQDEV,
+    RED_THREADS, S7_THREADS, STORAGE_BF16, STORAGE_F16, SYM_THREADS, TN_THREADS,
+};
 use crate::backend::{
     diffusion_solve_on_host, diffusion_solve_vjp_on_host, optim, sym_full3x3_vjp_composed,
     Activation, Backend, BnStats, Norm, Storage, SymGrads, BN_MOMENTUM,
@@ -23,8 +27,8 @@ pub struct PackedBuf {
 /// The `format` argument of the pack16 / unpack16 kernels (STORAGE_BF16 / STORAGE_F16).
 fn storage_code(format: Storage) -> Result<i32> {
     match format {
-        Storage::Bf16 => Ok(1),
-        Storage::F16 => Ok(2),
+        Storage::Bf16 => Ok(STORAGE_BF16),
+        Storage::F16 => Ok(STORAGE_F16),
         Storage::F32 => Err(Error::Other(
             "pack16 needs a 16-bit storage format (bf16 or f16)".into(),
         )),
@@ -43,10 +47,6 @@ macro_rules! launch {
     }};
 }
 
-/// Rows of the output-channel tile (the kernels' `_m32` / `_m64` variants).
-const BN: usize = 64;
-const BK: usize = 16;
-
 fn check_len(buf: &Buf, len: usize, what: &str) -> Result<()> {
     ensure_shape!(
         buf.len() == len,
@@ -58,9 +58,9 @@ fn check_len(buf: &Buf, len: usize, what: &str) -> Result<()> {
 
 fn act_code(act: Activation) -> i32 {
     match act {
-        Activation::Relu => 0,
-        Activation::Tanh => 1,
-        Activation::Logcosh => 2,
+        Activation::Relu => ACT_RELU,
+        Activation::Tanh => ACT_TANH,
+        Activation::Logcosh => ACT_LOGCOSH,
     }
 }
 
@@ -82,7 +82,7 @@ fn gemm_grid(nq: usize, m: usize, bm: usize) -> Result<LaunchConfig> {
     );
     Ok(LaunchConfig {
         grid_dim: (gx as u32, gy as u32, 1),
-        block_dim: (256, 1, 1),
+        block_dim: (NT as u32, 1, 1),
         shared_mem_bytes: 0,
     })
 }
@@ -105,18 +105,8 @@ fn group_sizes(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize)>
     Ok((cin / groups, cout / groups))
 }
 
-/// Largest image side of the diffusion kernels (`DIFF_MAX` in structured.cu); larger images are
-/// solved on the host.
-const DIFF_MAX: usize = 32;
-
-/// Elements per block of `scaled_sq_partial`: a multiple of its 256 threads.
-const SCALED_SQ_CHUNK: usize = 8192;
-
-/// Channel-reduction modes of `channel_partial` (see kernels/norm.cu).
-const RED_A: i32 = 0;
-const RED_A_B_P: i32 = 1;
-const RED_SQDEV: i32 = 2;
-const RED_A_XHAT: i32 = 3;
+/// Elements per block of `scaled_sq_partial`: a multiple of its RED_THREADS threads.
+const SCALED_SQ_CHUNK: usize = 32 * RED_THREADS;
 
 impl Cuda {
     fn check_dims(&self, d: Dims) -> Result<()> {
@@ -220,7 +210,7 @@ impl Cuda {
                 mo.div_ceil(bm) as u32,
                 (splits * groups) as u32,
             ),
-            block_dim: (256, 1, 1),
+            block_dim: (NT as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let v = [d.n, cg, mo, d.h, d.w, groups, chunk].map(|v| v as i32);
@@ -315,7 +305,7 @@ impl Cuda {
         let partial = self.alloc::<f64>(splits * rows)?;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, splits as u32, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (TN_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         run(cfg, i32_of(chunk, "tnrd chunk")?, &partial)?;
@@ -343,7 +333,7 @@ impl Cuda {
         }
         let cfg = LaunchConfig {
             grid_dim: (i32_of(d.n * d.c, "diffusion planes")? as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (S7_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let (nc, hh, ww, hs) = (d.c as i32, d.h as i32, d.w as i32, h as f32);
@@ -411,7 +401,7 @@ impl Cuda {
         let partial = self.alloc::<f64>(splits * d.c)?;
         let cfg = LaunchConfig {
             grid_dim: (d.c as u32, splits as u32, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (RED_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let (nb, nc, hw, ch) = (d.n as i32, d.c as i32, d.hw() as i32, chunk as i32);
@@ -521,7 +511,7 @@ impl Backend for Cuda {
         let partial = self.alloc::<f64>(blocks)?;
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (RED_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let ch = chunk as i32;
@@ -634,7 +624,7 @@ impl Backend for Cuda {
         let partial = self.alloc::<f64>(splits * d.c * 5)?;
         let cfg = LaunchConfig {
             grid_dim: (d.c as u32, splits as u32, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (S7_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let v = [d.n, d.c, d.h, d.w, chunk].map(|v| v as i32);
@@ -813,7 +803,7 @@ impl Backend for Cuda {
         let partial = self.alloc::<f64>(planes)?;
         let cfg = LaunchConfig {
             grid_dim: (planes as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (S7_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let (nb, nc, hh, ww) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
@@ -1179,7 +1169,6 @@ impl Backend for Cuda {
         let (nb, c) = (d.n as i32, d.c as i32);
         let (z, ss, parts) = self.step_conv_first(y, d, k, tv == 1)?;
         let gk = self.conv3x3(g, d, k, d.c)?;
-        const SYM_THREADS: usize = 256;
         let blocks = nq.div_ceil(SYM_THREADS);
         let sneg = self.alloc::<f32>(d.len())?;
         let dz = self.alloc::<f32>(d.len())?;
