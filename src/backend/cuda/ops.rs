@@ -9,8 +9,8 @@ use crate::backend::kernel_constants::{
     RED_THREADS, S7_THREADS, STORAGE_BF16, STORAGE_F16, SYM_THREADS, TN_THREADS,
 };
 use crate::backend::{
-    diffusion_solve_on_host, diffusion_solve_vjp_on_host, optim, sym_full3x3_vjp_composed,
-    Activation, Backend, BnStats, Norm, Storage, SymGrads, BN_MOMENTUM,
+    host_fallback, optim, sym_full3x3_vjp_composed, Activation, Backend, BnStats, Norm, Storage,
+    SymGrads, BN_MOMENTUM,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -792,7 +792,7 @@ impl Backend for Cuda {
 
     fn diffusion_solve(&self, x: &Buf, d: Dims, diff: &Buf, h: f64) -> Result<Buf> {
         if !Self::diffusion_on_device(d) {
-            return diffusion_solve_on_host(self, x, d, diff, h);
+            return host_fallback::diffusion_solve(self, x, d, diff, h);
         }
         self.diffusion_planes(x, d, diff, h)
     }
@@ -805,7 +805,7 @@ impl Backend for Cuda {
         g: &Buf,
     ) -> Result<(Buf, Buf)> {
         if !Self::diffusion_on_device(d) {
-            return diffusion_solve_vjp_on_host(self, y, d, diff, h, g);
+            return host_fallback::diffusion_solve_vjp(self, y, d, diff, h, g);
         }
         check_len(y, d.len(), "diffusion solve output")?;
         check_len(g, d.len(), "diffusion solve cotangent")?;
