@@ -2,6 +2,9 @@
 //! is compiled to PTX for compute_80 (JIT-loaded on newer GPUs); without it the sources, with
 //! their `#include "*.cuh"` inlined, are embedded and compiled by NVRTC at first use. Building
 //! never needs CUDA.
+//!
+//! The kernels' shared constants come from Rust: `src/backend/kernel_constants.rs` (included
+//! below) becomes `pdenet_constants.cuh` in `OUT_DIR`, which both paths find beside `kernels/`.
 
 use std::env;
 use std::fmt::Write as _;
@@ -9,12 +12,24 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[allow(dead_code)]
+mod kernel_constants {
+    include!("src/backend/kernel_constants.rs");
+}
+
+/// The generated header's name, as kernels/common.cuh includes it.
+const CONSTANTS_HEADER: &str = "pdenet_constants.cuh";
+
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=src/backend/kernel_constants.rs");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=PATH");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let dir = Path::new("kernels");
+    fs::write(out.join(CONSTANTS_HEADER), kernel_constants::cuda_header())
+        .expect("write the kernel constants header");
+    let include_dirs = [dir, out.as_path()];
     let mut units: Vec<String> = fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
@@ -36,6 +51,8 @@ fn main() {
             let status = Command::new(nvcc)
                 .args(["-ptx", "-arch=compute_80", "-std=c++17", "-O3", "-I"])
                 .arg(dir)
+                .arg("-I")
+                .arg(&out)
                 .arg("-o")
                 .arg(out.join(format!("{u}.ptx")))
                 .arg(dir.join(format!("{u}.cu")))
@@ -63,7 +80,7 @@ fn main() {
         gen.push_str("pub const MODULES: &[(&str, &str)] = &[\n");
         for u in &units {
             let mut seen = Vec::new();
-            let src = inline_includes(dir, &format!("{u}.cu"), &mut seen);
+            let src = inline_includes(&include_dirs, &format!("{u}.cu"), &mut seen);
             fs::write(out.join(format!("{u}.cu")), src).expect("write inlined source");
             let _ = writeln!(
                 gen,
@@ -93,9 +110,13 @@ fn find_nvcc() -> Option<PathBuf> {
     works.then_some(candidate)
 }
 
-/// The text of `name` with every `#include "x.cuh"` replaced by that header (each once).
-fn inline_includes(dir: &Path, name: &str, seen: &mut Vec<String>) -> String {
-    let text = fs::read_to_string(dir.join(name)).unwrap_or_default();
+/// The text of `name` with every `#include "x.cuh"` replaced by that header (each once), each
+/// file read from the first of `dirs` that holds it.
+fn inline_includes(dirs: &[&Path], name: &str, seen: &mut Vec<String>) -> String {
+    let text = dirs
+        .iter()
+        .find_map(|d| fs::read_to_string(d.join(name)).ok())
+        .unwrap_or_default();
     let mut out = String::new();
     for line in text.lines() {
         let t = line.trim();
@@ -105,7 +126,7 @@ fn inline_includes(dir: &Path, name: &str, seen: &mut Vec<String>) -> String {
         {
             if !seen.iter().any(|s| s == inc) {
                 seen.push(inc.to_string());
-                out.push_str(&inline_includes(dir, inc, seen));
+                out.push_str(&inline_includes(dirs, inc, seen));
             }
             continue;
         }

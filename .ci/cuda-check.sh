@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 eval "$(../shared/tools/cuda-env.sh)"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+bash .ci/kernel-constants.sh "$tmp/gen"
 for arch in sm_80 sm_90; do
   for f in kernels/*.cu; do
-    nvcc -cubin -arch="$arch" -std=c++17 -O3 -I kernels -Xptxas -v -o "$tmp/k.cubin" "$f" \
+    nvcc -cubin -arch="$arch" -std=c++17 -O3 -I kernels -I "$tmp/gen" -Xptxas -v -o "$tmp/k.cubin" "$f" \
       2>&1 | sed "s|^|$arch $(basename "$f" .cu) |"
   done
 done > "$tmp/log"

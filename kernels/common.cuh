@@ -2,14 +2,9 @@
 // compile under NVRTC, which has no standard library.
 #pragma once
 
-#define TV_EPS 1e-4f
-#define TV_EPS_D 1e-4
-#define BN_EPS 1e-5
-
-// Activation codes, matching `Activation` on the Rust side.
-#define ACT_RELU 0
-#define ACT_TANH 1
-#define ACT_LOGCOSH 2
+// TV_EPS, BN_EPS, the activation codes (ACT_*), tile sizes and the other values that the host
+// code also uses: generated from src/backend/kernel_constants.rs (build.rs writes it).
+#include "pdenet_constants.cuh"
 
 __device__ __forceinline__ float act_fwd(int act, float x) {
     // x < 0 ? 0 : x, not x > 0 ? x : 0: relu(NaN) is NaN, as in PyTorch.

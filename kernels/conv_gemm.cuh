@@ -13,9 +13,7 @@
 #pragma once
 #include "common.cuh"
 
-#define BN 64
-#define BK 16
-#define NT 256
+// BN (pixel columns per tile), BK (depth per stage), NT (threads): pdenet_constants.cuh.
 
 #define MATH_F32 0
 #define MATH_TF32 1

@@ -111,7 +111,7 @@ STEP_KERNELS(4, MATH_F16, m64_f16)
 //          shift gradients once channel_finish adds the blocks in order: deterministic).
 // This replaces the composition's norm, activation, activation VJP, norm VJP, two channel
 // reductions and four negations: one pass over Z and G instead of eleven.
-#define SYM_THREADS 256
+// SYM_THREADS: pdenet_constants.cuh (the host launches that many).
 
 extern "C" __global__ void __launch_bounds__(SYM_THREADS)
     sym_vjp_mid(const float* __restrict__ z, const float* __restrict__ ss_part, int n_parts,

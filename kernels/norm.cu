@@ -3,13 +3,12 @@
 // in a fixed layout, channel_finish adds the splits in order.
 #include "common.cuh"
 
-#define RED_THREADS 256
-
+// RED_THREADS and the modes below: pdenet_constants.cuh.
 // What channel_partial sums over (n, p) for channel c:
-#define RED_A 0          // a
-#define RED_A_B_P 1      // a * b * pv[n, p]             (tvNorm scale grad: dy * x / r)
-#define RED_SQDEV 2      // (a - cv[c])^2                (batch-norm variance)
-#define RED_A_XHAT 3     // a * (b - cv[c]) / sqrt(cv2[c] + eps)   (batch-norm dgamma)
+//   RED_A       a
+//   RED_A_B_P   a * b * pv[n, p]                       (tvNorm scale grad: dy * x / r)
+//   RED_SQDEV   (a - cv[c])^2                          (batch-norm variance)
+//   RED_A_XHAT  a * (b - cv[c]) / sqrt(cv2[c] + eps)   (batch-norm dgamma)
 
 extern "C" __global__ void __launch_bounds__(RED_THREADS)
     channel_partial(int mode, const float* __restrict__ a, const float* __restrict__ b,

@@ -74,9 +74,8 @@ extern "C" __global__ void fixed_axpy(int* __restrict__ out, const int* __restri
 
 // ---- kept states in 16 bits (Storage::Bf16 / Storage::F16) -----------------------------------
 // Integer conversions, round to nearest even, identical to the `half` crate on the host (and
-// testable in the CPU emulator, which has no PTX).
-#define STORAGE_BF16 1
-#define STORAGE_F16 2
+// testable in the CPU emulator, which has no PTX). STORAGE_BF16 / STORAGE_F16, the `format`
+// argument: pdenet_constants.cuh.
 
 __device__ __forceinline__ unsigned short f32_to_bf16_bits(float v) {
     unsigned u = __float_as_uint(v);

@@ -3,7 +3,7 @@
 // weight gradient, and the orthonormal 2x2 Haar transform (f32, and exact i32 fixed point).
 #include "common.cuh"
 
-#define S7_THREADS 256
+// S7_THREADS and DIFF_MAX (below): pdenet_constants.cuh.
 
 // Stencil taps in SPEC order: centre, up, down, left, right.
 __device__ __forceinline__ int tap_di(int t) { return t == 1 ? -1 : (t == 2 ? 1 : 0); }
@@ -129,7 +129,7 @@ extern "C" __global__ void haar_fixed_apply(const int* __restrict__ src, int* __
 // eigenvalue 4 sin^2(pi k / H) + 4 sin^2(pi l / W) (cos and sin of one frequency share it), and
 // the cas matrix C_N is symmetric with C_N^2 = N I. So y = C_H D C_H x C_W D' C_W / (H W) as four
 // small real matrix products in shared memory: no complex arithmetic and no FFT library.
-#define DIFF_MAX 32
+// DIFF_MAX is the largest side (the host solves larger planes itself).
 
 __device__ __forceinline__ float cas_of(int k, int i, int n) {
     float s, c;

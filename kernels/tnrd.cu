@@ -11,13 +11,9 @@
 // The references are src/backend/reference/tnrd.rs (f64) and .ci/emu/emu.cpp.
 #include "common.cuh"
 
-#define TN_THREADS 256
-#define TN_CENTRES 63
-// The centres span [-TN_MU_MAX, TN_MU_MAX]; their spacing equals the width TN_GAMMA.
-#define TN_MU_MAX (310.0f / 255.0f)
-#define TN_GAMMA (10.0f / 255.0f)
-// Gaussians beyond 6 widths (< 1.6e-8) are left out of phi, as on the CPU.
-#define TN_WINDOW 6
+// From pdenet_constants.cuh: TN_THREADS; TN_CENTRES centres spanning [-TN_MU_MAX, TN_MU_MAX],
+// their spacing equal to the width TN_GAMMA; Gaussians beyond TN_WINDOW widths (< 1.6e-8) are
+// left out of phi, as on the CPU.
 
 // Symmetric reflection of i into [0, n) (period 2n), as `reflect` in reference/tnrd.rs.
 __device__ __forceinline__ int tn_reflect(int i, int n) {

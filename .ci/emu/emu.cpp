@@ -215,7 +215,7 @@ static void check_sym_vjp_mid() {
                     auto at = [&](int c) { return ((size_t)n * s.c + c) * s.hw + p; };
                     double sq = 0, dot = 0;
                     for (int c = 0; c < s.c; c++) sq += (double)z[at(c)] * z[at(c)];
-                    double r = tv ? std::sqrt(sq + 1e-4) : 1.0;
+                    double r = tv ? std::sqrt(sq + TV_EPS_D) : 1.0;
                     std::vector<double> da(s.c);
                     for (int c = 0; c < s.c; c++) {
                         double zc = z[at(c)], a = tv ? sc[c] * zc / r + sh[c] : zc + sh[c];
@@ -490,7 +490,7 @@ int main() {
                 for (int ch = 0; ch < c; ch++) q += zr[((size_t)b * c + ch) * hw + p] * zr[((size_t)b * c + ch) * hw + p];
                 for (int ch = 0; ch < c; ch++) {
                     size_t i = ((size_t)b * c + ch) * hw + p;
-                    a[i] = (float)std::tanh(sc[ch] * zr[i] / std::sqrt(q + 1e-4) + sh[ch]);
+                    a[i] = (float)std::tanh(sc[ch] * zr[i] / std::sqrt(q + TV_EPS_D) + sh[ch]);
                 }
             }
             auto kt = conv_ref(a, k, s.n, c, c, s.h, s.w, 9, true);
@@ -516,7 +516,7 @@ int main() {
             auto id = [&](int ch) { return ((size_t)b * c + ch) * hw + p; };
             double q = 0, dot = 0;
             for (int ch = 0; ch < c; ch++) { q += (double)y[id(ch)] * y[id(ch)]; dot += (double)sc[ch] * dy[id(ch)] * y[id(ch)]; }
-            double r = std::sqrt(q + 1e-4);
+            double r = std::sqrt(q + TV_EPS_D);
             for (int ch = 0; ch < c; ch++) {
                 rdx[id(ch)] = (double)sc[ch] * dy[id(ch)] / r - y[id(ch)] * dot / (r * r * r);
                 rds[ch] += dy[id(ch)] * y[id(ch)] / r;

@@ -4,6 +4,8 @@
 //! implementation: [`reference::Reference`] (f64, plain loops: the oracle), [`cpu::Cpu`] (fast
 //! f32) and `cuda::Cuda` (hand-written kernels). Fused ops have default bodies that compose the
 //! primitives; the default *is* the specification, and a backend overrides only what it fuses.
+//! No default moves data to the host: a backend without a kernel for an op calls the op's
+//! [`host_fallback`] from its impl.
 //!
 //! Conventions: activations are NCHW described by [`Dims`]; weights are flat buffers in the
 //! SPEC's layouts (`K: [cout, cin, 3, 3]`, 1x1 `K: [cout, cin]`); every op returns fresh buffers
@@ -12,9 +14,11 @@
 pub mod cpu;
 pub mod cuda;
 pub mod half16;
+pub mod host_fallback;
+/// Constants shared with the CUDA kernels (build.rs writes them into `pdenet_constants.cuh`).
+pub mod kernel_constants;
 pub mod optim;
 pub mod reference;
-use reference::structured;
 
 use crate::error::Result;
 use crate::operators::OpRef;
@@ -104,11 +108,8 @@ pub struct BnStats<B> {
     pub var: B,
 }
 
-/// tvNorm epsilon (SPEC section 2).
-pub const TV_EPS: f64 = 1e-4;
-/// Batch-norm epsilon and momentum (SPEC section 2, PyTorch's defaults).
-pub const BN_EPS: f64 = 1e-5;
-pub const BN_MOMENTUM: f64 = 0.1;
+/// tvNorm epsilon and the batch-norm epsilon and momentum (SPEC section 2), shared with the kernels.
+pub use kernel_constants::{BN_EPS, BN_MOMENTUM, TV_EPS};
 
 /// A compute device. All buffers hold real numbers in the backend's precision (f64 for the
 /// reference, f32 elsewhere); `IBuf` holds the i32 fixed-point states of the `exact` policy and
@@ -171,8 +172,8 @@ pub trait Backend: Send + Sync + Sized {
     /// `y += a x`.
     fn axpy(&self, a: f64, x: &Self::Buf, y: &mut Self::Buf) -> Result<()>;
     /// `sum_i (x_i / (atol + rtol max(|a_i|, |b_i|)))^2` in f64: the ODE controller's scaled
-    /// norm (SPEC section 10) before the mean and root. Deterministic whatever the thread count;
-    /// the default reads the host ([`scaled_sq_host`], index order), backends sum on the device.
+    /// norm (SPEC section 10) before the mean and root. Deterministic whatever the thread count
+    /// ([`host_fallback::scaled_sq`] sums on the host in index order).
     fn scaled_sq(
         &self,
         x: &Self::Buf,
@@ -180,10 +181,7 @@ pub trait Backend: Send + Sync + Sized {
         b: &Self::Buf,
         atol: f64,
         rtol: f64,
-    ) -> Result<f64> {
-        let (x, a, b) = (self.download(x)?, self.download(a)?, self.download(b)?);
-        scaled_sq_host(&x, &a, &b, atol, rtol)
-    }
+    ) -> Result<f64>;
 
     // ---- optimizer updates, in place (formulas: [`optim`]) -------------------------------
     /// One SGD step of weights `w` with momentum buffer `m` and gradient `g` (one length).
@@ -336,23 +334,14 @@ pub trait Backend: Send + Sync + Sized {
         f: &Self::Buf,
     ) -> Result<Self::IBuf>;
 
-    // ---- operators of SPEC section 7 (defaults: host round trip through `host`) -------------
+    // ---- operators of SPEC section 7 (host round trips: [`host_fallback`]) -------------------
     /// Depthwise 5-point stencil: x `[n, c, h, w]` (`d`), D `[c, 5]` (centre, up, down, left,
     /// right), zero padding.
-    fn stencil5(&self, x: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf> {
-        let y = structured::stencil5(&self.download(x)?, d, &self.download(dw)?)?;
-        self.upload(&y)
-    }
+    fn stencil5(&self, x: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf>;
     /// Adjoint of [`Backend::stencil5`].
-    fn stencil5_t(&self, z: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf> {
-        let x = structured::stencil5_t(&self.download(z)?, d, &self.download(dw)?)?;
-        self.upload(&x)
-    }
+    fn stencil5_t(&self, z: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf>;
     /// `dD[c, t] = sum_{n,p} dz[n, c, p] x[n, c, p + off_t]`: `[c, 5]`.
-    fn stencil5_wgrad(&self, x: &Self::Buf, d: Dims, dz: &Self::Buf) -> Result<Self::Buf> {
-        let g = structured::stencil5_wgrad(&self.download(x)?, d, &self.download(dz)?)?;
-        self.upload(&g)
-    }
+    fn stencil5_wgrad(&self, x: &Self::Buf, d: Dims, dz: &Self::Buf) -> Result<Self::Buf>;
 
     /// Grouped 3x3 convolution (PyTorch's `groups`): x `[n, cin, h, w]` (`d`),
     /// K `[cout, cin / groups, 3, 3]` -> `[n, cout, h, w]`.
@@ -363,10 +352,7 @@ pub trait Backend: Send + Sync + Sized {
         k: &Self::Buf,
         cout: usize,
         groups: usize,
-    ) -> Result<Self::Buf> {
-        let (x, k) = (self.download(x)?, self.download(k)?);
-        self.upload(&structured::grouped_conv(3, &x, d, &k, cout, groups)?)
-    }
+    ) -> Result<Self::Buf>;
     /// Adjoint: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
     fn grouped_conv3x3_t(
         &self,
@@ -375,10 +361,7 @@ pub trait Backend: Send + Sync + Sized {
         k: &Self::Buf,
         cin: usize,
         groups: usize,
-    ) -> Result<Self::Buf> {
-        let (z, k) = (self.download(z)?, self.download(k)?);
-        self.upload(&structured::grouped_conv_t(3, &z, d, &k, cin, groups)?)
-    }
+    ) -> Result<Self::Buf>;
     /// Weight gradient `[cout, cin / groups, 3, 3]`; `d` is the shape of `x`.
     fn grouped_conv3x3_wgrad(
         &self,
@@ -387,12 +370,7 @@ pub trait Backend: Send + Sync + Sized {
         dz: &Self::Buf,
         cout: usize,
         groups: usize,
-    ) -> Result<Self::Buf> {
-        let (x, dz) = (self.download(x)?, self.download(dz)?);
-        self.upload(&structured::grouped_conv_wgrad(
-            3, &x, d, &dz, cout, groups,
-        )?)
-    }
+    ) -> Result<Self::Buf>;
     /// Grouped 1x1 convolution, K `[cout, cin / groups]`.
     fn grouped_conv1x1(
         &self,
@@ -401,10 +379,7 @@ pub trait Backend: Send + Sync + Sized {
         k: &Self::Buf,
         cout: usize,
         groups: usize,
-    ) -> Result<Self::Buf> {
-        let (x, k) = (self.download(x)?, self.download(k)?);
-        self.upload(&structured::grouped_conv(1, &x, d, &k, cout, groups)?)
-    }
+    ) -> Result<Self::Buf>;
     fn grouped_conv1x1_t(
         &self,
         z: &Self::Buf,
@@ -412,10 +387,7 @@ pub trait Backend: Send + Sync + Sized {
         k: &Self::Buf,
         cin: usize,
         groups: usize,
-    ) -> Result<Self::Buf> {
-        let (z, k) = (self.download(z)?, self.download(k)?);
-        self.upload(&structured::grouped_conv_t(1, &z, d, &k, cin, groups)?)
-    }
+    ) -> Result<Self::Buf>;
     fn grouped_conv1x1_wgrad(
         &self,
         x: &Self::Buf,
@@ -423,24 +395,18 @@ pub trait Backend: Send + Sync + Sized {
         dz: &Self::Buf,
         cout: usize,
         groups: usize,
-    ) -> Result<Self::Buf> {
-        let (x, dz) = (self.download(x)?, self.download(dz)?);
-        self.upload(&structured::grouped_conv_wgrad(
-            1, &x, d, &dz, cout, groups,
-        )?)
-    }
+    ) -> Result<Self::Buf>;
 
     /// The implicit diffusion solve of IMEX: `(I + h a_c L)^{-1} x` per channel, L the periodic
-    /// 5-point negative Laplacian, `a_c = diff_c^2` (`diff: [c]`). The default runs `rustfft`.
+    /// 5-point negative Laplacian, `a_c = diff_c^2` (`diff: [c]`); [`host_fallback`] runs
+    /// `rustfft`.
     fn diffusion_solve(
         &self,
         x: &Self::Buf,
         d: Dims,
         diff: &Self::Buf,
         h: f64,
-    ) -> Result<Self::Buf> {
-        diffusion_solve_on_host(self, x, d, diff, h)
-    }
+    ) -> Result<Self::Buf>;
     /// VJP of [`Backend::diffusion_solve`] given its output `y` and the cotangent `g`:
     /// returns `(dx, ddiff)`.
     fn diffusion_solve_vjp(
@@ -450,29 +416,19 @@ pub trait Backend: Send + Sync + Sized {
         diff: &Self::Buf,
         h: f64,
         g: &Self::Buf,
-    ) -> Result<(Self::Buf, Self::Buf)> {
-        diffusion_solve_vjp_on_host(self, y, d, diff, h, g)
-    }
+    ) -> Result<(Self::Buf, Self::Buf)>;
 
     /// Orthonormal 2x2 Haar transform of every channel: `[n, c, h, w]` (`d`) ->
     /// `[n, 4c, h/2, w/2]`, output channel `4c + i` for filter i (SPEC section 7).
-    fn haar(&self, x: &Self::Buf, d: Dims) -> Result<Self::Buf> {
-        self.upload(&structured::haar(&self.download(x)?, d)?)
-    }
+    fn haar(&self, x: &Self::Buf, d: Dims) -> Result<Self::Buf>;
     /// Inverse (= adjoint) of [`Backend::haar`]; `d` is the shape of the result.
-    fn haar_inv(&self, y: &Self::Buf, d: Dims) -> Result<Self::Buf> {
-        self.upload(&structured::haar_inv(&self.download(y)?, d)?)
-    }
+    fn haar_inv(&self, y: &Self::Buf, d: Dims) -> Result<Self::Buf>;
     /// Fixed point: `2 H q`, exact in integers (a state with one more fractional bit).
-    fn haar_fixed(&self, q: &Self::IBuf, d: Dims) -> Result<Self::IBuf> {
-        self.iupload(&structured::haar_fixed(&self.idownload(q)?, d)?)
-    }
+    fn haar_fixed(&self, q: &Self::IBuf, d: Dims) -> Result<Self::IBuf>;
     /// Inverse of [`Backend::haar_fixed`] (bit-exact).
-    fn haar_fixed_inv(&self, q: &Self::IBuf, d: Dims) -> Result<Self::IBuf> {
-        self.iupload(&structured::haar_fixed_inv(&self.idownload(q)?, d)?)
-    }
+    fn haar_fixed_inv(&self, q: &Self::IBuf, d: Dims) -> Result<Self::IBuf>;
 
-    // ---- TNRD reaction-diffusion stage (restore::tnrd; defaults: host round trip) ----------
+    // ---- TNRD reaction-diffusion stage (restore::tnrd; host round trip: [`host_fallback`]) --
     /// One TNRD stage on grey images `u`, `f` `[n, 1, h, w]` (`d`):
     /// `u - sum_i K_i^T phi_i(K_i u) - lambda (u - f)`, with `K_i u` the correlation of filter
     /// `i` of `k` (`[filters, size, size]`, used as given) under symmetric padding, `K_i^T` its
@@ -488,13 +444,7 @@ pub trait Backend: Send + Sync + Sized {
         rbf: &Self::Buf,
         lambda: f64,
         size: usize,
-    ) -> Result<Self::Buf> {
-        let (u, f) = (self.download(u)?, self.download(f)?);
-        let (k, rbf) = (self.download(k)?, self.download(rbf)?);
-        self.upload(&reference::tnrd::stage_batch(
-            &u, &f, d, &k, &rbf, lambda, size,
-        )?)
-    }
+    ) -> Result<Self::Buf>;
     /// The VJP of [`Backend::tnrd_stage`] for the output cotangent `g`: the gradients against
     /// `u`, `f`, `k`, `rbf` and `lambda`, the parameter ones summed over the `n` images.
     #[allow(clippy::too_many_arguments)]
@@ -508,18 +458,7 @@ pub trait Backend: Send + Sync + Sized {
         lambda: f64,
         size: usize,
         g: &Self::Buf,
-    ) -> Result<TnrdGrads<Self::Buf>> {
-        let (u, f, g) = (self.download(u)?, self.download(f)?, self.download(g)?);
-        let (k, rbf) = (self.download(k)?, self.download(rbf)?);
-        let gr = reference::tnrd::stage_vjp_batch(&u, &f, d, &k, &rbf, lambda, size, &g)?;
-        Ok(TnrdGrads {
-            du: self.upload(&gr.du)?,
-            df: self.upload(&gr.df)?,
-            dk: self.upload(&gr.dk)?,
-            drbf: self.upload(&gr.drbf)?,
-            dlambda: gr.dlambda,
-        })
-    }
+    ) -> Result<TnrdGrads<Self::Buf>>;
 
     // ---- fused ops (defaults compose the primitives; backends may override) ----------------
     /// One explicit step with the full 3x3 operator: `sum_i a_i x_i + coef * f(y)`, where
@@ -633,34 +572,6 @@ pub struct Scratch {
     /// Requested from each of the backend's grow-only workspace pools (per-thread buffers kept
     /// for reuse): a pool holds the largest request made so far, from then on.
     pub pools: [usize; 2],
-}
-
-/// [`Backend::diffusion_solve`] by a host round trip through `rustfft` (the trait's default, and
-/// the CUDA backend's path for images larger than its kernel takes).
-pub(crate) fn diffusion_solve_on_host<B: Backend>(
-    be: &B,
-    x: &B::Buf,
-    d: Dims,
-    diff: &B::Buf,
-    h: f64,
-) -> Result<B::Buf> {
-    let (x, diff) = (be.download(x)?, be.download(diff)?);
-    be.upload(&structured::diffusion_solve_fft(&x, d, &diff, h)?)
-}
-
-/// [`Backend::diffusion_solve_vjp`] by a host round trip, as [`diffusion_solve_on_host`].
-pub(crate) fn diffusion_solve_vjp_on_host<B: Backend>(
-    be: &B,
-    y: &B::Buf,
-    d: Dims,
-    diff: &B::Buf,
-    h: f64,
-    g: &B::Buf,
-) -> Result<(B::Buf, B::Buf)> {
-    let (y, diff, g) = (be.download(y)?, be.download(diff)?, be.download(g)?);
-    let (dx, dd) =
-        structured::diffusion_vjp_with(&y, d, &diff, h, &g, structured::diffusion_solve_fft)?;
-    Ok((be.upload(&dx)?, be.upload(&dd)?))
 }
 
 /// The normalisation `N` inside a step: tvNorm with scale and shift, or the shift alone

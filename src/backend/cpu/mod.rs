@@ -15,8 +15,8 @@ pub mod tnrd;
 use rayon::prelude::*;
 
 use super::half16::{self, Packed16};
-use super::optim;
 use super::reference::round_to_i32;
+use super::{host_fallback, optim};
 use super::{
     Activation, Backend, BnStats, Norm, Precision, Scratch, ScratchOp, Storage, SymGrads, BN_EPS,
     BN_MOMENTUM, TV_EPS,
@@ -556,6 +556,20 @@ impl Backend for Cpu {
         let dx = structured::diffusion_solve(g, d, diff, h);
         let dd = structured::diffusion_diff_grad(y, &dx, d, diff, h);
         Ok((dx, dd))
+    }
+
+    // The Haar transforms have no CPU kernel: the f64 reference on a copy.
+    fn haar(&self, x: &Vec<f32>, d: Dims) -> Result<Vec<f32>> {
+        host_fallback::haar(self, x, d)
+    }
+    fn haar_inv(&self, y: &Vec<f32>, d: Dims) -> Result<Vec<f32>> {
+        host_fallback::haar_inv(self, y, d)
+    }
+    fn haar_fixed(&self, q: &Vec<i32>, d: Dims) -> Result<Vec<i32>> {
+        host_fallback::haar_fixed(self, q, d)
+    }
+    fn haar_fixed_inv(&self, q: &Vec<i32>, d: Dims) -> Result<Vec<i32>> {
+        host_fallback::haar_fixed_inv(self, q, d)
     }
 
     fn tnrd_stage(

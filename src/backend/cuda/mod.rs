@@ -10,6 +10,7 @@
 //! atomics: partial results go to a fixed layout and a second pass adds them in a fixed order,
 //! so every op is bit-for-bit repeatable.
 
+mod kernels;
 mod ops;
 
 pub use ops::PackedBuf;
@@ -25,6 +26,7 @@ use cudarc::driver::{
 
 use crate::backend::Precision;
 use crate::error::{Error, Result};
+use kernels::{Kernel, TensorCoreKernel};
 
 mod embedded {
     /// How the kernels were embedded by `build.rs`.
@@ -35,137 +37,6 @@ mod embedded {
     }
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
-
-/// Kernel-name suffixes of the tensor-core variants (kernels/conv_gemm.cuh), by precision.
-fn math_suffix(p: Precision) -> &'static str {
-    match p {
-        Precision::F32 => "",
-        Precision::Tf32 => "_tf32",
-        Precision::Bf16 => "_bf16",
-        Precision::F16 => "_f16",
-    }
-}
-
-/// Entry points that also exist with the `_tf32`, `_bf16` and `_f16` suffixes, each of the four
-/// also unpipelined (`_np`, conv_gemm.cuh's PIPE).
-const TENSOR_CORE_KERNELS: &[&str] = &[
-    "conv3x3_fwd_m32",
-    "conv3x3_fwd_m64",
-    "conv3x3_t_m32",
-    "conv3x3_t_m64",
-    "conv3x3_wgrad",
-    "conv3x3_wgrad_m32",
-    "conv1x1_fwd_m32",
-    "conv1x1_fwd_m64",
-    "conv1x1_t_m32",
-    "conv1x1_t_m64",
-    "conv1x1_wgrad",
-    "conv1x1_wgrad_m32",
-    "step_conv_ss_m32",
-    "step_conv_ss_m64",
-    "step_convt_m32",
-    "step_convt_m64",
-];
-
-/// Every kernel entry point, by module (a `kernels/<module>.cu` file).
-const KERNELS: &[(&str, &[&str])] = &[
-    (
-        "conv3x3",
-        &[
-            "conv3x3_fwd_m32",
-            "conv3x3_fwd_m64",
-            "conv3x3_t_m32",
-            "conv3x3_t_m64",
-            "conv3x3_wgrad",
-            "conv3x3_wgrad_m32",
-            "reduce_splits",
-        ],
-    ),
-    (
-        "conv1x1",
-        &[
-            "conv1x1_fwd_m32",
-            "conv1x1_fwd_m64",
-            "conv1x1_t_m32",
-            "conv1x1_t_m64",
-            "conv1x1_wgrad",
-            "conv1x1_wgrad_m32",
-        ],
-    ),
-    (
-        "fused_step",
-        &[
-            "step_conv_ss_m32",
-            "step_conv_ss_m64",
-            "step_convt_m32",
-            "step_convt_m64",
-            "sym_vjp_mid",
-        ],
-    ),
-    (
-        "norm",
-        &[
-            "channel_partial",
-            "channel_finish",
-            "add_channel_bias",
-            "tvnorm_fwd",
-            "tvnorm_vjp_dx",
-            "bn_apply",
-            "bn_vjp_dx",
-            "bn_update_running",
-            "scaled_sq_partial",
-        ],
-    ),
-    (
-        "pointwise",
-        &[
-            "lincomb4",
-            "axpy",
-            "act_fwd_kernel",
-            "act_vjp_kernel",
-            "quantize",
-            "dequantize",
-            "fixed_update",
-            "fixed_axpy",
-            "pack16",
-            "unpack16",
-        ],
-    ),
-    ("optim", &["sgd_step", "adam_step"]),
-    (
-        "pool",
-        &[
-            "avgpool2",
-            "avgpool2_vjp",
-            "global_mean",
-            "global_mean_vjp",
-            "copy_channels",
-        ],
-    ),
-    ("loss", &["softmax_xent"]),
-    (
-        "structured",
-        &[
-            "stencil5_apply",
-            "stencil5_wgrad_partial",
-            "haar_apply",
-            "haar_fixed_apply",
-            "diffusion_solve_planes",
-            "diffusion_ddiff_partial",
-        ],
-    ),
-    (
-        "tnrd",
-        &[
-            "tnrd_response",
-            "tnrd_phi",
-            "tnrd_adjoint",
-            "tnrd_wgrad_partial",
-            "tnrd_rbf_partial",
-            "tnrd_dot_partial",
-        ],
-    ),
-];
 
 /// Maps a driver / compiler error to [`Error::Cuda`].
 pub(crate) fn cu<T, E: std::fmt::Debug>(r: std::result::Result<T, E>) -> Result<T> {
@@ -242,7 +113,10 @@ pub(crate) fn fits_on_device(
 pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    funcs: HashMap<String, CudaFunction>,
+    /// [`Kernel`]s by `k as usize`.
+    kernels: Vec<CudaFunction>,
+    /// [`TensorCoreKernel`] variants by [`TensorCoreKernel::variant_index`].
+    tensor_core: Vec<CudaFunction>,
     mem: Arc<MemCounter>,
     device_name: String,
     precision: Precision,
@@ -303,11 +177,17 @@ impl Cuda {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| unavailable("cannot query the device", &e))?;
-        let mut funcs = HashMap::new();
-        for (module, names) in KERNELS {
+        // Every module that the tables name, then every entry point of both tables: a table
+        // entry the PTX lacks fails here, at start-up.
+        let mut modules = HashMap::new();
+        let names = Kernel::ALL.iter().map(|k| k.module());
+        for module in names.chain(TensorCoreKernel::ALL.iter().map(|k| k.module())) {
+            if modules.contains_key(module) {
+                continue;
+            }
             let text = embedded::MODULES
                 .iter()
-                .find(|(m, _)| m == module)
+                .find(|(m, _)| *m == module)
                 .map(|(_, t)| *t)
                 .ok_or_else(|| {
                     Error::CudaUnavailable(format!("kernel module `{module}` was not embedded"))
@@ -319,32 +199,33 @@ impl Cuda {
             let m = ctx
                 .load_module(ptx)
                 .map_err(|e| unavailable(&format!("cannot load kernel module `{module}`"), &e))?;
-            for &base in *names {
-                let variants = if TENSOR_CORE_KERNELS.contains(&base) {
-                    &Precision::ALL[..]
-                } else {
-                    &[Precision::F32][..]
-                };
-                let pipes: &[&str] = if TENSOR_CORE_KERNELS.contains(&base) {
-                    &["", "_np"]
-                } else {
-                    &[""]
-                };
-                for &p in variants {
-                    for pipe in pipes {
-                        let name = format!("{base}{}{pipe}", math_suffix(p));
-                        let f = m
-                            .load_function(&name)
-                            .map_err(|e| unavailable(&format!("kernel `{name}` missing"), &e))?;
-                        funcs.insert(name, f);
-                    }
+            modules.insert(module, m);
+        }
+        let load = |module: &str, name: &str| -> Result<CudaFunction> {
+            let m = modules.get(module).ok_or_else(|| {
+                Error::CudaUnavailable(format!("kernel module `{module}` was not loaded"))
+            })?;
+            m.load_function(name)
+                .map_err(|e| unavailable(&format!("kernel `{name}` missing"), &e))
+        };
+        let kernels = Kernel::ALL
+            .iter()
+            .map(|k| load(k.module(), k.name()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut tensor_core = Vec::new();
+        for &k in TensorCoreKernel::ALL {
+            for p in Precision::ALL {
+                for pipelined in [true, false] {
+                    debug_assert_eq!(k.variant_index(p, pipelined), tensor_core.len());
+                    tensor_core.push(load(k.module(), &k.variant_name(p, pipelined))?);
                 }
             }
         }
         Ok(Cuda {
             ctx,
             stream,
-            funcs,
+            kernels,
+            tensor_core,
             mem: Arc::new(MemCounter::default()),
             device_name,
             precision,
@@ -356,13 +237,6 @@ impl Cuda {
     /// The arithmetic of the convolution GEMMs.
     pub fn precision(&self) -> Precision {
         self.precision
-    }
-
-    /// `base` with the suffix of this backend's convolution precision (a tensor-core kernel),
-    /// and `_np` for the unpipelined tile where `PDENET_CONV_PIPELINE=0` asks for it.
-    pub(crate) fn tc_name(&self, base: &str) -> String {
-        let pipe = if self.pipelined { "" } else { "_np" };
-        format!("{base}{}{pipe}", math_suffix(self.precision))
     }
 
     /// Whether the convolution tiles are the software-pipelined ones (the default).
@@ -488,10 +362,15 @@ impl Cuda {
         Some(pool)
     }
 
-    pub(crate) fn func(&self, name: &str) -> Result<&CudaFunction> {
-        self.funcs
-            .get(name)
-            .ok_or_else(|| Error::Cuda(format!("kernel `{name}` not loaded")))
+    /// The loaded function of a plain kernel.
+    pub(crate) fn kernel(&self, k: Kernel) -> &CudaFunction {
+        &self.kernels[k as usize]
+    }
+
+    /// The loaded variant of a tensor-core kernel in this backend's convolution precision, the
+    /// unpipelined tile where `PDENET_CONV_PIPELINE=0` asks for it.
+    pub(crate) fn tensor_core_kernel(&self, k: TensorCoreKernel) -> &CudaFunction {
+        &self.tensor_core[k.variant_index(self.precision, self.pipelined)]
     }
 
     /// An uninitialised buffer (every kernel writes all of its output).
@@ -580,8 +459,20 @@ pub fn nvrtc_present() -> bool {
 }
 
 /// Compiles every `*.cu` of `dir` (the repository's `kernels/`) with NVRTC for compute_80,
-/// resolving includes in `dir`: the check of [`check_nvrtc_sources`] for builds that embed PTX.
+/// resolving includes in `dir` and the generated `pdenet_constants.cuh` (written to a temporary
+/// folder): the check of [`check_nvrtc_sources`] for builds that embed PTX.
 pub fn check_nvrtc_dir(dir: &std::path::Path) -> Result<usize> {
+    let generated = std::env::temp_dir().join(format!("pdenet-constants-{}", std::process::id()));
+    std::fs::create_dir_all(&generated).map_err(|e| Error::io(&generated, e))?;
+    let header = generated.join("pdenet_constants.cuh");
+    std::fs::write(&header, crate::backend::kernel_constants::cuda_header())
+        .map_err(|e| Error::io(&header, e))?;
+    let compiled = compile_nvrtc_dir(dir, &generated);
+    let _ = std::fs::remove_dir_all(&generated);
+    compiled
+}
+
+fn compile_nvrtc_dir(dir: &std::path::Path, generated: &std::path::Path) -> Result<usize> {
     let mut n = 0;
     let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
     let mut files: Vec<_> = entries
@@ -593,7 +484,10 @@ pub fn check_nvrtc_dir(dir: &std::path::Path) -> Result<usize> {
     for f in files {
         let src = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
         let module = f.file_stem().map(|s| s.to_string_lossy().to_string());
-        let inc = vec![dir.to_string_lossy().to_string()];
+        let inc = vec![
+            dir.to_string_lossy().to_string(),
+            generated.to_string_lossy().to_string(),
+        ];
         compile_nvrtc_with(module.as_deref().unwrap_or("?"), &src, 8, 0, inc)?;
         n += 1;
     }
@@ -658,6 +552,53 @@ pub fn check_nvrtc_sources() -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::fits_on_device;
+    use crate::backend::kernel_constants::{cuda_header, KERNEL_CONSTANTS};
+
+    /// The kernels and this backend take the shared constants from Rust: no kernel file or
+    /// CUDA-backend source defines one of them again, and the header is the one build.rs wrote.
+    #[test]
+    fn shared_constants_are_defined_only_in_rust() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files: Vec<_> = ["kernels", "src/backend/cuda"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap().flatten())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.extension()
+                    .is_some_and(|x| x == "cu" || x == "cuh" || x == "rs")
+            })
+            .collect();
+        files.sort();
+        assert!(
+            files.len() > 10,
+            "kernels not found under {}",
+            root.display()
+        );
+        for f in &files {
+            let text = std::fs::read_to_string(f).unwrap();
+            for line in text.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let defined = match words.as_slice() {
+                    ["#define", name, ..] => Some(*name),
+                    ["const", name, ..] | ["pub", "const", name, ..] => {
+                        Some(name.trim_end_matches(':'))
+                    }
+                    _ => None,
+                };
+                if let Some(name) = defined {
+                    assert!(
+                        KERNEL_CONSTANTS.iter().all(|(n, _)| *n != name),
+                        "{} defines {name}, which src/backend/kernel_constants.rs owns: `{line}`",
+                        f.display()
+                    );
+                }
+            }
+        }
+        let common = std::fs::read_to_string(root.join("kernels/common.cuh")).unwrap();
+        assert!(common.contains("#include \"pdenet_constants.cuh\""));
+        let built = include_str!(concat!(env!("OUT_DIR"), "/pdenet_constants.cuh"));
+        assert_eq!(built, cuda_header());
+    }
 
     #[test]
     fn a_plan_larger_than_the_device_is_a_clear_error() {

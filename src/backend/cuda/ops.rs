@@ -1,11 +1,16 @@
 //! `Backend` for [`Cuda`]: shape checks, launch geometry and one launch per kernel.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
+use super::kernels::{Kernel, TensorCoreKernel};
 use super::{cu, grid_1d, i32_of, Cuda, DeviceBuf};
+use crate::backend::kernel_constants::{
+    ACT_LOGCOSH, ACT_RELU, ACT_TANH, BK, BN, DIFF_MAX, NT, RED_A, RED_A_B_P, RED_A_XHAT, RED_SQDEV,
+    RED_THREADS, S7_THREADS, STORAGE_BF16, STORAGE_F16, SYM_THREADS, TN_THREADS,
+};
 use crate::backend::{
-    diffusion_solve_on_host, diffusion_solve_vjp_on_host, optim, sym_full3x3_vjp_composed,
-    Activation, Backend, BnStats, Norm, Storage, SymGrads, BN_MOMENTUM,
+    host_fallback, optim, sym_full3x3_vjp_composed, Activation, Backend, BnStats, Norm, Storage,
+    SymGrads, BN_MOMENTUM,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -23,18 +28,34 @@ pub struct PackedBuf {
 /// The `format` argument of the pack16 / unpack16 kernels (STORAGE_BF16 / STORAGE_F16).
 fn storage_code(format: Storage) -> Result<i32> {
     match format {
-        Storage::Bf16 => Ok(1),
-        Storage::F16 => Ok(2),
+        Storage::Bf16 => Ok(STORAGE_BF16),
+        Storage::F16 => Ok(STORAGE_F16),
         Storage::F32 => Err(Error::Other(
             "pack16 needs a 16-bit storage format (bf16 or f16)".into(),
         )),
     }
 }
 
-/// Launches kernel `$name` with `$cfg`; arguments are device slices or references to locals.
+/// A kernel table entry that names one loaded function.
+trait Launchable {
+    fn function(self, cuda: &Cuda) -> &CudaFunction;
+}
+impl Launchable for Kernel {
+    fn function(self, cuda: &Cuda) -> &CudaFunction {
+        cuda.kernel(self)
+    }
+}
+impl Launchable for TensorCoreKernel {
+    fn function(self, cuda: &Cuda) -> &CudaFunction {
+        cuda.tensor_core_kernel(self)
+    }
+}
+
+/// Launches kernel `$kernel` (a [`Kernel`] or [`TensorCoreKernel`]) with `$cfg`; arguments are
+/// device slices or references to locals.
 macro_rules! launch {
-    ($self:expr, $name:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
-        let f = $self.func($name)?;
+    ($self:expr, $kernel:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
+        let f = Launchable::function($kernel, $self);
         let mut b = $self.stream.launch_builder(f);
         $( b.arg($arg); )*
         // SAFETY: the argument lists match the kernel signatures in kernels/*.cu, and every
@@ -42,10 +63,6 @@ macro_rules! launch {
         cu(unsafe { b.launch($cfg) }).map(|_| ())
     }};
 }
-
-/// Rows of the output-channel tile (the kernels' `_m32` / `_m64` variants).
-const BN: usize = 64;
-const BK: usize = 16;
 
 fn check_len(buf: &Buf, len: usize, what: &str) -> Result<()> {
     ensure_shape!(
@@ -58,18 +75,19 @@ fn check_len(buf: &Buf, len: usize, what: &str) -> Result<()> {
 
 fn act_code(act: Activation) -> i32 {
     match act {
-        Activation::Relu => 0,
-        Activation::Tanh => 1,
-        Activation::Logcosh => 2,
+        Activation::Relu => ACT_RELU,
+        Activation::Tanh => ACT_TANH,
+        Activation::Logcosh => ACT_LOGCOSH,
     }
 }
 
-/// The output-channel tile (32 or 64 rows) and the kernel-name suffix for `m` output channels.
-fn m_tile(m: usize) -> (usize, &'static str) {
+/// The output-channel tile for `m` output channels: 32 rows (the kernels' `_m32` variants) for
+/// at most 32 channels, 64 above.
+fn m_tile(m: usize) -> usize {
     if m <= 32 {
-        (32, "m32")
+        32
     } else {
-        (64, "m64")
+        64
     }
 }
 
@@ -82,7 +100,7 @@ fn gemm_grid(nq: usize, m: usize, bm: usize) -> Result<LaunchConfig> {
     );
     Ok(LaunchConfig {
         grid_dim: (gx as u32, gy as u32, 1),
-        block_dim: (256, 1, 1),
+        block_dim: (NT as u32, 1, 1),
         shared_mem_bytes: 0,
     })
 }
@@ -105,18 +123,8 @@ fn group_sizes(cin: usize, cout: usize, groups: usize) -> Result<(usize, usize)>
     Ok((cin / groups, cout / groups))
 }
 
-/// Largest image side of the diffusion kernels (`DIFF_MAX` in structured.cu); larger images are
-/// solved on the host.
-const DIFF_MAX: usize = 32;
-
-/// Elements per block of `scaled_sq_partial`: a multiple of its 256 threads.
-const SCALED_SQ_CHUNK: usize = 8192;
-
-/// Channel-reduction modes of `channel_partial` (see kernels/norm.cu).
-const RED_A: i32 = 0;
-const RED_A_B_P: i32 = 1;
-const RED_SQDEV: i32 = 2;
-const RED_A_XHAT: i32 = 3;
+/// Elements per block of `scaled_sq_partial`: a multiple of its RED_THREADS threads.
+const SCALED_SQ_CHUNK: usize = 32 * RED_THREADS;
 
 impl Cuda {
     fn check_dims(&self, d: Dims) -> Result<()> {
@@ -155,17 +163,14 @@ impl Cuda {
             // No input channels: the result is zero.
             return self.zeros(od.len());
         }
-        let (bm, suffix) = m_tile(mo);
-        let name = self.tc_name(&format!(
-            "{family}_{}_{suffix}",
-            if trans { "t" } else { "fwd" }
-        ));
+        let bm = m_tile(mo);
+        let kernel = TensorCoreKernel::conv(taps, trans, bm == 32);
         let mut cfg = gemm_grid(d.n * d.hw(), mo, bm)?;
         ensure_shape!(groups < 65536, "{groups} groups exceed the launch grid");
         cfg.grid_dim.2 = groups as u32;
         let out = self.alloc::<f32>(od.len())?;
         let v = [d.n, cg, mo, d.h, d.w, groups].map(|v| v as i32);
-        launch!(self, name.as_str(), cfg; x.slice(), k.slice(), out.slice(), &v[0], &v[1], &v[2],
+        launch!(self, kernel, cfg; x.slice(), k.slice(), out.slice(), &v[0], &v[1], &v[2],
                 &v[3], &v[4], &v[5])?;
         Ok(out)
     }
@@ -184,10 +189,10 @@ impl Cuda {
         groups: usize,
     ) -> Result<Buf> {
         let (cg, mo) = group_sizes(d.c, cout, groups)?;
-        let kernel = format!("{}_wgrad", conv_family(taps));
+        let what = format!("{}_wgrad", conv_family(taps));
         let od = d.with_c(cout);
-        check_len(x, d.len(), &format!("{kernel} input"))?;
-        check_len(dz, od.len(), &format!("{kernel} cotangent"))?;
+        check_len(x, d.len(), &format!("{what} input"))?;
+        check_len(dz, od.len(), &format!("{what} cotangent"))?;
         self.check_dims(d)?;
         self.check_dims(od)?;
         let ncol = cg * taps;
@@ -198,12 +203,8 @@ impl Cuda {
             return self.zeros(len);
         }
         // 32-row tiles for at most 32 output channels, 64-row ones above.
-        let (bm, suffix) = m_tile(mo);
-        let kernel = if bm == 32 {
-            format!("{kernel}_{suffix}")
-        } else {
-            kernel
-        };
+        let bm = m_tile(mo);
+        let kernel = TensorCoreKernel::wgrad(taps, bm == 32);
         let tiles = ncol.div_ceil(BN) * mo.div_ceil(bm) * groups;
         // Enough blocks to fill the device; each split covers a whole number of BK pixels.
         let want = 1024usize.div_ceil(tiles).max(1);
@@ -220,12 +221,10 @@ impl Cuda {
                 mo.div_ceil(bm) as u32,
                 (splits * groups) as u32,
             ),
-            block_dim: (256, 1, 1),
+            block_dim: (NT as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let v = [d.n, cg, mo, d.h, d.w, groups, chunk].map(|v| v as i32);
-        let kernel = self.tc_name(&kernel);
-        let kernel = kernel.as_str();
         let out = self.alloc::<f32>(len)?;
         if splits == 1 {
             launch!(self, kernel, cfg; x.slice(), dz.slice(), out.slice(), &v[0], &v[1], &v[2],
@@ -236,7 +235,7 @@ impl Cuda {
         launch!(self, kernel, cfg; x.slice(), dz.slice(), partial.slice(), &v[0], &v[1], &v[2],
                 &v[3], &v[4], &v[5], &v[6])?;
         let (ns, l) = (splits as i32, len as i32);
-        launch!(self, "reduce_splits", grid_1d(len); partial.slice(), out.slice(), &ns, &l)?;
+        launch!(self, Kernel::ReduceSplits, grid_1d(len); partial.slice(), out.slice(), &ns, &l)?;
         Ok(out)
     }
 
@@ -250,7 +249,7 @@ impl Cuda {
             return Ok(out);
         }
         let v = [d.n, d.c, d.h, d.w, adjoint as usize].map(|v| v as i32);
-        launch!(self, "stencil5_apply", grid_1d(d.len()); x.slice(), dw.slice(), out.slice(),
+        launch!(self, Kernel::Stencil5Apply, grid_1d(d.len()); x.slice(), dw.slice(), out.slice(),
                 &v[0], &v[1], &v[2], &v[3], &v[4])?;
         Ok(out)
     }
@@ -274,7 +273,7 @@ impl Cuda {
     fn tnrd_response(&self, x: &Buf, k: &Buf, d: Dims, v: [i32; 5]) -> Result<Buf> {
         let len = d.len() * v[1] as usize;
         let out = self.alloc::<f32>(len)?;
-        launch!(self, "tnrd_response", grid_1d(len); x.slice(), k.slice(), out.slice(), &v[0],
+        launch!(self, Kernel::TnrdResponse, grid_1d(len); x.slice(), k.slice(), out.slice(), &v[0],
                 &v[1], &v[2], &v[3], &v[4])?;
         Ok(out)
     }
@@ -294,7 +293,7 @@ impl Cuda {
         let out = self.alloc::<f32>(d.len())?;
         let (cf, has_y) = (c as f32, y.is_some() as i32);
         let y = y.unwrap_or(x);
-        launch!(self, "tnrd_adjoint", grid_1d(d.len()); z.slice(), k.slice(), x.slice(),
+        launch!(self, Kernel::TnrdAdjoint, grid_1d(d.len()); z.slice(), k.slice(), x.slice(),
                 y.slice(), out.slice(), &v[0], &v[1], &v[2], &v[3], &v[4], &cf, &has_y)?;
         Ok(out)
     }
@@ -315,13 +314,13 @@ impl Cuda {
         let partial = self.alloc::<f64>(splits * rows)?;
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, splits as u32, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (TN_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         run(cfg, i32_of(chunk, "tnrd chunk")?, &partial)?;
         let out = self.alloc::<f32>(rows)?;
         let (ns, len) = (splits as i32, rows as i32);
-        launch!(self, "channel_finish", grid_1d(rows); partial.slice(), &ns, &len, &scale,
+        launch!(self, Kernel::ChannelFinish, grid_1d(rows); partial.slice(), &ns, &len, &scale,
                 out.slice())?;
         Ok(out)
     }
@@ -343,11 +342,11 @@ impl Cuda {
         }
         let cfg = LaunchConfig {
             grid_dim: (i32_of(d.n * d.c, "diffusion planes")? as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (S7_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let (nc, hh, ww, hs) = (d.c as i32, d.h as i32, d.w as i32, h as f32);
-        launch!(self, "diffusion_solve_planes", cfg; x.slice(), diff.slice(), out.slice(), &nc,
+        launch!(self, Kernel::DiffusionSolvePlanes, cfg; x.slice(), diff.slice(), out.slice(), &nc,
                 &hh, &ww, &hs)?;
         Ok(out)
     }
@@ -355,7 +354,7 @@ impl Cuda {
     /// Haar transform `[n, c, h, w]` (`d`, fine) <-> `[n, 4c, h/2, w/2]`, in f32 or fixed point.
     fn haar_launch<T: cudarc::driver::DeviceRepr>(
         &self,
-        kernel: &str,
+        kernel: Kernel,
         src: &DeviceBuf<T>,
         d: Dims,
         inverse: bool,
@@ -411,18 +410,24 @@ impl Cuda {
         let partial = self.alloc::<f64>(splits * d.c)?;
         let cfg = LaunchConfig {
             grid_dim: (d.c as u32, splits as u32, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (RED_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let (nb, nc, hw, ch) = (d.n as i32, d.c as i32, d.hw() as i32, chunk as i32);
-        launch!(self, "channel_partial", cfg; &mode, a.slice(), b.slice(), pv.slice(), cv.slice(),
+        launch!(self, Kernel::ChannelPartial, cfg; &mode, a.slice(), b.slice(), pv.slice(), cv.slice(),
                 cv2.slice(), &nb, &nc, &hw, &ch, partial.slice())?;
         let ns = splits as i32;
-        launch!(self, "channel_finish", grid_1d(d.c); partial.slice(), &ns, &nc, &scale, out.slice())?;
+        launch!(self, Kernel::ChannelFinish, grid_1d(d.c); partial.slice(), &ns, &nc, &scale, out.slice())?;
         Ok(out)
     }
 
-    fn act_launch(&self, kernel: &str, act: Activation, x: &Buf, dy: Option<&Buf>) -> Result<Buf> {
+    fn act_launch(
+        &self,
+        kernel: Kernel,
+        act: Activation,
+        x: &Buf,
+        dy: Option<&Buf>,
+    ) -> Result<Buf> {
         let len = x.len();
         let l = i32_of(len, "activation length")?;
         let out = self.alloc::<f32>(len)?;
@@ -492,7 +497,7 @@ impl Backend for Cuda {
         let l = i32_of(len, "pack16 length")?;
         let bits = self.alloc::<u16>(len)?;
         if len > 0 {
-            launch!(self, "pack16", grid_1d(len); x.slice(), bits.slice(), &l, &code)?;
+            launch!(self, Kernel::Pack16, grid_1d(len); x.slice(), bits.slice(), &l, &code)?;
         }
         Ok(PackedBuf { bits, format })
     }
@@ -502,7 +507,7 @@ impl Backend for Cuda {
         let l = i32_of(len, "unpack16 length")?;
         let out = self.alloc::<f32>(len)?;
         if len > 0 {
-            launch!(self, "unpack16", grid_1d(len); h.bits.slice(), out.slice(), &l, &code)?;
+            launch!(self, Kernel::Unpack16, grid_1d(len); h.bits.slice(), out.slice(), &l, &code)?;
         }
         Ok(out)
     }
@@ -521,11 +526,11 @@ impl Backend for Cuda {
         let partial = self.alloc::<f64>(blocks)?;
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (RED_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let ch = chunk as i32;
-        launch!(self, "scaled_sq_partial", cfg; x.slice(), a.slice(), b.slice(), &l, &ch, &atol,
+        launch!(self, Kernel::ScaledSqPartial, cfg; x.slice(), a.slice(), b.slice(), &l, &ch, &atol,
                 &rtol, partial.slice())?;
         Ok(self.download_slice(&partial)?.iter().sum())
     }
@@ -546,7 +551,7 @@ impl Backend for Cuda {
             .map(|i| head.get(i).map_or(0.0, |t| t.0 as f32))
             .collect();
         let x = |i: usize| head.get(i).unwrap_or(&head[0]).1.slice();
-        launch!(self, "lincomb4", grid_1d(len); out.slice(), &l, &nt, &a[0], x(0), &a[1], x(1),
+        launch!(self, Kernel::Lincomb4, grid_1d(len); out.slice(), &l, &nt, &a[0], x(0), &a[1], x(1),
                 &a[2], x(2), &a[3], x(3))?;
         let mut out = out;
         for (c, x) in &terms[head.len()..] {
@@ -561,7 +566,7 @@ impl Backend for Cuda {
             return Ok(());
         }
         let (lr, mu, wd) = (s.lr as f32, s.momentum as f32, s.weight_decay as f32);
-        launch!(self, "sgd_step", grid_1d(w.len());
+        launch!(self, Kernel::SgdStep, grid_1d(w.len());
             w.slice(), m.slice(), g.slice(), &l, &lr, &mu, &wd)
     }
     fn adam_step(
@@ -578,7 +583,7 @@ impl Backend for Cuda {
             return Ok(());
         }
         let wd = s.weight_decay as f32;
-        launch!(self, "adam_step", grid_1d(w.len());
+        launch!(self, Kernel::AdamStep, grid_1d(w.len());
             w.slice(), m.slice(), v.slice(), g.slice(), &l, &s.lr, &s.beta1, &s.beta2, &s.eps,
             &wd, &s.bias1, &s.bias2)
     }
@@ -589,7 +594,7 @@ impl Backend for Cuda {
             return Ok(());
         }
         let a = a as f32;
-        launch!(self, "axpy", grid_1d(x.len()); y.slice(), x.slice(), &a, &l)
+        launch!(self, Kernel::Axpy, grid_1d(x.len()); y.slice(), x.slice(), &a, &l)
     }
 
     fn conv3x3(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
@@ -634,15 +639,15 @@ impl Backend for Cuda {
         let partial = self.alloc::<f64>(splits * d.c * 5)?;
         let cfg = LaunchConfig {
             grid_dim: (d.c as u32, splits as u32, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (S7_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let v = [d.n, d.c, d.h, d.w, chunk].map(|v| v as i32);
-        launch!(self, "stencil5_wgrad_partial", cfg; x.slice(), dz.slice(), &v[0], &v[1], &v[2],
+        launch!(self, Kernel::Stencil5WgradPartial, cfg; x.slice(), dz.slice(), &v[0], &v[1], &v[2],
                 &v[3], &v[4], partial.slice())?;
         let out = self.alloc::<f32>(d.c * 5)?;
         let (ns, len, one) = (splits as i32, (d.c * 5) as i32, 1.0f64);
-        launch!(self, "channel_finish", grid_1d(d.c * 5); partial.slice(), &ns, &len, &one,
+        launch!(self, Kernel::ChannelFinish, grid_1d(d.c * 5); partial.slice(), &ns, &len, &one,
                 out.slice())?;
         Ok(out)
     }
@@ -664,7 +669,7 @@ impl Backend for Cuda {
         }
         let z = self.tnrd_response(u, k, d, v)?;
         let (hw, one) = (d.hw() as i32, 0i32);
-        launch!(self, "tnrd_phi", grid_1d(d.len() * nf); z.slice(), z.slice(), rbf.slice(),
+        launch!(self, Kernel::TnrdPhi, grid_1d(d.len() * nf); z.slice(), z.slice(), rbf.slice(),
                 &v[0], &v[1], &hw, &one)?;
         self.tnrd_adjoint(&z, k, u, Some(f), lambda, d, v)
     }
@@ -696,22 +701,22 @@ impl Backend for Cuda {
         let resp = self.tnrd_response(u, k, d, v)?;
         let e = self.tnrd_response(g, k, d, v)?;
         let drbf = self.tnrd_reduce(nf * centres, total, -1.0, |cfg, chunk, part| {
-            launch!(self, "tnrd_rbf_partial", cfg; resp.slice(), e.slice(), &v[0], &v[1], &hw,
+            launch!(self, Kernel::TnrdRbfPartial, cfg; resp.slice(), e.slice(), &v[0], &v[1], &hw,
                     &chunk, part.slice())
         })?;
         // resp <- z = phi(v), e <- de = phi'(v) e.
         let with_e = 1i32;
-        launch!(self, "tnrd_phi", grid_1d(total * nf); resp.slice(), e.slice(), rbf.slice(),
+        launch!(self, Kernel::TnrdPhi, grid_1d(total * nf); resp.slice(), e.slice(), rbf.slice(),
                 &v[0], &v[1], &hw, &with_e)?;
         let dk = self.tnrd_reduce(k.len(), total, -1.0, |cfg, chunk, part| {
-            launch!(self, "tnrd_wgrad_partial", cfg; resp.slice(), g.slice(), e.slice(),
+            launch!(self, Kernel::TnrdWgradPartial, cfg; resp.slice(), g.slice(), e.slice(),
                     u.slice(), &v[0], &v[1], &v[2], &v[3], &v[4], &chunk, part.slice())
         })?;
         let du = self.tnrd_adjoint(&e, k, g, None, lambda, d, v)?;
         let df = self.lincomb(&[(lambda, g)])?;
         let len = i32_of(total, "tnrd image")?;
         let dl = self.tnrd_reduce(1, total, -1.0, |cfg, chunk, part| {
-            launch!(self, "tnrd_dot_partial", cfg; g.slice(), u.slice(), f.slice(), &len,
+            launch!(self, Kernel::TnrdDotPartial, cfg; g.slice(), u.slice(), f.slice(), &len,
                     &chunk, part.slice())
         })?;
         let dlambda = self.download(&dl)?[0];
@@ -787,7 +792,7 @@ impl Backend for Cuda {
 
     fn diffusion_solve(&self, x: &Buf, d: Dims, diff: &Buf, h: f64) -> Result<Buf> {
         if !Self::diffusion_on_device(d) {
-            return diffusion_solve_on_host(self, x, d, diff, h);
+            return host_fallback::diffusion_solve(self, x, d, diff, h);
         }
         self.diffusion_planes(x, d, diff, h)
     }
@@ -800,7 +805,7 @@ impl Backend for Cuda {
         g: &Buf,
     ) -> Result<(Buf, Buf)> {
         if !Self::diffusion_on_device(d) {
-            return diffusion_solve_vjp_on_host(self, y, d, diff, h, g);
+            return host_fallback::diffusion_solve_vjp(self, y, d, diff, h, g);
         }
         check_len(y, d.len(), "diffusion solve output")?;
         check_len(g, d.len(), "diffusion solve cotangent")?;
@@ -813,30 +818,30 @@ impl Backend for Cuda {
         let partial = self.alloc::<f64>(planes)?;
         let cfg = LaunchConfig {
             grid_dim: (planes as u32, 1, 1),
-            block_dim: (256, 1, 1),
+            block_dim: (S7_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         let (nb, nc, hh, ww) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
-        launch!(self, "diffusion_ddiff_partial", cfg; dx.slice(), y.slice(), diff.slice(), &nc,
+        launch!(self, Kernel::DiffusionDdiffPartial, cfg; dx.slice(), y.slice(), diff.slice(), &nc,
                 &hh, &ww, partial.slice())?;
         let dd = self.alloc::<f32>(d.c)?;
         let scale = -2.0 * h;
-        launch!(self, "channel_finish", grid_1d(d.c); partial.slice(), &nb, &nc, &scale,
+        launch!(self, Kernel::ChannelFinish, grid_1d(d.c); partial.slice(), &nb, &nc, &scale,
                 dd.slice())?;
         Ok((dx, dd))
     }
 
     fn haar(&self, x: &Buf, d: Dims) -> Result<Buf> {
-        self.haar_launch("haar_apply", x, d, false)
+        self.haar_launch(Kernel::HaarApply, x, d, false)
     }
     fn haar_inv(&self, y: &Buf, d: Dims) -> Result<Buf> {
-        self.haar_launch("haar_apply", y, d, true)
+        self.haar_launch(Kernel::HaarApply, y, d, true)
     }
     fn haar_fixed(&self, q: &IBuf, d: Dims) -> Result<IBuf> {
-        self.haar_launch("haar_fixed_apply", q, d, false)
+        self.haar_launch(Kernel::HaarFixedApply, q, d, false)
     }
     fn haar_fixed_inv(&self, q: &IBuf, d: Dims) -> Result<IBuf> {
-        self.haar_launch("haar_fixed_apply", q, d, true)
+        self.haar_launch(Kernel::HaarFixedApply, q, d, true)
     }
 
     fn add_channel_bias(&self, x: &Buf, d: Dims, b: &Buf) -> Result<Buf> {
@@ -848,7 +853,7 @@ impl Backend for Cuda {
             return Ok(out);
         }
         let (nc, hw, l) = (d.c as i32, d.hw() as i32, d.len() as i32);
-        launch!(self, "add_channel_bias", grid_1d(d.len()); x.slice(), b.slice(), out.slice(), &nc, &hw, &l)?;
+        launch!(self, Kernel::AddChannelBias, grid_1d(d.len()); x.slice(), b.slice(), out.slice(), &nc, &hw, &l)?;
         Ok(out)
     }
     fn channel_sum(&self, dy: &Buf, d: Dims) -> Result<Buf> {
@@ -866,7 +871,7 @@ impl Backend for Cuda {
             return Ok(out);
         }
         let (nb, nc, hw) = (d.n as i32, d.c as i32, d.hw() as i32);
-        launch!(self, "tvnorm_fwd", grid_1d(d.n * d.hw()); x.slice(), s.slice(), b.slice(), out.slice(), &nb, &nc, &hw)?;
+        launch!(self, Kernel::TvnormFwd, grid_1d(d.n * d.hw()); x.slice(), s.slice(), b.slice(), out.slice(), &nb, &nc, &hw)?;
         Ok(out)
     }
     fn tvnorm_vjp(&self, x: &Buf, d: Dims, s: &Buf, dy: &Buf) -> Result<(Buf, Buf, Buf)> {
@@ -880,7 +885,7 @@ impl Backend for Cuda {
         let dx = self.alloc::<f32>(d.len())?;
         let rinv = self.alloc::<f32>(d.n * d.hw())?;
         let (nb, nc, hw) = (d.n as i32, d.c as i32, d.hw() as i32);
-        launch!(self, "tvnorm_vjp_dx", grid_1d(d.n * d.hw()); x.slice(), s.slice(), dy.slice(),
+        launch!(self, Kernel::TvnormVjpDx, grid_1d(d.n * d.hw()); x.slice(), s.slice(), dy.slice(),
                 dx.slice(), rinv.slice(), &nb, &nc, &hw)?;
         let ds = self.channel_reduce(RED_A_B_P, d, dy, x, &rinv, dy, dy, 1.0)?;
         let db = self.channel_reduce(RED_A, d, dy, dy, dy, dy, dy, 1.0)?;
@@ -929,7 +934,7 @@ impl Backend for Cuda {
             return Ok(out);
         }
         let (nc, hw, l) = (d.c as i32, d.hw() as i32, d.len() as i32);
-        launch!(self, "bn_apply", grid_1d(d.len()); x.slice(), gamma.slice(), beta.slice(),
+        launch!(self, Kernel::BnApply, grid_1d(d.len()); x.slice(), gamma.slice(), beta.slice(),
                 running_mean.slice(), running_var.slice(), out.slice(), &nc, &hw, &l)?;
         Ok(out)
     }
@@ -954,7 +959,7 @@ impl Backend for Cuda {
         let dx = self.alloc::<f32>(d.len())?;
         let (nc, hw, l) = (d.c as i32, d.hw() as i32, d.len() as i32);
         let inv_m = 1.0f32 / (d.n * d.hw()) as f32;
-        launch!(self, "bn_vjp_dx", grid_1d(d.len()); x.slice(), dy.slice(), gamma.slice(),
+        launch!(self, Kernel::BnVjpDx, grid_1d(d.len()); x.slice(), dy.slice(), gamma.slice(),
                 stats.mean.slice(), stats.var.slice(), sum_dy.slice(), sum_dy_xhat.slice(),
                 dx.slice(), &nc, &hw, &l, &inv_m)?;
         Ok((dx, sum_dy_xhat, sum_dy))
@@ -980,15 +985,15 @@ impl Backend for Cuda {
         };
         let nc = i32_of(c, "channels")?;
         let m = BN_MOMENTUM;
-        launch!(self, "bn_update_running", grid_1d(c); running_mean.slice(), running_var.slice(),
+        launch!(self, Kernel::BnUpdateRunning, grid_1d(c); running_mean.slice(), running_var.slice(),
                 stats.mean.slice(), stats.var.slice(), &nc, &m, &unbias)
     }
 
     fn activation(&self, act: Activation, x: &Buf) -> Result<Buf> {
-        self.act_launch("act_fwd_kernel", act, x, None)
+        self.act_launch(Kernel::ActFwd, act, x, None)
     }
     fn activation_vjp(&self, act: Activation, x: &Buf, dy: &Buf) -> Result<Buf> {
-        self.act_launch("act_vjp_kernel", act, x, Some(dy))
+        self.act_launch(Kernel::ActVjp, act, x, Some(dy))
     }
 
     fn avgpool2(&self, x: &Buf, d: Dims) -> Result<Buf> {
@@ -1000,7 +1005,7 @@ impl Backend for Cuda {
             return Ok(out);
         }
         let (nc, h, w) = ((d.n * d.c) as i32, d.h as i32, d.w as i32);
-        launch!(self, "avgpool2", grid_1d(pd.len()); x.slice(), out.slice(), &nc, &h, &w)?;
+        launch!(self, Kernel::Avgpool2, grid_1d(pd.len()); x.slice(), out.slice(), &nc, &h, &w)?;
         Ok(out)
     }
     fn avgpool2_vjp(&self, dy: &Buf, d: Dims) -> Result<Buf> {
@@ -1011,7 +1016,7 @@ impl Backend for Cuda {
             return Ok(out);
         }
         let (nc, h, w) = ((d.n * d.c) as i32, d.h as i32, d.w as i32);
-        launch!(self, "avgpool2_vjp", grid_1d(d.len()); dy.slice(), out.slice(), &nc, &h, &w)?;
+        launch!(self, Kernel::Avgpool2Vjp, grid_1d(d.len()); dy.slice(), out.slice(), &nc, &h, &w)?;
         Ok(out)
     }
     fn global_mean(&self, x: &Buf, d: Dims) -> Result<Buf> {
@@ -1024,7 +1029,7 @@ impl Backend for Cuda {
         }
         let (nc, hw) = ((d.n * d.c) as i32, d.hw() as i32);
         // One warp per (n, c) plane.
-        launch!(self, "global_mean", grid_1d(d.n * d.c * 32); x.slice(), out.slice(), &nc, &hw)?;
+        launch!(self, Kernel::GlobalMean, grid_1d(d.n * d.c * 32); x.slice(), out.slice(), &nc, &hw)?;
         Ok(out)
     }
     fn global_mean_vjp(&self, dy: &Buf, d: Dims) -> Result<Buf> {
@@ -1035,7 +1040,7 @@ impl Backend for Cuda {
             return Ok(out);
         }
         let (hw, l) = (d.hw() as i32, d.len() as i32);
-        launch!(self, "global_mean_vjp", grid_1d(d.len()); dy.slice(), out.slice(), &hw, &l)?;
+        launch!(self, Kernel::GlobalMeanVjp, grid_1d(d.len()); dy.slice(), out.slice(), &hw, &l)?;
         Ok(out)
     }
 
@@ -1082,7 +1087,7 @@ impl Backend for Cuda {
         let rows = self.alloc::<f64>(n)?;
         let (nn, nc) = (i32_of(n, "batch")?, i32_of(classes, "classes")?);
         i32_of(n * classes, "logits")?;
-        launch!(self, "softmax_xent", grid_1d(n); logits.slice(), lab.slice(), grad.slice(),
+        launch!(self, Kernel::SoftmaxXent, grid_1d(n); logits.slice(), lab.slice(), grad.slice(),
                 rows.slice(), &nn, &nc)?;
         let rows = self.download_slice(&rows)?;
         Ok((rows.iter().sum::<f64>() / n as f64, grad))
@@ -1098,7 +1103,7 @@ impl Backend for Cuda {
         }
         let scale = (1u64 << shift) as f32;
         let bad = self.alloc_zeros::<i32>(1)?;
-        launch!(self, "quantize", grid_1d(len); x.slice(), out.slice(), &scale, &l, bad.slice())?;
+        launch!(self, Kernel::Quantize, grid_1d(len); x.slice(), out.slice(), &scale, &l, bad.slice())?;
         // One flag read per quantised state: the fixed-point policy refuses NaN and infinities
         // (which the conversion would make 0 and the i32 limits) instead of carrying them on.
         if self.download_slice(&bad)?[0] != 0 {
@@ -1117,7 +1122,7 @@ impl Backend for Cuda {
             return Ok(out);
         }
         let inv = 1.0f32 / (1u64 << shift) as f32;
-        launch!(self, "dequantize", grid_1d(len); q.slice(), out.slice(), &inv, &l)?;
+        launch!(self, Kernel::Dequantize, grid_1d(len); q.slice(), out.slice(), &inv, &l)?;
         Ok(out)
     }
     fn fixed_update(&self, terms: &[(i32, &IBuf)], coef: f64, f: &Buf) -> Result<IBuf> {
@@ -1140,10 +1145,10 @@ impl Backend for Cuda {
         let c: Vec<i32> = (0..3).map(|i| head.get(i).map_or(0, |t| t.0)).collect();
         // Unused term slots point at the output (never read: nterms bounds them).
         let q = |i: usize| head.get(i).map_or(out.slice(), |t| t.1.slice());
-        launch!(self, "fixed_update", grid_1d(len); out.slice(), f.slice(), &coef, &l, &nt,
+        launch!(self, Kernel::FixedUpdate, grid_1d(len); out.slice(), f.slice(), &coef, &l, &nt,
                 &c[0], q(0), &c[1], q(1), &c[2], q(2))?;
         for (ci, qi) in &terms[head.len()..] {
-            launch!(self, "fixed_axpy", grid_1d(len); out.slice(), qi.slice(), ci, &l)?;
+            launch!(self, Kernel::FixedAxpy, grid_1d(len); out.slice(), qi.slice(), ci, &l)?;
         }
         Ok(out)
     }
@@ -1179,7 +1184,6 @@ impl Backend for Cuda {
         let (nb, c) = (d.n as i32, d.c as i32);
         let (z, ss, parts) = self.step_conv_first(y, d, k, tv == 1)?;
         let gk = self.conv3x3(g, d, k, d.c)?;
-        const SYM_THREADS: usize = 256;
         let blocks = nq.div_ceil(SYM_THREADS);
         let sneg = self.alloc::<f32>(d.len())?;
         let dz = self.alloc::<f32>(d.len())?;
@@ -1196,14 +1200,14 @@ impl Backend for Cuda {
         };
         let (n_parts, a, hw) = (parts as i32, act_code(act), d.hw() as i32);
         let ss_slice = ss.as_ref().map_or(z.slice(), |v| v.slice());
-        launch!(self, "sym_vjp_mid", mid; z.slice(), ss_slice, &n_parts, gk.slice(), s.slice(),
+        launch!(self, Kernel::SymVjpMid, mid; z.slice(), ss_slice, &n_parts, gk.slice(), s.slice(),
                 b.slice(), &tv, &a, &nb, &c, &hw, sneg.slice(), dz.slice(), part_scale.slice(),
                 part_shift.slice())?;
         drop((z, ss, gk));
         let finish = |part: &DeviceBuf<f64>| -> Result<Buf> {
             let out = self.alloc::<f32>(d.c)?;
             let ns = blocks as i32;
-            launch!(self, "channel_finish", grid_1d(d.c); part.slice(), &ns, &c, &1.0f64,
+            launch!(self, Kernel::ChannelFinish, grid_1d(d.c); part.slice(), &ns, &c, &1.0f64,
                     out.slice())?;
             Ok(out)
         };
@@ -1269,7 +1273,7 @@ impl Backend for Cuda {
             Norm::Shift { b } => (b, b, 0i32),
         };
         let (z, ss, parts) = self.step_conv_first(y, d, k, tv == 1)?;
-        let (bm, suffix) = m_tile(d.c);
+        let bm = m_tile(d.c);
         let cfg = gemm_grid(d.n * d.hw(), d.c, bm)?;
         let (nb, c, h, w) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
         let out = self.alloc::<f32>(d.len())?;
@@ -1283,7 +1287,12 @@ impl Backend for Cuda {
         // Unused slots point at y (never read: nterms bounds them).
         let xt = |i: usize| terms.get(i).map_or(y.slice(), |t| t.1.slice());
         let ss_slice = ss.as_ref().map_or(z.slice(), |v| v.slice());
-        launch!(self, self.tc_name(&format!("step_convt_{suffix}")).as_str(), cfg; z.slice(), k.slice(),
+        let kernel = if bm == 32 {
+            TensorCoreKernel::StepConvtM32
+        } else {
+            TensorCoreKernel::StepConvtM64
+        };
+        launch!(self, kernel, cfg; z.slice(), k.slice(),
                 out.slice(), &nb, &c, &h, &w, ss_slice, &n_parts, s.slice(), b.slice(), &tv, &a,
                 &neg, &nt, &ac[0], xt(0), &ac[1], xt(1), &ac[2], xt(2))?;
         Ok(out)
@@ -1301,19 +1310,25 @@ impl Cuda {
         k: &Buf,
         tv: bool,
     ) -> Result<(Buf, Option<Buf>, usize)> {
-        let (bm, suffix) = m_tile(d.c);
+        let bm = m_tile(d.c);
         let nq = d.n * d.hw();
         let cfg = gemm_grid(nq, d.c, bm)?;
         let parts = d.c.div_ceil(bm);
         let (nb, c, h, w) = (d.n as i32, d.c as i32, d.h as i32, d.w as i32);
         let z = self.alloc::<f32>(d.len())?;
         if !tv {
-            launch!(self, self.tc_name(&format!("conv3x3_fwd_{suffix}")).as_str(), cfg; y.slice(),
+            let kernel = TensorCoreKernel::conv(9, false, bm == 32);
+            launch!(self, kernel, cfg; y.slice(),
                     k.slice(), z.slice(), &nb, &c, &c, &h, &w, &1i32)?;
             return Ok((z, None, parts));
         }
         let ss = self.alloc::<f32>(parts * nq)?;
-        launch!(self, self.tc_name(&format!("step_conv_ss_{suffix}")).as_str(), cfg; y.slice(),
+        let kernel = if bm == 32 {
+            TensorCoreKernel::StepConvSsM32
+        } else {
+            TensorCoreKernel::StepConvSsM64
+        };
+        launch!(self, kernel, cfg; y.slice(),
                 k.slice(), z.slice(), ss.slice(), &nb, &c, &h, &w)?;
         Ok((z, Some(ss), parts))
     }
@@ -1358,7 +1373,7 @@ impl Cuda {
             .iter()
             .map(|&v| i32_of(v, "channel copy"))
             .collect::<Result<Vec<i32>>>()?;
-        launch!(self, "copy_channels", grid_1d(len); src.slice(), dst.slice(), &v[0], &v[1],
+        launch!(self, Kernel::CopyChannels, grid_1d(len); src.slice(), dst.slice(), &v[0], &v[1],
                 &v[2], &v[3], &v[4], &v[5], &v[6])
     }
 }

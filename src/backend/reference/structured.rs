@@ -1,7 +1,7 @@
 //! Host formulas (f64 slices) of the operators of SPEC section 7: the depthwise 5-point stencil,
 //! grouped convolutions, the periodic diffusion solve and the Haar transform. The reference
-//! backend is these loops; the trait's default bodies download, call them and upload, so that
-//! every backend has the ops before it fuses its own.
+//! backend is these loops; [`crate::backend::host_fallback`] downloads, calls them and uploads,
+//! for a backend that has no kernel of its own.
 
 use crate::ensure_shape;
 use crate::error::Result;

@@ -10,12 +10,12 @@ use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::Dims;
 
-/// RBF centres per influence function.
-pub const CENTRES: usize = 63;
+/// RBF centres per influence function (shared with kernels/tnrd.cu).
+pub const CENTRES: usize = crate::backend::kernel_constants::TN_CENTRES;
 /// Centres span `[-MU_MAX, MU_MAX]` (the paper's 310 on [0, 255], scaled to [0, 1]).
-pub const MU_MAX: f64 = 310.0 / 255.0;
+pub const MU_MAX: f64 = crate::backend::kernel_constants::TN_MU_MAX;
 /// RBF width (the paper's 10 on [0, 255]); equal to the centre spacing, which the fast paths use.
-pub const GAMMA: f64 = 10.0 / 255.0;
+pub const GAMMA: f64 = crate::backend::kernel_constants::TN_GAMMA;
 
 /// Centre `j` of the RBF basis.
 pub fn centre(j: usize) -> f64 {
