@@ -29,11 +29,21 @@ pub struct TrainDenoiserArgs {
     pub patches: usize,
     #[arg(long, default_value_t = 48)]
     pub patch_size: usize,
-    /// Adam iterations per greedy stage; the joint phase gets as many.
+    /// Adam iterations per greedy stage.
     #[arg(long, default_value_t = 60)]
     pub iters: usize,
+    /// Adam iterations of the joint phase (default: `--iters`).
+    #[arg(long)]
+    pub joint_iters: Option<usize>,
     #[arg(long, default_value_t = 0.01)]
     pub lr: f64,
+    /// Final learning rate as a fraction of `--lr` (half-cosine decay per phase; 1: constant).
+    #[arg(long, default_value_t = 1.0)]
+    pub lr_floor: f64,
+    /// Model to start from (same filters and size, at most --stages stages): its stages are
+    /// kept, later ones trained greedily, then all jointly.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// File stems to leave out (e.g. camera,gravel).
     #[arg(long, value_delimiter = ',')]
     pub hold_out: Vec<String>,
@@ -51,6 +61,33 @@ pub fn run_train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
             "--size must be odd and >= 3; --filters, --stages, --patches >= 1".into(),
         ));
     }
+    if !(a.lr > 0.0 && a.lr.is_finite() && (0.0..=1.0).contains(&a.lr_floor)) {
+        return Err(Error::Input(format!(
+            "--lr must be > 0 and --lr-floor in [0, 1], got {} and {}",
+            a.lr, a.lr_floor
+        )));
+    }
+    let init = match &a.init {
+        Some(path) => {
+            let m = pdenet::restore::tnrd::io::load(path)?;
+            if m.filters != a.filters || m.size != a.size || m.stages.len() > a.stages {
+                return Err(Error::Input(format!(
+                    "{}: {} stages of {} filters {}x{}, not at most {} of {} {}x{}",
+                    path.display(),
+                    m.stages.len(),
+                    m.filters,
+                    m.size,
+                    m.size,
+                    a.stages,
+                    a.filters,
+                    a.size,
+                    a.size
+                )));
+            }
+            Some(m)
+        }
+        None => None,
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&a.data)
         .map_err(|e| Error::io(&a.data, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -109,10 +146,11 @@ pub fn run_train_denoiser(a: TrainDenoiserArgs) -> Result<()> {
         sigma: a.sigma,
         patch: p,
         greedy_iters: a.iters,
-        joint_iters: a.iters,
+        joint_iters: a.joint_iters.unwrap_or(a.iters),
         lr: a.lr,
+        lr_floor: a.lr_floor,
     };
-    let model = train(&opt, &patches, |l| println!("{l}"));
+    let model = train(&opt, &patches, init, |l| println!("{l}"));
     pdenet::restore::tnrd::io::save(&a.out, &model)?;
     println!("wrote {}", a.out.display());
     Ok(())

@@ -1,9 +1,13 @@
 //! The CPU backend's TNRD stage (`Backend::tnrd_stage`, the f32 path of `restore::tnrd`): images padded once, row-slice loops that
 //! autovectorise, RBF sums over the 13 centres within 6 gamma by a product recurrence (the
 //! spacing equals gamma, so `G_{j+1} = G_j exp(d_j - 1/2)`), rayon over filters for one image.
+//! The window's start and its two exps come from one branch-free pass over the plane (a
+//! polynomial exp, weights padded with zeros so every window is 13 long), the 13-step sums from
+//! a second; sums over pixels run in 8 fixed lanes. Everything is plain IEEE f32 in a fixed
+//! order, so the AVX2 build of the loops ([`with_isa`]) gives the same bits as the SSE2 one.
 
 use crate::backend::reference::tnrd::check_stage;
-use crate::backend::reference::tnrd::{centre, reflect, CENTRES, GAMMA};
+use crate::backend::reference::tnrd::{reflect, CENTRES, GAMMA, MU_MAX};
 use crate::error::Result;
 use crate::tensor::Dims;
 use rayon::prelude::*;
@@ -30,6 +34,7 @@ pub struct FastGrad {
 }
 
 /// A `w x h` image padded symmetrically by `r` on every side.
+#[inline(always)]
 pub fn pad(u: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
     let (pw, ph) = (w + 2 * r, h + 2 * r);
     let mut p = vec![0.0; pw * ph];
@@ -45,6 +50,7 @@ pub fn pad(u: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
 }
 
 /// The adjoint of [`pad`]: adds every padded value back onto its source pixel.
+#[inline(always)]
 fn fold(p: &[f32], w: usize, h: usize, r: usize, out: &mut [f32]) {
     let pw = w + 2 * r;
     for y in 0..h + 2 * r {
@@ -62,6 +68,7 @@ fn fold(p: &[f32], w: usize, h: usize, r: usize, out: &mut [f32]) {
 }
 
 /// `v = K p` (valid correlation of the padded image).
+#[inline(always)]
 fn conv(p: &[f32], w: usize, h: usize, k: &[f32], s: usize, v: &mut [f32]) {
     let pw = w + s - 1;
     v.fill(0.0);
@@ -80,6 +87,7 @@ fn conv(p: &[f32], w: usize, h: usize, k: &[f32], s: usize, v: &mut [f32]) {
 }
 
 /// Adds the scatter `K^T z` onto the padded accumulator `acc` (to be folded).
+#[inline(always)]
 fn scatter(z: &[f32], w: usize, h: usize, k: &[f32], s: usize, acc: &mut [f32]) {
     let pw = w + s - 1;
     for y in 0..h {
@@ -96,73 +104,242 @@ fn scatter(z: &[f32], w: usize, h: usize, k: &[f32], s: usize, acc: &mut [f32]) 
     }
 }
 
-/// Adds `sum_p y[p] p_pad[p + (a, b)]` onto `g[a * s + b]`.
+/// Adds `sum_p y[p] p_pad[p + (a, b)]` onto `g[a * s + b]` (8 lanes so that it vectorises).
+#[inline(always)]
 fn filter_grad(p: &[f32], y: &[f32], w: usize, h: usize, s: usize, g: &mut [f32]) {
+    const L: usize = 8;
     let pw = w + s - 1;
+    let body = w - w % L;
     for a in 0..s {
         for b in 0..s {
-            let mut acc = 0.0f32;
+            let mut lanes = [0.0f32; L];
             for row in 0..h {
                 let pr = &p[(row + a) * pw + b..(row + a) * pw + b + w];
                 let yr = &y[row * w..(row + 1) * w];
-                acc += pr.iter().zip(yr).map(|(a, b)| a * b).sum::<f32>();
+                for (pc, yc) in pr[..body].chunks_exact(L).zip(yr[..body].chunks_exact(L)) {
+                    for l in 0..L {
+                        lanes[l] += pc[l] * yc[l];
+                    }
+                }
+                for (l, (x, y)) in pr[body..].iter().zip(&yr[body..]).enumerate() {
+                    lanes[l] += x * y;
+                }
             }
-            g[a * s + b] += acc;
+            g[a * s + b] += lanes.iter().sum::<f32>();
         }
     }
 }
 
-/// The centres within 6 gamma of `z`, the first centre's Gaussian and its recurrence ratio.
-#[inline]
-fn window(z: f32) -> (usize, usize, f32, f32, f32) {
-    let mu0 = centre(0) as f32;
-    let inv_g = (1.0 / GAMMA) as f32;
-    let t = (z - mu0) * inv_g;
-    let j0 = t.round();
-    let lo = (j0 - 6.0).max(0.0);
-    let hi = (j0 + 6.0).min((CENTRES - 1) as f32);
-    if lo > hi {
-        return (1, 0, 0.0, 0.0, 0.0);
+// The window arithmetic takes the centres to be `gamma (j - MID)`.
+const _: () =
+    assert!(CENTRES % 2 == 1 && (MU_MAX - GAMMA * ((CENTRES - 1) / 2) as f64).abs() < 1e-12);
+
+/// Zero weights on each side of the centres: every window is [`WIN`] long, none branches.
+const PADW: usize = 13;
+/// The middle centre (at 0): centre `j` is `gamma (j - MID)`.
+const MID: usize = (CENTRES - 1) / 2;
+/// `gamma` to 12 bits (so `k G_HI` is exact for the window's `|k| <= 38`) and the rest.
+const G_HI: f32 = f32::from_bits((GAMMA as f32).to_bits() & 0xFFFF_F000);
+const G_LO: f32 = (GAMMA - G_HI as f64) as f32;
+/// Centres per window (those within 6 gamma of the nearest one).
+const WIN: usize = 13;
+/// Padded weights per filter.
+const PADN: usize = CENTRES + 2 * PADW;
+/// `1.5 * 2^23`: adding it rounds an f32 below `2^22` to an integer, held in the low mantissa bits.
+const MAGIC: f32 = 12_582_912.0;
+const MAGIC_BITS: i32 = 0x4B40_0000;
+
+/// `exp(x)` to ~1 ulp on `[-87, 88]` (clamped there): the Cephes polynomial, branch-free so that
+/// loops over pixels vectorise (libm's `expf` is a call per pixel).
+#[inline(always)]
+fn expf(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let nb = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = nb - MAGIC;
+    let r = x - n * 0.693_359_4;
+    let r = r - n * -2.121_944_4e-4;
+    let mut q = 1.987_569_1e-4f32;
+    q = q * r + 1.398_199_9e-3;
+    q = q * r + 8.333_452e-3;
+    q = q * r + 4.166_579_6e-2;
+    q = q * r + 1.666_666_5e-1;
+    q = q * r + 0.5;
+    let y = q * r * r + r + 1.0;
+    let k = (nb.to_bits() as i32).wrapping_sub(MAGIC_BITS);
+    y * f32::from_bits((k.wrapping_add(127) << 23) as u32)
+}
+
+/// The RBF weights of one filter with [`PADW`] zeros on each side.
+fn padded_weights(wts: &[f32]) -> [f32; PADN] {
+    let mut p = [0.0f32; PADN];
+    p[PADW..PADW + CENTRES].copy_from_slice(wts);
+    p
+}
+
+/// Per-pixel window of a plane of filter responses: the first padded weight index, the offset
+/// `d` (in gamma, within 1/2) of the response from the nearest centre, that centre's Gaussian
+/// and the ratios to the next one up and down. Starting from the nearest centre keeps the exps'
+/// arguments small (their rounding grows with them) and the product chains 6 long.
+struct Windows {
+    start: Vec<u32>,
+    d: Vec<f32>,
+    g: Vec<f32>,
+    up: Vec<f32>,
+    down: Vec<f32>,
+}
+
+impl Windows {
+    fn new(n: usize) -> Windows {
+        Windows {
+            start: vec![0; n],
+            d: vec![0.0; n],
+            g: vec![0.0; n],
+            up: vec![0.0; n],
+            down: vec![0.0; n],
+        }
     }
-    let d = t - lo;
-    (
-        lo as usize,
-        hi as usize,
-        d,
-        (-0.5 * d * d).exp(),
-        (d - 0.5).exp(),
-    )
+    /// Fills the windows of `z` (one branch-free loop that vectorises). The offset from the
+    /// nearest centre `k gamma` is reduced Cody-Waite style (`gamma = G_HI + G_LO`, `k G_HI`
+    /// exact) so that it keeps f32 precision; `(z - mu_0) / gamma` would lose ~1e-5 of it.
+    #[inline(always)]
+    fn fill(&mut self, z: &[f32]) {
+        let inv_g = (1.0 / GAMMA) as f32;
+        // The centres are `gamma (j - MID)`; past 6.5 gamma outside them a window holds only
+        // zero pads (the clamps keep its start inside them and its Gaussians finite).
+        let kmax = (MID + 7) as f32;
+        let last = (PADN - WIN) as i32;
+        let it = z
+            .iter()
+            .zip(self.start.iter_mut().zip(self.d.iter_mut()))
+            .zip(
+                self.g
+                    .iter_mut()
+                    .zip(self.up.iter_mut().zip(self.down.iter_mut())),
+            );
+        for ((&zv, (s, d)), (g, (up, down))) in it {
+            let nb = (zv * inv_g).clamp(-kmax, kmax) + MAGIC;
+            let k = nb - MAGIC;
+            let j = (nb.to_bits() as i32).wrapping_sub(MAGIC_BITS);
+            // Window k - 6 ..= k + 6 of centres MID + k +- 6, shifted by the pads (a NaN
+            // response lands anywhere valid).
+            *s = (j + (MID + PADW) as i32 - 6).clamp(0, last) as u32;
+            let dd = (((zv - k * G_HI) - k * G_LO) * inv_g).clamp(-1.0, 1.0);
+            *d = dd;
+            *g = expf(-0.5 * dd * dd);
+            *up = expf(dd - 0.5);
+            *down = expf(-dd - 0.5);
+        }
+    }
+    /// `(phi, -gamma phi')` at pixel `p`, calling `each(m, G)` for the window's 13 Gaussians.
+    #[inline(always)]
+    fn sums(&self, wp: &[f32; PADN], p: usize, mut each: impl FnMut(usize, f32)) -> (f32, f32) {
+        let s = self.start[p] as usize;
+        let w = &wp[s..s + WIN];
+        let (g0, d0) = (self.g[p], self.d[p]);
+        let (mut v, mut dv) = (w[6] * g0, -(w[6] * g0 * d0));
+        each(6, g0);
+        let (mut g, mut r, mut d) = (g0, self.up[p], d0);
+        for (m, &wm) in w.iter().enumerate().skip(7) {
+            g *= r;
+            r *= INV_E;
+            d -= 1.0;
+            v += wm * g;
+            dv -= wm * g * d;
+            each(m, g);
+        }
+        let (mut g, mut r, mut d) = (g0, self.down[p], d0);
+        for m in (0..6).rev() {
+            g *= r;
+            r *= INV_E;
+            d += 1.0;
+            v += w[m] * g;
+            dv -= w[m] * g * d;
+            each(m, g);
+        }
+        (v, dv)
+    }
 }
 
 const INV_E: f32 = 0.367_879_44;
 
-/// `phi(z)` and `phi'(z)`.
-#[inline]
+/// `phi(z)` and `phi'(z)` for one response (the kernels use [`Windows`] on whole planes).
 pub fn phi(z: f32, wts: &[f32]) -> (f32, f32) {
-    let (lo, hi, mut d, mut g, mut r) = window(z);
-    let (mut v, mut dv) = (0.0f32, 0.0f32);
-    for &wj in wts.iter().take(hi + 1).skip(lo) {
-        v += wj * g;
-        dv -= wj * g * d;
-        g *= r;
-        r *= INV_E;
-        d -= 1.0;
-    }
+    let wp = padded_weights(wts);
+    let mut win = Windows::new(1);
+    win.fill(&[z]);
+    let (v, dv) = win.sums(&wp, 0, |_, _| {});
     (v, dv * (1.0 / GAMMA) as f32)
 }
 
-/// Adds `e * G_j(z)` onto `acc[j]`.
-#[inline]
-fn rbf_grad(z: f32, e: f32, acc: &mut [f32]) {
-    let (lo, hi, _, mut g, mut r) = window(z);
-    for a in acc.iter_mut().take(hi + 1).skip(lo) {
-        *a += e * g;
-        g *= r;
-        r *= INV_E;
+/// `v <- phi(v)` over a plane.
+#[inline(always)]
+fn phi_plane(v: &mut [f32], wts: &[f32], win: &mut Windows) {
+    let wp = padded_weights(wts);
+    win.fill(v);
+    for (p, x) in v.iter_mut().enumerate() {
+        *x = win.sums(&wp, p, |_, _| {}).0;
     }
 }
 
+/// `z = phi(v)`, `de = phi'(v) e` and `dr[j] -= sum_p e_p G_j(v_p)` over a plane (the RBF
+/// gradient in four interleaved copies so that neighbouring pixels do not wait on each
+/// other's adds).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn phi_vjp_plane(
+    v: &[f32],
+    e: &[f32],
+    wts: &[f32],
+    win: &mut Windows,
+    z: &mut [f32],
+    de: &mut [f32],
+    dr: &mut [f32],
+) {
+    let wp = padded_weights(wts);
+    win.fill(v);
+    let mut acc = [0.0f32; 4 * PADN];
+    let inv_g = (1.0 / GAMMA) as f32;
+    for p in 0..v.len() {
+        let ep = -e[p];
+        let base = (p & 3) * PADN + win.start[p] as usize;
+        let a = &mut acc[base..base + WIN];
+        let (val, dv) = win.sums(&wp, p, |m, g| a[m] += ep * g);
+        z[p] = val;
+        de[p] = dv * inv_g * e[p];
+    }
+    for (j, o) in dr.iter_mut().enumerate() {
+        let q = PADW + j;
+        *o += (acc[q] + acc[PADN + q]) + (acc[2 * PADN + q] + acc[3 * PADN + q]);
+    }
+}
+
+/// Defines `$name` as `$body` with its loops compiled for AVX2 where the CPU has it (8 lanes
+/// instead of SSE2's 4; the same operations in the same order, so the same results). `$body`
+/// and what it calls are `#[inline(always)]`, so each copy gets its own codegen.
+macro_rules! with_isa {
+    ($(#[$m:meta])* $vis:vis fn $name:ident = $body:ident ($($a:ident: $t:ty),*) $(-> $r:ty)?) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                fn avx2($($a: $t),*) $(-> $r)? {
+                    $body($($a),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU was just checked to have AVX2.
+                    return unsafe { avx2($($a),*) };
+                }
+            }
+            $body($($a),*)
+        }
+    };
+}
+
+with_isa!(fn diffuse_isa = diffuse(st: &Filters<'_>, pu: &[f32], w: usize, h: usize, range: std::ops::Range<usize>, acc: &mut [f32]));
+
 /// The diffusion of filters `range` scattered onto the padded accumulator `acc`.
+#[inline(always)]
 fn diffuse(
     st: &Filters<'_>,
     pu: &[f32],
@@ -173,15 +350,16 @@ fn diffuse(
 ) {
     let (s, n) = (st.size, st.size * st.size);
     let mut v = vec![0.0f32; w * h];
+    let mut win = Windows::new(w * h);
     for i in range {
         let k = &st.k[i * n..(i + 1) * n];
         conv(pu, w, h, k, s, &mut v);
-        let wts = &st.rbf[i * CENTRES..(i + 1) * CENTRES];
-        v.iter_mut().for_each(|x| *x = phi(*x, wts).0);
+        phi_plane(&mut v, &st.rbf[i * CENTRES..(i + 1) * CENTRES], &mut win);
         scatter(&v, w, h, k, s, acc);
     }
 }
 
+#[inline(always)]
 fn finish(st: &Filters<'_>, u: &[f32], f: &[f32], w: usize, h: usize, acc: &[f32]) -> Vec<f32> {
     let mut d = vec![0.0f32; w * h];
     fold(acc, w, h, st.size / 2, &mut d);
@@ -195,6 +373,13 @@ fn finish(st: &Filters<'_>, u: &[f32], f: &[f32], w: usize, h: usize, acc: &[f32
 
 /// One stage on one thread (for callers that parallelise over images).
 pub fn forward_seq(st: &Filters<'_>, u: &[f32], f: &[f32], w: usize, h: usize) -> Vec<f32> {
+    forward_isa(st, u, f, w, h)
+}
+
+with_isa!(fn forward_isa = forward_body(st: &Filters<'_>, u: &[f32], f: &[f32], w: usize, h: usize) -> Vec<f32>);
+
+#[inline(always)]
+fn forward_body(st: &Filters<'_>, u: &[f32], f: &[f32], w: usize, h: usize) -> Vec<f32> {
     let r = st.size / 2;
     let pu = pad(u, w, h, r);
     let mut acc = vec![0.0f32; pu.len()];
@@ -212,7 +397,7 @@ pub fn forward(st: &Filters<'_>, u: &[f32], f: &[f32], w: usize, h: usize) -> Ve
         .fold(
             || vec![0.0f32; len],
             |mut acc, i| {
-                diffuse(st, &pu, w, h, i..i + 1, &mut acc);
+                diffuse_isa(st, &pu, w, h, i..i + 1, &mut acc);
                 acc
             },
         )
@@ -228,6 +413,13 @@ pub fn forward(st: &Filters<'_>, u: &[f32], f: &[f32], w: usize, h: usize) -> Ve
 
 /// The VJP of one stage on one thread for the output gradient `g`.
 pub fn vjp_seq(st: &Filters<'_>, u: &[f32], f: &[f32], g: &[f32], w: usize, h: usize) -> FastGrad {
+    vjp_isa(st, u, f, g, w, h)
+}
+
+with_isa!(fn vjp_isa = vjp_body(st: &Filters<'_>, u: &[f32], f: &[f32], g: &[f32], w: usize, h: usize) -> FastGrad);
+
+#[inline(always)]
+fn vjp_body(st: &Filters<'_>, u: &[f32], f: &[f32], g: &[f32], w: usize, h: usize) -> FastGrad {
     let (s, n, r) = (st.size, st.size * st.size, st.size / 2);
     let pu = pad(u, w, h, r);
     let pg = pad(g, w, h, r);
@@ -240,18 +432,14 @@ pub fn vjp_seq(st: &Filters<'_>, u: &[f32], f: &[f32], g: &[f32], w: usize, h: u
         vec![0.0f32; w * h],
         vec![0.0f32; w * h],
     );
+    let mut win = Windows::new(w * h);
     for i in 0..st.filters {
         let k = &st.k[i * n..(i + 1) * n];
         let wts = &st.rbf[i * CENTRES..(i + 1) * CENTRES];
         conv(&pu, w, h, k, s, &mut v);
         conv(&pg, w, h, k, s, &mut e);
         let dr = &mut drbf[i * CENTRES..(i + 1) * CENTRES];
-        for p in 0..w * h {
-            let (val, der) = phi(v[p], wts);
-            z[p] = val;
-            de[p] = der * e[p];
-            rbf_grad(v[p], -e[p], dr);
-        }
+        phi_vjp_plane(&v, &e, wts, &mut win, &mut z, &mut de, dr);
         let dki = &mut dk[i * n..(i + 1) * n];
         filter_grad(&pg, &z, w, h, s, dki);
         filter_grad(&pu, &de, w, h, s, dki);

@@ -21,6 +21,18 @@ pub struct TrainOptions {
     pub greedy_iters: usize,
     pub joint_iters: usize,
     pub lr: f64,
+    /// The learning rate decays along a half cosine to `lr * lr_floor` in each phase (1: constant).
+    pub lr_floor: f64,
+}
+
+/// The learning rate at iteration `k` of `n` (half cosine from `lr` to `lr * floor`).
+fn schedule(lr: f64, floor: f64, k: usize, n: usize) -> f64 {
+    let x = if n > 1 {
+        k as f64 / (n - 1) as f64
+    } else {
+        0.0
+    };
+    lr * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * x).cos()))
 }
 
 struct Adam {
@@ -130,17 +142,33 @@ fn loss_grad(
     (loss / np, 10.0 * (1.0 / mse).log10(), grads)
 }
 
-/// Trains a model; `log(line)` receives `stage t iter k loss L psnr P` lines.
-pub fn train(opt: &TrainOptions, patches: &[Patch], mut log: impl FnMut(&str)) -> Model {
+/// Trains a model; `log(line)` receives `stage t iter k loss L psnr P` lines. The stages of
+/// `init` (a model of the same filters and size, at most `opt.stages` stages) are kept as
+/// trained: the greedy phase only trains the stages after them.
+pub fn train(
+    opt: &TrainOptions,
+    patches: &[Patch],
+    init: Option<Model>,
+    mut log: impl FnMut(&str),
+) -> Model {
     let p = opt.patch;
-    let mut model = Model {
+    let mut model = init.unwrap_or(Model {
         sigma: opt.sigma,
         filters: opt.filters,
         size: opt.size,
         stages: Vec::new(),
-    };
+    });
+    model.sigma = opt.sigma;
     let mut start: Vec<Vec<f32>> = patches.iter().map(|pt| pt.noisy.clone()).collect();
-    for t in 0..opt.stages {
+    for st in &model.stages {
+        let fs = FastStage::new(st, opt.size);
+        start = patches
+            .par_iter()
+            .zip(&start)
+            .map(|(pt, u)| forward_seq(&fs, u, &pt.noisy, p, p))
+            .collect();
+    }
+    for t in model.stages.len()..opt.stages {
         model
             .stages
             .push(Stage::init(opt.filters, opt.size, 0.05, 0.02));
@@ -154,7 +182,11 @@ pub fn train(opt: &TrainOptions, patches: &[Patch], mut log: impl FnMut(&str)) -
                     t + 1
                 ));
             }
-            adam.step(&mut x, &g[0], opt.lr);
+            adam.step(
+                &mut x,
+                &g[0],
+                schedule(opt.lr, opt.lr_floor, k, opt.greedy_iters),
+            );
             unflatten(&mut model.stages[t], &x);
         }
         let fs = FastStage::new(&model.stages[t], opt.size);
@@ -172,8 +204,9 @@ pub fn train(opt: &TrainOptions, patches: &[Patch], mut log: impl FnMut(&str)) -
         if k % 5 == 0 || k + 1 == opt.joint_iters {
             log(&format!("stage joint iter {k} loss {l:.6} psnr {ps:.3}"));
         }
+        let lr = 0.5 * schedule(opt.lr, opt.lr_floor, k, opt.joint_iters);
         for t in 0..opt.stages {
-            adams[t].step(&mut xs[t], &g[t], opt.lr * 0.5);
+            adams[t].step(&mut xs[t], &g[t], lr);
             unflatten(&mut model.stages[t], &xs[t]);
         }
     }
