@@ -135,14 +135,14 @@ const _: () =
     assert!(CENTRES % 2 == 1 && (MU_MAX - GAMMA * ((CENTRES - 1) / 2) as f64).abs() < 1e-12);
 
 /// Zero weights on each side of the centres: every window is [`WIN`] long, none branches.
-const PADW: usize = 13;
+const PADW: usize = WIN;
 /// The middle centre (at 0): centre `j` is `gamma (j - MID)`.
 const MID: usize = (CENTRES - 1) / 2;
 /// `gamma` to 12 bits (so `k G_HI` is exact for the window's `|k| <= 38`) and the rest.
 const G_HI: f32 = f32::from_bits((GAMMA as f32).to_bits() & 0xFFFF_F000);
 const G_LO: f32 = (GAMMA - G_HI as f64) as f32;
-/// Centres per window (those within 6 gamma of the nearest one).
-const WIN: usize = 13;
+/// Centres per window (those within `TN_WINDOW` gamma of the nearest one).
+const WIN: usize = 2 * crate::backend::kernel_constants::TN_WINDOW + 1;
 /// Padded weights per filter.
 const PADN: usize = CENTRES + 2 * PADW;
 /// `1.5 * 2^23`: adding it rounds an f32 below `2^22` to an integer, held in the low mantissa bits.
