@@ -402,6 +402,55 @@ fn multilevel_training_doubles_the_steps_each_level() {
     assert_clean_error(&again, "already holds a multilevel run");
 }
 
+/// `train --time-limit`: the run stops at the minibatch that crosses the limit, with the cut
+/// epoch evaluated, logged and saved; a non-positive limit is a one-line error.
+#[test]
+fn training_stops_at_the_time_limit() {
+    let d = tmpdir("time-limit");
+    let out = d.join("run");
+    let o = pdenet(&[
+        "train",
+        "--config",
+        "ref-2d",
+        "--data",
+        "swissroll",
+        "--epochs",
+        "100000",
+        "--device",
+        "cpu",
+        "--time-limit",
+        "0.5",
+        "--out",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("time limit reached after"), "{err}");
+    let log = std::fs::read_to_string(out.join("log.csv")).unwrap();
+    let rows = log.lines().count() - 1;
+    assert!((1..100000).contains(&rows), "{rows} epochs logged");
+    assert!(out.join("model.safetensors").exists());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains(&format!("trained {rows} epochs")),
+        "{stdout}"
+    );
+    for bad in ["0", "-1", "nan"] {
+        let o = pdenet(&[
+            "train",
+            "--config",
+            "ref-2d",
+            "--data",
+            "swissroll",
+            "--time-limit",
+            bad,
+            "--out",
+            s(&d.join("bad")),
+        ]);
+        assert_clean_error(&o, "--time-limit must be positive");
+    }
+}
+
 /// SPEC section 9: with `ode` units `grad` writes `nfe.forward` and `nfe.backward` (i64, one
 /// per unit); an unknown solver is a one-line error naming the key's value.
 #[test]

@@ -91,6 +91,11 @@ pub struct TrainArgs {
     /// the finest network's weights and config in --out).
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     pub multilevel: usize,
+    /// Stop training after this many seconds (evaluation excluded), at the end of the minibatch
+    /// that crosses it: that epoch is evaluated, logged and checkpointed as done. The learning
+    /// rate schedule still spans --epochs.
+    #[arg(long, conflicts_with = "resume", allow_negative_numbers = true)]
+    pub time_limit: Option<f64>,
 }
 
 /// The drift guard of `reversible` on the command line (`grad`, `train`).
@@ -175,6 +180,7 @@ impl Default for TrainArgs {
             resume: false,
             force: false,
             multilevel: 0,
+            time_limit: None,
         }
     }
 }
@@ -314,6 +320,13 @@ fn train_level(
             "--batch {batch}: a training minibatch needs at least 2 samples (batch norm statistics); use --batch 2 or more"
         )));
     }
+    if let Some(t) = args.time_limit {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Error::Input(format!(
+                "--time-limit must be positive and finite seconds, got {t}"
+            )));
+        }
+    }
     if let Some(lr) = args.lr {
         if !(lr.is_finite() && lr > 0.0) {
             return Err(Error::Input(format!(
@@ -342,6 +355,7 @@ fn train_level(
         min_factor: 0.0,
     };
     opts.resume = args.resume;
+    opts.time_limit = args.time_limit;
     opts.progress = true;
     opts.config = serde_json::to_value(&cfg)
         .map_err(|e| Error::Other(format!("serialising the config: {e}")))?;

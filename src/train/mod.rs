@@ -128,6 +128,9 @@ pub struct TrainOptions {
     pub eval_batch: usize,
     /// Return after this many completed epochs, as if the run were killed (resume tests).
     pub stop_after: Option<usize>,
+    /// Stop after this many seconds of training (evaluation excluded), at the end of the
+    /// minibatch that crosses it; the cut epoch is evaluated, logged and checkpointed.
+    pub time_limit: Option<f64>,
     /// The network configuration, stored in checkpoints and checked on resume.
     pub config: serde_json::Value,
     /// The data spec (folder or built-in name), checked on resume.
@@ -156,6 +159,7 @@ impl TrainOptions {
             plots: true,
             eval_batch: 500,
             stop_after: None,
+            time_limit: None,
             config: serde_json::Value::Null,
             data_name: String::new(),
             region_bounds: None,
@@ -399,6 +403,9 @@ fn train_in<M: Model + ?Sized>(
 
     let end = opts.epochs.min(opts.stop_after.unwrap_or(usize::MAX));
     let mut last_eval = None;
+    // Training seconds of this run so far (a resumed run's budget starts afresh).
+    let mut trained_secs = 0.0f64;
+    let mut out_of_time = false;
     for epoch in start..end {
         let e1 = epoch + 1;
         let t0 = Instant::now();
@@ -436,6 +443,13 @@ fn train_in<M: Model + ?Sized>(
                 correct as f64 / seen as f64,
                 seen as f64 / secs
             ));
+            if opts
+                .time_limit
+                .is_some_and(|limit| trained_secs + secs >= limit)
+            {
+                out_of_time = batches.len() > s1;
+                break;
+            }
         }
         if seen == 0 {
             return Err(Error::Data(format!(
@@ -444,6 +458,7 @@ fn train_in<M: Model + ?Sized>(
             )));
         }
         let train_secs = t0.elapsed().as_secs_f64().max(1e-9);
+        trained_secs += train_secs;
         pb.finish_and_clear();
         let (test_acc, test_loss) = evaluate(model, &split.test, opts.eval_batch)?;
         last_eval = Some((test_acc, test_loss));
@@ -486,6 +501,17 @@ fn train_in<M: Model + ?Sized>(
         };
         checkpoint::save(out, &params, &opt, &state)?;
         write_outputs(out, &params, &history, opts)?;
+        if opts.time_limit.is_some_and(|limit| trained_secs >= limit) {
+            if opts.progress {
+                let cut = if out_of_time {
+                    format!(" (epoch {e1} cut after {seen} samples)")
+                } else {
+                    String::new()
+                };
+                eprintln!("time limit reached after {trained_secs:.1} s of training{cut}");
+            }
+            break;
+        }
     }
 
     let (test_accuracy, test_loss) = match last_eval {
