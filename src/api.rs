@@ -827,23 +827,19 @@ impl crate::train::Model for ProgressModel {
     }
 }
 
-/// `pdenet train` with the command line's flags (`["--config", "ref-mnist", "--epochs",
-/// "1"]`, the same defaults and checks), calling `progress` after every step.
-pub fn train(flags: &[String], progress: Option<ProgressFn>) -> Result<crate::train::TrainReport> {
-    use crate::train::cli::{run_train, TrainArgs};
+/// Runs a training job (`pdenet train`'s body, with its checks), calling `progress` after
+/// every step.
+pub fn train(
+    job: &crate::train::TrainJob,
+    progress: Option<ProgressFn>,
+) -> Result<crate::train::TrainReport> {
     use crate::train::engine_model::build_engine_model;
-    use clap::{Args, Command, FromArgMatches};
-    let cmd = TrainArgs::augment_args(Command::new("train").no_binary_name(true));
-    let matches = cmd
-        .try_get_matches_from(flags)
-        .map_err(|e| Error::Input(one_line(&e.to_string()).replace("error: ", "")))?;
-    let args = TrainArgs::from_arg_matches(&matches)
-        .map_err(|e| Error::Input(one_line(&e.to_string()).replace("error: ", "")))?;
+    use crate::train::run_train;
     let Some(progress) = progress else {
-        return run_train(&args, &build_engine_model);
+        return run_train(job, &build_engine_model);
     };
     let progress = std::rc::Rc::new(std::cell::RefCell::new(progress));
-    let build = move |cfg: &Config, spec: &crate::train::cli::ModelSpec| {
+    let build = move |cfg: &Config, spec: &crate::train::ModelSpec| {
         Ok(Box::new(ProgressModel {
             inner: build_engine_model(cfg, spec)?,
             progress: progress.clone(),
@@ -852,5 +848,5 @@ pub fn train(flags: &[String], progress: Option<ProgressFn>) -> Result<crate::tr
             evaluated: false,
         }) as Box<dyn crate::train::Model>)
     };
-    run_train(&args, &build)
+    run_train(job, &build)
 }

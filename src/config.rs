@@ -23,6 +23,12 @@ pub enum StepType {
     Hyperbolic,
     Hamiltonian,
     Imex,
+    /// Heun's explicit second-order Runge-Kutta step with the parabolic right-hand side `f` of
+    /// SPEC section 3: `Y_{j+1} = Y_j + h/2 (f(Y_j) + f(Y_j + h f(Y_j)))`, both evaluations with
+    /// the step's one `K` and norm. SPEC does not list it; as an explicit scheme for the
+    /// parabolic equation it takes a `parabolic` step's weights and names (section 8: `K`,
+    /// `norm.weight`, `norm.bias`, or the operator's names of section 7), not invertible.
+    Rk2,
     /// A continuous-time unit (SPEC section 10): `dY/dt = F_j(Y)`, `F` named by `rhs`.
     Ode,
 }
@@ -48,6 +54,7 @@ impl StepType {
             StepType::Hyperbolic => "hyperbolic",
             StepType::Hamiltonian => "hamiltonian",
             StepType::Imex => "imex",
+            StepType::Rk2 => "rk2",
             StepType::Ode => "ode",
         }
     }

@@ -4,11 +4,11 @@
 use pdenet::config::Config;
 use pdenet::params::{read_safetensors, ParamRole, ParamSet};
 use pdenet::train::checkpoint;
-use pdenet::train::cli::{run_eval, run_train, EvalArgs, ModelSpec, TrainArgs};
 use pdenet::train::data::{self, Augment, Dataset, RngState, Split, Synthetic};
 use pdenet::train::log::{read_log, LOG_HEADER};
 use pdenet::train::optim::{LrSchedule, OptimConfig, Optimizer};
 use pdenet::train::{evaluate, train, Model, TrainOptions};
+use pdenet::train::{run_eval, run_train, EvalJob, ModelSpec, TrainJob};
 use pdenet::{Error, HostTensor, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -776,7 +776,7 @@ fn build(cfg: &Config, spec: &ModelSpec) -> Result<Box<dyn Model>> {
 #[test]
 fn cli_train_and_eval() {
     let out = tmpdir("cli");
-    let args = TrainArgs {
+    let args = TrainJob {
         config: "ref-2d".into(),
         data: "swissroll".into(),
         epochs: 2,
@@ -784,11 +784,11 @@ fn cli_train_and_eval() {
         out: out.clone(),
         batch: Some(50),
         lr: Some(0.2),
-        ..TrainArgs::default()
+        ..TrainJob::default()
     };
     let report = run_train(&args, &build).unwrap();
     let (acc, loss) = run_eval(
-        &EvalArgs {
+        &EvalJob {
             config: "ref-2d".into(),
             weights: out.join("model.safetensors"),
             data: "swissroll".into(),
@@ -802,20 +802,20 @@ fn cli_train_and_eval() {
     assert!(out.join("regions.png").is_file());
     keep_pngs(&out, "swissroll");
     // Labels outside the config's classes, mismatched inputs and bad weights are data errors.
-    let bad = TrainArgs {
+    let bad = TrainJob {
         data: "peaks".into(),
         out: out.join("bad"),
         ..args.clone()
     };
     let e = run_train(&bad, &build).unwrap_err();
     assert!(e.to_string().contains("outside the 2 classes"), "{e}");
-    let bad = TrainArgs {
+    let bad = TrainJob {
         data: "data/mnist-small".into(),
         ..bad
     };
     assert!(matches!(run_train(&bad, &build), Err(Error::Data(_))));
     let e = run_eval(
-        &EvalArgs {
+        &EvalJob {
             config: "ref-2d".into(),
             weights: out.join("log.csv"),
             data: "twoclass".into(),

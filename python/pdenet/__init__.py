@@ -36,13 +36,6 @@ def train(config="ref-mnist", *, progress=None, **flags):
     exception in it stops the run and is raised again. Returns ``{"epochs", "test_accuracy",
     "test_loss", "history": [...]}``.
     """
-    args = ["--config", str(config)]
-    for key, value in flags.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is False or value is None:
-            continue
-        else:
-            args += [flag, str(value)]
-    return _pdenet.train_flags(args, progress)
+    # None leaves a flag at its default, as leaving it out on the command line does.
+    flags = {key: value for key, value in flags.items() if value is not None}
+    return _pdenet.train(str(config), flags, progress)

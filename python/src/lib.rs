@@ -9,6 +9,7 @@ use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods};
 use pdenet::api::{self, Precision, TrainProgress, UnitOptions};
 use pdenet::config::Config;
 use pdenet::schedule::Policy;
+use pdenet::train::TrainJob;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -601,15 +602,81 @@ fn info<'py>(py: Python<'py>, config: &str, batch: usize) -> PyResult<Bound<'py,
     Ok(d)
 }
 
-/// `pdenet train` with its command-line flags; `progress(epoch, step, loss)` after every step
-/// (an exception in it stops the run and is raised again).
+/// A flag's value from Python: the value itself (`epochs=2`, `lr=0.1`) or its spelling on the
+/// command line (`lr="0.1"`, `drift_tol="inf"`).
+fn flag_value<T>(key: &str, value: &Bound<'_, PyAny>) -> PyResult<T>
+where
+    T: for<'a> FromPyObject<'a> + std::str::FromStr,
+{
+    if let Ok(v) = value.extract::<T>() {
+        return Ok(v);
+    }
+    let text = value.str()?.to_string();
+    text.parse::<T>().map_err(|_| {
+        PyValueError::new_err(format!(
+            "invalid value '{text}' for '--{}'",
+            key.replace('_', "-")
+        ))
+    })
+}
+
+/// A flag whose value is a name (`policy="exact"`), parsed by the engine's own parser.
+fn flag_name<T: std::str::FromStr<Err = pdenet::Error>>(value: &Bound<'_, PyAny>) -> PyResult<T> {
+    value.str()?.to_string().parse::<T>().map_err(to_py)
+}
+
+/// The training job of `config` and the keyword arguments of `pdenet.train`, named as the
+/// flags of `pdenet train` (`drift_tol` for `--drift-tol`); the others keep their defaults.
+fn train_job(config: String, flags: &Bound<'_, PyDict>) -> PyResult<TrainJob> {
+    let mut job = TrainJob {
+        config,
+        ..TrainJob::default()
+    };
+    for (key, value) in flags.iter() {
+        let key: String = key.extract()?;
+        let v = &value;
+        match key.as_str() {
+            "data" => job.data = v.str()?.to_string(),
+            "epochs" => job.epochs = flag_value(&key, v)?,
+            "seed" => job.seed = flag_value(&key, v)?,
+            "out" => job.out = PathBuf::from(v.str()?.to_string()),
+            "batch" => job.batch = Some(flag_value(&key, v)?),
+            "lr" => job.lr = Some(flag_value(&key, v)?),
+            "optimizer" => job.optimizer = flag_name(v)?,
+            "policy" => job.policy = flag_name(v)?,
+            "drift_tol" => job.drift_tol = Some(flag_value(&key, v)?),
+            "strict" => job.strict = flag_value(&key, v)?,
+            "storage" => job.storage = flag_name(v)?,
+            "device" => job.device = flag_name(v)?,
+            "precision" => job.precision = flag_name(v)?,
+            "resume" => job.resume = flag_value(&key, v)?,
+            "force" => job.force = flag_value(&key, v)?,
+            "multilevel" => job.multilevel = flag_value(&key, v)?,
+            "time_limit" => job.time_limit = Some(flag_value(&key, v)?),
+            // The command line's wording, so that a misspelt keyword reads as a misspelt flag.
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "unexpected argument '--{}' found",
+                    key.replace('_', "-")
+                )))
+            }
+        }
+    }
+    Ok(job)
+}
+
+/// `pdenet train`: `flags` are its flags as keyword arguments (see [`train_job`]);
+/// `progress(epoch, step, loss)` after every step (an exception in it stops the run and is
+/// raised again).
 #[pyfunction]
-#[pyo3(signature = (flags, progress = None))]
-fn train_flags<'py>(
+#[pyo3(signature = (config, flags, progress = None))]
+fn train<'py>(
     py: Python<'py>,
-    flags: Vec<String>,
+    config: String,
+    flags: &Bound<'py, PyDict>,
     progress: Option<PyObject>,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let job = train_job(config, flags)?;
     // The callback's exception, kept to raise as it was.
     let raised: std::sync::Arc<std::sync::Mutex<Option<PyErr>>> = Default::default();
     let cb = progress.map(|f| {
@@ -629,7 +696,7 @@ fn train_flags<'py>(
             })
         }) as api::ProgressFn
     });
-    let result = run(py, || api::train(&flags, cb));
+    let result = run(py, || api::train(&job, cb));
     if let Some(e) = raised.lock().ok().and_then(|mut r| r.take()) {
         return Err(e);
     }
@@ -663,7 +730,7 @@ fn _pdenet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(init, m)?)?;
     m.add_function(wrap_pyfunction!(grad, m)?)?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
-    m.add_function(wrap_pyfunction!(train_flags, m)?)?;
+    m.add_function(wrap_pyfunction!(train, m)?)?;
     Ok(())
 }
 

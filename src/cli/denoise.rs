@@ -40,7 +40,7 @@ pub struct DenoiseArgs {
     /// First adds SPEC-13 noise of level sigma to the input.
     #[arg(long)]
     pub add_noise: bool,
-    #[arg(long, default_value_t = 0, value_parser = pdenet::train::cli::parse_seed)]
+    #[arg(long, default_value_t = 0, value_parser = super::args::parse_seed)]
     pub seed: u64,
     /// ROF weight (default: the fitted rule in sigma).
     #[arg(long, allow_negative_numbers = true)]

@@ -15,7 +15,7 @@ pub struct InitArgs {
     /// Config file (JSON or TOML) or a reference name (ref-cifar, ref-mnist, ref-2d).
     #[arg(long)]
     pub config: String,
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = pdenet::train::cli::parse_seed)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = super::args::parse_seed)]
     pub seed: u64,
     #[arg(long)]
     pub out: PathBuf,
@@ -36,7 +36,7 @@ pub struct GradArgs {
     #[arg(long, default_value = "store")]
     pub policy: Policy,
     #[command(flatten)]
-    pub drift: pdenet::train::cli::DriftArgs,
+    pub drift: super::args::DriftArgs,
     /// Format of the kept states: f32, bf16 or f16 (16 bits halve the memory `store` grows by).
     #[arg(long, default_value = "f32")]
     pub storage: Storage,

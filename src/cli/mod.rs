@@ -1,5 +1,7 @@
-//! Command definitions (clap) and their dispatch.
+//! Command definitions (clap) and their dispatch: the only place that parses flags; each
+//! command turns its flags into the library's plain data.
 
+mod args;
 mod bench;
 mod denoise;
 mod grad;
@@ -7,11 +9,12 @@ mod info;
 mod ot;
 mod potential;
 mod stability;
+mod train;
 mod train_denoiser;
 
 use clap::{Parser, Subcommand};
-use pdenet::train::cli::{run_eval, run_train, EvalArgs, TrainArgs};
 use pdenet::train::engine_model::build_engine_model;
+use pdenet::train::{run_eval, run_train};
 use pdenet::Result;
 
 #[derive(Parser, Debug)]
@@ -32,9 +35,9 @@ pub enum Command {
     /// Computes the loss, logits and every gradient of one batch (SPEC section 9).
     Grad(grad::GradArgs),
     /// Trains a network (default: ref-mnist on the MNIST subset in data/mnist-small).
-    Train(TrainArgs),
+    Train(train::TrainArgs),
     /// Prints the test accuracy and loss of trained weights.
-    Eval(EvalArgs),
+    Eval(train::EvalArgs),
     /// Parameters, FLOPs per input and the planned memory of a training step per policy.
     Info(info::InfoArgs),
     /// Sweeps depth, layer, operator, policy, precision and device: throughput and memory.
@@ -64,8 +67,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => grad::run_init(a),
         Command::Grad(a) => grad::run_grad(a),
         Command::Bench(a) => bench::run_bench(a),
-        Command::Train(a) => run_train(&a, &build_engine_model).map(|_| ()),
-        Command::Eval(a) => run_eval(&a, &build_engine_model).map(|_| ()),
+        Command::Train(a) => run_train(&a.into(), &build_engine_model).map(|_| ()),
+        Command::Eval(a) => run_eval(&a.into(), &build_engine_model).map(|_| ()),
         Command::Info(a) => info::run_info(a),
         Command::Potential(a) => potential::run_potential(a),
         Command::Solve(a) => potential::run_solve(a),

@@ -21,7 +21,7 @@ pub struct OtArgs {
     /// Standard deviation s_i of every coordinate of the target.
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub scale: f64,
-    #[arg(long, default_value_t = 0, value_parser = pdenet::train::cli::parse_seed)]
+    #[arg(long, default_value_t = 0, value_parser = super::args::parse_seed)]
     pub seed: u64,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,

@@ -31,16 +31,52 @@ pub enum Precision {
     F64,
 }
 
+/// The library's [`Problem`] as a flag value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProblemArg {
+    /// Unit ball of R^d (d even), `u* = sum_k x_{2k-1} x_{2k}`, g = 0.
+    PoissonBall,
+    /// `(0, 1)^d`, `u* = (1/d) sum_i sin(pi x_i)`.
+    PoissonCube,
+}
+
+impl From<ProblemArg> for Problem {
+    fn from(a: ProblemArg) -> Self {
+        match a {
+            ProblemArg::PoissonBall => Problem::PoissonBall,
+            ProblemArg::PoissonCube => Problem::PoissonCube,
+        }
+    }
+}
+
+/// The library's [`Method`] as a flag value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MethodArg {
+    /// `mean(1/2 |grad u|^2 - g u)` + boundary penalty (first derivatives only).
+    Ritz,
+    /// `mean((Laplace u + g)^2)` + boundary penalty (the exact Laplacian).
+    Pinn,
+}
+
+impl From<MethodArg> for Method {
+    fn from(a: MethodArg) -> Self {
+        match a {
+            MethodArg::Ritz => Method::Ritz,
+            MethodArg::Pinn => Method::Pinn,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SolveArgs {
     #[arg(long, value_enum)]
-    pub problem: Problem,
+    pub problem: ProblemArg,
     /// Dimension d.
     #[arg(long)]
     pub dim: usize,
     #[arg(long, value_enum, default_value = "ritz")]
-    pub method: Method,
-    #[arg(long, default_value_t = 0, value_parser = pdenet::train::cli::parse_seed)]
+    pub method: MethodArg,
+    #[arg(long, default_value_t = 0, value_parser = super::args::parse_seed)]
     pub seed: u64,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
@@ -130,9 +166,9 @@ pub fn run_potential(a: PotentialArgs) -> Result<()> {
 
 pub fn run_solve(a: SolveArgs) -> Result<()> {
     let opt = SolveOptions {
-        problem: a.problem,
+        problem: a.problem.into(),
         dim: a.dim,
-        method: a.method,
+        method: a.method.into(),
         seed: a.seed,
         steps: a.steps,
         batch: a.batch,
@@ -161,9 +197,9 @@ pub fn run_solve(a: SolveArgs) -> Result<()> {
     println!(
         "time {:.1}s {} d {} {:?} precision {:?}",
         report.seconds,
-        a.problem.name(),
+        opt.problem.name(),
         a.dim,
-        a.method,
+        opt.method,
         a.precision
     );
     println!("rel_l2 {:.4e}", report.rel_l2);

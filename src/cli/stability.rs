@@ -18,7 +18,7 @@ pub struct StabilityArgs {
     #[arg(long)]
     pub weights: PathBuf,
     /// Data whose test images are the states analysed (MNIST folder or a built-in 2-D set).
-    #[arg(long, default_value = pdenet::train::cli::DEFAULT_DATA)]
+    #[arg(long, default_value = pdenet::train::DEFAULT_DATA)]
     pub data: String,
     /// Test samples in the analysed batch.
     #[arg(long, default_value_t = 16)]
@@ -29,7 +29,7 @@ pub struct StabilityArgs {
     /// Power iterations (adversarial perturbation; each step's Jacobian).
     #[arg(long, default_value_t = 20)]
     pub iterations: usize,
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = pdenet::train::cli::parse_seed)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = super::args::parse_seed)]
     pub seed: u64,
 }
 

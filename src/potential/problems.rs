@@ -7,7 +7,7 @@ use rand_distr::{Distribution, StandardNormal};
 use std::f64::consts::PI;
 
 /// `-Laplace u = g` in a domain, `u = u*` on its boundary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// Unit ball of R^d (d even), `u* = sum_k x_{2k-1} x_{2k}`, g = 0.
     PoissonBall,

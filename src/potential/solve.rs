@@ -14,7 +14,7 @@ use rand::SeedableRng;
 use std::time::Instant;
 
 /// Which loss trains u.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// `mean(1/2 |grad u|^2 - g u)` + boundary penalty (first derivatives only).
     Ritz,

@@ -105,6 +105,24 @@ impl Default for DriftGuard {
     }
 }
 
+impl DriftGuard {
+    /// The guard asked for by a tolerance (`None`: [`default_drift_tol`] of `precision`) and
+    /// `strict`; `None` when an infinite tolerance trusts every rebuild.
+    pub fn requested(
+        tol: Option<f64>,
+        strict: bool,
+        precision: crate::backend::Precision,
+    ) -> Result<Option<DriftGuard>> {
+        let tol = tol.unwrap_or_else(|| default_drift_tol(precision));
+        if tol.is_nan() || tol < 0.0 {
+            return Err(Error::Input(format!(
+                "--drift-tol must be 0 or more (or inf), got {tol}"
+            )));
+        }
+        Ok((tol.is_finite() || strict).then_some(DriftGuard { tol, strict }))
+    }
+}
+
 /// The CLI's default `--drift-tol`: well above f32 rebuilds of well-posed units (~1e-7 to 1e-4
 /// at 1000 steps), well below the rebuilds that change a gradient visibly.
 pub const DEFAULT_DRIFT_TOL: f64 = 1e-5;

@@ -35,7 +35,8 @@ pub enum Rhs {
 #[derive(Clone, Copy, Debug)]
 pub struct Update {
     pub target: usize,
-    pub terms: &'static [(i32, At)],
+    /// `(a_i, x_(at_i))`; integers wherever the rule runs in fixed point (Heun's `1/2` is not).
+    pub terms: &'static [(f64, At)],
     pub sign: f64,
     pub h_power: u32,
     pub layer: usize,
@@ -89,7 +90,7 @@ impl StepRule {
     }
 }
 
-const fn update(target: usize, terms: &'static [(i32, At)], sign: f64, h_power: u32) -> Update {
+const fn update(target: usize, terms: &'static [(f64, At)], sign: f64, h_power: u32) -> Update {
     Update {
         target,
         terms,
@@ -101,7 +102,7 @@ const fn update(target: usize, terms: &'static [(i32, At)], sign: f64, h_power: 
 }
 
 /// `Y_{j+1} = Y_j + h F(Y_j)`.
-const EULER: &[Update] = &[update(0, &[(1, At::Cur(0))], 1.0, 1)];
+const EULER: &[Update] = &[update(0, &[(1.0, At::Cur(0))], 1.0, 1)];
 
 pub const RESNET: StepRule = StepRule {
     parts: 1,
@@ -131,7 +132,7 @@ pub const HYPERBOLIC: StepRule = StepRule {
     parts: 1,
     levels: 2,
     rhs: Rhs::Symmetric,
-    updates: &[update(0, &[(2, At::Cur(0)), (-1, At::Prev(0))], 1.0, 2)],
+    updates: &[update(0, &[(2.0, At::Cur(0)), (-1.0, At::Prev(0))], 1.0, 2)],
     inverse: Inverse::TimeReversed,
     solve: false,
 };
@@ -144,7 +145,7 @@ pub const HAMILTONIAN: StepRule = StepRule {
     updates: &[
         Update {
             target: 0,
-            terms: &[(1, At::Cur(0))],
+            terms: &[(1.0, At::Cur(0))],
             sign: 1.0,
             h_power: 1,
             layer: 0,
@@ -152,7 +153,7 @@ pub const HAMILTONIAN: StepRule = StepRule {
         },
         Update {
             target: 1,
-            terms: &[(1, At::Cur(1))],
+            terms: &[(1.0, At::Cur(1))],
             sign: -1.0,
             h_power: 1,
             layer: 1,
@@ -169,6 +170,23 @@ pub const IMEX: StepRule = StepRule {
     ..PARABOLIC
 };
 
+/// Heun's explicit second-order Runge-Kutta step with the parabolic `F` and one layer:
+/// `Y~ = Y_j + h F(Y_j)`, then `Y_{j+1} = Y_j + h/2 (F(Y_j) + F(Y~)) = 1/2 Y_j + 1/2 Y~ + h/2 F(Y~)`.
+pub const RK2: StepRule = StepRule {
+    updates: &[
+        update(0, &[(1.0, At::Cur(0))], 1.0, 1),
+        Update {
+            target: 0,
+            terms: &[(0.5, At::Cur(0)), (0.5, At::New(0))],
+            sign: 0.5,
+            h_power: 1,
+            layer: 0,
+            reads: At::New(0),
+        },
+    ],
+    ..PARABOLIC
+};
+
 /// The rule of a step type (`ode` units integrate their `rhs` type's `F` instead).
 pub fn rule_of(t: StepType) -> Result<&'static StepRule> {
     Ok(match t {
@@ -178,6 +196,7 @@ pub fn rule_of(t: StepType) -> Result<&'static StepRule> {
         StepType::Hyperbolic => &HYPERBOLIC,
         StepType::Hamiltonian => &HAMILTONIAN,
         StepType::Imex => &IMEX,
+        StepType::Rk2 => &RK2,
         StepType::Ode => {
             return Err(Error::Config(
                 "ode units have no step rule: they integrate their rhs".into(),
@@ -201,6 +220,16 @@ fn pick<'a, T>(
     }
 }
 
+/// A coefficient of a fixed-point update: an integer, so that the update stays exact.
+fn integer(a: f64) -> Result<i32> {
+    if a.fract() != 0.0 || a.abs() > i32::MAX as f64 {
+        return Err(Error::Other(format!(
+            "a fixed-point update has the non-integer coefficient {a}"
+        )));
+    }
+    Ok(a as i32)
+}
+
 fn finish<T>(new: Vec<Option<T>>) -> Result<Vec<T>> {
     new.into_iter()
         .map(|v| v.ok_or_else(|| Error::Other("a step rule left a part unwritten".into())))
@@ -222,23 +251,7 @@ pub fn step<B: Backend>(
 ) -> Result<Vec<B::Buf>> {
     let mut new: Vec<Option<B::Buf>> = (0..rule.parts).map(|_| None).collect();
     for u in rule.updates {
-        let l = layers[u.layer];
-        let y = pick(u.reads, cur, prev, &new)?;
-        let next = match rule.rhs {
-            Rhs::Symmetric => {
-                let terms = u
-                    .terms
-                    .iter()
-                    .map(|&(a, at)| Ok((a as f64, pick(at, cur, prev, &new)?)))
-                    .collect::<Result<Vec<_>>>()?;
-                sym(be, l, &terms, u.coef(s.h), y, d, s.act)
-            }
-            // `y + h F(y)` only.
-            Rhs::Explicit { antisymmetric } => {
-                let gamma = antisymmetric.then_some(s.gamma);
-                explicit_step(be, l.op, gamma, u.coef(s.h), y, d, l.norm, s.act)
-            }
-        }?;
+        let next = apply(be, rule, u, s, layers, cur, prev, &new, d)?;
         new[u.target] = Some(next);
     }
     if rule.solve {
@@ -248,6 +261,65 @@ pub fn step<B: Backend>(
         }
     }
     finish(new)
+}
+
+/// One update of `rule` in floats, `sum a_i x_i + c F(x_reads)`; `new` holds the parts earlier
+/// updates of the step wrote.
+#[allow(clippy::too_many_arguments)]
+fn apply<B: Backend>(
+    be: &B,
+    rule: &StepRule,
+    u: &Update,
+    s: StepSettings,
+    layers: &[Layer<'_, B>],
+    cur: &[&B::Buf],
+    prev: Option<&[&B::Buf]>,
+    new: &[Option<B::Buf>],
+    d: Dims,
+) -> Result<B::Buf> {
+    let l = layers[u.layer];
+    let y = pick(u.reads, cur, prev, new)?;
+    match rule.rhs {
+        Rhs::Symmetric => {
+            let terms = u
+                .terms
+                .iter()
+                .map(|&(a, at)| Ok((a, pick(at, cur, prev, new)?)))
+                .collect::<Result<Vec<_>>>()?;
+            sym(be, l, &terms, u.coef(s.h), y, d, s.act)
+        }
+        // `y + h F(y)` only.
+        Rhs::Explicit { antisymmetric } => {
+            let gamma = antisymmetric.then_some(s.gamma);
+            explicit_step(be, l.op, gamma, u.coef(s.h), y, d, l.norm, s.act)
+        }
+    }
+}
+
+/// The values a single-part, single-level `rule` writes from `y`, one per update (the last is
+/// the step's result): the states the VJP of a rule of several updates reads.
+pub fn update_values<B: Backend>(
+    be: &B,
+    rule: &StepRule,
+    s: StepSettings,
+    layers: &[Layer<'_, B>],
+    y: &B::Buf,
+    d: Dims,
+) -> Result<Vec<B::Buf>> {
+    if rule.parts != 1 || rule.levels != 1 || rule.solve {
+        return Err(Error::Other(
+            "update values of a rule with one part and one level only".into(),
+        ));
+    }
+    let mut values: Vec<B::Buf> = Vec::with_capacity(rule.updates.len());
+    for u in rule.updates {
+        // `New(0)` is the latest value written.
+        let latest = [values.pop()];
+        let next = apply(be, rule, u, s, layers, &[y], None, &latest, d)?;
+        values.extend(latest.into_iter().flatten());
+        values.push(next);
+    }
+    Ok(values)
 }
 
 /// One step of `rule` in fixed point with `shift` fractional bits: each update adds
@@ -277,7 +349,7 @@ pub fn step_fixed<B: Backend>(
         let terms = u
             .terms
             .iter()
-            .map(|&(a, at)| Ok((a, pick(at, cur, prev, &new)?)))
+            .map(|&(a, at)| Ok((integer(a)?, pick(at, cur, prev, &new)?)))
             .collect::<Result<Vec<_>>>()?;
         let next = be.fixed_update(&terms, scale * u.coef(s.h), &f)?;
         new[u.target] = Some(next);
@@ -304,7 +376,7 @@ pub fn step_back<B: Backend>(
             // (it read a part it does not write, whose value at that point is the working one).
             let mut work: Vec<Option<B::Buf>> = (0..rule.parts).map(|_| None).collect();
             for u in rule.updates.iter().rev() {
-                if u.terms != [(1, At::Cur(u.target))] {
+                if u.terms != [(1.0, At::Cur(u.target))] {
                     return Err(Error::Other(
                         "a shear update adds to its own part only".into(),
                     ));

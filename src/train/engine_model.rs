@@ -9,8 +9,8 @@ use crate::network::Layout;
 use crate::params::ParamSet;
 use crate::schedule::{Engine, MemoryPolicy};
 use crate::tensor::HostTensor;
-use crate::train::cli::ModelSpec;
 use crate::train::optim::{Optimizer, ResidentState};
+use crate::train::ModelSpec;
 
 /// An [`Engine`] running its backward pass under one memory policy. Training steps keep the
 /// weights and the optimizer state on the engine's backend: parameters go to the host only

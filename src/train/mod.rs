@@ -4,13 +4,17 @@
 //! tests drive it with a small softmax-regression model.
 
 pub mod checkpoint;
-pub mod cli;
 pub mod data;
 pub mod engine_model;
+mod job;
 pub mod log;
 pub mod multilevel;
 pub mod optim;
 pub mod plot;
+
+pub use job::{
+    check_data, run_eval, run_train, BuildModel, EvalJob, ModelSpec, TrainJob, DEFAULT_DATA,
+};
 
 use crate::error::{Error, Result};
 use crate::params::{save_params, ParamSet};

@@ -1,5 +1,5 @@
-//! Units of single-state steps that are not inverted (resnet, antisymmetric, parabolic, imex):
-//! forward keeping every state, backward over kept or recomputed states.
+//! Units of single-state steps that are not inverted (resnet, antisymmetric, parabolic, imex,
+//! rk2): forward keeping every state, backward over kept or recomputed states.
 
 use super::*;
 
@@ -45,6 +45,10 @@ impl<B: Backend> Engine<B> {
     ) -> Result<B::Buf> {
         let be = &self.backend;
         let kind = self.kind();
+        let rule = crate::steps::rule::rule_of(kind.layer)?;
+        if rule.updates.len() > 1 {
+            return self.multi_update_backward(rule, u, states, d, g, grads);
+        }
         for j in (0..u.steps.len()).rev() {
             let next = states.pop(); // y_{j+1}: needed only by the IMEX solve's VJP
             let y = &*states[j][0].get(be)?;
@@ -62,6 +66,56 @@ impl<B: Backend> Engine<B> {
             let v = steps::grad_single(be, kind, self.layer(li), y, d, &g)?;
             g = be.lincomb(&[(1.0, &g), (kind.h, &v.dy)])?;
             grads.add_layer(be, li, kind.h, v)?;
+        }
+        Ok(g)
+    }
+
+    /// Backward through steps whose rule has several updates (rk2): per step the update values
+    /// are recomputed from the kept state and each update's VJP runs last to first, `x_t <- sum
+    /// a_i x_i + c F(x_s)` sending `a_i g_t` to `x_i` and `c (dF/dx_s)^T g_t` to `x_s`.
+    fn multi_update_backward(
+        &self,
+        rule: &crate::steps::rule::StepRule,
+        u: &UnitIdx,
+        states: Vec<State<Slot<B>>>,
+        d: Dims,
+        mut g: B::Buf,
+        grads: &mut Grads<B>,
+    ) -> Result<B::Buf> {
+        use crate::steps::rule::At;
+        let be = &self.backend;
+        let kind = self.kind();
+        for j in (0..u.steps.len()).rev() {
+            let y = &*states[j][0].get(be)?;
+            let layers: Vec<_> = u.steps[j].layers.iter().map(|l| self.layer(l)).collect();
+            let mut values = crate::steps::rule::update_values(be, rule, kind, &layers, y, d)?;
+            values.pop(); // the step's result: no update reads it
+                          // Cotangents of y (index 0) and of each update's value (index i + 1).
+            let mut gv: Vec<Option<B::Buf>> = (0..=rule.updates.len()).map(|_| None).collect();
+            gv[rule.updates.len()] = Some(g);
+            for (i, upd) in rule.updates.iter().enumerate().rev() {
+                let Some(gi) = gv[i + 1].take() else {
+                    continue;
+                };
+                // `New(0)` in update i is the value update i - 1 wrote; `Cur(0)` is y.
+                let index = |at: At| match at {
+                    At::Cur(0) => Ok(0),
+                    At::New(0) if i > 0 => Ok(i),
+                    _ => Err(Error::Other(format!("an explicit rule reads {at:?}"))),
+                };
+                for &(a, at) in upd.terms {
+                    accumulate(be, &mut gv[index(at)?], a, &gi)?;
+                }
+                let r = index(upd.reads)?;
+                let x = if r == 0 { y } else { &values[r - 1] };
+                let li = &u.steps[j].layers[upd.layer];
+                let v = steps::grad_single(be, kind, self.layer(li), x, d, &gi)?;
+                accumulate(be, &mut gv[r], upd.coef(kind.h), &v.dy)?;
+                grads.add_layer(be, li, upd.coef(kind.h), v)?;
+            }
+            g = gv[0]
+                .take()
+                .ok_or_else(|| Error::Other("an explicit rule does not read its state".into()))?;
         }
         Ok(g)
     }
@@ -85,4 +139,14 @@ impl<B: Backend> Engine<B> {
             },
         ))
     }
+}
+
+/// `acc += a x`, starting from nothing.
+fn accumulate<B: Backend>(be: &B, acc: &mut Option<B::Buf>, a: f64, x: &B::Buf) -> Result<()> {
+    let sum = match acc.take() {
+        Some(old) => be.lincomb(&[(1.0, &old), (a, x)])?,
+        None => be.lincomb(&[(a, x)])?,
+    };
+    *acc = Some(sum);
+    Ok(())
 }

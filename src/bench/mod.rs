@@ -2,6 +2,14 @@
 //! sweep of depth, layer type, operator, policy, precision and device, beside the machine's
 //! roofline measured in the same run.
 
+mod conv_kernels;
+mod report;
+mod roofline;
+
+pub use conv_kernels::{conv_kernel_points, kernel_table, KernelPoint, REF_CIFAR_SHAPES};
+pub use report::{plots, table};
+pub use roofline::{cpu_roofline, cuda_roofline, Roofline};
+
 use crate::backend::cpu::kernels::{self, Isa};
 use crate::backend::Backend;
 use crate::config::{Config, OperatorKind, StepType};
@@ -38,18 +46,6 @@ pub struct BenchOptions {
     pub cpu_kernels: Vec<Isa>,
 }
 
-/// The machine's ceilings, measured in the same run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Roofline {
-    pub device: String,
-    /// One large GEMM (CPU: the `gemm` crate on all cores).
-    pub gemm_gflops: f64,
-    /// A large copy, bytes read plus bytes written.
-    pub bandwidth_gbs: f64,
-    /// The FMA ceilings measured in registers (CPU only; `None` elsewhere).
-    pub fma_peak: Option<crate::backend::cpu::FmaPeak>,
-}
-
 /// One measured point.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchPoint {
@@ -83,64 +79,6 @@ pub struct BenchPoint {
     pub measured_bytes_per_step: Option<f64>,
     /// Relative error of unit inputs rebuilt by inverse steps (reversible policies).
     pub drift: f64,
-}
-
-/// Measures the CPU roofline: a 2048^3 GEMM through the `gemm` crate on all cores (the best of
-/// three, 17 GFLOP each: the machine's clock and neighbours vary) and a 256 MiB copy.
-pub fn cpu_roofline() -> Roofline {
-    let n = 2048;
-    let a = vec![1.0f32; n * n];
-    let b = vec![0.5f32; n * n];
-    let mut c = vec![0.0f32; n * n];
-    let run = |c: &mut [f32]| unsafe {
-        gemm::gemm(
-            n,
-            n,
-            n,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            1,
-            n as isize,
-            b.as_ptr(),
-            1,
-            n as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        )
-    };
-    run(&mut c);
-    let best = (0..3)
-        .map(|_| {
-            let t = Instant::now();
-            run(&mut c);
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min);
-    let gemm_gflops = 2.0 * (n * n * n) as f64 / best / 1e9;
-    let len = 64 << 20; // f32 values: 256 MiB
-    let src = vec![1.0f32; len];
-    let mut dst = vec![0.0f32; len];
-    dst.copy_from_slice(&src);
-    let t = Instant::now();
-    let reps = 3;
-    for _ in 0..reps {
-        dst.copy_from_slice(std::hint::black_box(&src));
-        std::hint::black_box(&mut dst);
-    }
-    let bandwidth_gbs = (2 * 4 * len * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
-    Roofline {
-        device: "cpu".into(),
-        gemm_gflops,
-        bandwidth_gbs,
-        fma_peak: Some(crate::backend::cpu::peak::measure()),
-    }
 }
 
 /// `n` values uniform in [-1, 1), reproducible from `seed` (the kernel benchmarks' operands).
@@ -213,39 +151,6 @@ fn time_steps<B: Backend>(
         seconds: t.elapsed().as_secs_f64() / repeats.max(1) as f64,
         peak: measured,
         drift,
-    })
-}
-
-/// The GPU roofline: one 4096^3 GEMM through pdenet's own 1x1-convolution kernel in the
-/// backend's precision, and a 1 GiB device-to-device copy.
-pub fn cuda_roofline(be: &crate::backend::cuda::Cuda) -> Result<Roofline> {
-    let n = 4096;
-    let d = crate::tensor::Dims::new(1, n, 64, 64);
-    let x = be.upload_f32(&vec![0.5f32; d.len()])?;
-    let k = be.upload_f32(&vec![0.25f32; n * n])?;
-    be.conv1x1(&x, d, &k, n)?;
-    be.synchronize()?;
-    let reps = 5;
-    let t = Instant::now();
-    for _ in 0..reps {
-        be.conv1x1(&x, d, &k, n)?;
-    }
-    be.synchronize()?;
-    let gemm_gflops = 2.0 * (n * n * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
-    let big = be.zeros(1 << 28)?;
-    be.copy(&big)?;
-    be.synchronize()?;
-    let t = Instant::now();
-    for _ in 0..reps {
-        be.copy(&big)?;
-    }
-    be.synchronize()?;
-    let bandwidth_gbs = (2 * 4 * (1usize << 28) * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
-    Ok(Roofline {
-        device: format!("cuda ({}, {})", be.device_name(), be.precision().name()),
-        gemm_gflops,
-        bandwidth_gbs,
-        fma_peak: None,
     })
 }
 
@@ -420,203 +325,4 @@ pub fn run(
     }
     kernels::select(kernels_before)?;
     Ok((rooflines, points))
-}
-
-/// The terminal table.
-pub fn table(roofs: &[Roofline], points: &[BenchPoint]) -> String {
-    let mut s = String::new();
-    for r in roofs {
-        s += &format!(
-            "roofline {}: GEMM {:.1} GFLOP/s, copy {:.1} GB/s",
-            r.device, r.gemm_gflops, r.bandwidth_gbs
-        );
-        if let Some(p) = &r.fma_peak {
-            let show = |v: Option<f64>| v.map_or_else(|| "-".into(), |g| format!("{g:.1}"));
-            s += &format!(
-                "; FMA peak f32 AVX-512 {} / AVX2 {}, bf16 {} GFLOP/s (GEMM at {:.0}% of f32)",
-                show(p.avx512_f32),
-                show(p.avx2_f32),
-                show(p.avx512_bf16),
-                p.f32_best().map_or(0.0, |g| 100.0 * r.gemm_gflops / g)
-            );
-        }
-        s += "\n";
-    }
-    if points.is_empty() {
-        return s;
-    }
-    s += &format!(
-        "{:<5} {:<4} {:<6} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9} {:>8} {:>6} {:>5} {:>10} {:>10} {:>10} {:>10} {:>9}\n",
-        "dev", "prec", "kern", "layer", "operator", "policy", "kept", "steps", "batch", "img/s", "GFLOP/s", "%GEMM", "%FMA", "plan MB", "meas MB", "act MB", "MB/step", "drift"
-    );
-    let mb = |b: f64| b / 1e6;
-    for p in points {
-        s += &format!(
-            "{:<5} {:<4} {:<6} {:<13} {:<9} {:<10} {:<4} {:>5} {:>5} {:>9.1} {:>8.2} {:>5.0}% {:>5} {:>10.1} {:>10} {:>10.1} {:>10} {:>9.1e}\n",
-            p.device,
-            p.precision,
-            p.kernels,
-            p.layer,
-            p.operator,
-            p.policy,
-            p.storage,
-            p.steps,
-            p.batch,
-            p.images_per_s,
-            p.gflops,
-            100.0 * p.gemm_fraction,
-            p.fma_fraction.map_or_else(|| "-".into(), |f| format!("{:.0}%", 100.0 * f)),
-            mb(p.planned_peak_bytes as f64),
-            p.measured_peak_bytes.map(|b| format!("{:.1}", mb(b as f64))).unwrap_or_else(|| "-".into()),
-            mb(p.planned_activation_bytes as f64),
-            p.planned_bytes_per_step.map(|b| format!("{:.2}", mb(b))).unwrap_or_else(|| "-".into()),
-            p.drift
-        );
-    }
-    s
-}
-
-/// PNG plots: planned activation memory vs depth per policy, and throughput vs depth.
-pub fn plots(dir: &std::path::Path, points: &[BenchPoint]) -> Result<()> {
-    crate::train::plot::series_png(
-        &dir.join("memory.png"),
-        "activation memory vs depth",
-        "steps per unit",
-        "planned activation MB",
-        &series(points, |p| p.planned_activation_bytes as f64 / 1e6),
-    )?;
-    crate::train::plot::series_png(
-        &dir.join("throughput.png"),
-        "training throughput vs depth",
-        "steps per unit",
-        "images/s",
-        &series(points, |p| p.images_per_s),
-    )
-}
-
-fn series(points: &[BenchPoint], y: impl Fn(&BenchPoint) -> f64) -> Vec<(String, Vec<(f64, f64)>)> {
-    let mut out: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
-    for p in points {
-        let key = format!(
-            "{} {} {} {} {} {} {}",
-            p.device, p.precision, p.kernels, p.layer, p.operator, p.policy, p.storage
-        );
-        match out.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, v)) => v.push((p.steps as f64, y(p))),
-            None => out.push((key, vec![(p.steps as f64, y(p))])),
-        }
-    }
-    out
-}
-
-/// One 3x3 convolution kernel timed at one of ref-cifar's shapes.
-#[derive(Clone, Debug, Serialize)]
-pub struct KernelPoint {
-    pub op: String,
-    pub kernels: String,
-    pub channels: usize,
-    pub size: usize,
-    pub batch: usize,
-    pub seconds: f64,
-    pub gflops: f64,
-    /// Of the FMA ceiling of the kernels' own instructions (GEMM: the best f32 ceiling).
-    pub fma_fraction: Option<f64>,
-    /// Speed-up over the im2col + GEMM path measured in the same round.
-    pub vs_gemm: f64,
-}
-
-/// ref-cifar's unit shapes: (channels, image size).
-pub const REF_CIFAR_SHAPES: [(usize, usize); 3] = [(32, 32), (64, 16), (112, 8)];
-
-/// Times the 3x3 convolution, its adjoint and its weight gradient (`c -> c`, batch `batch`)
-/// under every kernel set this CPU has, at ref-cifar's shapes: the sets alternate within each
-/// of `repeats` rounds (so that a neighbour's load hits them alike) and the best round counts.
-pub fn conv_kernel_points(
-    batch: usize,
-    repeats: usize,
-    peak: &crate::backend::cpu::FmaPeak,
-) -> Result<Vec<KernelPoint>> {
-    // The GEMM path last: the baseline of the `x gemm` column.
-    let isas: Vec<Isa> = [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Gemm]
-        .into_iter()
-        .filter(|i| i.available())
-        .collect();
-    let mut out = Vec::new();
-    for (c, size) in REF_CIFAR_SHAPES {
-        let d = crate::tensor::Dims::new(batch, c, size, size);
-        let (x, k) = (random_values(d.len(), 1), random_values(c * c * 9, 2));
-        let g = random_values(d.len(), 3);
-        let flops = 2.0 * (batch * c * c * 9 * size * size) as f64;
-        type Op<'a> = Box<dyn Fn(Isa) -> Result<Vec<f32>> + 'a>;
-        let ops: [(&str, Op); 3] = [
-            ("conv3x3", Box::new(|i| kernels::conv3x3(i, &x, d, &k, c))),
-            (
-                "conv3x3_t",
-                Box::new(|i| kernels::conv3x3_t(i, &g, d, &k, c)),
-            ),
-            (
-                "conv3x3_wgrad",
-                Box::new(|i| kernels::conv3x3_wgrad(i, &x, d, &g, c)),
-            ),
-        ];
-        for (name, op) in &ops {
-            let mut best = vec![f64::INFINITY; isas.len()];
-            for &i in &isas {
-                std::hint::black_box(op(i)?);
-            }
-            for _ in 0..repeats.max(1) {
-                for (b, &i) in best.iter_mut().zip(&isas) {
-                    let t = Instant::now();
-                    std::hint::black_box(op(i)?);
-                    *b = b.min(t.elapsed().as_secs_f64());
-                }
-            }
-            let gemm = best[isas.len() - 1];
-            for (&secs, &i) in best.iter().zip(&isas) {
-                let ceiling = match i {
-                    Isa::Avx512 => peak.avx512_f32,
-                    Isa::Avx512Bf16 => peak.avx512_bf16,
-                    Isa::Avx2 => peak.avx2_f32,
-                    Isa::Gemm => peak.f32_best(),
-                };
-                let gflops = flops / secs / 1e9;
-                out.push(KernelPoint {
-                    op: (*name).into(),
-                    kernels: i.name().into(),
-                    channels: c,
-                    size,
-                    batch,
-                    seconds: secs,
-                    gflops,
-                    fma_fraction: ceiling.map(|p| gflops / p),
-                    vs_gemm: gemm / secs,
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The kernel table.
-pub fn kernel_table(points: &[KernelPoint]) -> String {
-    let mut s = format!(
-        "{:<14} {:>4} {:>5} {:>5} {:<7} {:>9} {:>8} {:>5} {:>7}\n",
-        "op", "c", "size", "batch", "kern", "ms", "GFLOP/s", "%FMA", "x gemm"
-    );
-    for p in points {
-        s += &format!(
-            "{:<14} {:>4} {:>5} {:>5} {:<7} {:>9.2} {:>8.1} {:>5} {:>7.2}\n",
-            p.op,
-            p.channels,
-            format!("{}x{}", p.size, p.size),
-            p.batch,
-            p.kernels,
-            1e3 * p.seconds,
-            p.gflops,
-            p.fma_fraction
-                .map_or_else(|| "-".into(), |f| format!("{:.0}%", 100.0 * f)),
-            p.vs_gemm
-        );
-    }
-    s
 }
