@@ -662,6 +662,7 @@ pub fn step_full3x3_vjp<B: Backend>(b: &B, c: &Case) -> R {
                 (Norm::Shift { b: &fsh }, Norm::Shift { b: &sh })
             };
             // The leapfrog rebuild, and f alone (the fixed-point rebuild).
+            #[allow(clippy::type_complexity)]
             let cases: [(Vec<(f64, &B::Buf)>, Vec<(f64, &Vec<f64>)>, f64); 2] = [
                 (
                     vec![(2.0, &fy), (-1.0, &fyp)],

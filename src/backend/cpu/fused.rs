@@ -582,7 +582,7 @@ pub fn step_vjp(
     act: Activation,
     g: &[f32],
 ) -> (Vec<f32>, VjpOut) {
-    if isa == Isa::Gemm || d.len() == 0 {
+    if isa == Isa::Gemm || d.is_empty() {
         let v = sym_vjp(isa, y, d, k, norm, act, g);
         return (step(isa, terms, coef, y, d, k, norm, act), v);
     }
