@@ -74,12 +74,40 @@ fn check(d: Dims, seed: u64) -> Result<(), TestCaseError> {
             let scale = 0.1 * norm(&g);
             close_scaled("vjp dshift", &f64s(&fast.dshift), &reff.dshift, scale)?;
             prop_assert_eq!(fast.dscale.is_some(), tv);
-            if let (Some(a), Some(b)) = (fast.dscale, reff.dscale) {
-                close_scaled("vjp dscale", &f64s(&a), &b, scale)?;
+            if let (Some(a), Some(b)) = (&fast.dscale, reff.dscale) {
+                close_scaled("vjp dscale", &f64s(a), &b, scale)?;
+            }
+            // Both at once (one pass of K y on the tiles): bit for bit the two ops.
+            for (terms, coef) in [(vec![(2.0, &fy), (-1.0, &fyp)], 0.25), (vec![], 1.0)] {
+                let alone = cpu
+                    .step_full3x3(&terms, coef, &fy, d, &fk, fnorm, act)
+                    .unwrap();
+                let (st, v) = cpu
+                    .step_full3x3_vjp(&terms, coef, &fy, d, &fk, fnorm, act, &fg)
+                    .unwrap();
+                prop_assert!(same_bits(&st, &alone), "step_full3x3_vjp step");
+                prop_assert!(same_bits(&v.dy, &fast.dy), "step_full3x3_vjp dy");
+                prop_assert!(same_bits(&v.dk, &fast.dk), "step_full3x3_vjp dk");
+                prop_assert!(
+                    same_bits(&v.dshift, &fast.dshift),
+                    "step_full3x3_vjp dshift"
+                );
+                prop_assert_eq!(
+                    v.dscale.as_deref().map(bits),
+                    fast.dscale.as_deref().map(bits)
+                );
             }
         }
     }
     Ok(())
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    bits(a) == bits(b)
 }
 
 proptest! {
@@ -123,8 +151,23 @@ fn fused_ops_do_not_depend_on_the_thread_count() {
             let v = cpu
                 .sym_full3x3_vjp(&y, d, &k, norm, Activation::Relu, &g)
                 .unwrap();
+            let (st2, v2) = cpu
+                .step_full3x3_vjp(
+                    &[(2.0, &y), (-1.0, &g)],
+                    0.25,
+                    &y,
+                    d,
+                    &k,
+                    norm,
+                    Activation::Relu,
+                    &g,
+                )
+                .unwrap();
             let mut all = st;
             for t in [v.dy, v.dk, v.dscale.unwrap(), v.dshift] {
+                all.extend(t);
+            }
+            for t in [st2, v2.dy, v2.dk, v2.dscale.unwrap(), v2.dshift] {
                 all.extend(t);
             }
             all.into_iter().map(f32::to_bits).collect::<Vec<_>>()

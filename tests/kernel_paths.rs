@@ -44,7 +44,28 @@ fn check(d: Dims, seed: u64, act: Activation, tv: bool) -> Result<(), TestCaseEr
         .step_full3x3(&[(2.0, &y), (-1.0, &yp)], 0.25, &y, d, &k, rnorm, act)
         .unwrap();
     close("step", &f64s(&fast), &reff)?;
+    let alone = cpu
+        .step_full3x3(&[(2.0, &fy), (-1.0, &fyp)], 0.25, &fy, d, &fk, fnorm, act)
+        .unwrap();
     let fast = cpu.sym_full3x3_vjp(&fy, d, &fk, fnorm, act, &fg).unwrap();
+    // The step and the VJP in one call: bit for bit the two ops under every kernel set.
+    let (st, v) = cpu
+        .step_full3x3_vjp(
+            &[(2.0, &fy), (-1.0, &fyp)],
+            0.25,
+            &fy,
+            d,
+            &fk,
+            fnorm,
+            act,
+            &fg,
+        )
+        .unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    proptest::prop_assert_eq!(bits(&st), bits(&alone));
+    proptest::prop_assert_eq!(bits(&v.dy), bits(&fast.dy));
+    proptest::prop_assert_eq!(bits(&v.dk), bits(&fast.dk));
+    proptest::prop_assert_eq!(bits(&v.dshift), bits(&fast.dshift));
     let reff = Reference
         .sym_full3x3_vjp(&y, d, &k, rnorm, act, &g)
         .unwrap();

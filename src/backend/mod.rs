@@ -133,6 +133,12 @@ pub trait Backend: Send + Sync + Sized {
     fn fuses_sym_full3x3(&self) -> bool {
         false
     }
+    /// Whether [`Backend::step_full3x3_vjp`] runs fused, allocating only its outputs (plus
+    /// [`Backend::scratch_bytes`]) instead of running its default body. The memory plan
+    /// follows it.
+    fn fuses_step_full3x3_vjp(&self) -> bool {
+        false
+    }
 
     // ---- memory -------------------------------------------------------------------------
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
@@ -493,6 +499,28 @@ pub trait Backend: Send + Sync + Sized {
     ) -> Result<SymGrads<Self::Buf>> {
         sym_full3x3_vjp_composed(self, y, d, k, norm, act, g)
     }
+
+    /// [`Backend::sym_full3x3_vjp`] at `y` for `g` and [`Backend::step_full3x3`] at the same
+    /// `y`, returned as `(step, vjp)`: the leapfrog backward's VJP at `Y_j` and its rebuild
+    /// `Y_{j-1} = 2 Y_j - Y_{j+1} + h^2 f(Y_j)` (or `f(Y_j)` alone, `terms = []`, `coef = 1`, in
+    /// fixed point) both read `K Y_j`, its norms and `sigma`, which a fused backend computes
+    /// once. This default body is the specification: each result equals its op's.
+    #[allow(clippy::too_many_arguments)]
+    fn step_full3x3_vjp(
+        &self,
+        terms: &[(f64, &Self::Buf)],
+        coef: f64,
+        y: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        norm: Norm<'_, Self::Buf>,
+        act: Activation,
+        g: &Self::Buf,
+    ) -> Result<(Self::Buf, SymGrads<Self::Buf>)> {
+        let v = self.sym_full3x3_vjp(y, d, k, norm, act, g)?;
+        let s = self.step_full3x3(terms, coef, y, d, k, norm, act)?;
+        Ok((s, v))
+    }
 }
 
 /// [`Backend::sym_full3x3_vjp`] composed of the primitives (the trait's default, and the
@@ -549,6 +577,9 @@ pub enum ScratchOp {
         d: Dims,
     },
     SymFull3x3Vjp {
+        d: Dims,
+    },
+    StepFull3x3Vjp {
         d: Dims,
     },
     /// `d` the images, `filters` of `size x size`.

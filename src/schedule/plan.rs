@@ -33,6 +33,7 @@ impl Counter {
 trait DeviceMem: Send + Sync {
     fn scratch(&self, op: ScratchOp) -> Scratch;
     fn fused(&self) -> bool;
+    fn fused_step_vjp(&self) -> bool;
 }
 
 impl<B: Backend> DeviceMem for B {
@@ -41,6 +42,9 @@ impl<B: Backend> DeviceMem for B {
     }
     fn fused(&self) -> bool {
         self.fuses_sym_full3x3()
+    }
+    fn fused_step_vjp(&self) -> bool {
+        self.fuses_step_full3x3_vjp()
     }
 }
 
@@ -120,6 +124,9 @@ impl Planner {
     fn fused(&self) -> bool {
         self.device.as_ref().is_some_and(|d| d.fused())
     }
+    fn fused_step_vjp(&self) -> bool {
+        self.device.as_ref().is_some_and(|d| d.fused_step_vjp())
+    }
     fn flop(&self, n: usize) {
         // Saturating: the sizes are bounded per op (`limits::MAX_ELEMENTS`), not their sum.
         let _ = self
@@ -157,6 +164,10 @@ impl Backend for Planner {
 
     fn name(&self) -> &'static str {
         "plan"
+    }
+    /// The engine takes the fused path of the device planned for.
+    fn fuses_step_full3x3_vjp(&self) -> bool {
+        self.fused_step_vjp()
     }
     fn zeros(&self, len: usize) -> Result<PlanBuf> {
         Ok(self.buf(len))
@@ -622,6 +633,38 @@ impl Backend for Planner {
         };
         self.scratch(ScratchOp::SymFull3x3Vjp { d });
         Ok(out)
+    }
+
+    fn step_full3x3_vjp(
+        &self,
+        terms: &[(f64, &PlanBuf)],
+        coef: f64,
+        y: &PlanBuf,
+        d: Dims,
+        k: &PlanBuf,
+        norm: Norm<'_, PlanBuf>,
+        act: Activation,
+        g: &PlanBuf,
+    ) -> Result<(PlanBuf, SymGrads<PlanBuf>)> {
+        if !self.fused_step_vjp() {
+            // The trait's default body.
+            let v = self.sym_full3x3_vjp(y, d, k, norm, act, g)?;
+            let s = self.step_full3x3(terms, coef, y, d, k, norm, act)?;
+            return Ok((s, v));
+        }
+        let len = d.len();
+        // Six convolution GEMMs (the VJP's five and K^T s) and the pointwise work: one K y
+        // fewer than the two ops.
+        self.flop(6 * 2 * 9 * len * d.c + 12 * len + 2 * (terms.len() + 1) * len);
+        let out = SymGrads {
+            dy: self.buf(len),
+            dk: self.buf(d.c * d.c * 9),
+            dscale: matches!(norm, Norm::Tv { .. }).then(|| self.buf(d.c)),
+            dshift: self.buf(d.c),
+        };
+        let s = self.buf(len);
+        self.scratch(ScratchOp::StepFull3x3Vjp { d });
+        Ok((s, out))
     }
 }
 

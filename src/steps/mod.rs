@@ -72,6 +72,37 @@ pub fn sym_grad<B: Backend>(
     }
 }
 
+/// [`sym`] and [`sym_grad`] at the same `y`, `(step, vjp)`: one pass of `K y`, its norms and
+/// `sigma` where the backend fuses them (the full 3x3 operator), the two calls otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn sym_with_grad<B: Backend>(
+    be: &B,
+    l: Layer<'_, B>,
+    terms: &[(f64, &B::Buf)],
+    coef: f64,
+    y: &B::Buf,
+    d: Dims,
+    act: Activation,
+    g: &B::Buf,
+) -> Result<(B::Buf, LayerGrads<B::Buf>)> {
+    match l.op {
+        OpRef::Full3x3(k) => {
+            let (out, s) = be.step_full3x3_vjp(terms, coef, y, d, k, l.norm, act, g)?;
+            let v = LayerGrads {
+                dy: s.dy,
+                dop: vec![s.dk],
+                dscale: s.dscale,
+                dshift: s.dshift,
+            };
+            Ok((out, v))
+        }
+        _ => {
+            let v = sym_grad(be, l, y, d, act, g)?;
+            Ok((sym(be, l, terms, coef, y, d, act)?, v))
+        }
+    }
+}
+
 /// One step of a single-state type (resnet, antisymmetric, parabolic), or the leapfrog step
 /// `2 y - y_prev + h^2 f(y)` when `prev` is given (hyperbolic).
 pub fn forward_single<B: Backend>(
@@ -125,6 +156,46 @@ pub fn leapfrog_inverse<B: Backend>(
 ) -> Result<B::Buf> {
     let mut out = step_back(be, &HYPERBOLIC, kind, &[l], &[y], &[next], d)?;
     Ok(out.remove(0))
+}
+
+/// [`leapfrog_inverse`] together with the VJP of `f` at `y` for `g` (as [`sym_grad`]): the
+/// leapfrog backward's two uses of `Y_j`, `(Y_{j-1}, vjp)`, each bit for bit as alone.
+#[allow(clippy::too_many_arguments)]
+pub fn leapfrog_inverse_with_grad<B: Backend>(
+    be: &B,
+    kind: StepSettings,
+    l: Layer<'_, B>,
+    y: &B::Buf,
+    next: &B::Buf,
+    d: Dims,
+    g: &B::Buf,
+) -> Result<(B::Buf, LayerGrads<B::Buf>)> {
+    // The rule's update read backwards, as `rule::step_back` does: `Prev` is the later state.
+    let u = &HYPERBOLIC.updates[0];
+    let terms = u
+        .terms
+        .iter()
+        .map(|&(a, at)| match at {
+            rule::At::Cur(0) => Ok((a as f64, y)),
+            rule::At::Prev(0) => Ok((a as f64, next)),
+            _ => Err(crate::Error::Other(
+                "leapfrog rule reads another part".into(),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    sym_with_grad(be, l, &terms, u.coef(kind.h), y, d, kind.act, g)
+}
+
+/// [`f_only`] together with the VJP of `f` at `y` for `g` (the fixed-point rebuild).
+pub fn f_with_grad<B: Backend>(
+    be: &B,
+    l: Layer<'_, B>,
+    y: &B::Buf,
+    d: Dims,
+    act: Activation,
+    g: &B::Buf,
+) -> Result<(B::Buf, LayerGrads<B::Buf>)> {
+    sym_with_grad(be, l, &[], 1.0, y, d, act, g)
 }
 
 /// Verlet step on halves `(a, b)`: `a += h f(b; K1)`, then `b -= h f(a; K2)`.

@@ -639,6 +639,66 @@ pub fn sym_full3x3_vjp<B: Backend>(b: &B, c: &Case) -> R {
     Ok(())
 }
 
+/// The step and the VJP at the same `y` in one call: each result against the reference's (the
+/// trait's default body), and bit for bit the backend's own two ops (its arithmetic is theirs).
+pub fn step_full3x3_vjp<B: Backend>(b: &B, c: &Case) -> R {
+    let mut rng = c.rng();
+    let d = c.d;
+    let (y, yp, g) = (
+        rand_vec(&mut rng, d.len(), 1.0),
+        rand_vec(&mut rng, d.len(), 1.0),
+        rand_vec(&mut rng, d.len(), 1.0),
+    );
+    let k = rand_vec(&mut rng, d.c * d.c * 9, 0.5);
+    let (s, sh) = (rand_vec(&mut rng, d.c, 1.0), rand_vec(&mut rng, d.c, 0.5));
+    let (fy, fyp, fg, fk) = (up(b, &y), up(b, &yp), up(b, &g), up(b, &k));
+    let (fs, fsh) = (up(b, &s), up(b, &sh));
+    let bits = |v: &B::Buf| down(b, v).into_iter().map(f64::to_bits).collect::<Vec<_>>();
+    for act in ACTS {
+        for tv in [true, false] {
+            let (fnorm, rnorm) = if tv {
+                (Norm::Tv { s: &fs, b: &fsh }, Norm::Tv { s: &s, b: &sh })
+            } else {
+                (Norm::Shift { b: &fsh }, Norm::Shift { b: &sh })
+            };
+            // The leapfrog rebuild, and f alone (the fixed-point rebuild).
+            #[allow(clippy::type_complexity)]
+            let cases: [(Vec<(f64, &B::Buf)>, Vec<(f64, &Vec<f64>)>, f64); 2] = [
+                (
+                    vec![(2.0, &fy), (-1.0, &fyp)],
+                    vec![(2.0, &y), (-1.0, &yp)],
+                    0.25,
+                ),
+                (vec![], vec![], 1.0),
+            ];
+            for (ft, rt, coef) in &cases {
+                let (fast, v) = b
+                    .step_full3x3_vjp(ft, *coef, &fy, d, &fk, fnorm, act, &fg)
+                    .unwrap();
+                let (reff, rv) = Reference
+                    .step_full3x3_vjp(rt, *coef, &y, d, &k, rnorm, act, &g)
+                    .unwrap();
+                close("step_vjp step", &down(b, &fast), &reff)?;
+                close("step_vjp dy", &down(b, &v.dy), &rv.dy)?;
+                close("step_vjp dk", &down(b, &v.dk), &rv.dk)?;
+                let scale = 0.1 * norm(&g);
+                close_scaled("step_vjp dshift", &down(b, &v.dshift), &rv.dshift, scale)?;
+                prop_assert_eq!(v.dscale.is_some(), tv);
+                let alone = b.step_full3x3(ft, *coef, &fy, d, &fk, fnorm, act).unwrap();
+                let va = b.sym_full3x3_vjp(&fy, d, &fk, fnorm, act, &fg).unwrap();
+                prop_assert_eq!(bits(&fast), bits(&alone), "step differs from step_full3x3");
+                prop_assert_eq!(bits(&v.dy), bits(&va.dy));
+                prop_assert_eq!(bits(&v.dk), bits(&va.dk));
+                prop_assert_eq!(bits(&v.dshift), bits(&va.dshift));
+                if let (Some(a), Some(e)) = (&v.dscale, &va.dscale) {
+                    prop_assert_eq!(bits(a), bits(e));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Mismatched lengths and channel counts are `Err`, never a panic.
 pub fn shape_errors<B: Backend>(b: &B, c: &Case) -> R {
     let d = c.d;

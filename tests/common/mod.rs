@@ -149,7 +149,7 @@ macro_rules! backend_op_tests {
             split_channels, concat_channels,
             softmax_xent,
             quantize, quantize_roundtrip, fixed_update,
-            step_full3x3, sym_full3x3_vjp,
+            step_full3x3, sym_full3x3_vjp, step_full3x3_vjp,
             shape_errors, deterministic_threads);
     };
     (@module $name:ident, $make:expr; $($op:ident),* $(,)?) => {

@@ -12,6 +12,9 @@ use rayon::prelude::*;
 use super::conv::{flip_kernel, im2col, matmul_scaled, row_tiles, Mat, TILE_VALUES};
 use super::direct::{self, Isa, Shifted};
 use super::par::{self, with_ws32, with_ws64};
+
+/// The update of [`step`] that [`step_vjp`] computes beside the VJP: `(terms, coef)`.
+type StepTerms<'a> = (&'a [(f32, &'a [f32])], f32);
 use crate::backend::{Activation, TV_EPS};
 use crate::tensor::Dims;
 
@@ -129,6 +132,23 @@ pub fn vjp_ws32(isa: Isa, d: Dims) -> usize {
     let tw = max_tile(d, vjp_row_values(d));
     let tt = max_tile(d, d.c * 9);
     d.c * d.hw() + (vjp_row_values(d) * tw).max(d.c * 9 * tt) + tw
+}
+
+/// f32 workspace values per thread of [`step_vjp`]: [`sym_vjp`]'s and one sample's
+/// `s = sigma(N(K y))` for the update (the GEMM path runs the two ops one after the other).
+pub fn step_vjp_ws32(isa: Isa, d: Dims) -> usize {
+    match isa {
+        Isa::Gemm => vjp_ws32(isa, d).max(step_ws32(isa, d)),
+        _ => vjp_ws32(isa, d) + d.c * d.hw(),
+    }
+}
+
+/// f64 workspace values per thread of [`step_vjp`].
+pub fn step_vjp_ws64(isa: Isa, d: Dims) -> usize {
+    match isa {
+        Isa::Gemm => vjp_ws64(isa, d).max(step_ws64(isa, d)),
+        _ => vjp_ws64(isa, d),
+    }
 }
 
 /// f64 workspace values per thread of [`sym_vjp`] (1/r and the dot product of a tile).
@@ -334,7 +354,9 @@ fn step_direct<A: Act>(
 
 /// [`sym_vjp`] on the direct kernels: per sample, the shifted planes of `y` and `g` once; per
 /// row tile `K y`, `K g`, the pointwise VJP and both weight-gradient terms against the planes;
-/// then `dy = -K^T dz`.
+/// then `dy = -K^T dz`. With `step`, also [`step`]'s `sum_i a_i x_i - coef K^T s` from the
+/// tiles' `s` (returned second; empty without `step`): bit for bit what [`step_direct`] gives,
+/// without its second `K y` and pointwise pass.
 fn vjp_direct<A: Act>(
     isa: Isa,
     y: &[f32],
@@ -342,11 +364,14 @@ fn vjp_direct<A: Act>(
     k: &[f32],
     norm: NormP<'_>,
     g: &[f32],
-) -> VjpOut {
+    step: Option<StepTerms<'_>>,
+) -> (VjpOut, Vec<f32>) {
     let (c, hw, kk) = (d.c, d.hw(), d.c * 9);
     let sl = c * hw;
     let tv = norm.s.is_some();
     let mut dy = vec![0.0f32; d.len()];
+    let mut out = vec![0.0f32; if step.is_some() { d.len() } else { 0 }];
+    let s_len = if step.is_some() { sl } else { 0 };
     let geo = Shifted::for_forward(isa, c, d.h, d.w);
     // Under bf16 the weight gradient reads planes of plain bf16 rows beside the paired ones.
     let geo_w = Shifted::for_wgrad(isa, c, d.h, d.w);
@@ -361,8 +386,12 @@ fn vjp_direct<A: Act>(
         direct::pack_weights(isa, k, c, c),
         direct::pack_weights_t(isa, k, c, c),
     );
-    let (ws32, ws64) = (vjp_ws32(isa, d), vjp_ws64(isa, d));
-    let parts = par::map_chunks_mut(d.n, &mut dy, sl, |r, dys| {
+    let ws32 = match step {
+        Some(_) => step_vjp_ws32(isa, d),
+        None => vjp_ws32(isa, d),
+    };
+    let ws64 = vjp_ws64(isa, d);
+    let parts = par::map_chunks_mut2(d.n, &mut dy, &mut out, sl, |r, dys, outs| {
         let mut dk = vec![0.0f32; c * kk];
         let mut acc = vec![0.0f64; 2 * c];
         for (i, n) in r.enumerate() {
@@ -380,6 +409,7 @@ fn vjp_direct<A: Act>(
                     };
                     let (tiles16, rest) = rest.split_at_mut(tiles16_len);
                     let (dz_full, rest) = rest.split_at_mut(sl);
+                    let (s_full, rest) = rest.split_at_mut(s_len);
                     geo.fill(yn, xs_y);
                     geo.fill(gn, xs_g);
                     let (wg, wy): (&[f32], &[f32]) = if bf16 {
@@ -411,6 +441,12 @@ fn vjp_direct<A: Act>(
                             &mut w64[..2 * tw],
                             &mut acc,
                         );
+                        if s_len > 0 {
+                            for ch in 0..c {
+                                let row = &mut s_full[ch * hw + p0..ch * hw + p0 + tw];
+                                row.copy_from_slice(&s_t[ch * tw..(ch + 1) * tw]);
+                            }
+                        }
                         // dK = -(s g^T + dz y^T) against the planes still in cache.
                         if bf16 {
                             let t16: &mut [u16] = bytemuck::cast_slice_mut(tiles16);
@@ -455,6 +491,13 @@ fn vjp_direct<A: Act>(
                     // dy = -K^T dz.
                     geo.fill(dz_full, xs_y);
                     direct::forward(isa, &geo, xs_y, &wpt, c, 0..hw, dyn_, hw, -1.0, false);
+                    // The update, as `step_direct` ends: `g`'s plane is free now.
+                    if let Some((terms, coef)) = step {
+                        let on = &mut outs[i * sl..(i + 1) * sl];
+                        lincomb_sample(terms, n, sl, on);
+                        geo.fill(s_full, xs_g);
+                        direct::forward(isa, &geo, xs_g, &wpt, c, 0..hw, on, hw, -coef, true);
+                    }
                 })
             });
         }
@@ -467,7 +510,7 @@ fn vjp_direct<A: Act>(
         acc.iter_mut().zip(pa).for_each(|(o, v)| *o += v);
     }
     let neg = |v: &[f64]| v.iter().map(|&x| -x as f32).collect::<Vec<f32>>();
-    (dy, dk, tv.then(|| neg(&acc[..c])), neg(&acc[c..]))
+    ((dy, dk, tv.then(|| neg(&acc[..c])), neg(&acc[c..])), out)
 }
 
 /// `out (+)= beta K^T src` for one sample, row tile by row tile: `kf` is the flipped kernel laid
@@ -522,6 +565,34 @@ pub fn sym_vjp(
         Activation::Tanh => vjp_a::<Tanh>(isa, y, d, k, norm, g),
         Activation::Logcosh => vjp_a::<Logcosh>(isa, y, d, k, norm, g),
     }
+}
+
+/// [`sym_vjp`] and [`step`] at the same `y` (the backend's `step_full3x3_vjp`): `(step, vjp)`.
+/// The direct paths compute `K y`, its norms and `sigma` once for both, each result bit for bit
+/// that of its op alone; the GEMM path runs the two ops. Lengths checked by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn step_vjp(
+    isa: Isa,
+    terms: &[(f32, &[f32])],
+    coef: f32,
+    y: &[f32],
+    d: Dims,
+    k: &[f32],
+    norm: NormP<'_>,
+    act: Activation,
+    g: &[f32],
+) -> (Vec<f32>, VjpOut) {
+    if isa == Isa::Gemm || d.is_empty() {
+        let v = sym_vjp(isa, y, d, k, norm, act, g);
+        return (step(isa, terms, coef, y, d, k, norm, act), v);
+    }
+    let st = Some((terms, coef));
+    let (v, out) = match act {
+        Activation::Relu => vjp_direct::<Relu>(isa, y, d, k, norm, g, st),
+        Activation::Tanh => vjp_direct::<Tanh>(isa, y, d, k, norm, g, st),
+        Activation::Logcosh => vjp_direct::<Logcosh>(isa, y, d, k, norm, g, st),
+    };
+    (out, v)
 }
 
 /// Per tile of the VJP: from `z = K y` and `kg = K g` (`[c, tw]`), writes `s = sigma(N(z))`
@@ -629,7 +700,7 @@ fn vjp_a<A: Act>(isa: Isa, y: &[f32], d: Dims, k: &[f32], norm: NormP<'_>, g: &[
         return (dy, vec![0.0; c * kk], tv.then(|| z.clone()), z);
     }
     if isa != Isa::Gemm {
-        return vjp_direct::<A>(isa, y, d, k, norm, g);
+        return vjp_direct::<A>(isa, y, d, k, norm, g, None).0;
     }
     let kf = flip_kernel(k, c, c);
     let (ws32, ws64) = (vjp_ws32(isa, d), vjp_ws64(isa, d));

@@ -278,6 +278,14 @@ impl Backend for Cpu {
                     threads(parts(d)) * g * fused::vjp_ws64(self.kernels(), d),
                 ],
             },
+            ScratchOp::StepFull3x3Vjp { d } => Scratch {
+                transient: fused::weight_bytes(self.kernels(), d.c)
+                    + parts(d) * (f * d.c * d.c * 9 + g * 2 * d.c),
+                pools: [
+                    threads(parts(d)) * f * fused::step_vjp_ws32(self.kernels(), d),
+                    threads(parts(d)) * g * fused::step_vjp_ws64(self.kernels(), d),
+                ],
+            },
             ScratchOp::TnrdStage { d, filters, size } => Scratch {
                 transient: tnrd::forward_bytes(d, filters, size, threads(d.n.max(filters))),
                 pools: [0, 0],
@@ -290,6 +298,10 @@ impl Backend for Cpu {
     }
     fn fuses_sym_full3x3(&self) -> bool {
         true
+    }
+    fn fuses_step_full3x3_vjp(&self) -> bool {
+        // The GEMM path runs the step and the VJP one after the other (the default body).
+        self.kernels() != direct::Isa::Gemm
     }
 
     fn zeros(&self, len: usize) -> Result<Vec<f32>> {
@@ -1055,6 +1067,43 @@ impl Backend for Cpu {
             dscale,
             dshift,
         })
+    }
+
+    fn step_full3x3_vjp(
+        &self,
+        terms: &[(f64, &Vec<f32>)],
+        coef: f64,
+        y: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        norm: Norm<'_, Vec<f32>>,
+        act: Activation,
+        g: &Vec<f32>,
+    ) -> Result<(Vec<f32>, SymGrads<Vec<f32>>)> {
+        if !self.fuses_step_full3x3_vjp() {
+            let v = self.sym_full3x3_vjp(y, d, k, norm, act, g)?;
+            let s = self.step_full3x3(terms, coef, y, d, k, norm, act)?;
+            return Ok((s, v));
+        }
+        check_len(y, d.len(), "step vjp input")?;
+        check_len(g, d.len(), "step vjp cotangent")?;
+        for (_, x) in terms {
+            check_len(x, d.len(), "step vjp term")?;
+        }
+        check_len(k, d.c * d.c * 9, "step vjp weight")?;
+        let np = norm_params(norm, d.c)?;
+        let terms: Vec<(f32, &[f32])> = terms.iter().map(|&(a, x)| (a as f32, &x[..])).collect();
+        let (s, (dy, dk, dscale, dshift)) =
+            fused::step_vjp(self.kernels(), &terms, coef as f32, y, d, k, np, act, g);
+        Ok((
+            s,
+            SymGrads {
+                dy,
+                dk,
+                dscale,
+                dshift,
+            },
+        ))
     }
 
     fn quantize(&self, x: &Vec<f32>, shift: u32) -> Result<Vec<i32>> {

@@ -46,6 +46,30 @@ pub fn map_chunks_mut<T: Send>(
         .collect()
 }
 
+/// As [`map_chunks_mut`] with a second output `out2` cut the same way (`per_sample` values a
+/// sample as well), or handed empty slices when `out2` is empty.
+pub fn map_chunks_mut2<T: Send>(
+    n: usize,
+    out: &mut [f32],
+    out2: &mut [f32],
+    per_sample: usize,
+    f: impl Fn(Range<usize>, &mut [f32], &mut [f32]) -> T + Sync,
+) -> Vec<T> {
+    if out2.is_empty() {
+        return map_chunks_mut(n, out, per_sample, |r, o| f(r, o, &mut []));
+    }
+    if per_sample == 0 {
+        return map_chunks(n, |r| f(r, &mut [], &mut []));
+    }
+    let size = chunk_size(n);
+    out[..n * per_sample]
+        .par_chunks_mut(size * per_sample)
+        .zip(out2[..n * per_sample].par_chunks_mut(size * per_sample))
+        .enumerate()
+        .map(|(i, (o, o2))| f(i * size..i * size + o.len() / per_sample, o, o2))
+        .collect()
+}
+
 /// Adds equally long partials in order into f32.
 pub fn sum_partials_f32(parts: &[Vec<f32>], len: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; len];

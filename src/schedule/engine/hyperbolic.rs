@@ -89,15 +89,41 @@ impl<B: Backend> Engine<B> {
             let l = self.layer(li);
             src.truncate(j);
             let y_owned = src.unpacked(be, j, shift)?;
-            let y = src.state(j, y_owned.as_ref())?;
-            // The first step of a float window reads the kept input, not its rebuild: where a
-            // pre-activation is exactly zero (relu's kink), the rebuild's rounding could take
-            // the other branch. A fixed-point rebuild is exact and is what `store` reads.
-            let y = match (&src, &tape.input) {
-                (LeapfrogStates::Window(..), Some(input)) if j == 0 => input,
-                _ => y,
+            // Y_0 is kept: a float rebuild serves only the drift and Y_{-1} of a chain (a
+            // fixed-point one is exact and read as `store` reads it).
+            let skip = j == 1
+                && tape.input.is_some()
+                && matches!(src, LeapfrogStates::Window(..))
+                && !measure
+                && !want_pair;
+            let rebuild = j > 0 && !skip;
+            // Where the backend fuses them, the rebuild of Y_{j-1} and the VJP at Y_j share one
+            // pass of `K Y_j`, its norms and sigma; each result is bit for bit the unfused one.
+            let fuse = rebuild
+                && src.is_window()
+                && be.fuses_step_full3x3_vjp()
+                && matches!(l.op, OpRef::Full3x3(_));
+            let (v, y_owned) = if fuse {
+                let back = Back {
+                    kind,
+                    l,
+                    d,
+                    y: None,
+                    coef,
+                };
+                (src.grad_and_step_back(be, back, y_owned, &g_next)?, None)
+            } else {
+                let y = src.state(j, y_owned.as_ref())?;
+                // The first step of a float window reads the kept input, not its rebuild:
+                // where a pre-activation is exactly zero (relu's kink), the rebuild's rounding
+                // could take the other branch. A fixed-point rebuild is exact and is what
+                // `store` reads.
+                let y = match (&src, &tape.input) {
+                    (LeapfrogStates::Window(..), Some(input)) if j == 0 => input,
+                    _ => y,
+                };
+                (steps::sym_grad(be, l, y, d, kind.act, &g_next)?, y_owned)
             };
-            let v = steps::sym_grad(be, l, y, d, kind.act, &g_next)?;
             let g_j = match &p_cur {
                 Some((c, p)) => be.lincomb(&[(2.0, &g_next), (h2, &v.dy), (*c, p)])?,
                 None => be.lincomb(&[(2.0, &g_next), (h2, &v.dy)])?,
@@ -112,14 +138,7 @@ impl<B: Backend> Engine<B> {
                 coef,
             };
             if j > 0 {
-                // Y_0 is kept: a float rebuild serves only the drift and Y_{-1} of a chain (a
-                // fixed-point one is exact and read as `store` reads it).
-                let skip = j == 1
-                    && tape.input.is_some()
-                    && matches!(src, LeapfrogStates::Window(..))
-                    && !measure
-                    && !want_pair;
-                if !skip {
+                if rebuild && !fuse {
                     src.step_back(be, back)?;
                 }
                 continue;
@@ -243,6 +262,43 @@ impl<B: Backend> LeapfrogStates<B> {
             },
             (LeapfrogStates::Window(c, _), None) => Ok(c),
             _ => Err(Error::Other("leapfrog state source mismatch".into())),
+        }
+    }
+
+    /// Whether `Y_j` is read from a rebuilt window.
+    fn is_window(&self) -> bool {
+        matches!(
+            self,
+            LeapfrogStates::Window(..) | LeapfrogStates::WindowFixed(..)
+        )
+    }
+
+    /// The VJP of `f` at the window's `Y_j` for `g` and, from the same pass, the window moved one
+    /// step back (as [`Self::step_back`]). `y` is `Y_j` dequantised (fixed point; released
+    /// before the integer update).
+    fn grad_and_step_back(
+        &mut self,
+        be: &B,
+        b: Back<'_, B>,
+        y: Option<B::Buf>,
+        g: &B::Buf,
+    ) -> Result<LayerGrads<B::Buf>> {
+        match self {
+            LeapfrogStates::Window(c, n) => {
+                let (prev, v) = steps::leapfrog_inverse_with_grad(be, b.kind, b.l, c, n, b.d, g)?;
+                *n = std::mem::replace(c, prev);
+                Ok(v)
+            }
+            LeapfrogStates::WindowFixed(c, n) => {
+                let y = y.ok_or_else(|| Error::Other("no dequantised state".into()))?;
+                let (f, v) = steps::f_with_grad(be, b.l, &y, b.d, b.kind.act, g)?;
+                drop(y);
+                let prev = be.fixed_update(&[(2, c), (-1, n)], b.coef, &f)?;
+                drop(f);
+                *n = std::mem::replace(c, prev);
+                Ok(v)
+            }
+            _ => Err(Error::Other("no rebuilt window to step back".into())),
         }
     }
 
