@@ -176,8 +176,8 @@ pub fn leapfrog_inverse_with_grad<B: Backend>(
         .terms
         .iter()
         .map(|&(a, at)| match at {
-            rule::At::Cur(0) => Ok((a as f64, y)),
-            rule::At::Prev(0) => Ok((a as f64, next)),
+            rule::At::Cur(0) => Ok((a, y)),
+            rule::At::Prev(0) => Ok((a, next)),
             _ => Err(crate::Error::Other(
                 "leapfrog rule reads another part".into(),
             )),
