@@ -1,7 +1,7 @@
 //! The step types of SPEC section 3: one forward step, its inverse (for invertible types) and its
 //! VJP, each on resolved parameter references. Units and memory policies live in `schedule`.
 
-use crate::backend::{Activation, Backend, Norm};
+use crate::backend::{Activation, Backend, Norm, SymGrads};
 use crate::config::StepType;
 use crate::error::Result;
 use crate::operators::{explicit_vjp, sym_step, sym_vjp, LayerGrads, OpRef};
@@ -59,16 +59,18 @@ pub fn sym_grad<B: Backend>(
     g: &B::Buf,
 ) -> Result<LayerGrads<B::Buf>> {
     match l.op {
-        OpRef::Full3x3(k) => {
-            let s = be.sym_full3x3_vjp(y, d, k, l.norm, act, g)?;
-            Ok(LayerGrads {
-                dy: s.dy,
-                dop: vec![s.dk],
-                dscale: s.dscale,
-                dshift: s.dshift,
-            })
-        }
+        OpRef::Full3x3(k) => Ok(full3x3_grads(be.sym_full3x3_vjp(y, d, k, l.norm, act, g)?)),
         op => sym_vjp(be, op, y, d, l.norm, act, g),
+    }
+}
+
+/// The full 3x3 operator's VJP as a layer's gradients (its one operator tensor is `K`).
+fn full3x3_grads<T>(s: SymGrads<T>) -> LayerGrads<T> {
+    LayerGrads {
+        dy: s.dy,
+        dop: vec![s.dk],
+        dscale: s.dscale,
+        dshift: s.dshift,
     }
 }
 
@@ -88,13 +90,7 @@ pub fn sym_with_grad<B: Backend>(
     match l.op {
         OpRef::Full3x3(k) => {
             let (out, s) = be.step_full3x3_vjp(terms, coef, y, d, k, l.norm, act, g)?;
-            let v = LayerGrads {
-                dy: s.dy,
-                dop: vec![s.dk],
-                dscale: s.dscale,
-                dshift: s.dshift,
-            };
-            Ok((out, v))
+            Ok((out, full3x3_grads(s)))
         }
         _ => {
             let v = sym_grad(be, l, y, d, act, g)?;
