@@ -165,7 +165,7 @@ fn short_run(method: Method) -> SolveOptions {
         steps: 600,
         batch: 256,
         boundary_batch: 128,
-        penalty: 500.0,
+        penalty: 250.0, // times |boundary| / |domain| = 2: the boundary mean's weight 500
         lr: 3e-2,
         lr_floor: 1e-2,
         width: 32,

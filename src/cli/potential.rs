@@ -89,8 +89,9 @@ pub struct SolveArgs {
     /// Boundary points per step.
     #[arg(long, default_value_t = 512)]
     pub boundary_batch: usize,
-    /// Weight of the boundary term `mean((u - u*)^2)`.
-    #[arg(long, default_value_t = 500.0)]
+    /// Weight of the boundary integral of (u - u*)^2; the boundary mean is weighted by it
+    /// times |boundary| / |domain| (2d for the cube, d for the ball).
+    #[arg(long, default_value_t = 250.0)]
     pub penalty: f64,
     /// First learning rate (cosine decay to lr * lr-floor).
     #[arg(long, default_value_t = 1e-2)]

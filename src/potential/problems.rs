@@ -39,6 +39,16 @@ impl Problem {
         Ok(())
     }
 
+    /// `|boundary| / |domain|`: 2d for the unit cube, d for the unit ball. The loss's interior
+    /// term is a mean over the domain, so the boundary mean is weighted by this ratio to keep the
+    /// penalty a weight on the boundary *integral*, whose bias does not grow with d.
+    pub fn boundary_to_volume(self, d: usize) -> f64 {
+        match self {
+            Problem::PoissonBall => d as f64,
+            Problem::PoissonCube => 2.0 * d as f64,
+        }
+    }
+
     /// The exact solution.
     pub fn exact(self, x: &[f64]) -> f64 {
         match self {

@@ -37,7 +37,10 @@ pub struct SolveOptions {
     pub batch: usize,
     /// Boundary points per step.
     pub boundary_batch: usize,
-    /// Weight of `mean((u - u*)^2)` on the boundary.
+    /// Weight beta of the boundary integral: the loss is `(1/|domain|) (int_domain e +
+    /// beta int_boundary (u - u*)^2)`, i.e. the boundary mean weighted by
+    /// `beta |boundary| / |domain|` ([`Problem::boundary_to_volume`]). Its bias, the Robin
+    /// condition `u - u* = -d_n u / (2 beta)`, is then the same in every dimension.
     pub penalty: f64,
     /// Adam's first learning rate; it decays by cosine to `lr * lr_floor` at the last step.
     pub lr: f64,
@@ -159,7 +162,7 @@ pub fn solve<T: Real>(opt: &SolveOptions, progress: &mut dyn FnMut(&str)) -> Res
     let start = Instant::now();
     let mut last_loss = f64::NAN;
     let inv_n = 1.0 / opt.batch as f64;
-    let inv_b = opt.penalty / opt.boundary_batch as f64;
+    let inv_b = opt.penalty * problem.boundary_to_volume(d) / opt.boundary_batch as f64;
     for step in 0..opt.steps {
         let xi = problem.sample_interior(d, opt.batch, &mut rng);
         let xb = problem.sample_boundary(d, opt.boundary_batch, &mut rng);
