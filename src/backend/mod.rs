@@ -800,7 +800,7 @@ pub fn cuda_is_usable() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Precision;
+    use super::{ConvSpec, Precision, Taps};
 
     #[test]
     fn precision_names_parse_back() {
@@ -809,5 +809,18 @@ mod tests {
         }
         let e = "fp16".parse::<Precision>().unwrap_err().to_string();
         assert!(e.contains("bf16 or f16"), "{e}");
+    }
+
+    #[test]
+    fn conv_spec_shapes() {
+        assert_eq!(ConvSpec::grouped3x3(1), ConvSpec::full3x3());
+        assert_eq!(ConvSpec::grouped1x1(1), ConvSpec::full1x1());
+        assert!(ConvSpec::full1x1().is_full() && !ConvSpec::grouped3x3(2).is_full());
+        assert_eq!((Taps::K3.side(), Taps::K3.count()), (3, 9));
+        assert_eq!((Taps::K1.side(), Taps::K1.count()), (1, 1));
+        assert_eq!(ConvSpec::full3x3().weight_len(8, 4), 4 * 8 * 9);
+        assert_eq!(ConvSpec::full1x1().weight_len(8, 4), 4 * 8);
+        assert_eq!(ConvSpec::grouped3x3(4).weight_len(8, 4), 4 * 2 * 9);
+        assert_eq!(ConvSpec::grouped1x1(2).weight_len(8, 4), 4 * 4);
     }
 }

@@ -40,7 +40,10 @@ struct MgicLevel<'a, B: Backend> {
     g: &'a B::Buf,
     r: &'a B::Buf,
     coarse: OpRef<'a, B>,
-    groups: usize,
+    /// `G`: grouped 3x3, one group per `group` channels.
+    g_spec: ConvSpec,
+    /// `R` (restriction to w/2 channels; `R^T` the prolongation): grouped 1x1, same groups.
+    r_spec: ConvSpec,
 }
 
 /// Splits mgic weights at width `w` into the full 3x3 weight of the coarsest level or one level.
@@ -59,7 +62,8 @@ fn mgic_level<'a, B: Backend>(
                     weights: rest,
                     group,
                 },
-                groups: w / group,
+                g_spec: ConvSpec::grouped3x3(w / group),
+                r_spec: ConvSpec::grouped1x1(w / group),
             }))
         }
         _ => Err(crate::error::Error::Shape(format!(
@@ -85,12 +89,12 @@ impl<B: Backend> OpRef<'_, B> {
                 // K y = G y + R^T K_c (R y).
                 Err(l) => {
                     let cd = d.with_c(d.c / 2);
-                    let ry = be.conv(ConvSpec::grouped1x1(l.groups), y, d, l.r, cd.c)?;
+                    let ry = be.conv(l.r_spec, y, d, l.r, cd.c)?;
                     let kry = l.coarse.apply(be, &ry, cd)?;
                     drop(ry);
-                    let up = be.conv_t(ConvSpec::grouped1x1(l.groups), &kry, cd, l.r, d.c)?;
+                    let up = be.conv_t(l.r_spec, &kry, cd, l.r, d.c)?;
                     drop(kry);
-                    let gy = be.conv(ConvSpec::grouped3x3(l.groups), y, d, l.g, d.c)?;
+                    let gy = be.conv(l.g_spec, y, d, l.g, d.c)?;
                     be.lincomb(&[(1.0, &gy), (1.0, &up)])
                 }
             },
@@ -111,12 +115,12 @@ impl<B: Backend> OpRef<'_, B> {
                 // K^T z = G^T z + R^T K_c^T (R z).
                 Err(l) => {
                     let cd = d.with_c(d.c / 2);
-                    let rz = be.conv(ConvSpec::grouped1x1(l.groups), z, d, l.r, cd.c)?;
+                    let rz = be.conv(l.r_spec, z, d, l.r, cd.c)?;
                     let krz = l.coarse.adjoint(be, &rz, cd)?;
                     drop(rz);
-                    let up = be.conv_t(ConvSpec::grouped1x1(l.groups), &krz, cd, l.r, d.c)?;
+                    let up = be.conv_t(l.r_spec, &krz, cd, l.r, d.c)?;
                     drop(krz);
-                    let gz = be.conv_t(ConvSpec::grouped3x3(l.groups), z, d, l.g, d.c)?;
+                    let gz = be.conv_t(l.g_spec, z, d, l.g, d.c)?;
                     be.lincomb(&[(1.0, &gz), (1.0, &up)])
                 }
             },
@@ -136,16 +140,14 @@ impl<B: Backend> OpRef<'_, B> {
                 // <dz, R^T K_c R x> = <R dz, K_c (R x)>: R appears on both sides, K_c in between.
                 Err(l) => {
                     let cd = d.with_c(d.c / 2);
-                    let dg = be.conv_wgrad(ConvSpec::grouped3x3(l.groups), x, d, dz, d.c)?;
-                    let rx = be.conv(ConvSpec::grouped1x1(l.groups), x, d, l.r, cd.c)?;
-                    let rdz = be.conv(ConvSpec::grouped1x1(l.groups), dz, d, l.r, cd.c)?;
+                    let dg = be.conv_wgrad(l.g_spec, x, d, dz, d.c)?;
+                    let rx = be.conv(l.r_spec, x, d, l.r, cd.c)?;
+                    let rdz = be.conv(l.r_spec, dz, d, l.r, cd.c)?;
                     let k_rx = l.coarse.apply(be, &rx, cd)?;
                     let kt_rdz = l.coarse.adjoint(be, &rdz, cd)?;
-                    let dr_out =
-                        be.conv_wgrad(ConvSpec::grouped1x1(l.groups), dz, d, &k_rx, cd.c)?;
+                    let dr_out = be.conv_wgrad(l.r_spec, dz, d, &k_rx, cd.c)?;
                     drop(k_rx);
-                    let dr_in =
-                        be.conv_wgrad(ConvSpec::grouped1x1(l.groups), x, d, &kt_rdz, cd.c)?;
+                    let dr_in = be.conv_wgrad(l.r_spec, x, d, &kt_rdz, cd.c)?;
                     drop(kt_rdz);
                     let dr = be.lincomb(&[(1.0, &dr_out), (1.0, &dr_in)])?;
                     let mut out = vec![dg, dr];
