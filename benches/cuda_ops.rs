@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput};
 use cudarc::driver::sys::CUevent_flags;
 use pdenet::backend::cuda::Cuda;
-use pdenet::backend::{Activation, Backend, Norm, Precision};
+use pdenet::backend::{Activation, Backend, ConvSpec, Norm, Precision};
 use pdenet::bench::random_values;
 use pdenet::Dims;
 
@@ -117,9 +117,24 @@ fn convolutions(cr: &mut Criterion, cuda: &Cuda) {
         let norm = || Norm::Tv { s: &s, b: &sh };
         let mut grp = cr.benchmark_group(format!("{prec}/conv/{c}x{hw}"));
         grp.throughput(Throughput::Elements(conv_flops(d)));
-        bench_op!(grp, cuda, "conv3x3", cuda.conv3x3(&x, d, &k, c));
-        bench_op!(grp, cuda, "conv3x3_t", cuda.conv3x3_t(&g, d, &k, c));
-        bench_op!(grp, cuda, "conv3x3_wgrad", cuda.conv3x3_wgrad(&x, d, &g, c));
+        bench_op!(
+            grp,
+            cuda,
+            "conv3x3",
+            cuda.conv(ConvSpec::full3x3(), &x, d, &k, c)
+        );
+        bench_op!(
+            grp,
+            cuda,
+            "conv3x3_t",
+            cuda.conv_t(ConvSpec::full3x3(), &g, d, &k, c)
+        );
+        bench_op!(
+            grp,
+            cuda,
+            "conv3x3_wgrad",
+            cuda.conv_wgrad(ConvSpec::full3x3(), &x, d, &g, c)
+        );
         // Two convolutions: K Y, then K^T sigma(N(.)) with the integrator update (leapfrog).
         grp.throughput(Throughput::Elements(2 * conv_flops(d)));
         bench_op!(
@@ -145,27 +160,42 @@ fn convolutions(cr: &mut Criterion, cuda: &Cuda) {
             cuda.sym_full3x3_vjp(&x, d, &k, norm(), Activation::Relu, &g)
         );
         grp.throughput(Throughput::Elements((2 * d.len() * c) as u64));
-        bench_op!(grp, cuda, "conv1x1", cuda.conv1x1(&x, d, &k1, c));
-        bench_op!(grp, cuda, "conv1x1_t", cuda.conv1x1_t(&g, d, &k1, c));
-        bench_op!(grp, cuda, "conv1x1_wgrad", cuda.conv1x1_wgrad(&x, d, &g, c));
+        bench_op!(
+            grp,
+            cuda,
+            "conv1x1",
+            cuda.conv(ConvSpec::full1x1(), &x, d, &k1, c)
+        );
+        bench_op!(
+            grp,
+            cuda,
+            "conv1x1_t",
+            cuda.conv_t(ConvSpec::full1x1(), &g, d, &k1, c)
+        );
+        bench_op!(
+            grp,
+            cuda,
+            "conv1x1_wgrad",
+            cuda.conv_wgrad(ConvSpec::full1x1(), &x, d, &g, c)
+        );
         grp.throughput(Throughput::Elements(conv_flops(d) / groups as u64));
         bench_op!(
             grp,
             cuda,
             "grouped_conv3x3",
-            cuda.grouped_conv3x3(&x, d, &kg, c, groups)
+            cuda.conv(ConvSpec::grouped3x3(groups), &x, d, &kg, c)
         );
         bench_op!(
             grp,
             cuda,
             "grouped_conv3x3_t",
-            cuda.grouped_conv3x3_t(&g, d, &kg, c, groups)
+            cuda.conv_t(ConvSpec::grouped3x3(groups), &g, d, &kg, c)
         );
         bench_op!(
             grp,
             cuda,
             "grouped_conv3x3_wgrad",
-            cuda.grouped_conv3x3_wgrad(&x, d, &g, c, groups)
+            cuda.conv_wgrad(ConvSpec::grouped3x3(groups), &x, d, &g, c)
         );
         grp.finish();
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use pdenet::backend::cpu::Cpu;
-use pdenet::backend::{Activation, Backend, Norm};
+use pdenet::backend::{Activation, Backend, ConvSpec, Norm};
 use pdenet::Dims;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,13 +40,22 @@ fn convolutions(cr: &mut Criterion) {
         let mut grp = cr.benchmark_group(format!("conv/{c}x{hw}"));
         grp.throughput(Throughput::Elements(conv_flops(d)));
         grp.bench_function("conv3x3", |bn| {
-            bn.iter(|| b.conv3x3(black_box(&x), d, &k, c).unwrap())
+            bn.iter(|| {
+                b.conv(ConvSpec::full3x3(), black_box(&x), d, &k, c)
+                    .unwrap()
+            })
         });
         grp.bench_function("conv3x3_t", |bn| {
-            bn.iter(|| b.conv3x3_t(black_box(&g), d, &k, c).unwrap())
+            bn.iter(|| {
+                b.conv_t(ConvSpec::full3x3(), black_box(&g), d, &k, c)
+                    .unwrap()
+            })
         });
         grp.bench_function("conv3x3_wgrad", |bn| {
-            bn.iter(|| b.conv3x3_wgrad(black_box(&x), d, &g, c).unwrap())
+            bn.iter(|| {
+                b.conv_wgrad(ConvSpec::full3x3(), black_box(&x), d, &g, c)
+                    .unwrap()
+            })
         });
         // Same flops as one conv: a GEMM [c, 9c] x [9c, hw] per sample, batch-parallel.
         let cols = data(&mut rng, BATCH * 9 * c * d.hw());
@@ -73,13 +82,22 @@ fn convolutions(cr: &mut Criterion) {
         });
         grp.throughput(Throughput::Elements((2 * d.len() * c) as u64));
         grp.bench_function("conv1x1", |bn| {
-            bn.iter(|| b.conv1x1(black_box(&x), d, &k1, c).unwrap())
+            bn.iter(|| {
+                b.conv(ConvSpec::full1x1(), black_box(&x), d, &k1, c)
+                    .unwrap()
+            })
         });
         grp.bench_function("conv1x1_t", |bn| {
-            bn.iter(|| b.conv1x1_t(black_box(&g), d, &k1, c).unwrap())
+            bn.iter(|| {
+                b.conv_t(ConvSpec::full1x1(), black_box(&g), d, &k1, c)
+                    .unwrap()
+            })
         });
         grp.bench_function("conv1x1_wgrad", |bn| {
-            bn.iter(|| b.conv1x1_wgrad(black_box(&x), d, &g, c).unwrap())
+            bn.iter(|| {
+                b.conv_wgrad(ConvSpec::full1x1(), black_box(&x), d, &g, c)
+                    .unwrap()
+            })
         });
         grp.finish();
     }
@@ -224,11 +242,14 @@ fn structured(cr: &mut Criterion) {
             bn.iter(|| b.stencil5_wgrad(black_box(&x), d, &g).unwrap())
         });
         grp.bench_function("grouped_conv3x3", |bn| {
-            bn.iter(|| b.grouped_conv3x3(black_box(&x), d, &kg, c, groups).unwrap())
+            bn.iter(|| {
+                b.conv(ConvSpec::grouped3x3(groups), black_box(&x), d, &kg, c)
+                    .unwrap()
+            })
         });
         grp.bench_function("grouped_conv3x3_wgrad", |bn| {
             bn.iter(|| {
-                b.grouped_conv3x3_wgrad(black_box(&x), d, &g, c, groups)
+                b.conv_wgrad(ConvSpec::grouped3x3(groups), black_box(&x), d, &g, c)
                     .unwrap()
             })
         });

@@ -10,7 +10,7 @@ use common::{close, rand_vec, wide_case, Case};
 use pdenet::backend::cpu::kernels::{self, Isa};
 use pdenet::backend::cpu::Cpu;
 use pdenet::backend::reference::Reference;
-use pdenet::backend::{Backend, Precision};
+use pdenet::backend::{Backend, ConvSpec, Precision};
 use pdenet::config::{Config, StepType};
 use pdenet::network::Layout;
 use pdenet::schedule::{Engine, GradOutput, Policy};
@@ -52,14 +52,18 @@ fn check(c: &Case) -> Result<(), TestCaseError> {
     let isa = Isa::Avx512Bf16;
     let name = |op: &str| format!("bf16 {op} {d:?} cout {cout}");
     let fast = kernels::conv3x3(isa, &f32s(&x), d, &f32s(&k), cout).unwrap();
-    let want = Reference.conv3x3(&bf16(&x), d, &bf16(&k), cout).unwrap();
+    let want = Reference
+        .conv(ConvSpec::full3x3(), &bf16(&x), d, &bf16(&k), cout)
+        .unwrap();
     close(&name("conv3x3"), &f64s(&fast), &want)?;
     let fast = kernels::conv3x3_t(isa, &f32s(&x), d, &f32s(&kt), cout).unwrap();
-    let want = Reference.conv3x3_t(&bf16(&x), d, &bf16(&kt), cout).unwrap();
+    let want = Reference
+        .conv_t(ConvSpec::full3x3(), &bf16(&x), d, &bf16(&kt), cout)
+        .unwrap();
     close(&name("conv3x3_t"), &f64s(&fast), &want)?;
     let fast = kernels::conv3x3_wgrad(isa, &f32s(&x), d, &f32s(&dz), cout).unwrap();
     let want = Reference
-        .conv3x3_wgrad(&bf16(&x), d, &bf16(&dz), cout)
+        .conv_wgrad(ConvSpec::full3x3(), &bf16(&x), d, &bf16(&dz), cout)
         .unwrap();
     close(&name("conv3x3_wgrad"), &f64s(&fast), &want)
 }
@@ -97,7 +101,7 @@ fn bf16_kernels_round_their_operands() {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let x = rand_vec(&mut rng, d.len(), 1.0);
     let k = rand_vec(&mut rng, 16 * 16 * 9, 1.0);
-    let exact = Reference.conv3x3(&x, d, &k, 16).unwrap();
+    let exact = Reference.conv(ConvSpec::full3x3(), &x, d, &k, 16).unwrap();
     let e = |isa| {
         let y = kernels::conv3x3(isa, &f32s(&x), d, &f32s(&k), 16).unwrap();
         common::rel_err(&f64s(&y), &exact)

@@ -7,7 +7,7 @@
 
 use pdenet::backend::cuda::Cuda;
 use pdenet::backend::reference::Reference;
-use pdenet::backend::{Activation, Backend, Norm, Precision};
+use pdenet::backend::{Activation, Backend, ConvSpec, Norm, Precision};
 use pdenet::{Dims, Error};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -156,20 +156,26 @@ fn conv3x3_family() {
         check(
             &c,
             &format!("conv3x3 {what}"),
-            &c.conv3x3(&x.dev, d, &k.dev, cout).unwrap(),
-            &r.conv3x3(&x.host, d, &k.host, cout).unwrap(),
+            &c.conv(ConvSpec::full3x3(), &x.dev, d, &k.dev, cout)
+                .unwrap(),
+            &r.conv(ConvSpec::full3x3(), &x.host, d, &k.host, cout)
+                .unwrap(),
         );
         check(
             &c,
             &format!("conv3x3_t {what}"),
-            &c.conv3x3_t(&z.dev, od, &k.dev, d.c).unwrap(),
-            &r.conv3x3_t(&z.host, od, &k.host, d.c).unwrap(),
+            &c.conv_t(ConvSpec::full3x3(), &z.dev, od, &k.dev, d.c)
+                .unwrap(),
+            &r.conv_t(ConvSpec::full3x3(), &z.host, od, &k.host, d.c)
+                .unwrap(),
         );
         check(
             &c,
             &format!("conv3x3_wgrad {what}"),
-            &c.conv3x3_wgrad(&x.dev, d, &z.dev, cout).unwrap(),
-            &r.conv3x3_wgrad(&x.host, d, &z.host, cout).unwrap(),
+            &c.conv_wgrad(ConvSpec::full3x3(), &x.dev, d, &z.dev, cout)
+                .unwrap(),
+            &r.conv_wgrad(ConvSpec::full3x3(), &x.host, d, &z.host, cout)
+                .unwrap(),
         );
     }
 }
@@ -188,20 +194,26 @@ fn conv1x1_family() {
         check(
             &c,
             &format!("conv1x1 {what}"),
-            &c.conv1x1(&x.dev, d, &k.dev, cout).unwrap(),
-            &r.conv1x1(&x.host, d, &k.host, cout).unwrap(),
+            &c.conv(ConvSpec::full1x1(), &x.dev, d, &k.dev, cout)
+                .unwrap(),
+            &r.conv(ConvSpec::full1x1(), &x.host, d, &k.host, cout)
+                .unwrap(),
         );
         check(
             &c,
             &format!("conv1x1_t {what}"),
-            &c.conv1x1_t(&z.dev, od, &k.dev, d.c).unwrap(),
-            &r.conv1x1_t(&z.host, od, &k.host, d.c).unwrap(),
+            &c.conv_t(ConvSpec::full1x1(), &z.dev, od, &k.dev, d.c)
+                .unwrap(),
+            &r.conv_t(ConvSpec::full1x1(), &z.host, od, &k.host, d.c)
+                .unwrap(),
         );
         check(
             &c,
             &format!("conv1x1_wgrad {what}"),
-            &c.conv1x1_wgrad(&x.dev, d, &z.dev, cout).unwrap(),
-            &r.conv1x1_wgrad(&x.host, d, &z.host, cout).unwrap(),
+            &c.conv_wgrad(ConvSpec::full1x1(), &x.dev, d, &z.dev, cout)
+                .unwrap(),
+            &r.conv_wgrad(ConvSpec::full1x1(), &x.host, d, &z.host, cout)
+                .unwrap(),
         );
     }
 }
@@ -261,28 +273,32 @@ fn tensor_core_convolutions() {
                 );
                 let (fwd, tr, wg) = if taps == 9 {
                     (
-                        c.conv3x3(&xd, d, &kd, cout).unwrap(),
-                        c.conv3x3_t(&zd, od, &kd, d.c).unwrap(),
-                        c.conv3x3_wgrad(&xd, d, &zd, cout).unwrap(),
+                        c.conv(ConvSpec::full3x3(), &xd, d, &kd, cout).unwrap(),
+                        c.conv_t(ConvSpec::full3x3(), &zd, od, &kd, d.c).unwrap(),
+                        c.conv_wgrad(ConvSpec::full3x3(), &xd, d, &zd, cout)
+                            .unwrap(),
                     )
                 } else {
                     (
-                        c.conv1x1(&xd, d, &kd, cout).unwrap(),
-                        c.conv1x1_t(&zd, od, &kd, d.c).unwrap(),
-                        c.conv1x1_wgrad(&xd, d, &zd, cout).unwrap(),
+                        c.conv(ConvSpec::full1x1(), &xd, d, &kd, cout).unwrap(),
+                        c.conv_t(ConvSpec::full1x1(), &zd, od, &kd, d.c).unwrap(),
+                        c.conv_wgrad(ConvSpec::full1x1(), &xd, d, &zd, cout)
+                            .unwrap(),
                     )
                 };
                 let (wf, wt, ww) = if taps == 9 {
                     (
-                        r.conv3x3(&xr, d, &kr, cout).unwrap(),
-                        r.conv3x3_t(&zr, od, &kr, d.c).unwrap(),
-                        r.conv3x3_wgrad(&xr, d, &zr, cout).unwrap(),
+                        r.conv(ConvSpec::full3x3(), &xr, d, &kr, cout).unwrap(),
+                        r.conv_t(ConvSpec::full3x3(), &zr, od, &kr, d.c).unwrap(),
+                        r.conv_wgrad(ConvSpec::full3x3(), &xr, d, &zr, cout)
+                            .unwrap(),
                     )
                 } else {
                     (
-                        r.conv1x1(&xr, d, &kr, cout).unwrap(),
-                        r.conv1x1_t(&zr, od, &kr, d.c).unwrap(),
-                        r.conv1x1_wgrad(&xr, d, &zr, cout).unwrap(),
+                        r.conv(ConvSpec::full1x1(), &xr, d, &kr, cout).unwrap(),
+                        r.conv_t(ConvSpec::full1x1(), &zr, od, &kr, d.c).unwrap(),
+                        r.conv_wgrad(ConvSpec::full1x1(), &xr, d, &zr, cout)
+                            .unwrap(),
                     )
                 };
                 check(&c, &format!("fwd {what}"), &fwd, &wf);
@@ -372,14 +388,18 @@ fn large_weight_gradient_uses_splits() {
     check(
         &c,
         "conv3x3_wgrad split",
-        &c.conv3x3_wgrad(&x.dev, d, &z.dev, 8).unwrap(),
-        &r.conv3x3_wgrad(&x.host, d, &z.host, 8).unwrap(),
+        &c.conv_wgrad(ConvSpec::full3x3(), &x.dev, d, &z.dev, 8)
+            .unwrap(),
+        &r.conv_wgrad(ConvSpec::full3x3(), &x.host, d, &z.host, 8)
+            .unwrap(),
     );
     check(
         &c,
         "conv1x1_wgrad split",
-        &c.conv1x1_wgrad(&x.dev, d, &z.dev, 8).unwrap(),
-        &r.conv1x1_wgrad(&x.host, d, &z.host, 8).unwrap(),
+        &c.conv_wgrad(ConvSpec::full1x1(), &x.dev, d, &z.dev, 8)
+            .unwrap(),
+        &r.conv_wgrad(ConvSpec::full1x1(), &x.host, d, &z.host, 8)
+            .unwrap(),
     );
 }
 
@@ -749,10 +769,10 @@ fn deterministic_repeats() {
             )
             .unwrap();
         vec![
-            f(&c.conv3x3(&x, d, &k, d.c).unwrap()),
-            f(&c.conv3x3_t(&x, d, &k, d.c).unwrap()),
-            f(&c.conv3x3_wgrad(&x, d, &dz, d.c).unwrap()),
-            f(&c.conv1x1_wgrad(&x, d, &dz, d.c).unwrap()),
+            f(&c.conv(ConvSpec::full3x3(), &x, d, &k, d.c).unwrap()),
+            f(&c.conv_t(ConvSpec::full3x3(), &x, d, &k, d.c).unwrap()),
+            f(&c.conv_wgrad(ConvSpec::full3x3(), &x, d, &dz, d.c).unwrap()),
+            f(&c.conv_wgrad(ConvSpec::full1x1(), &x, d, &dz, d.c).unwrap()),
             f(&c.channel_sum(&dz, d).unwrap()),
             f(&c.global_mean(&x, d).unwrap()),
             f(&tdx),
@@ -788,11 +808,22 @@ fn bad_shapes_are_errors() {
     let short = c.zeros(5).unwrap();
     let k = c.zeros(3 * 3 * 9).unwrap();
     let is_shape = |r: Result<(), Error>| matches!(r, Err(Error::Shape(_)));
-    assert!(is_shape(c.conv3x3(&short, d, &k, 3).map(|_| ())));
-    assert!(is_shape(c.conv3x3(&x, d, &short, 3).map(|_| ())));
-    assert!(is_shape(c.conv3x3_t(&x, d, &k, 4).map(|_| ())));
-    assert!(is_shape(c.conv3x3_wgrad(&x, d, &short, 3).map(|_| ())));
-    assert!(is_shape(c.conv1x1(&x, d, &k, 3).map(|_| ())));
+    assert!(is_shape(
+        c.conv(ConvSpec::full3x3(), &short, d, &k, 3).map(|_| ())
+    ));
+    assert!(is_shape(
+        c.conv(ConvSpec::full3x3(), &x, d, &short, 3).map(|_| ())
+    ));
+    assert!(is_shape(
+        c.conv_t(ConvSpec::full3x3(), &x, d, &k, 4).map(|_| ())
+    ));
+    assert!(is_shape(
+        c.conv_wgrad(ConvSpec::full3x3(), &x, d, &short, 3)
+            .map(|_| ())
+    ));
+    assert!(is_shape(
+        c.conv(ConvSpec::full1x1(), &x, d, &k, 3).map(|_| ())
+    ));
     assert!(is_shape(c.tvnorm(&x, d, &short, &short).map(|_| ())));
     assert!(is_shape(c.lincomb(&[]).map(|_| ())));
     assert!(is_shape(c.lincomb(&[(1.0, &x), (1.0, &short)]).map(|_| ())));

@@ -9,7 +9,7 @@ mod common;
 use common::{close, rand_vec, wide_case, Case};
 use pdenet::backend::cpu::kernels::{self, Isa};
 use pdenet::backend::reference::Reference;
-use pdenet::backend::Backend;
+use pdenet::backend::{Backend, ConvSpec};
 use pdenet::Dims;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError};
@@ -46,14 +46,20 @@ fn check(isa: Isa, c: &Case) -> Result<(), TestCaseError> {
     let kt = rand_vec(&mut rng, d.c * cout * 9, 1.0);
     let name = |op: &str| format!("{} {op} {d:?} cout {cout}", isa.name());
     let fast = kernels::conv3x3(isa, &f32s(&x), d, &f32s(&k), cout).unwrap();
-    let reff = Reference.conv3x3(&x, d, &k, cout).unwrap();
+    let reff = Reference
+        .conv(ConvSpec::full3x3(), &x, d, &k, cout)
+        .unwrap();
     close(&name("conv3x3"), &f64s(&fast), &reff)?;
     // The adjoint reads x as the cotangent of a conv cout -> d.c.
     let fast = kernels::conv3x3_t(isa, &f32s(&x), d, &f32s(&kt), cout).unwrap();
-    let reff = Reference.conv3x3_t(&x, d, &kt, cout).unwrap();
+    let reff = Reference
+        .conv_t(ConvSpec::full3x3(), &x, d, &kt, cout)
+        .unwrap();
     close(&name("conv3x3_t"), &f64s(&fast), &reff)?;
     let fast = kernels::conv3x3_wgrad(isa, &f32s(&x), d, &f32s(&dz), cout).unwrap();
-    let reff = Reference.conv3x3_wgrad(&x, d, &dz, cout).unwrap();
+    let reff = Reference
+        .conv_wgrad(ConvSpec::full3x3(), &x, d, &dz, cout)
+        .unwrap();
     close(&name("conv3x3_wgrad"), &f64s(&fast), &reff)
 }
 

@@ -5,7 +5,7 @@ mod common;
 
 use common::{dot, norm, rand_vec};
 use pdenet::backend::reference::Reference;
-use pdenet::backend::{Activation, Backend, Norm};
+use pdenet::backend::{Activation, Backend, ConvSpec, Norm};
 use pdenet::Dims;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -61,19 +61,25 @@ fn conv3x3_vjps() {
         let x = rand_vec(&mut r, d.len(), 1.0);
         let k = rand_vec(&mut r, cout * d.c * 9, 1.0);
         let u = rand_vec(&mut r, od.len(), 1.0);
-        let jt = B.conv3x3_t(&u, od, &k, d.c).unwrap();
+        let jt = B.conv_t(ConvSpec::full3x3(), &u, od, &k, d.c).unwrap();
         check_vjp(
             "conv3x3 dx",
-            |x| B.conv3x3(&x.to_vec(), d, &k, cout).unwrap(),
+            |x| {
+                B.conv(ConvSpec::full3x3(), &x.to_vec(), d, &k, cout)
+                    .unwrap()
+            },
             &x,
             &u,
             &jt,
             &mut r,
         );
-        let jt = B.conv3x3_wgrad(&x, d, &u, cout).unwrap();
+        let jt = B.conv_wgrad(ConvSpec::full3x3(), &x, d, &u, cout).unwrap();
         check_vjp(
             "conv3x3 dK",
-            |k| B.conv3x3(&x, d, &k.to_vec(), cout).unwrap(),
+            |k| {
+                B.conv(ConvSpec::full3x3(), &x, d, &k.to_vec(), cout)
+                    .unwrap()
+            },
             &k,
             &u,
             &jt,
@@ -82,19 +88,25 @@ fn conv3x3_vjps() {
         // The transpose as a map of its own: its VJPs are conv3x3 and a weight gradient.
         let z = rand_vec(&mut r, od.len(), 1.0);
         let ux = rand_vec(&mut r, d.len(), 1.0);
-        let jt = B.conv3x3(&ux, d, &k, cout).unwrap();
+        let jt = B.conv(ConvSpec::full3x3(), &ux, d, &k, cout).unwrap();
         check_vjp(
             "conv3x3_t dz",
-            |z| B.conv3x3_t(&z.to_vec(), od, &k, d.c).unwrap(),
+            |z| {
+                B.conv_t(ConvSpec::full3x3(), &z.to_vec(), od, &k, d.c)
+                    .unwrap()
+            },
             &z,
             &ux,
             &jt,
             &mut r,
         );
-        let jt = B.conv3x3_wgrad(&ux, d, &z, cout).unwrap();
+        let jt = B.conv_wgrad(ConvSpec::full3x3(), &ux, d, &z, cout).unwrap();
         check_vjp(
             "conv3x3_t dK",
-            |k| B.conv3x3_t(&z, od, &k.to_vec(), d.c).unwrap(),
+            |k| {
+                B.conv_t(ConvSpec::full3x3(), &z, od, &k.to_vec(), d.c)
+                    .unwrap()
+            },
             &k,
             &ux,
             &jt,
@@ -112,19 +124,25 @@ fn conv1x1_vjps() {
         let x = rand_vec(&mut r, d.len(), 1.0);
         let k = rand_vec(&mut r, cout * d.c, 1.0);
         let u = rand_vec(&mut r, od.len(), 1.0);
-        let jt = B.conv1x1_t(&u, od, &k, d.c).unwrap();
+        let jt = B.conv_t(ConvSpec::full1x1(), &u, od, &k, d.c).unwrap();
         check_vjp(
             "conv1x1 dx",
-            |x| B.conv1x1(&x.to_vec(), d, &k, cout).unwrap(),
+            |x| {
+                B.conv(ConvSpec::full1x1(), &x.to_vec(), d, &k, cout)
+                    .unwrap()
+            },
             &x,
             &u,
             &jt,
             &mut r,
         );
-        let jt = B.conv1x1_wgrad(&x, d, &u, cout).unwrap();
+        let jt = B.conv_wgrad(ConvSpec::full1x1(), &x, d, &u, cout).unwrap();
         check_vjp(
             "conv1x1 dK",
-            |k| B.conv1x1(&x, d, &k.to_vec(), cout).unwrap(),
+            |k| {
+                B.conv(ConvSpec::full1x1(), &x, d, &k.to_vec(), cout)
+                    .unwrap()
+            },
             &k,
             &u,
             &jt,
@@ -132,10 +150,13 @@ fn conv1x1_vjps() {
         );
         let z = rand_vec(&mut r, od.len(), 1.0);
         let ux = rand_vec(&mut r, d.len(), 1.0);
-        let jt = B.conv1x1(&ux, d, &k, cout).unwrap();
+        let jt = B.conv(ConvSpec::full1x1(), &ux, d, &k, cout).unwrap();
         check_vjp(
             "conv1x1_t dz",
-            |z| B.conv1x1_t(&z.to_vec(), od, &k, d.c).unwrap(),
+            |z| {
+                B.conv_t(ConvSpec::full1x1(), &z.to_vec(), od, &k, d.c)
+                    .unwrap()
+            },
             &z,
             &ux,
             &jt,
@@ -155,14 +176,14 @@ fn conv_adjointness() {
         for (k, lhs, rhs) in [
             {
                 let k = rand_vec(&mut r, cout * d.c * 9, 1.0);
-                let l = dot(&B.conv3x3(&x, d, &k, cout).unwrap(), &z);
-                let rr = dot(&x, &B.conv3x3_t(&z, od, &k, d.c).unwrap());
+                let l = dot(&B.conv(ConvSpec::full3x3(), &x, d, &k, cout).unwrap(), &z);
+                let rr = dot(&x, &B.conv_t(ConvSpec::full3x3(), &z, od, &k, d.c).unwrap());
                 (k, l, rr)
             },
             {
                 let k = rand_vec(&mut r, cout * d.c, 1.0);
-                let l = dot(&B.conv1x1(&x, d, &k, cout).unwrap(), &z);
-                let rr = dot(&x, &B.conv1x1_t(&z, od, &k, d.c).unwrap());
+                let l = dot(&B.conv(ConvSpec::full1x1(), &x, d, &k, cout).unwrap(), &z);
+                let rr = dot(&x, &B.conv_t(ConvSpec::full1x1(), &z, od, &k, d.c).unwrap());
                 (k, l, rr)
             },
         ] {

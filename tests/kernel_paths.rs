@@ -9,7 +9,7 @@ use common::{close, close_scaled, norm, rand_vec};
 use pdenet::backend::cpu::kernels::{self, Isa};
 use pdenet::backend::cpu::Cpu;
 use pdenet::backend::reference::Reference;
-use pdenet::backend::{Activation, Backend, Norm};
+use pdenet::backend::{Activation, Backend, ConvSpec, Norm};
 use pdenet::Dims;
 use proptest::test_runner::TestCaseError;
 use rand::SeedableRng;
@@ -77,14 +77,18 @@ fn check(d: Dims, seed: u64, act: Activation, tv: bool) -> Result<(), TestCaseEr
         close_scaled("vjp dscale", &f64s(&a), &b, scale)?;
     }
     // The backend's plain convolutions follow the same choice.
-    let z = cpu.conv3x3(&fy, d, &fk, d.c).unwrap();
+    let z = cpu.conv(ConvSpec::full3x3(), &fy, d, &fk, d.c).unwrap();
     close(
         "conv3x3",
         &f64s(&z),
-        &Reference.conv3x3(&y, d, &k, d.c).unwrap(),
+        &Reference.conv(ConvSpec::full3x3(), &y, d, &k, d.c).unwrap(),
     )?;
-    let dk = cpu.conv3x3_wgrad(&fy, d, &fg, d.c).unwrap();
-    let reff = Reference.conv3x3_wgrad(&y, d, &g, d.c).unwrap();
+    let dk = cpu
+        .conv_wgrad(ConvSpec::full3x3(), &fy, d, &fg, d.c)
+        .unwrap();
+    let reff = Reference
+        .conv_wgrad(ConvSpec::full3x3(), &y, d, &g, d.c)
+        .unwrap();
     close("conv3x3_wgrad", &f64s(&dk), &reff)
 }
 

@@ -5,7 +5,7 @@
 
 use pdenet::backend::reference::structured;
 use pdenet::backend::reference::Reference;
-use pdenet::backend::{Activation, Backend, Norm};
+use pdenet::backend::{Activation, Backend, ConvSpec, Norm};
 use pdenet::config::StepType;
 use pdenet::operators::{OpRef, MGIC_GROUP};
 use pdenet::steps::{self, Layer, StepSettings};
@@ -69,19 +69,17 @@ fn grouped_convolutions_adjoint_and_wgrad() {
             rand_vec(od.len(), 5),
             rand_vec(klen, 6),
         );
-        let (ax, atz, dk) = if ks == 3 {
-            (
-                be.grouped_conv3x3(&x, d, &k, cout, groups).unwrap(),
-                be.grouped_conv3x3_t(&z, od, &k, d.c, groups).unwrap(),
-                be.grouped_conv3x3_wgrad(&x, d, &z, cout, groups).unwrap(),
-            )
+        let spec = if ks == 3 {
+            ConvSpec::grouped3x3(groups)
         } else {
-            (
-                be.grouped_conv1x1(&x, d, &k, cout, groups).unwrap(),
-                be.grouped_conv1x1_t(&z, od, &k, d.c, groups).unwrap(),
-                be.grouped_conv1x1_wgrad(&x, d, &z, cout, groups).unwrap(),
-            )
+            ConvSpec::grouped1x1(groups)
         };
+        assert_eq!((spec.side(), spec.weight_len(d.c, cout)), (ks, klen));
+        let (ax, atz, dk) = (
+            be.conv(spec, &x, d, &k, cout).unwrap(),
+            be.conv_t(spec, &z, od, &k, d.c).unwrap(),
+            be.conv_wgrad(spec, &x, d, &z, cout).unwrap(),
+        );
         let what = format!("grouped {ks}x{ks} {} -> {cout} in {groups} groups", d.c);
         assert_close(
             dot(&ax, &z),
@@ -91,15 +89,16 @@ fn grouped_convolutions_adjoint_and_wgrad() {
         );
         assert_close(dot(&ax, &z), dot(&dk, &k), 1e-12, &format!("{what} wgrad"));
     }
-    // One group is the plain convolution.
+    // One group is the plain convolution: the grouped loops at one group give the full ones.
+    assert_eq!(ConvSpec::grouped3x3(1), ConvSpec::full3x3());
     let k = rand_vec(6 * 8 * 9, 7);
     let x = rand_vec(d.len(), 8);
     assert_eq!(
-        be.grouped_conv3x3(&x, d, &k, 6, 1).unwrap(),
-        be.conv3x3(&x, d, &k, 6).unwrap()
+        structured::grouped_conv(ConvSpec::full3x3(), &x, d, &k, 6).unwrap(),
+        be.conv(ConvSpec::full3x3(), &x, d, &k, 6).unwrap()
     );
     assert!(
-        be.grouped_conv3x3(&x, d, &k, 6, 3).is_err(),
+        be.conv(ConvSpec::grouped3x3(3), &x, d, &k, 6).is_err(),
         "3 groups of 8 channels"
     );
 }
@@ -369,40 +368,39 @@ fn fast_matches_reference<B: Backend>(cpu: &B) {
             let k = rand_vec(cout * d.c / groups * ks * ks, 34);
             let kc = up(&k);
             let what = format!("grouped {ks}x{ks} {cout}/{groups}");
-            let (f, t, w) = if ks == 3 {
-                (
-                    cpu.grouped_conv3x3(&xc, d, &kc, cout, groups).unwrap(),
-                    cpu.grouped_conv3x3_t(&zoc, od, &kc, d.c, groups).unwrap(),
-                    cpu.grouped_conv3x3_wgrad(&xc, d, &zoc, cout, groups)
-                        .unwrap(),
-                )
+            let spec = if ks == 3 {
+                ConvSpec::grouped3x3(groups)
             } else {
-                (
-                    cpu.grouped_conv1x1(&xc, d, &kc, cout, groups).unwrap(),
-                    cpu.grouped_conv1x1_t(&zoc, od, &kc, d.c, groups).unwrap(),
-                    cpu.grouped_conv1x1_wgrad(&xc, d, &zoc, cout, groups)
-                        .unwrap(),
-                )
+                ConvSpec::grouped1x1(groups)
             };
+            let (f, t, w) = (
+                cpu.conv(spec, &xc, d, &kc, cout).unwrap(),
+                cpu.conv_t(spec, &zoc, od, &kc, d.c).unwrap(),
+                cpu.conv_wgrad(spec, &xc, d, &zoc, cout).unwrap(),
+            );
             close(
                 &f,
-                &structured::grouped_conv(ks, &x, d, &k, cout, groups).unwrap(),
+                &structured::grouped_conv(spec, &x, d, &k, cout).unwrap(),
                 &what,
             );
             close(
                 &t,
-                &structured::grouped_conv_t(ks, &zo, od, &k, d.c, groups).unwrap(),
+                &structured::grouped_conv_t(spec, &zo, od, &k, d.c).unwrap(),
                 &what,
             );
             close(
                 &w,
-                &structured::grouped_conv_wgrad(ks, &x, d, &zo, cout, groups).unwrap(),
+                &structured::grouped_conv_wgrad(spec, &x, d, &zo, cout).unwrap(),
                 &what,
             );
         }
         let bad = up(&rand_vec(7, 1));
-        assert!(cpu.grouped_conv3x3(&xc, d, &bad, cout, groups).is_err());
-        assert!(cpu.grouped_conv1x1(&xc, d, &bad, cout, 3).is_err());
+        assert!(cpu
+            .conv(ConvSpec::grouped3x3(groups), &xc, d, &bad, cout)
+            .is_err());
+        assert!(cpu
+            .conv(ConvSpec::grouped1x1(3), &xc, d, &bad, cout)
+            .is_err());
     }
     // The solve at the test shape, at CIFAR's and MNIST's sides (the CUDA kernel's tables) and
     // past the kernel's 32-pixel limit (the host path).

@@ -4,7 +4,7 @@
 //! the round trip is visible (the CPU's Haar transforms, CUDA's diffusion solve of large images).
 
 use super::reference::{structured, tnrd};
-use super::{scaled_sq_host, Backend, TnrdGrads};
+use super::{scaled_sq_host, Backend, ConvSpec, TnrdGrads};
 use crate::error::Result;
 use crate::tensor::Dims;
 
@@ -39,48 +39,43 @@ pub fn stencil5_wgrad<B: Backend>(be: &B, x: &B::Buf, d: Dims, dz: &B::Buf) -> R
     be.upload(&g)
 }
 
-/// [`Backend::grouped_conv3x3`] (`side` 3) or [`Backend::grouped_conv1x1`] (`side` 1).
-pub fn grouped_conv<B: Backend>(
+/// [`Backend::conv`] of any [`ConvSpec`], by the reference's grouped loops.
+pub fn conv<B: Backend>(
     be: &B,
-    side: usize,
+    spec: ConvSpec,
     x: &B::Buf,
     d: Dims,
     k: &B::Buf,
     cout: usize,
-    groups: usize,
 ) -> Result<B::Buf> {
     let (x, k) = (be.download(x)?, be.download(k)?);
-    be.upload(&structured::grouped_conv(side, &x, d, &k, cout, groups)?)
+    be.upload(&structured::grouped_conv(spec, &x, d, &k, cout)?)
 }
 
-/// [`Backend::grouped_conv3x3_t`] (`side` 3) or [`Backend::grouped_conv1x1_t`] (`side` 1).
-pub fn grouped_conv_t<B: Backend>(
+/// [`Backend::conv_t`] of any [`ConvSpec`].
+pub fn conv_t<B: Backend>(
     be: &B,
-    side: usize,
+    spec: ConvSpec,
     z: &B::Buf,
     d: Dims,
     k: &B::Buf,
     cin: usize,
-    groups: usize,
 ) -> Result<B::Buf> {
     let (z, k) = (be.download(z)?, be.download(k)?);
-    be.upload(&structured::grouped_conv_t(side, &z, d, &k, cin, groups)?)
+    be.upload(&structured::grouped_conv_t(spec, &z, d, &k, cin)?)
 }
 
-/// [`Backend::grouped_conv3x3_wgrad`] (`side` 3) or [`Backend::grouped_conv1x1_wgrad`] (`side` 1).
-pub fn grouped_conv_wgrad<B: Backend>(
+/// [`Backend::conv_wgrad`] of any [`ConvSpec`].
+pub fn conv_wgrad<B: Backend>(
     be: &B,
-    side: usize,
+    spec: ConvSpec,
     x: &B::Buf,
     d: Dims,
     dz: &B::Buf,
     cout: usize,
-    groups: usize,
 ) -> Result<B::Buf> {
     let (x, dz) = (be.download(x)?, be.download(dz)?);
-    be.upload(&structured::grouped_conv_wgrad(
-        side, &x, d, &dz, cout, groups,
-    )?)
+    be.upload(&structured::grouped_conv_wgrad(spec, &x, d, &dz, cout)?)
 }
 
 /// [`Backend::diffusion_solve`] through `rustfft`.

@@ -208,29 +208,38 @@ pub trait Backend: Send + Sync + Sized {
         s: &optim::AdamStep,
     ) -> Result<()>;
 
-    // ---- 3x3 convolution, zero padding 1, stride 1, no bias ------------------------------
-    /// `conv(x, K)`: x `[n, cin, h, w]` (`d`), K `[cout, cin, 3, 3]` -> `[n, cout, h, w]`.
-    fn conv3x3(&self, x: &Self::Buf, d: Dims, k: &Self::Buf, cout: usize) -> Result<Self::Buf>;
-    /// `convT(z, K)`, the exact adjoint: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
-    fn conv3x3_t(&self, z: &Self::Buf, d: Dims, k: &Self::Buf, cin: usize) -> Result<Self::Buf>;
-    /// Weight gradient of `conv(x, K)` given the output cotangent `dz`: `[cout, cin, 3, 3]`,
-    /// `dK[o,i,a,b] = sum_{n,p} dz[n,o,p] x[n,i,p + (a-1, b-1)]`. `d` is the shape of `x`.
-    fn conv3x3_wgrad(
+    // ---- convolution ([`ConvSpec`]: 3x3 or 1x1, zero padding, stride 1, no bias, groups) -
+    /// `conv(x, K)`: x `[n, cin, h, w]` (`d`), K `[cout, cin / groups, s, s]` (`s` =
+    /// [`ConvSpec::side`]; flat `[cout, cin]` for a full 1x1, which is also the dense operator and
+    /// the linear layer) -> `[n, cout, h, w]`. Group `g` maps input channels
+    /// `[g cin/groups, (g+1) cin/groups)` to output channels `[g cout/groups, (g+1) cout/groups)`
+    /// (PyTorch's `groups`); `groups` must divide `cin` and `cout`.
+    fn conv(
         &self,
+        spec: ConvSpec,
         x: &Self::Buf,
         d: Dims,
-        dz: &Self::Buf,
+        k: &Self::Buf,
         cout: usize,
     ) -> Result<Self::Buf>;
-
-    // ---- 1x1 convolution (also the dense operator and the linear layer) ------------------
-    /// x `[n, cin, h, w]` (`d`), K `[cout, cin]` -> `[n, cout, h, w]`.
-    fn conv1x1(&self, x: &Self::Buf, d: Dims, k: &Self::Buf, cout: usize) -> Result<Self::Buf>;
-    /// Adjoint: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
-    fn conv1x1_t(&self, z: &Self::Buf, d: Dims, k: &Self::Buf, cin: usize) -> Result<Self::Buf>;
-    /// `dK[o,i] = sum_{n,p} dz[n,o,p] x[n,i,p]`; `d` is the shape of `x`.
-    fn conv1x1_wgrad(
+    /// `convT(z, K)`, the exact adjoint of [`Backend::conv`] (`<conv(x, K), z> = <x,
+    /// convT(z, K)>`): z `[n, cout, h, w]` (`d`), K `[cout, cin / groups, s, s]` ->
+    /// `[n, cin, h, w]`.
+    fn conv_t(
         &self,
+        spec: ConvSpec,
+        z: &Self::Buf,
+        d: Dims,
+        k: &Self::Buf,
+        cin: usize,
+    ) -> Result<Self::Buf>;
+    /// Weight gradient of `conv(x, K)` given the output cotangent `dz` `[n, cout, h, w]`:
+    /// `[cout, cin / groups, s, s]`, `dK[o,i,a,b] = sum_{n,p} dz[n,o,p] x[n,gi+i,p + (a-r, b-r)]`
+    /// with `r = (s-1)/2` and `gi` the first input channel of `o`'s group (for a full 1x1,
+    /// `dK[o,i] = sum_{n,p} dz[n,o,p] x[n,i,p]`). `d` is the shape of `x`.
+    fn conv_wgrad(
+        &self,
+        spec: ConvSpec,
         x: &Self::Buf,
         d: Dims,
         dz: &Self::Buf,
@@ -348,60 +357,6 @@ pub trait Backend: Send + Sync + Sized {
     fn stencil5_t(&self, z: &Self::Buf, d: Dims, dw: &Self::Buf) -> Result<Self::Buf>;
     /// `dD[c, t] = sum_{n,p} dz[n, c, p] x[n, c, p + off_t]`: `[c, 5]`.
     fn stencil5_wgrad(&self, x: &Self::Buf, d: Dims, dz: &Self::Buf) -> Result<Self::Buf>;
-
-    /// Grouped 3x3 convolution (PyTorch's `groups`): x `[n, cin, h, w]` (`d`),
-    /// K `[cout, cin / groups, 3, 3]` -> `[n, cout, h, w]`.
-    fn grouped_conv3x3(
-        &self,
-        x: &Self::Buf,
-        d: Dims,
-        k: &Self::Buf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Self::Buf>;
-    /// Adjoint: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
-    fn grouped_conv3x3_t(
-        &self,
-        z: &Self::Buf,
-        d: Dims,
-        k: &Self::Buf,
-        cin: usize,
-        groups: usize,
-    ) -> Result<Self::Buf>;
-    /// Weight gradient `[cout, cin / groups, 3, 3]`; `d` is the shape of `x`.
-    fn grouped_conv3x3_wgrad(
-        &self,
-        x: &Self::Buf,
-        d: Dims,
-        dz: &Self::Buf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Self::Buf>;
-    /// Grouped 1x1 convolution, K `[cout, cin / groups]`.
-    fn grouped_conv1x1(
-        &self,
-        x: &Self::Buf,
-        d: Dims,
-        k: &Self::Buf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Self::Buf>;
-    fn grouped_conv1x1_t(
-        &self,
-        z: &Self::Buf,
-        d: Dims,
-        k: &Self::Buf,
-        cin: usize,
-        groups: usize,
-    ) -> Result<Self::Buf>;
-    fn grouped_conv1x1_wgrad(
-        &self,
-        x: &Self::Buf,
-        d: Dims,
-        dz: &Self::Buf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Self::Buf>;
 
     /// The implicit diffusion solve of IMEX: `(I + h a_c L)^{-1} x` per channel, L the periodic
     /// 5-point negative Laplacian, `a_c = diff_c^2` (`diff: [c]`); [`host_fallback`] runs
@@ -545,6 +500,86 @@ pub(crate) fn sym_full3x3_vjp_composed<B: Backend>(
         dscale: g.dscale,
         dshift: g.dshift,
     })
+}
+
+/// The kernel size of a convolution: 3x3 (zero padding 1) or 1x1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Taps {
+    K1,
+    K3,
+}
+
+impl Taps {
+    /// The side `s` of the `s x s` kernel: 1 or 3.
+    pub const fn side(self) -> usize {
+        match self {
+            Taps::K1 => 1,
+            Taps::K3 => 3,
+        }
+    }
+    /// Taps per (output, input) channel pair: `side^2`, 1 or 9.
+    pub const fn count(self) -> usize {
+        self.side() * self.side()
+    }
+}
+
+/// One convolution of the op vocabulary ([`Backend::conv`], [`Backend::conv_t`],
+/// [`Backend::conv_wgrad`]): a 3x3 or 1x1 kernel, zero padding `(side-1)/2`, stride 1, no bias,
+/// in `groups` groups (1: the full convolution).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvSpec {
+    pub taps: Taps,
+    /// Number of groups; it must divide the input and output channel counts.
+    pub groups: usize,
+}
+
+impl ConvSpec {
+    /// Full 3x3 convolution, K `[cout, cin, 3, 3]`.
+    pub const fn full3x3() -> Self {
+        ConvSpec {
+            taps: Taps::K3,
+            groups: 1,
+        }
+    }
+    /// Full 1x1 convolution (the dense operator, the linear layer), K `[cout, cin]`.
+    pub const fn full1x1() -> Self {
+        ConvSpec {
+            taps: Taps::K1,
+            groups: 1,
+        }
+    }
+    /// Grouped 3x3 convolution, K `[cout, cin / groups, 3, 3]`.
+    pub const fn grouped3x3(groups: usize) -> Self {
+        ConvSpec {
+            taps: Taps::K3,
+            groups,
+        }
+    }
+    /// Grouped 1x1 convolution, K `[cout, cin / groups]`.
+    pub const fn grouped1x1(groups: usize) -> Self {
+        ConvSpec {
+            taps: Taps::K1,
+            groups,
+        }
+    }
+    /// Whether this is the full (one-group) convolution.
+    pub const fn is_full(self) -> bool {
+        self.groups == 1
+    }
+    /// The kernel side: 1 or 3.
+    pub const fn side(self) -> usize {
+        self.taps.side()
+    }
+    /// Taps per channel pair: 1 or 9.
+    pub const fn tap_count(self) -> usize {
+        self.taps.count()
+    }
+    /// Length of the weight `[cout, cin / groups, side, side]` (0 groups count as 1 here; the
+    /// ops refuse them).
+    pub const fn weight_len(self, cin: usize, cout: usize) -> usize {
+        let groups = if self.groups == 0 { 1 } else { self.groups };
+        cout * (cin / groups) * self.tap_count()
+    }
 }
 
 /// An op whose working memory a backend may declare ([`Backend::scratch_bytes`]); `d` is the
@@ -765,7 +800,7 @@ pub fn cuda_is_usable() -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::Precision;
+    use super::{ConvSpec, Precision, Taps};
 
     #[test]
     fn precision_names_parse_back() {
@@ -774,5 +809,18 @@ mod tests {
         }
         let e = "fp16".parse::<Precision>().unwrap_err().to_string();
         assert!(e.contains("bf16 or f16"), "{e}");
+    }
+
+    #[test]
+    fn conv_spec_shapes() {
+        assert_eq!(ConvSpec::grouped3x3(1), ConvSpec::full3x3());
+        assert_eq!(ConvSpec::grouped1x1(1), ConvSpec::full1x1());
+        assert!(ConvSpec::full1x1().is_full() && !ConvSpec::grouped3x3(2).is_full());
+        assert_eq!((Taps::K3.side(), Taps::K3.count()), (3, 9));
+        assert_eq!((Taps::K1.side(), Taps::K1.count()), (1, 1));
+        assert_eq!(ConvSpec::full3x3().weight_len(8, 4), 4 * 8 * 9);
+        assert_eq!(ConvSpec::full1x1().weight_len(8, 4), 4 * 8);
+        assert_eq!(ConvSpec::grouped3x3(4).weight_len(8, 4), 4 * 2 * 9);
+        assert_eq!(ConvSpec::grouped1x1(2).weight_len(8, 4), 4 * 4);
     }
 }

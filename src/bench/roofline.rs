@@ -1,6 +1,7 @@
 //! The machine's ceilings (GEMM throughput, copy bandwidth, FMA peaks), measured in the run.
 
 use super::*;
+use crate::backend::ConvSpec;
 
 /// The machine's ceilings, measured in the same run.
 #[derive(Clone, Debug, Serialize)]
@@ -79,12 +80,12 @@ pub fn cuda_roofline(be: &crate::backend::cuda::Cuda) -> Result<Roofline> {
     let d = crate::tensor::Dims::new(1, n, 64, 64);
     let x = be.upload_f32(&vec![0.5f32; d.len()])?;
     let k = be.upload_f32(&vec![0.25f32; n * n])?;
-    be.conv1x1(&x, d, &k, n)?;
+    be.conv(ConvSpec::full1x1(), &x, d, &k, n)?;
     be.synchronize()?;
     let reps = 5;
     let t = Instant::now();
     for _ in 0..reps {
-        be.conv1x1(&x, d, &k, n)?;
+        be.conv(ConvSpec::full1x1(), &x, d, &k, n)?;
     }
     be.synchronize()?;
     let gemm_gflops = 2.0 * (n * n * n * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;

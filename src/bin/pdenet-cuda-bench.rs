@@ -6,7 +6,7 @@
 
 use cudarc::driver::sys::CUevent_flags;
 use pdenet::backend::cuda::Cuda;
-use pdenet::backend::{Activation, Backend, Norm, Precision};
+use pdenet::backend::{Activation, Backend, ConvSpec, Norm, Precision};
 use pdenet::bench::random_values;
 use pdenet::{Dims, Result};
 
@@ -116,11 +116,18 @@ fn run(cuda: &Cuda, batch: usize, reps: usize) -> Result<()> {
                 bytes / ms / 1e6
             );
         };
-        let ms = time_ms(cuda, reps, || cuda.conv3x3(&y, d, &k, c).map(|_| ()))?;
+        let ms = time_ms(cuda, reps, || {
+            cuda.conv(ConvSpec::full3x3(), &y, d, &k, c).map(|_| ())
+        })?;
         report("conv3x3", ms, conv_flop, 2.0 * act_bytes + w_bytes);
-        let ms = time_ms(cuda, reps, || cuda.conv3x3_t(&y, d, &k, c).map(|_| ()))?;
+        let ms = time_ms(cuda, reps, || {
+            cuda.conv_t(ConvSpec::full3x3(), &y, d, &k, c).map(|_| ())
+        })?;
         report("conv3x3_t", ms, conv_flop, 2.0 * act_bytes + w_bytes);
-        let ms = time_ms(cuda, reps, || cuda.conv3x3_wgrad(&y, d, &yp, c).map(|_| ()))?;
+        let ms = time_ms(cuda, reps, || {
+            cuda.conv_wgrad(ConvSpec::full3x3(), &y, d, &yp, c)
+                .map(|_| ())
+        })?;
         report("conv3x3_wgrad", ms, conv_flop, 2.0 * act_bytes + w_bytes);
         // Leapfrog step: 2 Y - Y_prev - h^2 K^T relu(tvNorm(K Y)).
         let step = || {
@@ -145,10 +152,10 @@ fn run(cuda: &Cuda, batch: usize, reps: usize) -> Result<()> {
             5.0 * act_bytes + w_bytes,
         );
         let unfused = || {
-            let z = cuda.conv3x3(&y, d, &k, c)?;
+            let z = cuda.conv(ConvSpec::full3x3(), &y, d, &k, c)?;
             let a = cuda.tvnorm(&z, d, &s, &b)?;
             let sa = cuda.activation(Activation::Relu, &a)?;
-            let kt = cuda.conv3x3_t(&sa, d, &k, c)?;
+            let kt = cuda.conv_t(ConvSpec::full3x3(), &sa, d, &k, c)?;
             cuda.lincomb(&[(2.0, &y), (-1.0, &yp), (-0.25, &kt)])
                 .map(|_| ())
         };

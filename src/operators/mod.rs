@@ -6,7 +6,7 @@
 //! These compositions are the specification of the fused backend ops: the backend's default
 //! `step_full3x3` / `sym_full3x3_vjp` call them with [`OpRef::Full3x3`].
 
-use crate::backend::{Activation, Backend, Norm};
+use crate::backend::{Activation, Backend, ConvSpec, Norm};
 use crate::error::Result;
 use crate::tensor::Dims;
 
@@ -40,7 +40,10 @@ struct MgicLevel<'a, B: Backend> {
     g: &'a B::Buf,
     r: &'a B::Buf,
     coarse: OpRef<'a, B>,
-    groups: usize,
+    /// `G`: grouped 3x3, one group per `group` channels.
+    g_spec: ConvSpec,
+    /// `R` (restriction to w/2 channels; `R^T` the prolongation): grouped 1x1, same groups.
+    r_spec: ConvSpec,
 }
 
 /// Splits mgic weights at width `w` into the full 3x3 weight of the coarsest level or one level.
@@ -59,7 +62,8 @@ fn mgic_level<'a, B: Backend>(
                     weights: rest,
                     group,
                 },
-                groups: w / group,
+                g_spec: ConvSpec::grouped3x3(w / group),
+                r_spec: ConvSpec::grouped1x1(w / group),
             }))
         }
         _ => Err(crate::error::Error::Shape(format!(
@@ -73,24 +77,24 @@ impl<B: Backend> OpRef<'_, B> {
     /// `K y`.
     pub fn apply(&self, be: &B, y: &B::Buf, d: Dims) -> Result<B::Buf> {
         match *self {
-            OpRef::Full3x3(k) => be.conv3x3(y, d, k, d.c),
-            OpRef::Dense(k) => be.conv1x1(y, d, k, d.c),
+            OpRef::Full3x3(k) => be.conv(ConvSpec::full3x3(), y, d, k, d.c),
+            OpRef::Dense(k) => be.conv(ConvSpec::full1x1(), y, d, k, d.c),
             OpRef::Lean { p, d: dw } => {
-                let py = be.conv1x1(y, d, p, d.c)?;
+                let py = be.conv(ConvSpec::full1x1(), y, d, p, d.c)?;
                 let dy = be.stencil5(y, d, dw)?;
                 be.lincomb(&[(1.0, &py), (1.0, &dy)])
             }
             OpRef::Mgic { weights, group } => match mgic_level(weights, group, d.c)? {
-                Ok(k) => be.conv3x3(y, d, k, d.c),
+                Ok(k) => be.conv(ConvSpec::full3x3(), y, d, k, d.c),
                 // K y = G y + R^T K_c (R y).
                 Err(l) => {
                     let cd = d.with_c(d.c / 2);
-                    let ry = be.grouped_conv1x1(y, d, l.r, cd.c, l.groups)?;
+                    let ry = be.conv(l.r_spec, y, d, l.r, cd.c)?;
                     let kry = l.coarse.apply(be, &ry, cd)?;
                     drop(ry);
-                    let up = be.grouped_conv1x1_t(&kry, cd, l.r, d.c, l.groups)?;
+                    let up = be.conv_t(l.r_spec, &kry, cd, l.r, d.c)?;
                     drop(kry);
-                    let gy = be.grouped_conv3x3(y, d, l.g, d.c, l.groups)?;
+                    let gy = be.conv(l.g_spec, y, d, l.g, d.c)?;
                     be.lincomb(&[(1.0, &gy), (1.0, &up)])
                 }
             },
@@ -99,24 +103,24 @@ impl<B: Backend> OpRef<'_, B> {
     /// `K^T z`.
     pub fn adjoint(&self, be: &B, z: &B::Buf, d: Dims) -> Result<B::Buf> {
         match *self {
-            OpRef::Full3x3(k) => be.conv3x3_t(z, d, k, d.c),
-            OpRef::Dense(k) => be.conv1x1_t(z, d, k, d.c),
+            OpRef::Full3x3(k) => be.conv_t(ConvSpec::full3x3(), z, d, k, d.c),
+            OpRef::Dense(k) => be.conv_t(ConvSpec::full1x1(), z, d, k, d.c),
             OpRef::Lean { p, d: dw } => {
-                let pz = be.conv1x1_t(z, d, p, d.c)?;
+                let pz = be.conv_t(ConvSpec::full1x1(), z, d, p, d.c)?;
                 let dz = be.stencil5_t(z, d, dw)?;
                 be.lincomb(&[(1.0, &pz), (1.0, &dz)])
             }
             OpRef::Mgic { weights, group } => match mgic_level(weights, group, d.c)? {
-                Ok(k) => be.conv3x3_t(z, d, k, d.c),
+                Ok(k) => be.conv_t(ConvSpec::full3x3(), z, d, k, d.c),
                 // K^T z = G^T z + R^T K_c^T (R z).
                 Err(l) => {
                     let cd = d.with_c(d.c / 2);
-                    let rz = be.grouped_conv1x1(z, d, l.r, cd.c, l.groups)?;
+                    let rz = be.conv(l.r_spec, z, d, l.r, cd.c)?;
                     let krz = l.coarse.adjoint(be, &rz, cd)?;
                     drop(rz);
-                    let up = be.grouped_conv1x1_t(&krz, cd, l.r, d.c, l.groups)?;
+                    let up = be.conv_t(l.r_spec, &krz, cd, l.r, d.c)?;
                     drop(krz);
-                    let gz = be.grouped_conv3x3_t(z, d, l.g, d.c, l.groups)?;
+                    let gz = be.conv_t(l.g_spec, z, d, l.g, d.c)?;
                     be.lincomb(&[(1.0, &gz), (1.0, &up)])
                 }
             },
@@ -125,25 +129,25 @@ impl<B: Backend> OpRef<'_, B> {
     /// Gradients of `<dz, K x>` with respect to each weight tensor of `K`, in name order.
     pub fn wgrad(&self, be: &B, x: &B::Buf, dz: &B::Buf, d: Dims) -> Result<Vec<B::Buf>> {
         match *self {
-            OpRef::Full3x3(_) => Ok(vec![be.conv3x3_wgrad(x, d, dz, d.c)?]),
-            OpRef::Dense(_) => Ok(vec![be.conv1x1_wgrad(x, d, dz, d.c)?]),
+            OpRef::Full3x3(_) => Ok(vec![be.conv_wgrad(ConvSpec::full3x3(), x, d, dz, d.c)?]),
+            OpRef::Dense(_) => Ok(vec![be.conv_wgrad(ConvSpec::full1x1(), x, d, dz, d.c)?]),
             OpRef::Lean { .. } => Ok(vec![
-                be.conv1x1_wgrad(x, d, dz, d.c)?,
+                be.conv_wgrad(ConvSpec::full1x1(), x, d, dz, d.c)?,
                 be.stencil5_wgrad(x, d, dz)?,
             ]),
             OpRef::Mgic { weights, group } => match mgic_level(weights, group, d.c)? {
-                Ok(_) => Ok(vec![be.conv3x3_wgrad(x, d, dz, d.c)?]),
+                Ok(_) => Ok(vec![be.conv_wgrad(ConvSpec::full3x3(), x, d, dz, d.c)?]),
                 // <dz, R^T K_c R x> = <R dz, K_c (R x)>: R appears on both sides, K_c in between.
                 Err(l) => {
                     let cd = d.with_c(d.c / 2);
-                    let dg = be.grouped_conv3x3_wgrad(x, d, dz, d.c, l.groups)?;
-                    let rx = be.grouped_conv1x1(x, d, l.r, cd.c, l.groups)?;
-                    let rdz = be.grouped_conv1x1(dz, d, l.r, cd.c, l.groups)?;
+                    let dg = be.conv_wgrad(l.g_spec, x, d, dz, d.c)?;
+                    let rx = be.conv(l.r_spec, x, d, l.r, cd.c)?;
+                    let rdz = be.conv(l.r_spec, dz, d, l.r, cd.c)?;
                     let k_rx = l.coarse.apply(be, &rx, cd)?;
                     let kt_rdz = l.coarse.adjoint(be, &rdz, cd)?;
-                    let dr_out = be.grouped_conv1x1_wgrad(dz, d, &k_rx, cd.c, l.groups)?;
+                    let dr_out = be.conv_wgrad(l.r_spec, dz, d, &k_rx, cd.c)?;
                     drop(k_rx);
-                    let dr_in = be.grouped_conv1x1_wgrad(x, d, &kt_rdz, cd.c, l.groups)?;
+                    let dr_in = be.conv_wgrad(l.r_spec, x, d, &kt_rdz, cd.c)?;
                     drop(kt_rdz);
                     let dr = be.lincomb(&[(1.0, &dr_out), (1.0, &dr_in)])?;
                     let mut out = vec![dg, dr];

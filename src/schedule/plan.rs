@@ -3,7 +3,8 @@
 //! arithmetic runs. The peak of live bytes is the planned peak.
 
 use crate::backend::{
-    optim, Activation, Backend, BnStats, Norm, Scratch, ScratchOp, Storage, SymGrads,
+    optim, Activation, Backend, BnStats, ConvSpec, Norm, Scratch, ScratchOp, Storage, SymGrads,
+    Taps,
 };
 use crate::ensure_shape;
 use crate::error::Result;
@@ -258,37 +259,94 @@ impl Backend for Planner {
         ensure_shape!(x.len == y.len, "axpy: {} vs {}", x.len, y.len);
         Ok(())
     }
-    fn conv3x3(&self, _x: &PlanBuf, d: Dims, _k: &PlanBuf, cout: usize) -> Result<PlanBuf> {
-        self.flop(2 * 9 * d.len() * cout);
-        let y = self.buf(d.with_c(cout).len());
-        self.scratch(ScratchOp::Conv3x3 { d, cout });
-        Ok(y)
+    fn conv(
+        &self,
+        spec: ConvSpec,
+        _x: &PlanBuf,
+        d: Dims,
+        _k: &PlanBuf,
+        cout: usize,
+    ) -> Result<PlanBuf> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => {
+                self.flop(2 * 9 * d.len() * cout);
+                let y = self.buf(d.with_c(cout).len());
+                self.scratch(ScratchOp::Conv3x3 { d, cout });
+                Ok(y)
+            }
+            (Taps::K1, 1) => {
+                self.flop(2 * d.len() * cout);
+                Ok(self.buf(d.with_c(cout).len()))
+            }
+            (taps, groups) => {
+                ensure_shape!(
+                    groups > 0 && cout.is_multiple_of(groups),
+                    "bad groups {groups}"
+                );
+                self.flop(2 * taps.count() * d.len() * cout / groups);
+                Ok(self.buf(d.with_c(cout).len()))
+            }
+        }
     }
-    fn conv3x3_t(&self, _z: &PlanBuf, d: Dims, _k: &PlanBuf, cin: usize) -> Result<PlanBuf> {
-        self.flop(2 * 9 * d.len() * cin);
-        let x = self.buf(d.with_c(cin).len());
-        self.scratch(ScratchOp::Conv3x3T { d, cin });
-        Ok(x)
+    fn conv_t(
+        &self,
+        spec: ConvSpec,
+        _z: &PlanBuf,
+        d: Dims,
+        _k: &PlanBuf,
+        cin: usize,
+    ) -> Result<PlanBuf> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => {
+                self.flop(2 * 9 * d.len() * cin);
+                let x = self.buf(d.with_c(cin).len());
+                self.scratch(ScratchOp::Conv3x3T { d, cin });
+                Ok(x)
+            }
+            (Taps::K1, 1) => {
+                self.flop(2 * d.len() * cin);
+                Ok(self.buf(d.with_c(cin).len()))
+            }
+            (taps, groups) => {
+                ensure_shape!(
+                    groups > 0 && cin.is_multiple_of(groups),
+                    "bad groups {groups}"
+                );
+                self.flop(2 * taps.count() * d.len() * cin / groups);
+                Ok(self.buf(d.with_c(cin).len()))
+            }
+        }
     }
-    fn conv3x3_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf, cout: usize) -> Result<PlanBuf> {
-        self.flop(2 * 9 * d.len() * cout);
-        let dk = self.buf(cout * d.c * 9);
-        self.scratch(ScratchOp::Conv3x3Wgrad { d, cout });
-        Ok(dk)
-    }
-    fn conv1x1(&self, _x: &PlanBuf, d: Dims, _k: &PlanBuf, cout: usize) -> Result<PlanBuf> {
-        self.flop(2 * d.len() * cout);
-        Ok(self.buf(d.with_c(cout).len()))
-    }
-    fn conv1x1_t(&self, _z: &PlanBuf, d: Dims, _k: &PlanBuf, cin: usize) -> Result<PlanBuf> {
-        self.flop(2 * d.len() * cin);
-        Ok(self.buf(d.with_c(cin).len()))
-    }
-    fn conv1x1_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf, cout: usize) -> Result<PlanBuf> {
-        self.flop(2 * d.len() * cout);
-        let dk = self.buf(cout * d.c);
-        self.scratch(ScratchOp::Conv1x1Wgrad { d, cout });
-        Ok(dk)
+    fn conv_wgrad(
+        &self,
+        spec: ConvSpec,
+        _x: &PlanBuf,
+        d: Dims,
+        _dz: &PlanBuf,
+        cout: usize,
+    ) -> Result<PlanBuf> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => {
+                self.flop(2 * 9 * d.len() * cout);
+                let dk = self.buf(cout * d.c * 9);
+                self.scratch(ScratchOp::Conv3x3Wgrad { d, cout });
+                Ok(dk)
+            }
+            (Taps::K1, 1) => {
+                self.flop(2 * d.len() * cout);
+                let dk = self.buf(cout * d.c);
+                self.scratch(ScratchOp::Conv1x1Wgrad { d, cout });
+                Ok(dk)
+            }
+            (taps, groups) => {
+                ensure_shape!(
+                    groups > 0 && cout.is_multiple_of(groups),
+                    "bad groups {groups}"
+                );
+                self.flop(2 * taps.count() * d.len() * cout / groups);
+                Ok(self.buf(cout * d.c / groups * taps.count()))
+            }
+        }
     }
     fn add_channel_bias(&self, _x: &PlanBuf, d: Dims, _b: &PlanBuf) -> Result<PlanBuf> {
         Ok(self.buf(d.len()))
@@ -415,96 +473,6 @@ impl Backend for Planner {
     fn stencil5_wgrad(&self, _x: &PlanBuf, d: Dims, _dz: &PlanBuf) -> Result<PlanBuf> {
         self.flop(2 * 5 * d.len());
         Ok(self.buf(d.c * 5))
-    }
-    fn grouped_conv3x3(
-        &self,
-        _x: &PlanBuf,
-        d: Dims,
-        _k: &PlanBuf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<PlanBuf> {
-        ensure_shape!(
-            groups > 0 && cout.is_multiple_of(groups),
-            "bad groups {groups}"
-        );
-        self.flop(2 * 9 * d.len() * cout / groups);
-        Ok(self.buf(d.with_c(cout).len()))
-    }
-    fn grouped_conv3x3_t(
-        &self,
-        _z: &PlanBuf,
-        d: Dims,
-        _k: &PlanBuf,
-        cin: usize,
-        groups: usize,
-    ) -> Result<PlanBuf> {
-        ensure_shape!(
-            groups > 0 && cin.is_multiple_of(groups),
-            "bad groups {groups}"
-        );
-        self.flop(2 * 9 * d.len() * cin / groups);
-        Ok(self.buf(d.with_c(cin).len()))
-    }
-    fn grouped_conv3x3_wgrad(
-        &self,
-        _x: &PlanBuf,
-        d: Dims,
-        _dz: &PlanBuf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<PlanBuf> {
-        ensure_shape!(
-            groups > 0 && cout.is_multiple_of(groups),
-            "bad groups {groups}"
-        );
-        self.flop(2 * 9 * d.len() * cout / groups);
-        Ok(self.buf(cout * d.c / groups * 9))
-    }
-    fn grouped_conv1x1(
-        &self,
-        _x: &PlanBuf,
-        d: Dims,
-        _k: &PlanBuf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<PlanBuf> {
-        ensure_shape!(
-            groups > 0 && cout.is_multiple_of(groups),
-            "bad groups {groups}"
-        );
-        self.flop(2 * d.len() * cout / groups);
-        Ok(self.buf(d.with_c(cout).len()))
-    }
-    fn grouped_conv1x1_t(
-        &self,
-        _z: &PlanBuf,
-        d: Dims,
-        _k: &PlanBuf,
-        cin: usize,
-        groups: usize,
-    ) -> Result<PlanBuf> {
-        ensure_shape!(
-            groups > 0 && cin.is_multiple_of(groups),
-            "bad groups {groups}"
-        );
-        self.flop(2 * d.len() * cin / groups);
-        Ok(self.buf(d.with_c(cin).len()))
-    }
-    fn grouped_conv1x1_wgrad(
-        &self,
-        _x: &PlanBuf,
-        d: Dims,
-        _dz: &PlanBuf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<PlanBuf> {
-        ensure_shape!(
-            groups > 0 && cout.is_multiple_of(groups),
-            "bad groups {groups}"
-        );
-        self.flop(2 * d.len() * cout / groups);
-        Ok(self.buf(cout * d.c / groups))
     }
     fn diffusion_solve(&self, _x: &PlanBuf, d: Dims, _diff: &PlanBuf, _h: f64) -> Result<PlanBuf> {
         self.flop(fft_solve_flops(d));

@@ -2,7 +2,7 @@
 
 use pdenet::backend::optim::{AdamStep, SgdStep};
 use pdenet::backend::reference::Reference;
-use pdenet::backend::{Activation, Backend, Norm};
+use pdenet::backend::{Activation, Backend, ConvSpec, Norm};
 use pdenet::Dims;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -148,11 +148,17 @@ pub fn conv3x3<B: Backend>(b: &B, c: &Case) -> R {
     let mut rng = c.rng();
     let x = rand_vec(&mut rng, c.d.len(), 1.0);
     let k = rand_vec(&mut rng, c.cout * c.d.c * 9, 1.0);
-    let fast = down(b, &b.conv3x3(&up(b, &x), c.d, &up(b, &k), c.cout).unwrap());
+    let fast = down(
+        b,
+        &b.conv(ConvSpec::full3x3(), &up(b, &x), c.d, &up(b, &k), c.cout)
+            .unwrap(),
+    );
     close(
         "conv3x3",
         &fast,
-        &Reference.conv3x3(&x, c.d, &k, c.cout).unwrap(),
+        &Reference
+            .conv(ConvSpec::full3x3(), &x, c.d, &k, c.cout)
+            .unwrap(),
     )
 }
 
@@ -163,12 +169,15 @@ pub fn conv3x3_t<B: Backend>(b: &B, c: &Case) -> R {
     let k = rand_vec(&mut rng, c.d.c * c.cout * 9, 1.0);
     let fast = down(
         b,
-        &b.conv3x3_t(&up(b, &z), c.d, &up(b, &k), c.cout).unwrap(),
+        &b.conv_t(ConvSpec::full3x3(), &up(b, &z), c.d, &up(b, &k), c.cout)
+            .unwrap(),
     );
     close(
         "conv3x3_t",
         &fast,
-        &Reference.conv3x3_t(&z, c.d, &k, c.cout).unwrap(),
+        &Reference
+            .conv_t(ConvSpec::full3x3(), &z, c.d, &k, c.cout)
+            .unwrap(),
     )
 }
 
@@ -178,10 +187,12 @@ pub fn conv3x3_wgrad<B: Backend>(b: &B, c: &Case) -> R {
     let dz = rand_vec(&mut rng, c.d.with_c(c.cout).len(), 1.0);
     let fast = down(
         b,
-        &b.conv3x3_wgrad(&up(b, &x), c.d, &up(b, &dz), c.cout)
+        &b.conv_wgrad(ConvSpec::full3x3(), &up(b, &x), c.d, &up(b, &dz), c.cout)
             .unwrap(),
     );
-    let reff = Reference.conv3x3_wgrad(&x, c.d, &dz, c.cout).unwrap();
+    let reff = Reference
+        .conv_wgrad(ConvSpec::full3x3(), &x, c.d, &dz, c.cout)
+        .unwrap();
     close("conv3x3_wgrad", &fast, &reff)
 }
 
@@ -195,11 +206,17 @@ pub fn conv1x1<B: Backend>(b: &B, c: &Case) -> R {
     for d in shapes_1x1(c) {
         let x = rand_vec(&mut rng, d.len(), 1.0);
         let k = rand_vec(&mut rng, c.cout * d.c, 1.0);
-        let fast = down(b, &b.conv1x1(&up(b, &x), d, &up(b, &k), c.cout).unwrap());
+        let fast = down(
+            b,
+            &b.conv(ConvSpec::full1x1(), &up(b, &x), d, &up(b, &k), c.cout)
+                .unwrap(),
+        );
         close(
             "conv1x1",
             &fast,
-            &Reference.conv1x1(&x, d, &k, c.cout).unwrap(),
+            &Reference
+                .conv(ConvSpec::full1x1(), &x, d, &k, c.cout)
+                .unwrap(),
         )?;
     }
     Ok(())
@@ -210,11 +227,17 @@ pub fn conv1x1_t<B: Backend>(b: &B, c: &Case) -> R {
     for d in shapes_1x1(c) {
         let z = rand_vec(&mut rng, d.len(), 1.0);
         let k = rand_vec(&mut rng, d.c * c.cout, 1.0);
-        let fast = down(b, &b.conv1x1_t(&up(b, &z), d, &up(b, &k), c.cout).unwrap());
+        let fast = down(
+            b,
+            &b.conv_t(ConvSpec::full1x1(), &up(b, &z), d, &up(b, &k), c.cout)
+                .unwrap(),
+        );
         close(
             "conv1x1_t",
             &fast,
-            &Reference.conv1x1_t(&z, d, &k, c.cout).unwrap(),
+            &Reference
+                .conv_t(ConvSpec::full1x1(), &z, d, &k, c.cout)
+                .unwrap(),
         )?;
     }
     Ok(())
@@ -227,9 +250,12 @@ pub fn conv1x1_wgrad<B: Backend>(b: &B, c: &Case) -> R {
         let dz = rand_vec(&mut rng, d.with_c(c.cout).len(), 1.0);
         let fast = down(
             b,
-            &b.conv1x1_wgrad(&up(b, &x), d, &up(b, &dz), c.cout).unwrap(),
+            &b.conv_wgrad(ConvSpec::full1x1(), &up(b, &x), d, &up(b, &dz), c.cout)
+                .unwrap(),
         );
-        let reff = Reference.conv1x1_wgrad(&x, d, &dz, c.cout).unwrap();
+        let reff = Reference
+            .conv_wgrad(ConvSpec::full1x1(), &x, d, &dz, c.cout)
+            .unwrap();
         close("conv1x1_wgrad", &fast, &reff)?;
     }
     Ok(())
@@ -706,13 +732,19 @@ pub fn shape_errors<B: Backend>(b: &B, c: &Case) -> R {
     let short = up(b, &vec![0.5; d.len() - 1]);
     let k = up(b, &vec![0.1; c.cout * d.c * 9]);
     let cb = up(b, &vec![1.0; d.c]);
-    prop_assert!(b.conv3x3(&short, d, &k, c.cout).is_err());
-    prop_assert!(b.conv3x3(&x, d, &k, c.cout + 1).is_err());
-    prop_assert!(b.conv3x3_t(&x, d, &k, c.cout + 1).is_err());
+    prop_assert!(b.conv(ConvSpec::full3x3(), &short, d, &k, c.cout).is_err());
+    prop_assert!(b.conv(ConvSpec::full3x3(), &x, d, &k, c.cout + 1).is_err());
+    prop_assert!(b
+        .conv_t(ConvSpec::full3x3(), &x, d, &k, c.cout + 1)
+        .is_err());
     let dz_long = up(b, &vec![0.5; d.with_c(c.cout).len() + 1]);
-    prop_assert!(b.conv3x3_wgrad(&x, d, &dz_long, c.cout).is_err());
-    prop_assert!(b.conv1x1(&x, d, &k, c.cout).is_err());
-    prop_assert!(b.conv1x1_wgrad(&x, d, &dz_long, c.cout).is_err());
+    prop_assert!(b
+        .conv_wgrad(ConvSpec::full3x3(), &x, d, &dz_long, c.cout)
+        .is_err());
+    prop_assert!(b.conv(ConvSpec::full1x1(), &x, d, &k, c.cout).is_err());
+    prop_assert!(b
+        .conv_wgrad(ConvSpec::full1x1(), &x, d, &dz_long, c.cout)
+        .is_err());
     prop_assert!(b.lincomb(&[]).is_err());
     prop_assert!(b.lincomb(&[(1.0, &x), (1.0, &short)]).is_err());
     prop_assert!(b.add_channel_bias(&x, d.with_c(d.c + 1), &cb).is_err());
@@ -777,7 +809,7 @@ pub fn deterministic_threads<B: Backend>(b: &B, c: &Case) -> R {
                 all.extend(b.download_f32(v).unwrap().into_iter().map(f32::to_bits));
             }
             all.extend(
-                b.download_f32(&b.conv1x1_wgrad(&fy, d, &fg, d.c).unwrap())
+                b.download_f32(&b.conv_wgrad(ConvSpec::full1x1(), &fy, d, &fg, d.c).unwrap())
                     .unwrap()
                     .into_iter()
                     .map(f32::to_bits),

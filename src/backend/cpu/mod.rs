@@ -18,8 +18,8 @@ use super::half16::{self, Packed16};
 use super::reference::round_to_i32;
 use super::{host_fallback, optim};
 use super::{
-    Activation, Backend, BnStats, Norm, Precision, Scratch, ScratchOp, Storage, SymGrads, BN_EPS,
-    BN_MOMENTUM, TV_EPS,
+    Activation, Backend, BnStats, ConvSpec, Norm, Precision, Scratch, ScratchOp, Storage, SymGrads,
+    Taps, BN_EPS, BN_MOMENTUM, TV_EPS,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -427,36 +427,90 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn conv3x3(&self, x: &Vec<f32>, d: Dims, k: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
-        check_len(x, d.len(), "conv3x3 input")?;
-        check_len(k, cout * d.c * 9, "conv3x3 weight")?;
-        direct::conv3x3(self.kernels(), x, d, k, cout)
+    fn conv(
+        &self,
+        spec: ConvSpec,
+        x: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        cout: usize,
+    ) -> Result<Vec<f32>> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => {
+                check_len(x, d.len(), "conv3x3 input")?;
+                check_len(k, cout * d.c * 9, "conv3x3 weight")?;
+                direct::conv3x3(self.kernels(), x, d, k, cout)
+            }
+            (Taps::K1, 1) => {
+                check_len(x, d.len(), "conv1x1 input")?;
+                check_len(k, cout * d.c, "conv1x1 weight")?;
+                Ok(conv::conv1x1(x, d, k, cout))
+            }
+            (taps, groups) => {
+                grouped_check(x.len(), d, k.len(), cout, groups, taps.count())?;
+                Ok(structured::forward(spec, x, d, k, cout))
+            }
+        }
     }
-    fn conv3x3_t(&self, z: &Vec<f32>, d: Dims, k: &Vec<f32>, cin: usize) -> Result<Vec<f32>> {
-        check_len(z, d.len(), "conv3x3_t input")?;
-        check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
-        direct::conv3x3_t(self.kernels(), z, d, k, cin)
+    fn conv_t(
+        &self,
+        spec: ConvSpec,
+        z: &Vec<f32>,
+        d: Dims,
+        k: &Vec<f32>,
+        cin: usize,
+    ) -> Result<Vec<f32>> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => {
+                check_len(z, d.len(), "conv3x3_t input")?;
+                check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
+                direct::conv3x3_t(self.kernels(), z, d, k, cin)
+            }
+            (Taps::K1, 1) => {
+                check_len(z, d.len(), "conv1x1_t input")?;
+                check_len(k, d.c * cin, "conv1x1_t weight")?;
+                Ok(conv::conv1x1_t(z, d, k, cin))
+            }
+            (taps, groups) => {
+                let xd = d.with_c(cin);
+                grouped_check(xd.len(), xd, k.len(), d.c, groups, taps.count())?;
+                check_len(z, d.len(), "grouped conv_t input")?;
+                Ok(structured::adjoint(spec, z, d, k, cin))
+            }
+        }
     }
-    fn conv3x3_wgrad(&self, x: &Vec<f32>, d: Dims, dz: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
-        check_len(x, d.len(), "conv3x3_wgrad input")?;
-        check_len(dz, d.with_c(cout).len(), "conv3x3_wgrad cotangent")?;
-        direct::conv3x3_wgrad(self.kernels(), x, d, dz, cout)
-    }
-
-    fn conv1x1(&self, x: &Vec<f32>, d: Dims, k: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
-        check_len(x, d.len(), "conv1x1 input")?;
-        check_len(k, cout * d.c, "conv1x1 weight")?;
-        Ok(conv::conv1x1(x, d, k, cout))
-    }
-    fn conv1x1_t(&self, z: &Vec<f32>, d: Dims, k: &Vec<f32>, cin: usize) -> Result<Vec<f32>> {
-        check_len(z, d.len(), "conv1x1_t input")?;
-        check_len(k, d.c * cin, "conv1x1_t weight")?;
-        Ok(conv::conv1x1_t(z, d, k, cin))
-    }
-    fn conv1x1_wgrad(&self, x: &Vec<f32>, d: Dims, dz: &Vec<f32>, cout: usize) -> Result<Vec<f32>> {
-        check_len(x, d.len(), "conv1x1_wgrad input")?;
-        check_len(dz, d.with_c(cout).len(), "conv1x1_wgrad cotangent")?;
-        Ok(conv::conv1x1_wgrad(x, d, dz, cout))
+    fn conv_wgrad(
+        &self,
+        spec: ConvSpec,
+        x: &Vec<f32>,
+        d: Dims,
+        dz: &Vec<f32>,
+        cout: usize,
+    ) -> Result<Vec<f32>> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => {
+                check_len(x, d.len(), "conv3x3_wgrad input")?;
+                check_len(dz, d.with_c(cout).len(), "conv3x3_wgrad cotangent")?;
+                direct::conv3x3_wgrad(self.kernels(), x, d, dz, cout)
+            }
+            (Taps::K1, 1) => {
+                check_len(x, d.len(), "conv1x1_wgrad input")?;
+                check_len(dz, d.with_c(cout).len(), "conv1x1_wgrad cotangent")?;
+                Ok(conv::conv1x1_wgrad(x, d, dz, cout))
+            }
+            (taps, groups) => {
+                grouped_check(
+                    x.len(),
+                    d,
+                    spec.weight_len(d.c, cout),
+                    cout,
+                    groups,
+                    taps.count(),
+                )?;
+                check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
+                Ok(structured::wgrad(spec, x, d, dz, cout))
+            }
+        }
     }
 
     fn stencil5(&self, x: &Vec<f32>, d: Dims, dw: &Vec<f32>) -> Result<Vec<f32>> {
@@ -473,82 +527,6 @@ impl Backend for Cpu {
         check_len(x, d.len(), "stencil5_wgrad input")?;
         check_len(dz, d.len(), "stencil5_wgrad cotangent")?;
         Ok(structured::stencil_wgrad(x, d, dz))
-    }
-    fn grouped_conv3x3(
-        &self,
-        x: &Vec<f32>,
-        d: Dims,
-        k: &Vec<f32>,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Vec<f32>> {
-        grouped_check(x.len(), d, k.len(), cout, groups, 9)?;
-        let (taps, f, _, _) = structured::CONV3;
-        Ok(structured::forward(x, d, k, cout, groups, taps, f))
-    }
-    fn grouped_conv3x3_t(
-        &self,
-        z: &Vec<f32>,
-        d: Dims,
-        k: &Vec<f32>,
-        cin: usize,
-        groups: usize,
-    ) -> Result<Vec<f32>> {
-        grouped_check(d.with_c(cin).len(), d.with_c(cin), k.len(), d.c, groups, 9)?;
-        check_len(z, d.len(), "grouped conv_t input")?;
-        let (taps, _, t, _) = structured::CONV3;
-        Ok(structured::adjoint(z, d, k, cin, groups, taps, t))
-    }
-    fn grouped_conv3x3_wgrad(
-        &self,
-        x: &Vec<f32>,
-        d: Dims,
-        dz: &Vec<f32>,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Vec<f32>> {
-        grouped_check(x.len(), d, cout * d.c / groups.max(1) * 9, cout, groups, 9)?;
-        check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
-        let (taps, _, _, w) = structured::CONV3;
-        Ok(structured::wgrad(x, d, dz, cout, groups, taps, w))
-    }
-    fn grouped_conv1x1(
-        &self,
-        x: &Vec<f32>,
-        d: Dims,
-        k: &Vec<f32>,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Vec<f32>> {
-        grouped_check(x.len(), d, k.len(), cout, groups, 1)?;
-        let (taps, f, _, _) = structured::CONV1;
-        Ok(structured::forward(x, d, k, cout, groups, taps, f))
-    }
-    fn grouped_conv1x1_t(
-        &self,
-        z: &Vec<f32>,
-        d: Dims,
-        k: &Vec<f32>,
-        cin: usize,
-        groups: usize,
-    ) -> Result<Vec<f32>> {
-        grouped_check(d.with_c(cin).len(), d.with_c(cin), k.len(), d.c, groups, 1)?;
-        check_len(z, d.len(), "grouped conv_t input")?;
-        let (taps, _, t, _) = structured::CONV1;
-        Ok(structured::adjoint(z, d, k, cin, groups, taps, t))
-    }
-    fn grouped_conv1x1_wgrad(
-        &self,
-        x: &Vec<f32>,
-        d: Dims,
-        dz: &Vec<f32>,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Vec<f32>> {
-        grouped_check(x.len(), d, cout * d.c / groups.max(1), cout, groups, 1)?;
-        check_len(dz, d.with_c(cout).len(), "grouped conv wgrad cotangent")?;
-        let (taps, _, _, w) = structured::CONV1;
-        Ok(structured::wgrad(x, d, dz, cout, groups, taps, w))
     }
     fn diffusion_solve(&self, x: &Vec<f32>, d: Dims, diff: &Vec<f32>, h: f64) -> Result<Vec<f32>> {
         crate::backend::reference::structured::check_diffusion_shape(x.len(), d, diff.len(), h)?;

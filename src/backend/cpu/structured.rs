@@ -5,6 +5,7 @@
 
 use super::conv;
 use crate::backend::reference::structured::{laplace_eigen, STENCIL};
+use crate::backend::{ConvSpec, Taps};
 use crate::tensor::Dims;
 use rayon::prelude::*;
 use rustfft::num_complex::Complex;
@@ -36,15 +37,8 @@ fn scatter(out: &mut [f32], d: Dims, c0: usize, part: &[f32]) {
 
 /// Grouped forward: `x` `[n, cin, h, w]` (`d`), `k` `[cout, cin / groups, ks, ks]` (`ks * ks` =
 /// `taps`). The weights of one group's outputs are contiguous in `k`.
-pub fn forward(
-    x: &[f32],
-    d: Dims,
-    k: &[f32],
-    cout: usize,
-    groups: usize,
-    taps: usize,
-    dense: Dense,
-) -> Vec<f32> {
+pub fn forward(spec: ConvSpec, x: &[f32], d: Dims, k: &[f32], cout: usize) -> Vec<f32> {
+    let (groups, taps, (dense, _, _)) = (spec.groups, spec.tap_count(), dense(spec.taps));
     let (gi, go) = (d.c / groups, cout / groups);
     let od = d.with_c(cout);
     let mut out = vec![0.0; od.len()];
@@ -57,15 +51,8 @@ pub fn forward(
 }
 
 /// Grouped adjoint: `z` `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
-pub fn adjoint(
-    z: &[f32],
-    d: Dims,
-    k: &[f32],
-    cin: usize,
-    groups: usize,
-    taps: usize,
-    dense_t: Dense,
-) -> Vec<f32> {
+pub fn adjoint(spec: ConvSpec, z: &[f32], d: Dims, k: &[f32], cin: usize) -> Vec<f32> {
+    let (groups, taps, (_, dense_t, _)) = (spec.groups, spec.tap_count(), dense(spec.taps));
     let (gi, go) = (cin / groups, d.c / groups);
     let xd = d.with_c(cin);
     let mut out = vec![0.0; xd.len()];
@@ -78,15 +65,8 @@ pub fn adjoint(
 }
 
 /// Grouped weight gradient; `d` is the shape of `x`.
-pub fn wgrad(
-    x: &[f32],
-    d: Dims,
-    dz: &[f32],
-    cout: usize,
-    groups: usize,
-    taps: usize,
-    dense_w: Dense,
-) -> Vec<f32> {
+pub fn wgrad(spec: ConvSpec, x: &[f32], d: Dims, dz: &[f32], cout: usize) -> Vec<f32> {
+    let (groups, taps, (_, _, dense_w)) = (spec.groups, spec.tap_count(), dense(spec.taps));
     let (gi, go) = (d.c / groups, cout / groups);
     let od = d.with_c(cout);
     let mut out = Vec::with_capacity(cout * gi * taps);
@@ -98,10 +78,13 @@ pub fn wgrad(
     out
 }
 
-pub const CONV3: (usize, Dense, Dense, Dense) =
-    (9, conv::conv3x3, conv::conv3x3_t, conv::conv3x3_wgrad);
-pub const CONV1: (usize, Dense, Dense, Dense) =
-    (1, conv::conv1x1, conv::conv1x1_t, conv::conv1x1_wgrad);
+/// The dense GEMM kernels `(conv, conv_t, conv_wgrad)` that a group of a `taps` convolution runs.
+fn dense(taps: Taps) -> (Dense, Dense, Dense) {
+    match taps {
+        Taps::K3 => (conv::conv3x3, conv::conv3x3_t, conv::conv3x3_wgrad),
+        Taps::K1 => (conv::conv1x1, conv::conv1x1_t, conv::conv1x1_wgrad),
+    }
+}
 
 /// Source pixel of tap `off` for `(i, j)` on an `h x w` plane, or `None` in the padding.
 #[inline]

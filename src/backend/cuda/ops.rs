@@ -9,8 +9,8 @@ use crate::backend::kernel_constants::{
     RED_THREADS, S7_THREADS, STORAGE_BF16, STORAGE_F16, SYM_THREADS, TN_THREADS,
 };
 use crate::backend::{
-    host_fallback, optim, sym_full3x3_vjp_composed, Activation, Backend, BnStats, Norm, Storage,
-    SymGrads, BN_MOMENTUM,
+    host_fallback, optim, sym_full3x3_vjp_composed, Activation, Backend, BnStats, ConvSpec, Norm,
+    Storage, SymGrads, BN_MOMENTUM,
 };
 use crate::ensure_shape;
 use crate::error::{Error, Result};
@@ -132,20 +132,19 @@ impl Cuda {
         Ok(())
     }
 
-    /// Implicit-GEMM forward or transpose convolution with `taps` = 9 (3x3) or 1 (1x1) in
-    /// `groups` groups (PyTorch's grouped convolution): input `[n, cin, h, w]` (`d`), output
+    /// Implicit-GEMM forward or transpose convolution `spec` (3x3 or 1x1, in `spec.groups`
+    /// groups as PyTorch's grouped convolution): input `[n, cin, h, w]` (`d`), output
     /// `[n, cout, h, w]`, each group mapping `cin / groups` to `cout / groups` channels.
-    #[allow(clippy::too_many_arguments)]
     fn conv_gemm(
         &self,
-        taps: usize,
+        spec: ConvSpec,
         trans: bool,
         x: &Buf,
         d: Dims,
         k: &Buf,
         cout: usize,
-        groups: usize,
     ) -> Result<Buf> {
+        let (taps, groups) = (spec.tap_count(), spec.groups);
         let (cg, mo) = group_sizes(d.c, cout, groups)?;
         let family = conv_family(taps);
         let what = if trans {
@@ -175,19 +174,18 @@ impl Cuda {
         Ok(out)
     }
 
-    /// Weight gradient `[cout, cin / groups * taps]` of a (grouped) convolution with input `x`
+    /// Weight gradient `[cout, cin / groups * taps]` of the convolution `spec` with input `x`
     /// (`d`) and output cotangent `dz` `[n, cout, h, w]`: split-K over pixels, then a
     /// fixed-order sum of splits.
-    #[allow(clippy::too_many_arguments)]
-    fn conv_wgrad(
+    fn conv_splitk_wgrad(
         &self,
-        taps: usize,
+        spec: ConvSpec,
         x: &Buf,
         d: Dims,
         dz: &Buf,
         cout: usize,
-        groups: usize,
     ) -> Result<Buf> {
+        let (taps, groups) = (spec.tap_count(), spec.groups);
         let (cg, mo) = group_sizes(d.c, cout, groups)?;
         let what = format!("{}_wgrad", conv_family(taps));
         let od = d.with_c(cout);
@@ -597,24 +595,14 @@ impl Backend for Cuda {
         launch!(self, Kernel::Axpy, grid_1d(x.len()); y.slice(), x.slice(), &a, &l)
     }
 
-    fn conv3x3(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
-        self.conv_gemm(9, false, x, d, k, cout, 1)
+    fn conv(&self, spec: ConvSpec, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
+        self.conv_gemm(spec, false, x, d, k, cout)
     }
-    fn conv3x3_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
-        self.conv_gemm(9, true, z, d, k, cin, 1)
+    fn conv_t(&self, spec: ConvSpec, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
+        self.conv_gemm(spec, true, z, d, k, cin)
     }
-    fn conv3x3_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
-        self.conv_wgrad(9, x, d, dz, cout, 1)
-    }
-
-    fn conv1x1(&self, x: &Buf, d: Dims, k: &Buf, cout: usize) -> Result<Buf> {
-        self.conv_gemm(1, false, x, d, k, cout, 1)
-    }
-    fn conv1x1_t(&self, z: &Buf, d: Dims, k: &Buf, cin: usize) -> Result<Buf> {
-        self.conv_gemm(1, true, z, d, k, cin, 1)
-    }
-    fn conv1x1_wgrad(&self, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
-        self.conv_wgrad(1, x, d, dz, cout, 1)
+    fn conv_wgrad(&self, spec: ConvSpec, x: &Buf, d: Dims, dz: &Buf, cout: usize) -> Result<Buf> {
+        self.conv_splitk_wgrad(spec, x, d, dz, cout)
     }
 
     // ---- SPEC section 7 on the device ------------------------------------------------------
@@ -727,67 +715,6 @@ impl Backend for Cuda {
             drbf,
             dlambda,
         })
-    }
-
-    fn grouped_conv3x3(
-        &self,
-        x: &Buf,
-        d: Dims,
-        k: &Buf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Buf> {
-        self.conv_gemm(9, false, x, d, k, cout, groups)
-    }
-    fn grouped_conv3x3_t(
-        &self,
-        z: &Buf,
-        d: Dims,
-        k: &Buf,
-        cin: usize,
-        groups: usize,
-    ) -> Result<Buf> {
-        self.conv_gemm(9, true, z, d, k, cin, groups)
-    }
-    fn grouped_conv3x3_wgrad(
-        &self,
-        x: &Buf,
-        d: Dims,
-        dz: &Buf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Buf> {
-        self.conv_wgrad(9, x, d, dz, cout, groups)
-    }
-    fn grouped_conv1x1(
-        &self,
-        x: &Buf,
-        d: Dims,
-        k: &Buf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Buf> {
-        self.conv_gemm(1, false, x, d, k, cout, groups)
-    }
-    fn grouped_conv1x1_t(
-        &self,
-        z: &Buf,
-        d: Dims,
-        k: &Buf,
-        cin: usize,
-        groups: usize,
-    ) -> Result<Buf> {
-        self.conv_gemm(1, true, z, d, k, cin, groups)
-    }
-    fn grouped_conv1x1_wgrad(
-        &self,
-        x: &Buf,
-        d: Dims,
-        dz: &Buf,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Buf> {
-        self.conv_wgrad(1, x, d, dz, cout, groups)
     }
 
     fn diffusion_solve(&self, x: &Buf, d: Dims, diff: &Buf, h: f64) -> Result<Buf> {
@@ -1183,7 +1110,7 @@ impl Backend for Cuda {
         let nq = d.n * d.hw();
         let (nb, c) = (d.n as i32, d.c as i32);
         let (z, ss, parts) = self.step_conv_first(y, d, k, tv == 1)?;
-        let gk = self.conv3x3(g, d, k, d.c)?;
+        let gk = self.conv(ConvSpec::full3x3(), g, d, k, d.c)?;
         let blocks = nq.div_ceil(SYM_THREADS);
         let sneg = self.alloc::<f32>(d.len())?;
         let dz = self.alloc::<f32>(d.len())?;
@@ -1218,10 +1145,10 @@ impl Backend for Cuda {
         };
         let dshift = finish(&part_shift)?;
         drop((part_scale, part_shift));
-        let dy = self.conv3x3_t(&dz, d, k, d.c)?;
-        let mut dk = self.conv3x3_wgrad(g, d, &sneg, d.c)?;
+        let dy = self.conv_t(ConvSpec::full3x3(), &dz, d, k, d.c)?;
+        let mut dk = self.conv_wgrad(ConvSpec::full3x3(), g, d, &sneg, d.c)?;
         drop(sneg);
-        let dk_y = self.conv3x3_wgrad(y, d, &dz, d.c)?;
+        let dk_y = self.conv_wgrad(ConvSpec::full3x3(), y, d, &dz, d.c)?;
         self.axpy(1.0, &dk_y, &mut dk)?;
         Ok(SymGrads {
             dy,

@@ -6,7 +6,7 @@ pub mod tnrd;
 
 use super::half16::{self, Packed16};
 use super::optim;
-use super::{Activation, Backend, BnStats, Storage, BN_EPS, BN_MOMENTUM, TV_EPS};
+use super::{Activation, Backend, BnStats, ConvSpec, Storage, Taps, BN_EPS, BN_MOMENTUM, TV_EPS};
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::Dims;
@@ -132,139 +132,47 @@ impl Backend for Reference {
         Ok(())
     }
 
-    fn conv3x3(&self, x: &Vec<f64>, d: Dims, k: &Vec<f64>, cout: usize) -> Result<Vec<f64>> {
-        check_len(x, d.len(), "conv3x3 input")?;
-        check_len(k, cout * d.c * 9, "conv3x3 weight")?;
-        let od = d.with_c(cout);
-        let mut y = vec![0.0; od.len()];
-        for n in 0..d.n {
-            for o in 0..cout {
-                for i in 0..d.h {
-                    for j in 0..d.w {
-                        let mut acc = 0.0;
-                        for c in 0..d.c {
-                            for a in 0..3 {
-                                for b in 0..3 {
-                                    if let Some((si, sj)) = tap(d, i, j, a, b) {
-                                        acc += k[((o * d.c + c) * 3 + a) * 3 + b]
-                                            * x[at(d, n, c, si, sj)];
-                                    }
-                                }
-                            }
-                        }
-                        y[at(od, n, o, i, j)] = acc;
-                    }
-                }
-            }
+    fn conv(
+        &self,
+        spec: ConvSpec,
+        x: &Vec<f64>,
+        d: Dims,
+        k: &Vec<f64>,
+        cout: usize,
+    ) -> Result<Vec<f64>> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => full3x3(x, d, k, cout),
+            (Taps::K1, 1) => full1x1(x, d, k, cout),
+            _ => structured::grouped_conv(spec, x, d, k, cout),
         }
-        Ok(y)
     }
-
-    fn conv3x3_t(&self, z: &Vec<f64>, d: Dims, k: &Vec<f64>, cin: usize) -> Result<Vec<f64>> {
-        // Scatter form of the adjoint: each output pixel of conv sends its weight back.
-        check_len(z, d.len(), "conv3x3_t input")?;
-        check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
-        let xd = d.with_c(cin);
-        let mut x = vec![0.0; xd.len()];
-        for n in 0..d.n {
-            for o in 0..d.c {
-                for i in 0..d.h {
-                    for j in 0..d.w {
-                        let zv = z[at(d, n, o, i, j)];
-                        for c in 0..cin {
-                            for a in 0..3 {
-                                for b in 0..3 {
-                                    if let Some((si, sj)) = tap(d, i, j, a, b) {
-                                        x[at(xd, n, c, si, sj)] +=
-                                            k[((o * cin + c) * 3 + a) * 3 + b] * zv;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+    fn conv_t(
+        &self,
+        spec: ConvSpec,
+        z: &Vec<f64>,
+        d: Dims,
+        k: &Vec<f64>,
+        cin: usize,
+    ) -> Result<Vec<f64>> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => full3x3_t(z, d, k, cin),
+            (Taps::K1, 1) => full1x1_t(z, d, k, cin),
+            _ => structured::grouped_conv_t(spec, z, d, k, cin),
         }
-        Ok(x)
     }
-
-    fn conv3x3_wgrad(&self, x: &Vec<f64>, d: Dims, dz: &Vec<f64>, cout: usize) -> Result<Vec<f64>> {
-        check_len(x, d.len(), "conv3x3_wgrad input")?;
-        let od = d.with_c(cout);
-        check_len(dz, od.len(), "conv3x3_wgrad cotangent")?;
-        let mut dk = vec![0.0; cout * d.c * 9];
-        for n in 0..d.n {
-            for o in 0..cout {
-                for i in 0..d.h {
-                    for j in 0..d.w {
-                        let g = dz[at(od, n, o, i, j)];
-                        for c in 0..d.c {
-                            for a in 0..3 {
-                                for b in 0..3 {
-                                    if let Some((si, sj)) = tap(d, i, j, a, b) {
-                                        dk[((o * d.c + c) * 3 + a) * 3 + b] +=
-                                            g * x[at(d, n, c, si, sj)];
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+    fn conv_wgrad(
+        &self,
+        spec: ConvSpec,
+        x: &Vec<f64>,
+        d: Dims,
+        dz: &Vec<f64>,
+        cout: usize,
+    ) -> Result<Vec<f64>> {
+        match (spec.taps, spec.groups) {
+            (Taps::K3, 1) => full3x3_wgrad(x, d, dz, cout),
+            (Taps::K1, 1) => full1x1_wgrad(x, d, dz, cout),
+            _ => structured::grouped_conv_wgrad(spec, x, d, dz, cout),
         }
-        Ok(dk)
-    }
-
-    fn conv1x1(&self, x: &Vec<f64>, d: Dims, k: &Vec<f64>, cout: usize) -> Result<Vec<f64>> {
-        check_len(x, d.len(), "conv1x1 input")?;
-        check_len(k, cout * d.c, "conv1x1 weight")?;
-        let od = d.with_c(cout);
-        let mut y = vec![0.0; od.len()];
-        for n in 0..d.n {
-            for o in 0..cout {
-                for c in 0..d.c {
-                    let kv = k[o * d.c + c];
-                    for p in 0..d.hw() {
-                        y[(n * cout + o) * d.hw() + p] += kv * x[(n * d.c + c) * d.hw() + p];
-                    }
-                }
-            }
-        }
-        Ok(y)
-    }
-
-    fn conv1x1_t(&self, z: &Vec<f64>, d: Dims, k: &Vec<f64>, cin: usize) -> Result<Vec<f64>> {
-        check_len(z, d.len(), "conv1x1_t input")?;
-        check_len(k, d.c * cin, "conv1x1_t weight")?;
-        let mut x = vec![0.0; d.n * cin * d.hw()];
-        for n in 0..d.n {
-            for o in 0..d.c {
-                for c in 0..cin {
-                    let kv = k[o * cin + c];
-                    for p in 0..d.hw() {
-                        x[(n * cin + c) * d.hw() + p] += kv * z[(n * d.c + o) * d.hw() + p];
-                    }
-                }
-            }
-        }
-        Ok(x)
-    }
-
-    fn conv1x1_wgrad(&self, x: &Vec<f64>, d: Dims, dz: &Vec<f64>, cout: usize) -> Result<Vec<f64>> {
-        check_len(x, d.len(), "conv1x1_wgrad input")?;
-        check_len(dz, d.n * cout * d.hw(), "conv1x1_wgrad cotangent")?;
-        let mut dk = vec![0.0; cout * d.c];
-        for n in 0..d.n {
-            for o in 0..cout {
-                for c in 0..d.c {
-                    for p in 0..d.hw() {
-                        dk[o * d.c + c] +=
-                            dz[(n * cout + o) * d.hw() + p] * x[(n * d.c + c) * d.hw() + p];
-                    }
-                }
-            }
-        }
-        Ok(dk)
     }
 
     fn add_channel_bias(&self, x: &Vec<f64>, d: Dims, b: &Vec<f64>) -> Result<Vec<f64>> {
@@ -615,66 +523,6 @@ impl Backend for Reference {
     fn stencil5_wgrad(&self, x: &Vec<f64>, d: Dims, dz: &Vec<f64>) -> Result<Vec<f64>> {
         structured::stencil5_wgrad(x, d, dz)
     }
-    fn grouped_conv3x3(
-        &self,
-        x: &Vec<f64>,
-        d: Dims,
-        k: &Vec<f64>,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Vec<f64>> {
-        structured::grouped_conv(3, x, d, k, cout, groups)
-    }
-    fn grouped_conv3x3_t(
-        &self,
-        z: &Vec<f64>,
-        d: Dims,
-        k: &Vec<f64>,
-        cin: usize,
-        groups: usize,
-    ) -> Result<Vec<f64>> {
-        structured::grouped_conv_t(3, z, d, k, cin, groups)
-    }
-    fn grouped_conv3x3_wgrad(
-        &self,
-        x: &Vec<f64>,
-        d: Dims,
-        dz: &Vec<f64>,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Vec<f64>> {
-        structured::grouped_conv_wgrad(3, x, d, dz, cout, groups)
-    }
-    fn grouped_conv1x1(
-        &self,
-        x: &Vec<f64>,
-        d: Dims,
-        k: &Vec<f64>,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Vec<f64>> {
-        structured::grouped_conv(1, x, d, k, cout, groups)
-    }
-    fn grouped_conv1x1_t(
-        &self,
-        z: &Vec<f64>,
-        d: Dims,
-        k: &Vec<f64>,
-        cin: usize,
-        groups: usize,
-    ) -> Result<Vec<f64>> {
-        structured::grouped_conv_t(1, z, d, k, cin, groups)
-    }
-    fn grouped_conv1x1_wgrad(
-        &self,
-        x: &Vec<f64>,
-        d: Dims,
-        dz: &Vec<f64>,
-        cout: usize,
-        groups: usize,
-    ) -> Result<Vec<f64>> {
-        structured::grouped_conv_wgrad(1, x, d, dz, cout, groups)
-    }
     /// The oracle solves with DFTs by their definition (independent of `rustfft`).
     fn diffusion_solve(&self, x: &Vec<f64>, d: Dims, diff: &Vec<f64>, h: f64) -> Result<Vec<f64>> {
         structured::diffusion_solve_dft(x, d, diff, h)
@@ -738,4 +586,145 @@ impl Backend for Reference {
 /// `round(v)` (half away from zero) reduced to i32 by wrapping, the same on every backend.
 pub fn round_to_i32(v: f64) -> i32 {
     (v.round() as i64) as i32
+}
+
+/// [`Backend::conv`] of [`ConvSpec::full3x3`].
+fn full3x3(x: &[f64], d: Dims, k: &[f64], cout: usize) -> Result<Vec<f64>> {
+    check_len(x, d.len(), "conv3x3 input")?;
+    check_len(k, cout * d.c * 9, "conv3x3 weight")?;
+    let od = d.with_c(cout);
+    let mut y = vec![0.0; od.len()];
+    for n in 0..d.n {
+        for o in 0..cout {
+            for i in 0..d.h {
+                for j in 0..d.w {
+                    let mut acc = 0.0;
+                    for c in 0..d.c {
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                if let Some((si, sj)) = tap(d, i, j, a, b) {
+                                    acc +=
+                                        k[((o * d.c + c) * 3 + a) * 3 + b] * x[at(d, n, c, si, sj)];
+                                }
+                            }
+                        }
+                    }
+                    y[at(od, n, o, i, j)] = acc;
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// [`Backend::conv_t`] of [`ConvSpec::full3x3`].
+fn full3x3_t(z: &[f64], d: Dims, k: &[f64], cin: usize) -> Result<Vec<f64>> {
+    // Scatter form of the adjoint: each output pixel of conv sends its weight back.
+    check_len(z, d.len(), "conv3x3_t input")?;
+    check_len(k, d.c * cin * 9, "conv3x3_t weight")?;
+    let xd = d.with_c(cin);
+    let mut x = vec![0.0; xd.len()];
+    for n in 0..d.n {
+        for o in 0..d.c {
+            for i in 0..d.h {
+                for j in 0..d.w {
+                    let zv = z[at(d, n, o, i, j)];
+                    for c in 0..cin {
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                if let Some((si, sj)) = tap(d, i, j, a, b) {
+                                    x[at(xd, n, c, si, sj)] +=
+                                        k[((o * cin + c) * 3 + a) * 3 + b] * zv;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(x)
+}
+
+/// [`Backend::conv_wgrad`] of [`ConvSpec::full3x3`].
+fn full3x3_wgrad(x: &[f64], d: Dims, dz: &[f64], cout: usize) -> Result<Vec<f64>> {
+    check_len(x, d.len(), "conv3x3_wgrad input")?;
+    let od = d.with_c(cout);
+    check_len(dz, od.len(), "conv3x3_wgrad cotangent")?;
+    let mut dk = vec![0.0; cout * d.c * 9];
+    for n in 0..d.n {
+        for o in 0..cout {
+            for i in 0..d.h {
+                for j in 0..d.w {
+                    let g = dz[at(od, n, o, i, j)];
+                    for c in 0..d.c {
+                        for a in 0..3 {
+                            for b in 0..3 {
+                                if let Some((si, sj)) = tap(d, i, j, a, b) {
+                                    dk[((o * d.c + c) * 3 + a) * 3 + b] +=
+                                        g * x[at(d, n, c, si, sj)];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(dk)
+}
+
+/// [`Backend::conv`] of [`ConvSpec::full1x1`].
+fn full1x1(x: &[f64], d: Dims, k: &[f64], cout: usize) -> Result<Vec<f64>> {
+    check_len(x, d.len(), "conv1x1 input")?;
+    check_len(k, cout * d.c, "conv1x1 weight")?;
+    let od = d.with_c(cout);
+    let mut y = vec![0.0; od.len()];
+    for n in 0..d.n {
+        for o in 0..cout {
+            for c in 0..d.c {
+                let kv = k[o * d.c + c];
+                for p in 0..d.hw() {
+                    y[(n * cout + o) * d.hw() + p] += kv * x[(n * d.c + c) * d.hw() + p];
+                }
+            }
+        }
+    }
+    Ok(y)
+}
+
+/// [`Backend::conv_t`] of [`ConvSpec::full1x1`].
+fn full1x1_t(z: &[f64], d: Dims, k: &[f64], cin: usize) -> Result<Vec<f64>> {
+    check_len(z, d.len(), "conv1x1_t input")?;
+    check_len(k, d.c * cin, "conv1x1_t weight")?;
+    let mut x = vec![0.0; d.n * cin * d.hw()];
+    for n in 0..d.n {
+        for o in 0..d.c {
+            for c in 0..cin {
+                let kv = k[o * cin + c];
+                for p in 0..d.hw() {
+                    x[(n * cin + c) * d.hw() + p] += kv * z[(n * d.c + o) * d.hw() + p];
+                }
+            }
+        }
+    }
+    Ok(x)
+}
+
+/// [`Backend::conv_wgrad`] of [`ConvSpec::full1x1`].
+fn full1x1_wgrad(x: &[f64], d: Dims, dz: &[f64], cout: usize) -> Result<Vec<f64>> {
+    check_len(x, d.len(), "conv1x1_wgrad input")?;
+    check_len(dz, d.n * cout * d.hw(), "conv1x1_wgrad cotangent")?;
+    let mut dk = vec![0.0; cout * d.c];
+    for n in 0..d.n {
+        for o in 0..cout {
+            for c in 0..d.c {
+                for p in 0..d.hw() {
+                    dk[o * d.c + c] +=
+                        dz[(n * cout + o) * d.hw() + p] * x[(n * d.c + c) * d.hw() + p];
+                }
+            }
+        }
+    }
+    Ok(dk)
 }

@@ -3,6 +3,7 @@
 //! backend is these loops; [`crate::backend::host_fallback`] downloads, calls them and uploads,
 //! for a backend that has no kernel of its own.
 
+use crate::backend::ConvSpec;
 use crate::ensure_shape;
 use crate::error::Result;
 use crate::tensor::Dims;
@@ -156,15 +157,16 @@ fn grouped(
     }
 }
 
-/// Grouped `ks x ks` convolution: x `[n, cin, h, w]` (`d`), k `[cout, cin / groups, ks, ks]`.
+/// [`Backend::conv`](crate::backend::Backend::conv) by the grouped loops (any [`ConvSpec`],
+/// one group included): x `[n, cin, h, w]` (`d`), k `[cout, cin / groups, ks, ks]`.
 pub fn grouped_conv(
-    ks: usize,
+    spec: ConvSpec,
     x: &[f64],
     d: Dims,
     k: &[f64],
     cout: usize,
-    groups: usize,
 ) -> Result<Vec<f64>> {
+    let (ks, groups) = (spec.side(), spec.groups);
     let (gi, _) = group_sizes(d.c, cout, groups, "grouped conv")?;
     check_len(x.len(), d.len(), "grouped conv input")?;
     check_len(k.len(), cout * gi * ks * ks, "grouped conv weight")?;
@@ -176,13 +178,13 @@ pub fn grouped_conv(
 
 /// Adjoint of [`grouped_conv`]: z `[n, cout, h, w]` (`d`) -> `[n, cin, h, w]`.
 pub fn grouped_conv_t(
-    ks: usize,
+    spec: ConvSpec,
     z: &[f64],
     d: Dims,
     k: &[f64],
     cin: usize,
-    groups: usize,
 ) -> Result<Vec<f64>> {
+    let (ks, groups) = (spec.side(), spec.groups);
     let (gi, _) = group_sizes(cin, d.c, groups, "grouped conv_t")?;
     check_len(z.len(), d.len(), "grouped conv_t input")?;
     check_len(k.len(), d.c * gi * ks * ks, "grouped conv_t weight")?;
@@ -195,13 +197,13 @@ pub fn grouped_conv_t(
 
 /// Weight gradient of [`grouped_conv`] for the output cotangent `dz`; `d` is the shape of `x`.
 pub fn grouped_conv_wgrad(
-    ks: usize,
+    spec: ConvSpec,
     x: &[f64],
     d: Dims,
     dz: &[f64],
     cout: usize,
-    groups: usize,
 ) -> Result<Vec<f64>> {
+    let (ks, groups) = (spec.side(), spec.groups);
     let (gi, _) = group_sizes(d.c, cout, groups, "grouped conv wgrad")?;
     check_len(x.len(), d.len(), "grouped conv wgrad input")?;
     check_len(

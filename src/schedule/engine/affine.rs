@@ -2,6 +2,7 @@
 //! and the classifier, forward and backward.
 
 use super::*;
+use crate::backend::ConvSpec;
 
 impl<B: Backend> Engine<B> {
     /// Opening layer: image `relu(BN(conv3x3 x))`, dense `tanh(W x + b)`.
@@ -21,7 +22,7 @@ impl<B: Backend> Engine<B> {
                 running_mean,
                 running_var,
             } => {
-                let z = be.conv3x3(x, xd, &self.params[conv], w0)?;
+                let z = be.conv(ConvSpec::full3x3(), x, xd, &self.params[conv], w0)?;
                 let zd = xd.with_c(w0);
                 self.bn_relu(
                     z,
@@ -62,7 +63,7 @@ impl<B: Backend> Engine<B> {
         out: usize,
     ) -> Result<(B::Buf, AffineTape<B>)> {
         let be = &self.backend;
-        let zd = be.conv1x1(x, xd, &self.params[weight], out)?;
+        let zd = be.conv(ConvSpec::full1x1(), x, xd, &self.params[weight], out)?;
         let z = be.add_channel_bias(&zd, xd.with_c(out), &self.params[bias])?;
         let y = be.activation(Activation::Tanh, &z)?;
         Ok((y, AffineTape { z, stats: None }))
@@ -96,7 +97,7 @@ impl<B: Backend> Engine<B> {
                 running_mean,
                 running_var,
             } => {
-                let z = be.conv1x1(y, d, &self.params[conv], u.out_width)?;
+                let z = be.conv(ConvSpec::full1x1(), y, d, &self.params[conv], u.out_width)?;
                 let (r, t) = self.bn_relu(
                     z,
                     od,
@@ -122,7 +123,8 @@ impl<B: Backend> Engine<B> {
     pub(super) fn classify(&self, features: &B::Buf, fd: Dims) -> Result<B::Buf> {
         let be = &self.backend;
         let classes = self.layout.config.classes;
-        let z = be.conv1x1(
+        let z = be.conv(
+            ConvSpec::full1x1(),
             features,
             fd,
             &self.params[self.layout.classifier_weight],
@@ -219,15 +221,25 @@ impl<B: Backend> Engine<B> {
                     (running_mean, running_var),
                 )?;
                 let y = y.ok_or_else(|| Error::Other(format!("unit {k} kept no output")))?;
-                grads.add(be, conv, 1.0, be.conv1x1_wgrad(y, d, &gz, u.out_width)?)?;
-                be.conv1x1_t(&gz, od, &self.params[conv], d.c)
+                grads.add(
+                    be,
+                    conv,
+                    1.0,
+                    be.conv_wgrad(ConvSpec::full1x1(), y, d, &gz, u.out_width)?,
+                )?;
+                be.conv_t(ConvSpec::full1x1(), &gz, od, &self.params[conv], d.c)
             }
             (ConnectIdx::Dense { weight, bias }, Some(t)) => {
                 let gz = be.activation_vjp(Activation::Tanh, &t.z, &g)?;
                 grads.add(be, bias, 1.0, be.channel_sum(&gz, od)?)?;
                 let y = y.ok_or_else(|| Error::Other(format!("unit {k} kept no output")))?;
-                grads.add(be, weight, 1.0, be.conv1x1_wgrad(y, d, &gz, u.out_width)?)?;
-                be.conv1x1_t(&gz, od, &self.params[weight], d.c)
+                grads.add(
+                    be,
+                    weight,
+                    1.0,
+                    be.conv_wgrad(ConvSpec::full1x1(), y, d, &gz, u.out_width)?,
+                )?;
+                be.conv_t(ConvSpec::full1x1(), &gz, od, &self.params[weight], d.c)
             }
             (ConnectIdx::None | ConnectIdx::Haar, _) => Ok(g),
             _ => Err(Error::Other(format!(
@@ -257,9 +269,10 @@ impl<B: Backend> Engine<B> {
             be,
             self.layout.classifier_weight,
             1.0,
-            be.conv1x1_wgrad(&features, fd, &g_logits, classes)?,
+            be.conv_wgrad(ConvSpec::full1x1(), &features, fd, &g_logits, classes)?,
         )?;
-        be.conv1x1_t(
+        be.conv_t(
+            ConvSpec::full1x1(),
             &g_logits,
             cd,
             &self.params[self.layout.classifier_weight],
@@ -301,15 +314,25 @@ impl<B: Backend> Engine<B> {
                     running,
                     (running_mean, running_var),
                 )?;
-                grads.add(be, conv, 1.0, be.conv3x3_wgrad(xb, x_dims, &gz, w0)?)?;
-                be.conv3x3_t(&gz, zd, &self.params[conv], x_dims.c)?
+                grads.add(
+                    be,
+                    conv,
+                    1.0,
+                    be.conv_wgrad(ConvSpec::full3x3(), xb, x_dims, &gz, w0)?,
+                )?;
+                be.conv_t(ConvSpec::full3x3(), &gz, zd, &self.params[conv], x_dims.c)?
             }
             OpenIdx::Dense { weight, bias } => {
                 let zd = x_dims.with_c(w0);
                 let gz = be.activation_vjp(Activation::Tanh, &open.z, &g)?;
                 grads.add(be, bias, 1.0, be.channel_sum(&gz, zd)?)?;
-                grads.add(be, weight, 1.0, be.conv1x1_wgrad(xb, x_dims, &gz, w0)?)?;
-                be.conv1x1_t(&gz, zd, &self.params[weight], x_dims.c)?
+                grads.add(
+                    be,
+                    weight,
+                    1.0,
+                    be.conv_wgrad(ConvSpec::full1x1(), xb, x_dims, &gz, w0)?,
+                )?;
+                be.conv_t(ConvSpec::full1x1(), &gz, zd, &self.params[weight], x_dims.c)?
             }
         })
     }
