@@ -4,7 +4,8 @@
 use clap::Args;
 use pdenet::params::{read_safetensors, save_params, write_safetensors, OutTensor};
 use pdenet::potential::{
-    eval_batch, solve, Method, Order, PotentialConfig, PotentialNet, Problem, SolveOptions,
+    default_width, eval_batch, solve, Method, Order, PotentialConfig, PotentialNet, Problem,
+    SolveOptions,
 };
 use pdenet::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -98,9 +99,9 @@ pub struct SolveArgs {
     pub lr: f64,
     #[arg(long, default_value_t = 1e-2)]
     pub lr_floor: f64,
-    /// Width m of the potential network.
-    #[arg(long, default_value_t = 32)]
-    pub width: usize,
+    /// Width m of the potential network [default: max(32, d)].
+    #[arg(long)]
+    pub width: Option<usize>,
     /// Residual layers M.
     #[arg(long, default_value_t = 2)]
     pub layers: usize,
@@ -177,7 +178,7 @@ pub fn run_solve(a: SolveArgs) -> Result<()> {
         penalty: a.penalty,
         lr: a.lr,
         lr_floor: a.lr_floor,
-        width: a.width,
+        width: a.width.unwrap_or_else(|| default_width(a.dim)),
         layers: a.layers,
         h: a.h,
         log_every: a.log_every,

@@ -17,6 +17,6 @@ pub use real::Real;
 pub mod problems;
 pub mod solve;
 pub use problems::Problem;
-pub use solve::{solve, Method, SolveOptions, SolveReport};
+pub use solve::{default_width, solve, Method, SolveOptions, SolveReport};
 pub mod ot;
 pub use ot::{train_ot, GaussianTarget, OtLoss, OtOptions, OtReport, OtTerms};

@@ -130,6 +130,14 @@ impl SolveOptions {
     }
 }
 
+/// The default width of u for dimension d. The logcosh features' quadratic regime gives
+/// quadratic forms of rank <= m, and both reference problems need rank d (`poisson-ball`'s
+/// indefinite `sum x_(2k-1) x_(2k)`; `poisson-cube`'s concave curvature in every coordinate):
+/// at d = 100 width 32 stalls at rel_l2 0.76 on the ball (benches/results/ritz-2026-12-07.md).
+pub fn default_width(d: usize) -> usize {
+    d.max(32)
+}
+
 /// Cosine decay from `lr` at step 0 to `lr * floor` at step `steps - 1`.
 pub(crate) fn cosine_lr(lr: f64, floor: f64, step: usize, steps: usize) -> f64 {
     let p = step as f64 / steps.max(2).saturating_sub(1) as f64;
