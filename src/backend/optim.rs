@@ -106,6 +106,53 @@ pub fn adam_host<T: OptimValue>(s: &AdamStep, w: &mut [T], m: &mut [T], v: &mut 
     }
 }
 
+/// Adam on one flat parameter vector on the host, for the solvers that train outside the
+/// engine (potential networks, TNRD): PyTorch's update ([`AdamStep`], no weight decay) with the
+/// moments in f64 whatever the parameters' precision; `cast` converts a parameter to f64 and back.
+#[derive(Clone, Debug)]
+pub struct FlatAdam {
+    m: Vec<f64>,
+    v: Vec<f64>,
+    t: i32,
+    eps: f64,
+}
+
+impl FlatAdam {
+    pub fn new(len: usize, eps: f64) -> Self {
+        FlatAdam {
+            m: vec![0.0; len],
+            v: vec![0.0; len],
+            t: 0,
+            eps,
+        }
+    }
+
+    pub fn step<T: Copy>(
+        &mut self,
+        theta: &mut [T],
+        g: &[T],
+        lr: f64,
+        cast: (fn(T) -> f64, fn(f64) -> T),
+    ) {
+        let (beta1, beta2) = (0.9f64, 0.999f64);
+        self.t += 1;
+        let s = AdamStep {
+            lr,
+            beta1,
+            beta2,
+            eps: self.eps,
+            weight_decay: 0.0,
+            bias1: 1.0 - beta1.powi(self.t),
+            bias2: 1.0 - beta2.powi(self.t),
+        };
+        for (((w, &gi), m), v) in theta.iter_mut().zip(g).zip(&mut self.m).zip(&mut self.v) {
+            let mut wf = cast.0(*w);
+            s.apply(&mut wf, m, v, cast.0(gi));
+            *w = cast.1(wf);
+        }
+    }
+}
+
 /// The error for buffers of different lengths, naming the op.
 pub(crate) fn check_lens(what: &str, lens: &[usize]) -> crate::error::Result<()> {
     if lens.windows(2).any(|p| p[0] != p[1]) {
@@ -114,4 +161,40 @@ pub(crate) fn check_lens(what: &str, lens: &[usize]) -> crate::error::Result<()>
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// FlatAdam is `adam_host` with the step count kept: bit-identical in f64, and its f32
+    /// parameters (moments in f64) within f32 rounding of that.
+    #[test]
+    fn flat_adam_is_adam_host() {
+        let g = [0.3f64, -1.5, 2e-3, 0.0];
+        let (mut w, mut m, mut v) = ([1.0f64, -2.0, 0.5, 3.0], [0.0; 4], [0.0; 4]);
+        let mut wf = w;
+        let mut w32 = w.map(|x| x as f32);
+        let g32 = g.map(|x| x as f32);
+        let (mut flat, mut flat32) = (FlatAdam::new(4, 1e-8), FlatAdam::new(4, 1e-8));
+        for t in 1..=3 {
+            let s = AdamStep {
+                lr: 0.1,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+                bias1: 1.0 - 0.9f64.powi(t),
+                bias2: 1.0 - 0.999f64.powi(t),
+            };
+            adam_host(&s, &mut w, &mut m, &mut v, &g);
+            flat.step(&mut wf, &g, 0.1, (f64::from, f64::from));
+            flat32.step(&mut w32, &g32, 0.1, (f64::from, |x| x as f32));
+        }
+        assert_eq!(wf, w);
+        assert_ne!(w, [1.0, -2.0, 0.5, 3.0]);
+        for (a, b) in w32.iter().zip(&w) {
+            assert!((f64::from(*a) - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
 }

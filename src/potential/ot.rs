@@ -17,7 +17,8 @@ use super::config::PotentialConfig;
 use super::exact::{eval_sample, vjp_sample_with_input, Cotangent, Order, SampleOut, Workspace};
 use super::net::PotentialNet;
 use super::real::Real;
-use super::solve::{cosine_lr, Adam};
+use super::solve::{cosine_lr, ADAM_EPS};
+use crate::backend::optim::FlatAdam;
 use crate::error::{Error, Result};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -533,7 +534,7 @@ pub fn train_ot<T: Real>(opt: &OtOptions, progress: &mut dyn FnMut(&str)) -> Res
     let loss = opt.loss();
     let d = opt.dim;
     let mut net = PotentialNet::<T>::init(shape, opt.seed);
-    let mut adam = Adam::new(net.theta.len());
+    let mut adam = FlatAdam::new(net.theta.len(), ADAM_EPS);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opt.seed.wrapping_add(1));
     let start = Instant::now();
     for step in 0..opt.steps {
@@ -547,7 +548,7 @@ pub fn train_ot<T: Real>(opt: &OtOptions, progress: &mut dyn FnMut(&str)) -> Res
             )));
         }
         let lr = cosine_lr(opt.lr, opt.lr_floor, step, opt.steps);
-        adam.step(&mut net.theta, &grad, lr);
+        adam.step(&mut net.theta, &grad, lr, (T::to_f64, T::from_f64));
         let last = step + 1 == opt.steps;
         if opt.log_every > 0 && ((step + 1) % opt.log_every == 0 || last) {
             progress(&format!(

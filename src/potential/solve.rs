@@ -8,7 +8,7 @@ use super::exact::{Cotangent, Order, SampleOut};
 use super::net::PotentialNet;
 use super::problems::{rel_l2, Problem};
 use super::real::Real;
-use crate::backend::optim::AdamStep;
+use crate::backend::optim::FlatAdam;
 use crate::error::{Error, Result};
 use rand::SeedableRng;
 use std::time::Instant;
@@ -52,6 +52,9 @@ pub struct SolveOptions {
     pub log_every: usize,
 }
 
+/// PyTorch's Adam default, as the comparisons use.
+pub(crate) const ADAM_EPS: f64 = 1e-8;
+
 /// The outcome of a run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SolveReport {
@@ -60,42 +63,6 @@ pub struct SolveReport {
     pub seconds: f64,
     /// The trained weights in f64 (whatever precision trained them).
     pub net: PotentialNet<f64>,
-}
-
-/// Adam (PyTorch's update, [`AdamStep`]) on a flat parameter vector; moments in f64 whatever
-/// the parameters' precision.
-pub(crate) struct Adam {
-    m: Vec<f64>,
-    v: Vec<f64>,
-    t: i32,
-}
-
-impl Adam {
-    pub(crate) fn new(len: usize) -> Self {
-        Adam {
-            m: vec![0.0; len],
-            v: vec![0.0; len],
-            t: 0,
-        }
-    }
-    pub(crate) fn step<T: Real>(&mut self, theta: &mut [T], g: &[T], lr: f64) {
-        let (beta1, beta2) = (0.9f64, 0.999f64);
-        self.t += 1;
-        let s = AdamStep {
-            lr,
-            beta1,
-            beta2,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            bias1: 1.0 - beta1.powi(self.t),
-            bias2: 1.0 - beta2.powi(self.t),
-        };
-        for (((w, &gi), m), v) in theta.iter_mut().zip(g).zip(&mut self.m).zip(&mut self.v) {
-            let mut wf = w.to_f64();
-            s.apply(&mut wf, m, v, gi.to_f64());
-            *w = T::from_f64(wf);
-        }
-    }
 }
 
 impl SolveOptions {
@@ -165,7 +132,7 @@ pub fn solve<T: Real>(opt: &SolveOptions, progress: &mut dyn FnMut(&str)) -> Res
     let shape = opt.config().shape()?;
     let (d, problem) = (opt.dim, opt.problem);
     let mut net = PotentialNet::<T>::init(shape, opt.seed);
-    let mut adam = Adam::new(net.theta.len());
+    let mut adam = FlatAdam::new(net.theta.len(), ADAM_EPS);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opt.seed.wrapping_add(1));
     let start = Instant::now();
     let mut last_loss = f64::NAN;
@@ -223,7 +190,12 @@ pub fn solve<T: Real>(opt: &SolveOptions, progress: &mut dyn FnMut(&str)) -> Res
                 "step {step}: the loss or its gradient is {last_loss} (training diverged; try a smaller --lr)"
             )));
         }
-        adam.step(&mut net.theta, &grad, opt.lr_at(step));
+        adam.step(
+            &mut net.theta,
+            &grad,
+            opt.lr_at(step),
+            (T::to_f64, T::from_f64),
+        );
         let last = step + 1 == opt.steps;
         if opt.log_every > 0 && ((step + 1) % opt.log_every == 0 || last) {
             progress(&format!(

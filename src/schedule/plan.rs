@@ -274,10 +274,6 @@ impl Backend for Planner {
                 self.scratch(ScratchOp::Conv3x3 { d, cout });
                 Ok(y)
             }
-            (Taps::K1, 1) => {
-                self.flop(2 * d.len() * cout);
-                Ok(self.buf(d.with_c(cout).len()))
-            }
             (taps, groups) => {
                 ensure_shape!(
                     groups > 0 && cout.is_multiple_of(groups),
@@ -302,10 +298,6 @@ impl Backend for Planner {
                 let x = self.buf(d.with_c(cin).len());
                 self.scratch(ScratchOp::Conv3x3T { d, cin });
                 Ok(x)
-            }
-            (Taps::K1, 1) => {
-                self.flop(2 * d.len() * cin);
-                Ok(self.buf(d.with_c(cin).len()))
             }
             (taps, groups) => {
                 ensure_shape!(

@@ -4,6 +4,7 @@
 
 use super::fast::{forward_seq, vjp_seq, FastStage};
 use super::{zero_mean_grad, Model, Stage};
+use crate::backend::optim::FlatAdam;
 use rayon::prelude::*;
 
 /// One training patch: clean and noisy planes of `size x size`.
@@ -35,31 +36,9 @@ fn schedule(lr: f64, floor: f64, k: usize, n: usize) -> f64 {
     lr * (floor + (1.0 - floor) * 0.5 * (1.0 + (std::f64::consts::PI * x).cos()))
 }
 
-struct Adam {
-    m: Vec<f64>,
-    v: Vec<f64>,
-    t: i32,
-}
-
-impl Adam {
-    fn new(n: usize) -> Adam {
-        Adam {
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            t: 0,
-        }
-    }
-    fn step(&mut self, x: &mut [f64], g: &[f64], lr: f64) {
-        self.t += 1;
-        let (b1, b2) = (0.9f64, 0.999f64);
-        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
-        for i in 0..x.len() {
-            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
-            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
-            x[i] -= lr * (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + 1e-12);
-        }
-    }
-}
+/// TNRD's Adam epsilon since its first training runs (PyTorch's default is 1e-8).
+const ADAM_EPS: f64 = 1e-12;
+const F64: (fn(f64) -> f64, fn(f64) -> f64) = (f64::from, f64::from);
 
 fn flatten(st: &Stage) -> Vec<f64> {
     let mut v = st.w.clone();
@@ -173,7 +152,7 @@ pub fn train(
             .stages
             .push(Stage::init(opt.filters, opt.size, 0.05, 0.02));
         let mut x = flatten(&model.stages[t]);
-        let mut adam = Adam::new(x.len());
+        let mut adam = FlatAdam::new(x.len(), ADAM_EPS);
         for k in 0..opt.greedy_iters {
             let (l, ps, g) = loss_grad(&model, t, t + 1, &start, patches, p);
             if k % 10 == 0 || k + 1 == opt.greedy_iters {
@@ -186,6 +165,7 @@ pub fn train(
                 &mut x,
                 &g[0],
                 schedule(opt.lr, opt.lr_floor, k, opt.greedy_iters),
+                F64,
             );
             unflatten(&mut model.stages[t], &x);
         }
@@ -198,7 +178,10 @@ pub fn train(
     }
     let init: Vec<Vec<f32>> = patches.iter().map(|pt| pt.noisy.clone()).collect();
     let mut xs: Vec<Vec<f64>> = model.stages.iter().map(flatten).collect();
-    let mut adams: Vec<Adam> = xs.iter().map(|x| Adam::new(x.len())).collect();
+    let mut adams: Vec<FlatAdam> = xs
+        .iter()
+        .map(|x| FlatAdam::new(x.len(), ADAM_EPS))
+        .collect();
     for k in 0..opt.joint_iters {
         let (l, ps, g) = loss_grad(&model, 0, opt.stages, &init, patches, p);
         if k % 5 == 0 || k + 1 == opt.joint_iters {
@@ -206,7 +189,7 @@ pub fn train(
         }
         let lr = 0.5 * schedule(opt.lr, opt.lr_floor, k, opt.joint_iters);
         for t in 0..opt.stages {
-            adams[t].step(&mut xs[t], &g[t], lr);
+            adams[t].step(&mut xs[t], &g[t], lr, F64);
             unflatten(&mut model.stages[t], &xs[t]);
         }
     }
