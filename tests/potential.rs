@@ -463,9 +463,8 @@ fn blocked_batch_f32_matches_f64_reference() {
                 laplacian: c.laplacian as f32,
             })
             .collect();
-        let loss32 = |r: usize, _x: &[f32], _o: &pdenet::potential::SampleOut<f32>| {
-            (0.0, cots32[r].clone())
-        };
+        let loss32 =
+            |r: usize, _x: &[f32], _o: &pdenet::potential::SampleOut<f32>| (0.0, cots32[r].clone());
         let mut g32 = vec![0.0f32; net32.theta.len()];
         loss_and_grad(&net32, &x32, Order::Laplacian, &loss32, &mut g32);
         let mut ws = Workspace::new(&s);
@@ -478,19 +477,28 @@ fn blocked_batch_f32_matches_f64_reference() {
                 laplacian: cots32[r].laplacian as f64,
             };
             vjp_sample(&net64r, xi, &cr, &mut ws, &mut gref);
-            assert!(rel(fast.value[r] as f64, o.value, o.value) < 1e-5, "case {ci} value");
+            assert!(
+                rel(fast.value[r] as f64, o.value, o.value) < 1e-5,
+                "case {ci} value"
+            );
             assert!(
                 rel(fast.laplacian[r] as f64, o.laplacian, o.laplacian) < 1e-5,
                 "case {ci} laplacian"
             );
             let gs = o.grad.iter().fold(0.0f64, |a, v| a.max(v.abs()));
             for c in 0..n {
-                assert!(rel(fast.grad[r * n + c] as f64, o.grad[c], gs) < 1e-5, "case {ci} grad");
+                assert!(
+                    rel(fast.grad[r * n + c] as f64, o.grad[c], gs) < 1e-5,
+                    "case {ci} grad"
+                );
             }
         }
         let gs = gref.iter().fold(0.0f64, |a, v| a.max(v.abs()));
         for (p, (a, b)) in g32.iter().zip(&gref).enumerate() {
-            assert!(rel(*a as f64, *b, gs) < 1e-5, "case {ci} param {p}: {a} vs {b}");
+            assert!(
+                rel(*a as f64, *b, gs) < 1e-5,
+                "case {ci} param {p}: {a} vs {b}"
+            );
         }
     }
 }

@@ -44,6 +44,10 @@ pub struct BlockWorkspace<T> {
     jbar: Vec<T>,
     pbar: Vec<T>,
     cg: Vec<T>,
+    /// X^T `[n, nb]` and grad^T / cg^T, contiguous: strided GEMM operands were slow (f64,
+    /// d = 1000).
+    xt: Vec<T>,
+    gt: Vec<T>,
     /// Outputs of the last [`eval_block`]: `[nb]`, `[nb, n]`, `[nb]`.
     pub value: Vec<T>,
     pub grad: Vec<T>,
@@ -76,6 +80,8 @@ impl<T: Real> BlockWorkspace<T> {
             jbar: z(m * rows * k),
             pbar: z(m * rows * k),
             cg: z(rows * s.n),
+            xt: z(rows * s.n),
+            gt: z(rows * s.n),
             value: z(rows),
             grad: z(rows * s.n),
             laplacian: z(rows),
@@ -206,6 +212,11 @@ pub fn eval_block<T: Real>(
     let w = &t[o.w..o.a];
     let lay = |i: usize| o.steps + (i - 1) * (m * m + m);
     let mb = m * nb;
+    for b in 0..nb {
+        for c in 0..n {
+            ws.xt[c * nb + b] = x[b * n + c];
+        }
+    }
     // a_0 = K_0 X^T + b_0.
     mm(
         m,
@@ -214,7 +225,7 @@ pub fn eval_block<T: Real>(
         (&mut ws.a[..mb], nb, 1),
         false,
         (k0, n, 1),
-        (x, 1, n),
+        (&ws.xt[..n * nb], nb, 1),
         one,
     );
     for j in 0..m {
@@ -256,7 +267,7 @@ pub fn eval_block<T: Real>(
         (&mut ws.as_[..r * nb], nb, 1),
         false,
         (amat, n, 1),
-        (x, 1, n),
+        (&ws.xt[..n * nb], nb, 1),
         one,
     );
     let cb = t[o.c_bias];
@@ -307,19 +318,16 @@ pub fn eval_block<T: Real>(
         );
     }
     // grad^T [n, nb] = c + K_0^T (tanh(a_0) z_0) + A^T (A X^T), written as [nb, n].
-    for b in 0..nb {
-        ws.grad[b * n..(b + 1) * n].copy_from_slice(cw);
-    }
     for q in 0..mb {
         ws.tmp[q] = ws.th[q] * ws.z[q];
     }
-    let g = &mut ws.grad[..nb * n];
+    let g = &mut ws.gt[..n * nb];
     mm(
         n,
         nb,
         m,
-        (&mut *g, 1, n),
-        true,
+        (&mut *g, nb, 1),
+        false,
         (k0, 1, n),
         (&ws.tmp[..mb], nb, 1),
         one,
@@ -328,12 +336,17 @@ pub fn eval_block<T: Real>(
         n,
         nb,
         r,
-        (g, 1, n),
+        (g, nb, 1),
         true,
         (amat, 1, n),
         (&ws.as_[..r * nb], nb, 1),
         one,
     );
+    for b in 0..nb {
+        for c in 0..n {
+            ws.grad[b * n + c] = cw[c] + ws.gt[c * nb + b];
+        }
+    }
     if order == Order::Gradient {
         return;
     }
@@ -549,6 +562,11 @@ pub fn vjp_block<T: Real>(
                 dst.copy_from_slice(&c.grad);
             }
         }
+        for b in 0..nb {
+            for c in 0..n {
+                ws.gt[c * nb + b] = ws.cg[b * n + c];
+            }
+        }
         let cg = &ws.cg[..nb * n];
         for b in 0..nb {
             axpy(
@@ -566,7 +584,7 @@ pub fn vjp_block<T: Real>(
             (&mut *acg, nb, 1),
             false,
             (amat, n, 1),
-            (cg, 1, n),
+            (&ws.gt[..n * nb], nb, 1),
             one,
         );
         let ga = &mut gtheta[o.a..o.c_weight];
@@ -612,7 +630,7 @@ pub fn vjp_block<T: Real>(
             (&mut *db, nb, 1),
             false,
             (k0, n, 1),
-            (cg, 1, n),
+            (&ws.gt[..n * nb], nb, 1),
             one,
         );
         for q in 0..mb {
