@@ -9,6 +9,9 @@
 //! Each sample's result depends only on its block, and block boundaries depend only on the
 //! shape, so results do not depend on the thread count.
 
+// The loops index several parallel [m, nb] arrays at once; iterators would hide that.
+#![allow(clippy::needless_range_loop)]
+
 use super::config::PotentialShape;
 use super::exact::{Cotangent, Order};
 use super::net::PotentialNet;
