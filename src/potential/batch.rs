@@ -4,10 +4,18 @@
 //! depend on the thread count).
 
 use super::block::{block_rows, eval_block, vjp_block, BlockWorkspace};
-use super::exact::{Cotangent, Order, SampleOut};
+use super::exact::{eval_sample, vjp_sample, Cotangent, Order, SampleOut, Workspace};
 use super::net::PotentialNet;
 use super::real::Real;
 use rayon::prelude::*;
+
+/// Whether the GEMM-blocked recursions run for `T`. f64 keeps the per-sample recursions of
+/// [`super::exact`] (the same blocks, so the same summation order): the `gemm` crate's f64
+/// calls hit a slow path at some of these shapes (value+grad at d = 100 5x slower than per
+/// sample, benches/results/laplacian-block-2026-12-07.md), not understood yet.
+fn blocked<T: Real>() -> bool {
+    T::NAME == "f32"
+}
 
 /// Values, gradients and Laplacians of a batch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -28,6 +36,17 @@ pub fn eval_batch<T: Real>(net: &PotentialNet<T>, x: &[T], order: Order) -> Batc
     let blocks: Vec<BatchOut<T>> = x[..rows * n]
         .par_chunks(bs * n)
         .map(|chunk| {
+            if !blocked::<T>() {
+                let mut ws = Workspace::new(&net.shape);
+                let mut out = BatchOut::default();
+                for xi in chunk.chunks_exact(n) {
+                    let o = eval_sample(net, xi, order, &mut ws);
+                    out.value.push(o.value);
+                    out.grad.extend_from_slice(&o.grad);
+                    out.laplacian.push(o.laplacian);
+                }
+                return out;
+            }
             let mut ws = BlockWorkspace::new(&net.shape, bs);
             eval_block(net, chunk, order, &mut ws);
             let nb = chunk.len() / n;
@@ -87,8 +106,19 @@ pub fn loss_and_grad<T: Real, L: SampleLoss<T>>(
         .par_chunks(bs * n)
         .enumerate()
         .map(|(c, chunk)| {
-            let mut ws = BlockWorkspace::new(&net.shape, bs);
             let mut g = vec![T::default(); len];
+            if !blocked::<T>() {
+                let mut ws = Workspace::new(&net.shape);
+                let mut total = 0.0;
+                for (r, xi) in chunk.chunks_exact(n).enumerate() {
+                    let out = eval_sample(net, xi, order, &mut ws);
+                    let (term, cot) = loss.term(c * bs + r, xi, &out);
+                    total += term;
+                    vjp_sample(net, xi, &cot, &mut ws, &mut g);
+                }
+                return (total, g);
+            }
+            let mut ws = BlockWorkspace::new(&net.shape, bs);
             eval_block(net, chunk, order, &mut ws);
             let mut total = 0.0;
             let mut cots = Vec::with_capacity(bs);
