@@ -350,3 +350,189 @@ fn weights_round_trip_with_spec_names() {
         .to_string();
     assert!(e.contains("steps.1.bias"), "{e}");
 }
+
+/// Shapes for the blocked path: d = 1, 3, 10, 37; widths off the SIMD width; 0, 1, 3 layers;
+/// trace_dims below n.
+const BLOCK_CASES: [(usize, usize, usize, usize); 6] = [
+    (1, 3, 0, 1),
+    (3, 5, 1, 3),
+    (10, 13, 3, 10),
+    (10, 7, 1, 4),
+    (37, 11, 3, 37),
+    (37, 9, 0, 20),
+];
+
+fn rel(a: f64, b: f64, scale: f64) -> f64 {
+    (a - b).abs() / scale.abs().max(1.0)
+}
+
+fn random_cots(n: usize, rows: usize, seed: u64, mode: u64) -> Vec<Cotangent<f64>> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut u = || rng.random::<f64>() - 0.5;
+    (0..rows)
+        .map(|r| Cotangent {
+            value: u(),
+            // mode 1: some rows without a gradient cotangent; mode 2: none at all.
+            grad: if mode == 2 || (mode == 1 && r % 3 == 1) {
+                Vec::new()
+            } else {
+                (0..n).map(|_| u()).collect()
+            },
+            laplacian: if mode == 2 { 0.0 } else { u() },
+        })
+        .collect()
+}
+
+#[test]
+fn blocked_path_matches_per_sample_reference_f64() {
+    use pdenet::potential::block::{eval_block, vjp_block, BlockWorkspace};
+    for (ci, &(n, m, l, k)) in BLOCK_CASES.iter().enumerate() {
+        let s = shape(n, m, l, k);
+        let net = net(s, 200 + ci as u64);
+        for rows in [1usize, 5, 8, 19] {
+            let x = point(rows * n, 300 + ci as u64 + rows as u64);
+            for mode in 0..3u64 {
+                let cots = random_cots(n, rows, 400 + ci as u64 + mode, mode);
+                // Reference.
+                let mut ws = Workspace::new(&s);
+                let mut gref = vec![0.0; net.theta.len()];
+                let mut refs = Vec::new();
+                for (r, xi) in x.chunks_exact(n).enumerate() {
+                    refs.push(eval_sample(&net, xi, Order::Laplacian, &mut ws));
+                    vjp_sample(&net, xi, &cots[r], &mut ws, &mut gref);
+                }
+                // Blocked, with a block size that does not divide the rows.
+                for bs in [1usize, 4, 8] {
+                    let mut bw = BlockWorkspace::new(&s, bs);
+                    let mut g = vec![0.0; net.theta.len()];
+                    for (bi, xb) in x.chunks(bs * n).enumerate() {
+                        eval_block(&net, xb, Order::Laplacian, &mut bw);
+                        for r in 0..xb.len() / n {
+                            let o = &refs[bi * bs + r];
+                            let what = format!("case {ci} rows {rows} bs {bs} row {r}");
+                            assert!(rel(bw.value[r], o.value, o.value) < 1e-12, "{what} value");
+                            assert!(
+                                rel(bw.laplacian[r], o.laplacian, o.laplacian) < 1e-12,
+                                "{what} laplacian {} vs {}",
+                                bw.laplacian[r],
+                                o.laplacian
+                            );
+                            for c in 0..n {
+                                assert!(
+                                    rel(bw.grad[r * n + c], o.grad[c], o.grad[c]) < 1e-12,
+                                    "{what} grad {c}"
+                                );
+                            }
+                        }
+                        let nb = xb.len() / n;
+                        vjp_block(&net, xb, &cots[bi * bs..bi * bs + nb], &mut bw, &mut g);
+                    }
+                    let gs = gref.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+                    for (p, (a, b)) in g.iter().zip(&gref).enumerate() {
+                        assert!(
+                            rel(*a, *b, gs) < 1e-12,
+                            "case {ci} rows {rows} bs {bs} mode {mode} param {p}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn blocked_batch_f32_matches_f64_reference() {
+    for (ci, &(n, m, l, k)) in BLOCK_CASES.iter().enumerate() {
+        let s = shape(n, m, l, k);
+        let net64 = net(s, 500 + ci as u64);
+        let net32: PotentialNet<f32> = net64.cast();
+        let net64r: PotentialNet<f64> = net32.cast();
+        let rows = 133;
+        let x32: Vec<f32> = point(rows * n, 600 + ci as u64)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let x64: Vec<f64> = x32.iter().map(|&v| v as f64).collect();
+        let fast = eval_batch(&net32, &x32, Order::Laplacian);
+        let cots = random_cots(n, rows, 700 + ci as u64, 0);
+        let cots32: Vec<Cotangent<f32>> = cots
+            .iter()
+            .map(|c| Cotangent {
+                value: c.value as f32,
+                grad: c.grad.iter().map(|&v| v as f32).collect(),
+                laplacian: c.laplacian as f32,
+            })
+            .collect();
+        let loss32 =
+            |r: usize, _x: &[f32], _o: &pdenet::potential::SampleOut<f32>| (0.0, cots32[r].clone());
+        let mut g32 = vec![0.0f32; net32.theta.len()];
+        loss_and_grad(&net32, &x32, Order::Laplacian, &loss32, &mut g32);
+        let mut ws = Workspace::new(&s);
+        let mut gref = vec![0.0; net64r.theta.len()];
+        for (r, xi) in x64.chunks_exact(n).enumerate() {
+            let o = eval_sample(&net64r, xi, Order::Laplacian, &mut ws);
+            let cr = Cotangent {
+                value: cots32[r].value as f64,
+                grad: cots32[r].grad.iter().map(|&v| v as f64).collect(),
+                laplacian: cots32[r].laplacian as f64,
+            };
+            vjp_sample(&net64r, xi, &cr, &mut ws, &mut gref);
+            assert!(
+                rel(fast.value[r] as f64, o.value, o.value) < 1e-5,
+                "case {ci} value"
+            );
+            assert!(
+                rel(fast.laplacian[r] as f64, o.laplacian, o.laplacian) < 1e-5,
+                "case {ci} laplacian"
+            );
+            let gs = o.grad.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+            for c in 0..n {
+                assert!(
+                    rel(fast.grad[r * n + c] as f64, o.grad[c], gs) < 1e-5,
+                    "case {ci} grad"
+                );
+            }
+        }
+        let gs = gref.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+        for (p, (a, b)) in g32.iter().zip(&gref).enumerate() {
+            assert!(
+                rel(*a as f64, *b, gs) < 1e-5,
+                "case {ci} param {p}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn batch_results_do_not_depend_on_thread_count() {
+    let s = shape(10, 13, 3, 10);
+    let net = net(s, 900);
+    let x = point(300 * s.n, 901);
+    let loss = |_r: usize, _x: &[f64], o: &pdenet::potential::SampleOut<f64>| {
+        (
+            o.laplacian * o.laplacian,
+            Cotangent {
+                value: 0.3,
+                grad: o.grad.clone(),
+                laplacian: 2.0 * o.laplacian,
+            },
+        )
+    };
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let out = eval_batch(&net, &x, Order::Laplacian);
+            let mut g = vec![0.0; net.theta.len()];
+            let t = loss_and_grad(&net, &x, Order::Laplacian, &loss, &mut g);
+            (out, t, g)
+        })
+    };
+    let (o1, t1, g1) = run(1);
+    let (o3, t3, g3) = run(3);
+    assert_eq!(o1, o3);
+    assert_eq!(t1.to_bits(), t3.to_bits());
+    assert!(g1.iter().zip(&g3).all(|(a, b)| a.to_bits() == b.to_bits()));
+}

@@ -1,13 +1,21 @@
-//! The batched CPU path: samples split into chunks over rayon's threads, each chunk with its
-//! own workspace (and its own weight-gradient accumulator for losses).
+//! The batched CPU path: samples split into blocks of [`block_rows`] over rayon's threads, each
+//! block evaluated by the GEMM-blocked recursions of [`super::block`] (with its own
+//! weight-gradient accumulator for losses, summed in block order so that the result does not
+//! depend on the thread count).
 
+use super::block::{block_rows, eval_block, vjp_block, BlockWorkspace};
 use super::exact::{eval_sample, vjp_sample, Cotangent, Order, SampleOut, Workspace};
 use super::net::PotentialNet;
 use super::real::Real;
 use rayon::prelude::*;
 
-/// Samples per rayon task: enough work to amortise the workspace, small enough to balance.
-const CHUNK: usize = 64;
+/// Whether the GEMM-blocked recursions run for `T`. f64 keeps the per-sample recursions of
+/// [`super::exact`] (the same blocks, so the same summation order): the `gemm` crate's f64
+/// calls hit a slow path at some of these shapes (value+grad at d = 100 5x slower than per
+/// sample, benches/results/laplacian-block-2026-12-07.md), not understood yet.
+fn blocked<T: Real>() -> bool {
+    T::NAME == "f32"
+}
 
 /// Values, gradients and Laplacians of a batch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -24,14 +32,33 @@ pub struct BatchOut<T> {
 pub fn eval_batch<T: Real>(net: &PotentialNet<T>, x: &[T], order: Order) -> BatchOut<T> {
     let n = net.shape.n;
     let rows = x.len() / n;
-    let outs: Vec<SampleOut<T>> = x
-        .par_chunks(CHUNK * n)
-        .flat_map_iter(|chunk| {
-            let mut ws = Workspace::new(&net.shape);
-            chunk
-                .chunks_exact(n)
-                .map(|xi| eval_sample(net, xi, order, &mut ws))
-                .collect::<Vec<_>>()
+    let bs = block_rows(&net.shape);
+    let blocks: Vec<BatchOut<T>> = x[..rows * n]
+        .par_chunks(bs * n)
+        .map(|chunk| {
+            if !blocked::<T>() {
+                let mut ws = Workspace::new(&net.shape);
+                let mut out = BatchOut::default();
+                for xi in chunk.chunks_exact(n) {
+                    let o = eval_sample(net, xi, order, &mut ws);
+                    out.value.push(o.value);
+                    out.grad.extend_from_slice(&o.grad);
+                    out.laplacian.push(o.laplacian);
+                }
+                return out;
+            }
+            let mut ws = BlockWorkspace::new(&net.shape, bs);
+            eval_block(net, chunk, order, &mut ws);
+            let nb = chunk.len() / n;
+            BatchOut {
+                value: ws.value[..nb].to_vec(),
+                grad: if order == Order::Value {
+                    Vec::new()
+                } else {
+                    ws.grad[..nb * n].to_vec()
+                },
+                laplacian: ws.laplacian[..nb].to_vec(),
+            }
         })
         .collect();
     let mut out = BatchOut {
@@ -39,10 +66,10 @@ pub fn eval_batch<T: Real>(net: &PotentialNet<T>, x: &[T], order: Order) -> Batc
         grad: Vec::with_capacity(if order == Order::Value { 0 } else { rows * n }),
         laplacian: Vec::with_capacity(rows),
     };
-    for o in outs {
-        out.value.push(o.value);
+    for o in blocks {
+        out.value.extend_from_slice(&o.value);
         out.grad.extend_from_slice(&o.grad);
-        out.laplacian.push(o.laplacian);
+        out.laplacian.extend_from_slice(&o.laplacian);
     }
     out
 }
@@ -73,32 +100,53 @@ pub fn loss_and_grad<T: Real, L: SampleLoss<T>>(
 ) -> f64 {
     let n = net.shape.n;
     let len = net.theta.len();
-    let (total, g) = x
-        .par_chunks(CHUNK * n)
+    let rows = x.len() / n;
+    let bs = block_rows(&net.shape);
+    let parts: Vec<(f64, Vec<T>)> = x[..rows * n]
+        .par_chunks(bs * n)
         .enumerate()
         .map(|(c, chunk)| {
-            let mut ws = Workspace::new(&net.shape);
             let mut g = vec![T::default(); len];
-            let mut total = 0.0;
-            for (r, xi) in chunk.chunks_exact(n).enumerate() {
-                let out = eval_sample(net, xi, order, &mut ws);
-                let (term, cot) = loss.term(c * CHUNK + r, xi, &out);
-                total += term;
-                vjp_sample(net, xi, &cot, &mut ws, &mut g);
+            if !blocked::<T>() {
+                let mut ws = Workspace::new(&net.shape);
+                let mut total = 0.0;
+                for (r, xi) in chunk.chunks_exact(n).enumerate() {
+                    let out = eval_sample(net, xi, order, &mut ws);
+                    let (term, cot) = loss.term(c * bs + r, xi, &out);
+                    total += term;
+                    vjp_sample(net, xi, &cot, &mut ws, &mut g);
+                }
+                return (total, g);
             }
+            let mut ws = BlockWorkspace::new(&net.shape, bs);
+            eval_block(net, chunk, order, &mut ws);
+            let mut total = 0.0;
+            let mut cots = Vec::with_capacity(bs);
+            for (r, xi) in chunk.chunks_exact(n).enumerate() {
+                let out = SampleOut {
+                    value: ws.value[r],
+                    grad: if order == Order::Value {
+                        Vec::new()
+                    } else {
+                        ws.grad[r * n..(r + 1) * n].to_vec()
+                    },
+                    laplacian: ws.laplacian[r],
+                };
+                let (term, cot) = loss.term(c * bs + r, xi, &out);
+                total += term;
+                cots.push(cot);
+            }
+            vjp_block(net, chunk, &cots, &mut ws, &mut g);
             (total, g)
         })
-        .reduce(
-            || (0.0, vec![T::default(); len]),
-            |(ta, mut ga), (tb, gb)| {
-                for (a, b) in ga.iter_mut().zip(&gb) {
-                    *a += *b;
-                }
-                (ta + tb, ga)
-            },
-        );
-    for (d, s) in gtheta.iter_mut().zip(&g) {
-        *d += *s;
+        .collect();
+    // Summed in block order: the same sums whatever the number of threads.
+    let mut total = 0.0;
+    for (t, g) in &parts {
+        total += t;
+        for (d, s) in gtheta.iter_mut().zip(g) {
+            *d += *s;
+        }
     }
     total
 }

@@ -2,6 +2,7 @@
 //! Laplacians, their weight VJPs, and the Deep Ritz / PINN solvers of SPEC section 12.
 
 pub mod batch;
+pub mod block;
 pub mod config;
 pub mod exact;
 pub mod net;
