@@ -4,18 +4,10 @@
 //! depend on the thread count).
 
 use super::block::{block_rows, eval_block, vjp_block, BlockWorkspace};
-use super::exact::{eval_sample, vjp_sample, Cotangent, Order, SampleOut, Workspace};
+use super::exact::{Cotangent, Order, SampleOut};
 use super::net::PotentialNet;
 use super::real::Real;
 use rayon::prelude::*;
-
-/// Whether the GEMM-blocked recursions run for `T`. f64 keeps the per-sample recursions of
-/// [`super::exact`] (the same blocks, so the same summation order): the `gemm` crate's f64
-/// calls hit a slow path at some of these shapes (value+grad at d = 100 5x slower than per
-/// sample, benches/results/laplacian-block-2026-12-07.md), not understood yet.
-fn blocked<T: Real>() -> bool {
-    T::NAME == "f32"
-}
 
 /// Values, gradients and Laplacians of a batch.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -35,31 +27,23 @@ pub fn eval_batch<T: Real>(net: &PotentialNet<T>, x: &[T], order: Order) -> Batc
     let bs = block_rows(&net.shape);
     let blocks: Vec<BatchOut<T>> = x[..rows * n]
         .par_chunks(bs * n)
-        .map(|chunk| {
-            if !blocked::<T>() {
-                let mut ws = Workspace::new(&net.shape);
-                let mut out = BatchOut::default();
-                for xi in chunk.chunks_exact(n) {
-                    let o = eval_sample(net, xi, order, &mut ws);
-                    out.value.push(o.value);
-                    out.grad.extend_from_slice(&o.grad);
-                    out.laplacian.push(o.laplacian);
+        .map_init(
+            || BlockWorkspace::new(&net.shape, bs),
+            |ws, chunk| {
+                ws.clear();
+                eval_block(net, chunk, order, ws);
+                let nb = chunk.len() / n;
+                BatchOut {
+                    value: ws.value[..nb].to_vec(),
+                    grad: if order == Order::Value {
+                        Vec::new()
+                    } else {
+                        ws.grad[..nb * n].to_vec()
+                    },
+                    laplacian: ws.laplacian[..nb].to_vec(),
                 }
-                return out;
-            }
-            let mut ws = BlockWorkspace::new(&net.shape, bs);
-            eval_block(net, chunk, order, &mut ws);
-            let nb = chunk.len() / n;
-            BatchOut {
-                value: ws.value[..nb].to_vec(),
-                grad: if order == Order::Value {
-                    Vec::new()
-                } else {
-                    ws.grad[..nb * n].to_vec()
-                },
-                laplacian: ws.laplacian[..nb].to_vec(),
-            }
-        })
+            },
+        )
         .collect();
     let mut out = BatchOut {
         value: Vec::with_capacity(rows),
@@ -105,40 +89,32 @@ pub fn loss_and_grad<T: Real, L: SampleLoss<T>>(
     let parts: Vec<(f64, Vec<T>)> = x[..rows * n]
         .par_chunks(bs * n)
         .enumerate()
-        .map(|(c, chunk)| {
-            let mut g = vec![T::default(); len];
-            if !blocked::<T>() {
-                let mut ws = Workspace::new(&net.shape);
+        .map_init(
+            || BlockWorkspace::new(&net.shape, bs),
+            |ws, (c, chunk)| {
+                let mut g = vec![T::default(); len];
+                ws.clear();
+                eval_block(net, chunk, order, ws);
                 let mut total = 0.0;
+                let mut cots = Vec::with_capacity(bs);
                 for (r, xi) in chunk.chunks_exact(n).enumerate() {
-                    let out = eval_sample(net, xi, order, &mut ws);
+                    let out = SampleOut {
+                        value: ws.value[r],
+                        grad: if order == Order::Value {
+                            Vec::new()
+                        } else {
+                            ws.grad[r * n..(r + 1) * n].to_vec()
+                        },
+                        laplacian: ws.laplacian[r],
+                    };
                     let (term, cot) = loss.term(c * bs + r, xi, &out);
                     total += term;
-                    vjp_sample(net, xi, &cot, &mut ws, &mut g);
+                    cots.push(cot);
                 }
-                return (total, g);
-            }
-            let mut ws = BlockWorkspace::new(&net.shape, bs);
-            eval_block(net, chunk, order, &mut ws);
-            let mut total = 0.0;
-            let mut cots = Vec::with_capacity(bs);
-            for (r, xi) in chunk.chunks_exact(n).enumerate() {
-                let out = SampleOut {
-                    value: ws.value[r],
-                    grad: if order == Order::Value {
-                        Vec::new()
-                    } else {
-                        ws.grad[r * n..(r + 1) * n].to_vec()
-                    },
-                    laplacian: ws.laplacian[r],
-                };
-                let (term, cot) = loss.term(c * bs + r, xi, &out);
-                total += term;
-                cots.push(cot);
-            }
-            vjp_block(net, chunk, &cots, &mut ws, &mut g);
-            (total, g)
-        })
+                vjp_block(net, chunk, &cots, ws, &mut g);
+                (total, g)
+            },
+        )
         .collect();
     // Summed in block order: the same sums whatever the number of threads.
     let mut total = 0.0;

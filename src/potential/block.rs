@@ -47,8 +47,7 @@ pub struct BlockWorkspace<T> {
     jbar: Vec<T>,
     pbar: Vec<T>,
     cg: Vec<T>,
-    /// X^T `[n, nb]` and grad^T / cg^T, contiguous: strided GEMM operands were slow (f64,
-    /// d = 1000).
+    /// X^T `[n, nb]` and grad^T / cg^T, contiguous GEMM operands.
     xt: Vec<T>,
     gt: Vec<T>,
     /// Outputs of the last [`eval_block`]: `[nb]`, `[nb, n]`, `[nb]`.
@@ -88,6 +87,43 @@ impl<T: Real> BlockWorkspace<T> {
             value: z(rows),
             grad: z(rows * s.n),
             laplacian: z(rows),
+        }
+    }
+}
+
+impl<T: Real> BlockWorkspace<T> {
+    /// Back to the state of [`BlockWorkspace::new`]: reusing one workspace per thread avoids
+    /// fresh (mmap-sized, page-faulting) allocations per block, which cost up to 10x at
+    /// d = 1000; zeroing keeps every block's arithmetic that of a fresh workspace.
+    pub fn clear(&mut self) {
+        let zero = T::default();
+        self.nb = 0;
+        for v in [
+            &mut self.a,
+            &mut self.u,
+            &mut self.z,
+            &mut self.th,
+            &mut self.s2,
+            &mut self.as_,
+            &mut self.jac,
+            &mut self.p,
+            &mut self.rn,
+            &mut self.rn0,
+            &mut self.abar,
+            &mut self.zbar,
+            &mut self.ubar,
+            &mut self.tmp,
+            &mut self.tmp_r,
+            &mut self.jbar,
+            &mut self.pbar,
+            &mut self.cg,
+            &mut self.xt,
+            &mut self.gt,
+            &mut self.value,
+            &mut self.grad,
+            &mut self.laplacian,
+        ] {
+            v.fill(zero);
         }
     }
 }
