@@ -106,6 +106,9 @@ pub fn adam_host<T: OptimValue>(s: &AdamStep, w: &mut [T], m: &mut [T], v: &mut 
     }
 }
 
+/// A parameter type's conversion to f64 and back.
+pub type Cast<T> = (fn(T) -> f64, fn(f64) -> T);
+
 /// Adam on one flat parameter vector on the host, for the solvers that train outside the
 /// engine (potential networks, TNRD): PyTorch's update ([`AdamStep`], no weight decay) with the
 /// moments in f64 whatever the parameters' precision; `cast` converts a parameter to f64 and back.
@@ -127,13 +130,7 @@ impl FlatAdam {
         }
     }
 
-    pub fn step<T: Copy>(
-        &mut self,
-        theta: &mut [T],
-        g: &[T],
-        lr: f64,
-        cast: (fn(T) -> f64, fn(f64) -> T),
-    ) {
+    pub fn step<T: Copy>(&mut self, theta: &mut [T], g: &[T], lr: f64, cast: Cast<T>) {
         let (beta1, beta2) = (0.9f64, 0.999f64);
         self.t += 1;
         let s = AdamStep {

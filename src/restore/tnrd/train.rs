@@ -4,7 +4,7 @@
 
 use super::fast::{forward_seq, vjp_seq, FastStage};
 use super::{zero_mean_grad, Model, Stage};
-use crate::backend::optim::FlatAdam;
+use crate::backend::optim::{Cast, FlatAdam};
 use rayon::prelude::*;
 
 /// One training patch: clean and noisy planes of `size x size`.
@@ -38,7 +38,7 @@ fn schedule(lr: f64, floor: f64, k: usize, n: usize) -> f64 {
 
 /// TNRD's Adam epsilon since its first training runs (PyTorch's default is 1e-8).
 const ADAM_EPS: f64 = 1e-12;
-const F64: (fn(f64) -> f64, fn(f64) -> f64) = (f64::from, f64::from);
+const F64: Cast<f64> = (f64::from, f64::from);
 
 fn flatten(st: &Stage) -> Vec<f64> {
     let mut v = st.w.clone();
